@@ -1,0 +1,28 @@
+# Two set-up commands that work on a fresh machine: `make demo` and `make test`.
+# Both build a virtual environment in the checkout first. torch is pinned to the
+# CPU build that installs from local disk; trl 1.16.0 is the first 1.x that trains
+# on the CPU (1.15.0 fails there, see README "Versions").
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+$(STAMP): pyproject.toml
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q "torch==2.13.0"
+	$(BIN)/pip install -q -e ".[hf,train,test]" "trl==1.16.0"
+	touch $(STAMP)
+
+.PHONY: venv demo test bench
+venv: $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/ftc compile recipes/demo.json -o runs/demo/plan.lock
+	$(BIN)/ftc preview runs/demo/plan.lock -n 2
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q
+
+bench: $(STAMP)
+	$(BIN)/python -m pytest -q tests/bench --benchmark-enable --benchmark-only

@@ -1,0 +1,1 @@
+"""ftc.compiler: recipe -> normalized data -> plan.lock."""

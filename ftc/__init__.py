@@ -1,0 +1,3 @@
+"""ftc: a compiler for fine-tuning."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,1 @@
+"""ftc.runtime: plan.lock -> verified, trained adapter."""
