@@ -29,7 +29,7 @@ RULES: dict[str, Rule] = {
         Rule("FTC104", "bad --set {arg!r}: {reason}", "write --set KEY=VALUE with KEY a dotted path, e.g. train.learning_rate=1e-4"),
         Rule("FTC105", "{reason}", "{hint}"),  # semantic recipe error (cross-field)
         Rule("FTC200", "no files match {pattern!r}", "check sources.{source}.path; it is relative to the recipe file ({base})"),
-        Rule("FTC201", "cannot decode {file} with {tried}: invalid byte at offset {offset}", "declare the file's encoding in sources.{source}.encoding (e.g. \"gb18030\") or fix the file"),
+        Rule("FTC201", "cannot decode {file}: {detail}", "declare the file's encoding in sources.{source}.encoding (e.g. \"gb18030\") or fix the file"),
         Rule("FTC202", "cannot parse {file} as {format}: {reason}", "declare sources.{source}.format, or fix the file"),
         Rule("FTC203", "{file}: none of the columns {wanted} for field {field!r} is present", "available columns: {available}{suggest}"),
         Rule("FTC204", "{file}: path does not match sources.{source}.captures {pattern!r}", "every file of the source must match; adjust the pattern or the path"),

@@ -1,0 +1,310 @@
+"""Normalization as DuckDB SQL over Arrow: clean, filter, dedup, derive, mix, split.
+
+Every step is one set-based query. Each records rows in, rows out, and the rows it
+dropped under a reason, so nothing disappears silently. Row order is carried in
+``_ord`` and restored explicitly; DuckDB is free to reorder in between.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import pyarrow as pa
+
+from ftc.errors import FtcError, did_you_mean
+
+INTERNAL = ("_source", "_file", "_row", "_ord", "row_id")
+# Whitespace for `strip`: ASCII plus no-break and ideographic spaces common in CJK data.
+WHITESPACE = " \t\n\r\f\v\u00a0\u3000\ufeff"
+
+
+@dataclass
+class Stage:
+    stage: str
+    rows_in: int
+    rows_out: int
+    dropped: dict[str, int] = field(default_factory=dict)
+
+    def to_lock(self) -> dict:
+        return {"stage": self.stage, "rows_in": self.rows_in, "rows_out": self.rows_out, "dropped": dict(sorted(self.dropped.items()))}
+
+
+def q(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+def lit(value: str) -> str:
+    return "'" + str(value).replace("'", "''") + "'"
+
+
+class Normalizer:
+    """Holds one in-memory DuckDB connection with external access disabled."""
+
+    def __init__(self, recipe_file: str):
+        import duckdb
+
+        self.file = recipe_file
+        self.con = duckdb.connect(":memory:", config={"threads": 2})
+        # Recipes' SQL expressions must not read files or load extensions: sources are
+        # handed over as Arrow, so nothing here needs the filesystem.
+        self.x("SET enable_external_access = false")
+        self.x("SET autoload_known_extensions = false")
+        self.x("SET lock_configuration = true")
+        self.stages: list[Stage] = []
+        self._n = 0
+
+    # -- helpers
+    def x(self, sql: str, params: list | None = None) -> "_Rows":
+        """Execute and fetch at once: DuckDB 2 refuses new work while a result is open."""
+        return _Rows(self.con.execute(sql, params).fetchall() if params else self.con.execute(sql).fetchall())
+
+    def _tmp(self) -> str:
+        self._n += 1
+        return f"t{self._n}"
+
+    def register(self, table: pa.Table) -> str:
+        name = self._tmp()
+        self.con.register(name + "_arrow", table)
+        self.x(f"CREATE TABLE {name} AS SELECT * FROM {name}_arrow")
+        self.con.unregister(name + "_arrow")
+        return name
+
+    def count(self, t: str) -> int:
+        return self.x(f"SELECT count(*) FROM {t}").fetchone()[0]
+
+    def fields(self, t: str) -> list[str]:
+        return [r[0] for r in self.x(f"DESCRIBE {t}").fetchall() if r[0] not in INTERNAL]
+
+    def types(self, t: str) -> dict[str, str]:
+        return {r[0]: r[1] for r in self.x(f"DESCRIBE {t}").fetchall()}
+
+    def _sql(self, sql: str, where: str, expr: str, t: str):
+        import duckdb
+
+        try:
+            return self.x(sql).fetchall()
+        except duckdb.Error as e:
+            msg = str(e).splitlines()[0]
+            raise FtcError("FTC300", file=self.file, path=where, where=where, reason=msg, expr=expr,
+                           fields=", ".join(self.fields(t))) from None
+
+    def _check_fields(self, t: str, names: list[str], where: str) -> None:
+        known = self.fields(t)
+        for n in names:
+            if n not in known:
+                raise FtcError("FTC301", file=self.file, path=where, where=where, field=n, fields=", ".join(known),
+                               suggest=did_you_mean(n, known))
+
+    def _replace(self, t: str, select: str, label: str, dropped: dict[str, int] | None = None, reason: str | None = None) -> str:
+        """Replace table ``t`` by ``select``; record the stage. Drops not itemized in
+        ``dropped`` are counted under ``reason``."""
+        new = self._tmp()
+        rows_in = self.count(t)
+        self.x(f"CREATE TABLE {new} AS {select}")
+        rows_out = self.count(new)
+        d = {k: v for k, v in (dropped or {}).items() if v}
+        if rows_in - rows_out != sum(d.values()):
+            d = {**d, (reason or label): rows_in - rows_out - sum(d.values())}
+        self.stages.append(Stage(label, rows_in, rows_out, d))
+        self.x(f"DROP TABLE {t}")
+        if rows_out == 0:
+            counts = ", ".join(f"{k}: {v}" for k, v in d.items()) or f"{rows_in} rows in"
+            raise FtcError("FTC302", file=self.file, stage=label, counts=counts)
+        return new
+
+    # -- steps
+    def apply(self, t: str, step: dict, where: str) -> str:
+        (kind, arg), = step.items()
+        return getattr(self, f"_step_{kind}")(t, arg, where)
+
+    def _step_strip(self, t, arg, where):
+        types = self.types(t)
+        names = [c for c, ty in types.items() if ty == "VARCHAR" and c not in INTERNAL] if arg is True else arg
+        if arg is not True:
+            self._check_fields(t, names, where)
+        if not names:
+            return t
+        repl = ", ".join(f"trim({q(c)}, {lit(WHITESPACE)}) AS {q(c)}" for c in names)
+        return self._replace(t, f"SELECT * REPLACE ({repl}) FROM {t}", f"{where}: strip")
+
+    def _step_drop_empty(self, t, arg, where):
+        self._check_fields(t, arg, where)
+        types = self.types(t)
+
+        def empty(c):
+            ty = types[c]
+            if ty == "VARCHAR":
+                return f"({q(c)} IS NULL OR {q(c)} = '')"
+            if ty.endswith("[]"):
+                return f"({q(c)} IS NULL OR len({q(c)}) = 0)"
+            return f"({q(c)} IS NULL)"
+
+        case = "CASE " + " ".join(f"WHEN {empty(c)} THEN {lit('empty ' + c)}" for c in arg) + " END"
+        dropped = dict(self.x(f"SELECT {case} AS why, count(*) FROM {t} WHERE {case} IS NOT NULL GROUP BY 1").fetchall())
+        cond = " OR ".join(empty(c) for c in arg)
+        return self._replace(t, f"SELECT * FROM {t} WHERE NOT ({cond})", f"{where}: drop_empty", dropped)
+
+    def _step_filter(self, t, arg, where):
+        expr = arg["where"]
+        label = arg.get("name") or expr
+        # A subquery boundary keeps the expression an expression, not a statement.
+        self._sql(f"SELECT count(*) FROM {t} WHERE coalesce(({expr})::BOOLEAN, false)", where, expr, t)
+        return self._replace(t, f"SELECT * FROM {t} WHERE coalesce(({expr})::BOOLEAN, false)", f"{where}: filter",
+                             reason=f"filter: {label}")
+
+    def _step_dedup(self, t, arg, where):
+        self._check_fields(t, arg, where)
+        keys = ", ".join(q(c) for c in arg)
+        return self._replace(t, f"SELECT * FROM {t} QUALIFY row_number() OVER (PARTITION BY {keys} ORDER BY _ord) = 1",
+                             f"{where}: dedup", reason=f"duplicate ({', '.join(arg)})")
+
+    def _step_derive(self, t, arg, where):
+        existing = set(self.types(t))
+        for name, expr in arg.items():
+            path = f"{where}.{name}"
+            self._sql(f"SELECT ({expr}) FROM {t} LIMIT 0", path, expr, t)
+            sel = f"SELECT * REPLACE (({expr}) AS {q(name)}) FROM {t}" if name in existing else f"SELECT *, ({expr}) AS {q(name)} FROM {t}"
+            t = self._replace(t, sel, f"{path}: derive")
+            existing.add(name)
+        return t
+
+    def _step_extract(self, t, arg, where):
+        src, pat, into = arg["from"], arg["pattern"], arg["into"]
+        self._check_fields(t, [src], f"{where}.from")
+        import duckdb
+
+        try:  # DuckDB runs RE2: validate the pattern with the engine that will use it
+            self.x("SELECT regexp_extract('', ?, 0)", [pat]).fetchall()
+        except duckdb.Error as e:
+            raise FtcError("FTC303", file=self.file, path=f"{where}.pattern", where=f"{where}.pattern", reason=str(e).splitlines()[0]) from None
+        group = 1 if _groups(pat) else 0
+        val = f"regexp_extract({q(src)}::VARCHAR, {lit(pat)}, {group})"
+        if arg.get("remove"):
+            val = f"translate({val}, {lit(arg['remove'])}, '')"
+        val = f"nullif({val}, '')"
+        existing = set(self.types(t))
+        sel = f"SELECT * REPLACE ({val} AS {q(into)}) FROM {t}" if into in existing else f"SELECT *, {val} AS {q(into)} FROM {t}"
+        if not arg.get("required", True):
+            return self._replace(t, sel, f"{where}: extract")
+        src_rows = f"SELECT * FROM ({sel}) WHERE {q(into)} IS NOT NULL"
+        return self._replace(t, src_rows, f"{where}: extract", reason=f"no match for {pat!r} in {src}")
+
+    def _step_length(self, t, arg, where):
+        f = arg["field"]
+        self._check_fields(t, [f], f"{where}.field")
+        n = f"length({q(f)}::VARCHAR)"
+        parts, dropped = [], {}
+        if "min" in arg:
+            parts.append(f"{n} >= {int(arg['min'])}")
+            dropped[f"{f} shorter than {arg['min']} characters"] = self.x(
+                f"SELECT count(*) FROM {t} WHERE {n} < {int(arg['min'])}").fetchone()[0]
+        if "max" in arg:
+            parts.append(f"{n} <= {int(arg['max'])}")
+            dropped[f"{f} longer than {arg['max']} characters"] = self.x(
+                f"SELECT count(*) FROM {t} WHERE {n} > {int(arg['max'])}").fetchone()[0]
+        nulls = self.x(f"SELECT count(*) FROM {t} WHERE {q(f)} IS NULL").fetchone()[0]
+        if nulls:
+            dropped[f"{f} is null"] = nulls
+        cond = " AND ".join(parts) or "true"
+        return self._replace(t, f"SELECT * FROM {t} WHERE {cond}", f"{where}: length", dropped)
+
+    def _step_sample(self, t, arg, where):
+        h = f"md5({lit(arg['seed'])} || ':' || row_id)"
+        if "n" in arg:
+            sel = f"SELECT * FROM {t} QUALIFY row_number() OVER (ORDER BY {h}) <= {int(arg['n'])}"
+        else:
+            sel = f"SELECT * FROM {t} WHERE {_unit(h)} < {float(arg['fraction'])!r}"
+        return self._replace(t, sel, f"{where}: sample", reason="sample: not selected")
+
+    def _step_limit(self, t, arg, where):
+        return self._replace(t, f"SELECT * FROM {t} QUALIFY row_number() OVER (ORDER BY _ord) <= {int(arg)}", f"{where}: limit", reason=f"beyond limit {int(arg)}")
+
+    # -- whole-dataset steps
+    def mix(self, tables: dict[str, str], mix: dict) -> str:
+        """Union the sources, each cut to its declared count or weight share."""
+        counts = {n: self.count(t) for n, t in tables.items()}
+        take = dict(counts)
+        weights = {n: m["weight"] for n, m in mix.items() if "weight" in m}
+        if weights:
+            total_w = sum(weights.values())
+            fit = min(counts[n] / (w / total_w) for n, w in weights.items())
+            for n, w in weights.items():
+                take[n] = min(counts[n], math.floor(fit * w / total_w + 1e-9))
+        for n, m in mix.items():
+            if "count" in m:
+                take[n] = min(counts[n], m["count"])
+        parts = []
+        for n, t in tables.items():
+            if take[n] < counts[n]:
+                h = f"md5('mix:' || row_id)"
+                sel = f"SELECT * FROM {t} QUALIFY row_number() OVER (ORDER BY {h}) <= {take[n]}"
+                t = self._replace(t, sel, f"mix.{n}", {f"mix: beyond {n}'s share": counts[n] - take[n]})
+            parts.append(f"SELECT * FROM {t}")
+        out = self._tmp()
+        self.x(f"CREATE TABLE {out} AS " + " UNION ALL BY NAME ".join(parts))
+        return out
+
+    def split(self, t: str, split: dict, default_key: list[str]) -> tuple[str, str]:
+        keys = split.get("key") or default_key
+        self._check_fields(t, keys, "split.key")
+        h = "md5(" + " || '\x1f' || ".join([lit(split["seed"])] + [f"coalesce({q(k)}::VARCHAR, '')" for k in keys]) + ")"
+        ev = split["eval"]
+        rows = self.count(t)
+        if ev == 0:
+            is_eval = "false"
+        elif ev < 1:
+            is_eval = f"{_unit(h)} < {float(ev)!r}"
+        else:
+            is_eval = f"row_number() OVER (ORDER BY {h}, _ord) <= {int(ev)}"
+        self.x(f"CREATE TABLE {t}_s AS SELECT *, {is_eval} AS _eval FROM {t}")
+        train, evl = self._tmp(), self._tmp()
+        self.x(f"CREATE TABLE {train} AS SELECT * EXCLUDE (_eval) FROM {t}_s WHERE NOT _eval")
+        self.x(f"CREATE TABLE {evl} AS SELECT * EXCLUDE (_eval) FROM {t}_s WHERE _eval")
+        n_eval = self.count(evl)
+        self.stages.append(Stage("split", rows, rows, {}))
+        self.stages[-1].__dict__["split"] = {"train": rows - n_eval, "eval": n_eval, "key": keys}
+        if rows - n_eval == 0:
+            raise FtcError("FTC302", file=self.file, stage="split", counts=f"all {rows} rows went to eval")
+        return train, evl
+
+    def arrow(self, sql: str) -> pa.Table:
+        rel = self.con.sql(sql)
+        table = rel.to_arrow_table() if hasattr(rel, "to_arrow_table") else rel.arrow()
+        return standard_lists(table)
+
+
+class _Rows(list):
+    def fetchall(self) -> list:
+        return list(self)
+
+    def fetchone(self):
+        return self[0] if self else None
+
+
+def standard_lists(table: pa.Table) -> pa.Table:
+    """DuckDB names list items "l"; Arrow, Parquet readers and HF datasets expect "item"."""
+
+    def fix(t: pa.DataType) -> pa.DataType:
+        if pa.types.is_list(t) or pa.types.is_large_list(t):
+            return pa.list_(fix(t.value_type))
+        if pa.types.is_struct(t):
+            return pa.struct([pa.field(f.name, fix(f.type), f.nullable) for f in t])
+        return t
+
+    schema = pa.schema([pa.field(f.name, fix(f.type), f.nullable) for f in table.schema])
+    return table if str(schema) == str(table.schema) else table.cast(schema)
+
+
+def _unit(h: str) -> str:
+    """A uniform [0, 1) number from the first 32 bits of an md5 hex digest."""
+    return f"(('0x' || substr({h}, 1, 8))::UBIGINT / 4294967296.0)"
+
+
+def _groups(pattern: str) -> int:
+    import re
+
+    try:
+        return re.compile(pattern).groups
+    except re.error:
+        return 1 if "(" in pattern else 0

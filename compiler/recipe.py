@@ -1,0 +1,297 @@
+"""Recipe loading: JSON text -> overrides -> schema check -> resolved, frozen Recipe.
+
+Validation errors are phrased for a person: the JSON path, what was expected, and a
+did-you-mean for unknown keys. Every default is filled in here, once, so the lock
+shows the settings that will actually be used.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import math
+import os
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+from ftc.errors import FtcError, did_you_mean
+
+SCHEMA_PATH = Path(__file__).with_name("recipe.schema.json")
+
+# Keys whose values are filesystem paths. Relative values in the recipe are relative
+# to the recipe file; relative values given with --set are relative to the current
+# directory (like any command-line path) and are rewritten relative to the recipe.
+PATH_KEYS = ("sources.*.path", "model.name", "model.tokenizer", "output.cache_dir")
+
+
+@lru_cache(maxsize=1)
+def schema() -> dict:
+    return json.loads(SCHEMA_PATH.read_text(encoding="utf-8"))
+
+
+@dataclass(frozen=True)
+class Recipe:
+    path: Path  # the recipe file
+    sha256: str  # of the recipe file's bytes
+    overrides: tuple[str, ...]  # "KEY=VALUE" as given, after path rewriting
+    data: dict = field(repr=False)  # the recipe after overrides, defaults resolved
+
+    @property
+    def dir(self) -> Path:
+        return self.path.parent
+
+    @property
+    def name(self) -> str:
+        return self.data["name"]
+
+    def resolve_path(self, rel: str) -> Path:
+        return (self.dir / rel) if not os.path.isabs(rel) else Path(rel)
+
+
+def load_recipe(path: str | os.PathLike, overrides: list[str] | tuple[str, ...] = ()) -> Recipe:
+    """Read, override, validate and resolve a recipe file."""
+    p = Path(path)
+    try:
+        raw = p.read_bytes()
+    except OSError as e:
+        raise FtcError("FTC100", file=str(path), reason=e.strerror or str(e)) from None
+    try:
+        data = json.loads(raw.decode("utf-8-sig"))
+    except UnicodeDecodeError as e:
+        raise FtcError("FTC101", file=str(path), reason=f"not UTF-8 ({e.reason} at byte {e.start})", line=1, col=1) from None
+    except json.JSONDecodeError as e:
+        raise FtcError("FTC101", file=str(path), reason=e.msg, line=e.lineno, col=e.colno) from None
+    if not isinstance(data, dict):
+        raise FtcError("FTC102", file=str(path), reason="a recipe is a JSON object", hint="wrap it in { ... }")
+    applied = []
+    for arg in overrides:
+        applied.append(apply_override(data, arg, p.parent))
+    validate(data, str(path))
+    resolved = resolve(data, str(path))
+    return Recipe(path=p, sha256=hashlib.sha256(raw).hexdigest(), overrides=tuple(applied), data=resolved)
+
+
+# ---------------------------------------------------------------- overrides
+
+def apply_override(data: dict, arg: str, recipe_dir: Path) -> str:
+    """Apply one ``KEY=VALUE`` to ``data`` in place; returns the recorded form."""
+    key, sep, text = arg.partition("=")
+    key = key.strip()
+    if not sep or not key:
+        raise FtcError("FTC104", arg=arg, reason="expected KEY=VALUE")
+    try:
+        value: Any = json.loads(text)
+    except json.JSONDecodeError:
+        value = text  # bare strings need no quotes
+    parts = key.split(".")
+    if _is_path_key(parts) and isinstance(value, str) and not os.path.isabs(value) and os.path.exists(value):
+        value = os.path.relpath(os.path.abspath(value), os.path.abspath(recipe_dir)).replace(os.sep, "/")
+    node: Any = data
+    for i, part in enumerate(parts[:-1]):
+        if isinstance(node, list):
+            node = node[_index(arg, node, part)]
+        elif isinstance(node, dict):
+            node = node.setdefault(part, {})
+            if not isinstance(node, (dict, list)):
+                raise FtcError("FTC104", arg=arg, reason=f"{'.'.join(parts[: i + 1])} is a {type(node).__name__}, not an object")
+        else:
+            raise FtcError("FTC104", arg=arg, reason=f"{'.'.join(parts[:i])} is not an object")
+    last = parts[-1]
+    if isinstance(node, list):
+        node[_index(arg, node, last)] = value
+    else:
+        node[last] = value
+    return f"{key}={json.dumps(value, ensure_ascii=False) if not isinstance(value, str) else value}"
+
+
+def _index(arg: str, node: list, part: str) -> int:
+    if not part.isdigit() or int(part) >= len(node):
+        raise FtcError("FTC104", arg=arg, reason=f"{part!r} is not an index of a list of {len(node)}")
+    return int(part)
+
+
+def _is_path_key(parts: list[str]) -> bool:
+    for pattern in PATH_KEYS:
+        pp = pattern.split(".")
+        if len(pp) == len(parts) and all(a == "*" or a == b for a, b in zip(pp, parts)):
+            return True
+    return False
+
+
+# ---------------------------------------------------------------- validation
+
+def json_path(parts) -> str:
+    out = ""
+    for p in parts:
+        out += f"[{p}]" if isinstance(p, int) else (f".{p}" if out else str(p))
+    return out or "(top level)"
+
+
+def validate(data: dict, file: str) -> None:
+    """Raise the most useful schema error, if any."""
+    from jsonschema import Draft202012Validator
+    from jsonschema.exceptions import best_match
+
+    validator = Draft202012Validator(schema())
+    errors = list(validator.iter_errors(data))
+    if not errors:
+        return
+    unknown = _deepest_unknown_key(errors)
+    if unknown is not None:
+        err, key = unknown
+        allowed = sorted(err.schema.get("properties", {}))
+        path = json_path(list(err.absolute_path) + [key])
+        hint = (did_you_mean(key, allowed).lstrip("; ").capitalize() + " " if did_you_mean(key, allowed) else "")
+        hint += f"allowed keys here: {', '.join(allowed)}" if allowed else "no keys are allowed here"
+        raise FtcError("FTC103", file=file, path=path, key=key, hint=hint)
+    err = best_match(errors)
+    while err.context:  # descend into oneOf/anyOf to the most specific branch
+        err = best_match(err.context)
+    path = json_path(err.absolute_path)
+    raise FtcError("FTC102", file=file, path=path, reason=_describe(err), hint=_schema_hint(err))
+
+
+def _deepest_unknown_key(errors):
+    best = None
+    stack = list(errors)
+    while stack:
+        e = stack.pop()
+        if e.validator == "additionalProperties" and isinstance(e.instance, dict):
+            allowed = set(e.schema.get("properties", {}))
+            extra = sorted(k for k in e.instance if k not in allowed)
+            if extra and (best is None or len(e.absolute_path) > len(best[0].absolute_path)):
+                best = (e, extra[0])
+        stack.extend(e.context or [])
+    return best
+
+
+def _describe(err) -> str:
+    v = err.validator
+    if v == "required":
+        return err.message.replace("is a required property", "is required")
+    if v == "type":
+        return f"expected {err.validator_value}, got {json.dumps(err.instance, ensure_ascii=False)[:80]}"
+    if v == "enum":
+        return f"{json.dumps(err.instance, ensure_ascii=False)} is not one of {', '.join(map(str, err.validator_value))}"
+    return err.message
+
+
+def _schema_hint(err) -> str:
+    desc = err.schema.get("description") if isinstance(err.schema, dict) else None
+    return desc or "see `ftc schema` for the recipe format"
+
+
+# ---------------------------------------------------------------- defaults
+
+def _defaults(defn: dict) -> dict:
+    return {k: copy.deepcopy(v["default"]) for k, v in defn.get("properties", {}).items() if "default" in v}
+
+
+def resolve(data: dict, file: str) -> dict:
+    """Fill every default so the lock states exactly what will be used."""
+    defs = schema()["$defs"]
+    out = copy.deepcopy(data)
+    out.pop("$schema", None)
+    out.setdefault("description", "")
+    out.setdefault("transforms", [])
+    out.setdefault("mix", {})
+    for name, src in out["sources"].items():
+        src.setdefault("transforms", [])
+        if "path" in src:
+            src.setdefault("encoding", "auto")
+        if "hf" in src:
+            src["hf"].setdefault("split", "train")
+        for step in src["transforms"]:
+            _resolve_step(step)
+    for step in out["transforms"]:
+        _resolve_step(step)
+    split = out.setdefault("split", {})
+    split.setdefault("eval", 0)
+    split.setdefault("seed", 0)
+    if split["eval"] >= 1 and split["eval"] != int(split["eval"]):
+        raise FtcError("FTC105", file=file, path="split.eval", reason="split.eval must be a share below 1 or a whole row count",
+                       hint="use e.g. 0.05 (5%) or 200 (rows)")
+    model = {**_defaults(defs["model"]), **out.get("model", {})}
+    if "name" not in model:
+        raise FtcError("FTC102", file=file, path="model", reason="'name' is required", hint="the base model: a hub id or a local folder")
+    model.setdefault("revision", None)
+    model.setdefault("tokenizer", model["name"])
+    model.setdefault("tokenizer_revision", model["revision"] if model["tokenizer"] == model["name"] else None)
+    model.setdefault("config", {})
+    out["model"] = model
+    out["lora"] = {**_defaults(defs["lora"]), **out.get("lora", {})}
+    train = {**_defaults(defs["train"]), **out.get("train", {})}
+    fmt = out["template"]["format"]
+    train.setdefault("completion_only_loss", fmt == "prompt_completion")
+    train.setdefault("assistant_only_loss", fmt == "messages")
+    train.setdefault("warmup_ratio", 0.0)
+    train.setdefault("eval_steps", None)
+    if train["method"] == "grpo":
+        train["grpo"] = {**_defaults(defs["train"]["properties"]["grpo"]), **train.get("grpo", {})}
+        train["grpo"].setdefault("rewards", [])
+        if fmt != "prompt":
+            raise FtcError("FTC105", file=file, path="template.format",
+                           reason=f"GRPO trains on prompts; template.format is {fmt!r}",
+                           hint='use "format": "prompt" (completions are generated and scored by the rewards)')
+    else:
+        train.pop("grpo", None)
+        if fmt == "prompt":
+            raise FtcError("FTC105", file=file, path="template.format", reason="format 'prompt' has nothing to learn with SFT",
+                           hint="use prompt_completion, messages or text, or set train.method to grpo")
+    out["train"] = train
+    out["output"] = {"cache_dir": ".ftc", **out.get("output", {})}
+    _check_template_keys(out["template"], file)
+    return out
+
+
+def _resolve_step(step: dict) -> None:
+    (kind, arg), = step.items()
+    if kind == "filter" and isinstance(arg, str):
+        step["filter"] = {"where": arg}
+    elif kind == "extract":
+        arg.setdefault("required", True)
+        arg.setdefault("remove", "")
+    elif kind == "sample":
+        arg.setdefault("seed", 0)
+
+
+_TEMPLATE_KEYS = {"text": {"text"}, "prompt_completion": {"prompt", "completion"}, "prompt": {"prompt"}, "messages": {"messages"}}
+
+
+def _check_template_keys(tpl: dict, file: str) -> None:
+    want = _TEMPLATE_KEYS[tpl["format"]]
+    have = set(tpl) - {"format"}
+    for k in sorted(want - have):
+        raise FtcError("FTC105", file=file, path=f"template.{k}", reason=f"format {tpl['format']!r} needs template.{k}",
+                       hint=f"add \"{k}\": an inline Jinja string or {{\"file\": \"templates/....jinja\"}}")
+    for k in sorted(have - want):
+        raise FtcError("FTC105", file=file, path=f"template.{k}", reason=f"format {tpl['format']!r} does not use template.{k}",
+                       hint=f"format {tpl['format']!r} takes: {', '.join(sorted(want))}")
+
+
+def derive_schedule(train: dict, train_sequences: int) -> dict:
+    """The numbers a reviewer wants, computed the way HF Trainer computes them."""
+    bs, ga = train["per_device_train_batch_size"], train["gradient_accumulation_steps"]
+    batches = math.ceil(train_sequences / bs) if train_sequences else 0
+    steps_per_epoch = max(math.ceil(batches / ga), 1) if batches else 0
+    if train["max_steps"] and train["max_steps"] > 0:
+        total = train["max_steps"]
+        epochs = total / steps_per_epoch if steps_per_epoch else 0.0
+    else:
+        total = math.ceil(train["num_train_epochs"] * steps_per_epoch)
+        epochs = float(train["num_train_epochs"])
+    if train.get("warmup_steps") is not None:
+        warmup = int(train["warmup_steps"])
+    else:
+        warmup = math.ceil(total * float(train.get("warmup_ratio") or 0.0))
+    return {
+        "train_sequences": train_sequences,
+        "effective_batch_size": bs * ga,
+        "optimizer_steps_per_epoch": steps_per_epoch,
+        "total_steps": total,
+        "epochs": round(epochs, 4),
+        "warmup_steps": warmup,
+    }

@@ -1,0 +1,174 @@
+"""Rendering: Jinja templates -> the training text fields.
+
+Templates run in Jinja's sandbox with ``StrictUndefined`` so a typo in a field name
+is an error, not an empty string, and ``{{ ''.__class__ }}`` cannot reach Python
+internals. Simple templates (text, ``{{ field }}``, ``{% if field %}…{% else %}…``)
+are lowered to DuckDB string concatenation, which renders 200k rows in a fraction of
+a second; anything else is rendered by Jinja, row by row. Both paths give the same
+text (tested on real data).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+import pyarrow as pa
+
+from ftc.compiler.normalize import lit, q
+from ftc.errors import FtcError
+
+
+@dataclass(frozen=True)
+class Template:
+    name: str  # file path relative to the recipe, or the JSON path of an inline template
+    source: str
+
+    @property
+    def sha256(self) -> str:
+        return hashlib.sha256(self.source.encode("utf-8")).hexdigest()
+
+
+@lru_cache(maxsize=1)
+def env():
+    from jinja2 import StrictUndefined
+    from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+    # Jinja's default newline handling (a file's single final newline is dropped), as in
+    # HF chat templates: a prompt that must end in "\n" ends its file with a blank line.
+    return ImmutableSandboxedEnvironment(undefined=StrictUndefined, autoescape=False)
+
+
+def load_template(spec, recipe_dir: Path, json_path: str, recipe_file: str) -> Template:
+    if isinstance(spec, str):
+        return Template(json_path, spec)
+    p = recipe_dir / spec["file"]
+    try:
+        return Template(spec["file"], p.read_text(encoding="utf-8"))
+    except OSError as e:
+        raise FtcError("FTC402", file=recipe_file, path=f"{json_path}.file", template=spec["file"],
+                       reason=e.strerror or str(e), hint="template files are relative to the recipe file") from None
+
+
+def compile_template(t: Template):
+    from jinja2 import TemplateSyntaxError
+
+    try:
+        return env().from_string(t.source)
+    except TemplateSyntaxError as e:
+        raise FtcError("FTC400", template=t.name, line=e.lineno, reason=e.message) from None
+
+
+def variables(t: Template) -> set[str]:
+    from jinja2 import meta
+
+    return meta.find_undeclared_variables(env().parse(t.source))
+
+
+# ---------------------------------------------------------------- lowering to SQL
+
+def to_sql(t: Template, types: dict[str, str]) -> str | None:
+    """A DuckDB expression equal to rendering ``t``, or None if it is not simple."""
+    from jinja2 import nodes
+
+    try:
+        tree = env().parse(t.source)
+    except Exception:
+        return None
+
+    def expr(node) -> str | None:
+        if isinstance(node, nodes.TemplateData):
+            return lit(node.data)
+        if isinstance(node, nodes.Const) and isinstance(node.value, str):
+            return lit(node.value)
+        if isinstance(node, nodes.Name) and node.ctx == "load" and types.get(node.name) == "VARCHAR":
+            # Jinja prints None as 'None'
+            return f"coalesce({q(node.name)}, 'None')"
+        if isinstance(node, nodes.Output):
+            return seq(node.nodes)
+        if isinstance(node, nodes.If) and not node.elif_:
+            cond = test(node.test)
+            body, other = seq(node.body), seq(node.else_)
+            if None in (cond, body, other):
+                return None
+            return f"(CASE WHEN {cond} THEN {body} ELSE {other} END)"
+        return None
+
+    def test(node) -> str | None:
+        if isinstance(node, nodes.Name) and types.get(node.name) == "VARCHAR":
+            return f"({q(node.name)} IS NOT NULL AND {q(node.name)} <> '')"
+        if isinstance(node, nodes.Not):
+            inner = test(node.node)
+            return None if inner is None else f"(NOT {inner})"
+        return None
+
+    def seq(items) -> str | None:
+        parts = [expr(n) for n in items]
+        if None in parts:
+            return None
+        return "(" + " || ".join(parts) + ")" if parts else "''"
+
+    return seq(tree.body)
+
+
+# ---------------------------------------------------------------- Jinja per row
+
+def render_rows(t: Template, rows: list[dict]) -> list[str]:
+    """Render ``t`` for each row; errors name the template line and the row."""
+    from jinja2 import TemplateError
+
+    compiled = compile_template(t)
+    out = []
+    for row in rows:
+        try:
+            out.append(compiled.render(row))
+        except TemplateError as e:
+            raise FtcError("FTC401", template=t.name, line=_line(e, t.name), row=row.get("row_id", "?"),
+                           reason=getattr(e, "message", None) or str(e),
+                           fields=", ".join(k for k in row if not k.startswith("_"))) from None
+    return out
+
+
+def _line(e: BaseException, name: str) -> int | str:
+    import traceback
+
+    for frame in reversed(traceback.extract_tb(e.__traceback__)):
+        if frame.filename in ("<template>", name):
+            return frame.lineno
+    return getattr(e, "lineno", None) or "?"
+
+
+def check_fields(t: Template, fields: set[str], recipe_file: str, json_path: str) -> None:
+    """Fail at compile time, before any row, when a template names a field no row has."""
+    from ftc.errors import did_you_mean
+
+    missing = sorted(variables(t) - fields - set(env().globals))
+    if missing:
+        raise FtcError("FTC401", file=recipe_file, path=json_path, template=t.name, line=_first_use(t, missing[0]),
+                       row="(every row)", reason=f"{missing[0]!r} is undefined{did_you_mean(missing[0], fields)}",
+                       fields=", ".join(sorted(fields)))
+
+
+def _first_use(t: Template, name: str) -> int:
+    for i, line in enumerate(t.source.splitlines(), 1):
+        if name in line:
+            return i
+    return 1
+
+
+def chat_sql(messages: list[tuple[str, str]]) -> str:
+    """A DuckDB list of {role, content} structs from (role, content-expression) pairs."""
+    items = ", ".join(f"struct_pack(role := {lit(r)}, content := {c})" for r, c in messages)
+    return f"[{items}]"
+
+
+def chat_arrow(roles: list[str], contents: list[list[str]]) -> pa.Array:
+    """Arrow list<struct<role, content>> from per-message columns of rendered text."""
+    n = len(contents[0]) if contents else 0
+    k = len(roles)
+    role_col = pa.array([roles[j] for _ in range(n) for j in range(k)], pa.string())
+    content_col = pa.array([contents[j][i] for i in range(n) for j in range(k)], pa.string())
+    structs = pa.StructArray.from_arrays([role_col, content_col], names=["role", "content"])
+    return pa.ListArray.from_arrays(pa.array([i * k for i in range(n + 1)], pa.int32()), structs)
