@@ -77,6 +77,13 @@ def compile_recipe(recipe: Recipe, lock_path: Path, *, progress: bool = False, w
         src = tpl_spec["messages"]["field"]
         norm._check_fields(t, [src], "template.messages.field")
 
+    if recipe.data["train"]["method"] == "grpo":
+        from ftc.runtime.rewards import check_rewards
+
+        grpo = recipe.data["train"]["grpo"]
+        grpo["rewards"] = check_rewards(grpo["rewards"], fields=fields, allow_python=grpo["allow_python"],
+                                        recipe_dir=recipe.dir, file=file)
+
     # 4. split, deterministic from a hash of key fields
     default_key = sorted({v for tpl in templates.values() for v in render.variables(tpl)} & fields) or sorted(fields)
     train_t, eval_t = norm.split(t, recipe.data["split"], default_key)

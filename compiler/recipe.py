@@ -144,8 +144,8 @@ def validate(data: dict, file: str) -> None:
         err, key = unknown
         allowed = sorted(err.schema.get("properties", {}))
         path = json_path(list(err.absolute_path) + [key])
-        hint = (did_you_mean(key, allowed).lstrip("; ").capitalize() + " " if did_you_mean(key, allowed) else "")
-        hint += f"allowed keys here: {', '.join(allowed)}" if allowed else "no keys are allowed here"
+        dym = did_you_mean(key, allowed).lstrip("; ")
+        hint = (dym + " " if dym else "") + (f"allowed keys here: {', '.join(allowed)}" if allowed else "no keys are allowed here")
         raise FtcError("FTC103", file=file, path=path, key=key, hint=hint)
     err = best_match(errors)
     while err.context:  # descend into oneOf/anyOf to the most specific branch

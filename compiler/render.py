@@ -117,14 +117,12 @@ def to_sql(t: Template, types: dict[str, str]) -> str | None:
 
 def render_rows(t: Template, rows: list[dict]) -> list[str]:
     """Render ``t`` for each row; errors name the template line and the row."""
-    from jinja2 import TemplateError
-
     compiled = compile_template(t)
     out = []
     for row in rows:
         try:
             out.append(compiled.render(row))
-        except TemplateError as e:
+        except Exception as e:  # undefined names, sandbox refusals, and errors of the template's own logic
             raise FtcError("FTC401", template=t.name, line=_line(e, t.name), row=row.get("row_id", "?"),
                            reason=getattr(e, "message", None) or str(e),
                            fields=", ".join(k for k in row if not k.startswith("_"))) from None

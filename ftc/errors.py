@@ -62,13 +62,14 @@ class FtcError(Exception):
         self.file = file
         self.path = path
         self.fields = fields
-        self.message = rule.message.format(**fields)
-        self.hint = rule.hint.format(**fields) if rule.hint else ""
+        values = {"file": file, "path": path, **fields}
+        self.message = rule.message.format(**values)
+        self.hint = rule.hint.format(**values) if rule.hint else ""
         super().__init__(self.render())
 
     def render(self) -> str:
         where = ""
-        if self.file:
+        if self.file and self.file not in self.message:
             where += f"{self.file}"
         if self.path:
             where += f"{': ' if where else ''}at {self.path}"

@@ -1,0 +1,76 @@
+"""Plain-text views of a lock for people: the compile summary and row previews."""
+
+from __future__ import annotations
+
+import json
+
+
+def table(rows: list[list[str]], header: list[str]) -> str:
+    widths = [max(len(str(r[i])) for r in [header] + rows) for i in range(len(header))]
+    line = lambda r: "  ".join(str(c).ljust(w) if i == 0 else str(c).rjust(w) for i, (c, w) in enumerate(zip(r, widths)))
+    return "\n".join([line(header), line(["-" * w for w in widths])] + [line(r) for r in rows])
+
+
+def compile_summary(lock: dict, lock_path: str) -> str:
+    out = [f"compiled {lock['settings']['name']} -> {lock_path}  (plan {lock['plan_hash'][:12]})", ""]
+    files = []
+    for name, facts in lock["sources"].items():
+        for f in facts.get("files", []):
+            files.append([f["path"], f["format"], f["encoding"] or "-", f"{f['rows']:,}", ", ".join(f"{k}<-{v}" for k, v in f["columns"].items())])
+        if "files" not in facts:
+            files.append([f"hf:{facts['name']}", "hf", "-", f"{facts['rows']:,}", ", ".join(f"{k}<-{v}" for k, v in facts["columns"].items())])
+    if len(files) > 12:
+        files = files[:10] + [[f"... {len(files) - 10} more files", "", "", "", ""]]
+    out += [table(files, ["source file", "format", "encoding", "rows", "columns"]), ""]
+    stages = [[s["stage"], f"{s['rows_in']:,}", f"{s['rows_out']:,}", f"{s['rows_in'] - s['rows_out']:,}"] for s in lock["stages"]]
+    out += [table(stages, ["stage", "rows in", "rows out", "dropped"]), ""]
+    drops = [(s["stage"], k, v) for s in lock["stages"] for k, v in s["dropped"].items() if v]
+    if drops:
+        out.append("dropped rows by reason:")
+        out += [f"  {v:>8,}  {k}  ({stage})" for stage, k, v in drops]
+        out.append("")
+    arts = lock["artifacts"]["data"]
+    out.append("splits: " + ", ".join(f"{k} {v['rows']:,} rows" for k, v in arts.items()))
+    sched = lock["schedule"]
+    out.append(
+        f"schedule: effective batch {sched['effective_batch_size']}, {sched['optimizer_steps_per_epoch']} optimizer steps/epoch, "
+        f"{sched['total_steps']} total steps, {sched['warmup_steps']} warmup steps"
+    )
+    tok = lock.get("tokens")
+    if tok:
+        for split, st in tok["stats"].items():
+            out.append(
+                f"tokens[{split}]: {st['tokens']:,} tokens, {st['supervised_tokens']:,} trained; length p50 {st['length_p50']}, "
+                f"p99 {st['length_p99']}, max {st['length_max']}; truncated {st['truncated']}, dropped {st['dropped']}"
+            )
+        if tok.get("packing"):
+            p = tok["packing"]
+            out.append(f"packing: {p['sequences']:,} packed sequences of {p['capacity']} tokens, efficiency {p['efficiency']:.1%}")
+    return "\n".join(out)
+
+
+def preview_rows(rows: list[dict], fmt_fields: list[str], as_json: bool) -> str:
+    if as_json:
+        return "\n".join(json.dumps(r, ensure_ascii=False, sort_keys=True) for r in rows)
+    out = []
+    for r in rows:
+        out.append(f"── {r['row_id']} " + "─" * max(0, 60 - len(r["row_id"])))
+        for k, v in r.items():
+            if k == "row_id" or k in fmt_fields:
+                continue
+            out.append(f"  {k}: {_short(v)}")
+        for k in fmt_fields:
+            v = r.get(k)
+            if isinstance(v, list):
+                out.append(f"[{k}]")
+                out += [f"  <{m['role']}> {m['content']}" for m in v]
+            else:
+                out.append(f"[{k}]\n{v}")
+        out.append("")
+    return "\n".join(out)
+
+
+def _short(v, n: int = 100) -> str:
+    s = v if isinstance(v, str) else json.dumps(v, ensure_ascii=False)
+    s = s.replace("\n", "⏎")
+    return s if len(s) <= n else s[: n - 1] + "…"

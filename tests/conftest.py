@@ -1,0 +1,40 @@
+"""Shared test helpers: the ../shared data folder, recipe writing, CLI calls."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared"
+NEEDS_SHARED = pytest.mark.skipif(not (SHARED / "data").is_dir(), reason=f"real data folder {SHARED}/data is absent")
+TOKENIZER = SHARED / "tokenizers" / "qwen2.5-bpe"
+
+
+@pytest.fixture
+def shared() -> Path:
+    if not (SHARED / "data").is_dir():
+        pytest.skip(f"real data folder {SHARED}/data is absent")
+    return SHARED
+
+
+def write_recipe(folder: Path, recipe: dict, name: str = "recipe.json") -> Path:
+    base = {"name": "t", "model": {"name": "tiny"}}
+    p = folder / name
+    p.write_text(json.dumps({**base, **recipe}, ensure_ascii=False, indent=1), encoding="utf-8")
+    return p
+
+
+@pytest.fixture
+def cli(capsys):
+    """Run ftc in-process: returns (exit code, stdout, stderr)."""
+    from ftc.cli import main
+
+    def run(*args: str):
+        code = main([str(a) for a in args])
+        out = capsys.readouterr()
+        return code, out.out, out.err
+
+    return run

@@ -1,0 +1,128 @@
+"""The seed's three cases compile against the real data in ../shared."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+
+from conftest import NEEDS_SHARED, ROOT
+
+pytestmark = NEEDS_SHARED
+
+
+def compile_lock(cli, recipe: Path, out: Path, *sets: str) -> dict:
+    args = ["compile", recipe, "-o", out, "-q"] + [x for s in sets for x in ("--set", s)]
+    code, _, err = cli(*args)
+    assert code == 0, err
+    return json.loads(out.read_text(encoding="utf-8"))
+
+
+def rows(lock_path: Path, lock: dict, split: str = "train") -> list[dict]:
+    return pq.read_table(lock_path.parent / lock["artifacts"]["data"][split]["path"]).to_pylist()
+
+
+def test_alpaca_uses_both_standard_prompts(cli, tmp_path):
+    out = tmp_path / "alpaca.lock"
+    lock = compile_lock(cli, ROOT / "recipes/alpaca.json", out)
+    data = rows(out, lock)
+    with_input = [r for r in data if r["input"]]
+    without = [r for r in data if not r["input"]]
+    assert with_input and without
+    r = with_input[0]
+    assert r["prompt"].startswith("Below is an instruction that describes a task, paired with an input")
+    assert r["prompt"].endswith(f"### Input:\n{r['input']}\n\n### Response:\n")
+    r = without[0]
+    assert r["prompt"].startswith("Below is an instruction that describes a task. Write a response")
+    assert "### Input:" not in r["prompt"] and r["prompt"].endswith("### Response:\n")
+    assert all(r["completion"] == r["output"] for r in data)
+    # 999 rows read, 14 duplicates dropped and counted, the rest split
+    dedup = next(s for s in lock["stages"] if s["stage"].endswith("dedup"))
+    assert dedup["dropped"] == {"duplicate (instruction, input)": dedup["rows_in"] - dedup["rows_out"]}
+    total = lock["artifacts"]["data"]["train"]["rows"] + lock["artifacts"]["data"]["eval"]["rows"]
+    assert total == dedup["rows_out"]
+    assert lock["templates"]["template.prompt"]["rendered_by"] == "sql"
+
+
+def test_medical_gb18030_folders(cli, tmp_path):
+    out = tmp_path / "medical.lock"
+    lock = compile_lock(cli, ROOT / "recipes/medical.json", out)
+    (f,) = lock["sources"]["medical"]["files"]
+    assert f["encoding"] == "gb18030"
+    assert f["columns"]["input"] == "ask" and f["columns"]["output"] == "answer"
+    assert f["captured"] == {"department_en": "IM", "department": "内科"}
+    assert f["rows"] == 3822
+    data = rows(out, lock)
+    assert {r["department"] for r in data} == {"内科"}
+    assert data[0]["prompt"].startswith("你是一个专业的医疗助手。")
+    assert data[0]["prompt"].endswith(f"### 问题:\n{data[0]['input']}\n\n### 回答:\n")
+    assert "高血压" in data[0]["input"]  # decoded, not mojibake
+
+
+def test_gsm8k_answer_number_and_chat_prompt(cli, tmp_path):
+    out = tmp_path / "gsm8k.lock"
+    lock = compile_lock(cli, ROOT / "recipes/gsm8k_grpo.json", out)
+    data = {r["row_id"]: r for r in rows(out, lock) + rows(out, lock, "eval")}
+    first = data["gsm8k:train.jsonl:1"]  # Natalia's clips: #### 72
+    assert first["answer_number"] == "72"
+    assert [m["role"] for m in first["prompt"]] == ["system", "user"]
+    assert "<reasoning>" in first["prompt"][0]["content"] and first["prompt"][1]["content"] == first["question"]
+    assert lock["artifacts"]["data"]["eval"]["rows"] == 200
+    assert all("," not in r["answer_number"] for r in data.values())
+    assert lock["settings"]["train"]["method"] == "grpo"
+
+
+def test_recompile_and_copied_project_give_identical_locks(cli, tmp_path, shared):
+    # a project copied to another folder, with the data beside it
+    for name in ("a", "b"):
+        proj = tmp_path / name / "proj"
+        (proj / "recipes").mkdir(parents=True)
+        shutil.copytree(ROOT / "templates", proj / "templates")
+        shutil.copy(ROOT / "recipes/medical.json", proj / "recipes")
+        shutil.copytree(shared / "data" / "medical", tmp_path / name / "shared" / "data" / "medical")
+    la = tmp_path / "a/proj/plan.lock"
+    lb = tmp_path / "b/proj/plan.lock"
+    compile_lock(cli, tmp_path / "a/proj/recipes/medical.json", la)
+    first = la.read_bytes()
+    compile_lock(cli, tmp_path / "a/proj/recipes/medical.json", la)
+    assert la.read_bytes() == first
+    compile_lock(cli, tmp_path / "b/proj/recipes/medical.json", lb)
+    assert lb.read_bytes() == first
+    text = first.decode("utf-8")
+    assert str(tmp_path) not in text and '"/' not in text  # no absolute paths
+
+
+def test_parquet_loads_with_datasets(cli, tmp_path):
+    datasets = pytest.importorskip("datasets")
+    out = tmp_path / "alpaca.lock"
+    lock = compile_lock(cli, ROOT / "recipes/alpaca.json", out)
+    path = out.parent / lock["artifacts"]["data"]["train"]["path"]
+    ds = datasets.load_dataset("parquet", data_files=str(path), split="train")
+    assert ds.num_rows == lock["artifacts"]["data"]["train"]["rows"]
+    assert {"row_id", "instruction", "prompt", "completion"} <= set(ds.column_names)
+
+
+def test_set_overrides_are_validated_and_recorded(cli, tmp_path):
+    out = tmp_path / "a.lock"
+    lock = compile_lock(cli, ROOT / "recipes/alpaca.json", out, "train.learning_rate=1e-4", "split.eval=100")
+    assert lock["settings"]["train"]["learning_rate"] == 1e-4
+    assert lock["artifacts"]["data"]["eval"]["rows"] == 100
+    assert lock["recipe"]["overrides"] == ["train.learning_rate=0.0001", "split.eval=100"]
+    code, _, err = cli("compile", ROOT / "recipes/alpaca.json", "-o", out, "--set", "train.learning_rate=fast")
+    assert code == 2 and "train.learning_rate" in err and "expected number" in err
+    code, _, err = cli("compile", ROOT / "recipes/alpaca.json", "-o", out, "--set", "train.learningrate=1")
+    assert code == 2 and "unknown key 'learningrate'" in err and "did you mean 'learning_rate'" in err
+
+
+def test_schedule_is_derived(cli, tmp_path):
+    out = tmp_path / "m.lock"
+    lock = compile_lock(cli, ROOT / "recipes/medical.json", out)
+    s = lock["schedule"]
+    n = lock["artifacts"]["data"]["train"]["rows"]
+    assert s["effective_batch_size"] == 8
+    assert s["optimizer_steps_per_epoch"] == -(-(-(-n // 2)) // 4)
+    assert s["total_steps"] == s["optimizer_steps_per_epoch"]
+    assert s["warmup_steps"] == 5

@@ -1,0 +1,186 @@
+"""Templates (sandbox, strict, errors with line and row), schema errors, the lock, diff, preview, start-up."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pyarrow as pa
+import pytest
+
+from conftest import NEEDS_SHARED, ROOT, write_recipe
+
+
+def make(tmp_path, template, rows=None, **extra):
+    rows = rows or [{"q": "hello", "a": "world", "n": 3}, {"q": "", "a": "x", "n": None}]
+    (tmp_path / "d.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return write_recipe(tmp_path, {"sources": {"s": {"path": "d.jsonl"}}, "template": template, **extra})
+
+
+def err_of(cli, recipe, *args) -> str:
+    code, _, err = cli("compile", recipe, "-o", recipe.parent / "p.lock", *args)
+    assert code == 2
+    assert "Traceback" not in err
+    return err
+
+
+def test_template_syntax_error_names_file_and_line(cli, tmp_path):
+    (tmp_path / "t.jinja").write_text("line one\n{% if q %}\n{{ q }\n")
+    err = err_of(cli, make(tmp_path, {"format": "text", "text": {"file": "t.jinja"}}))
+    assert "FTC400" in err and "template t.jinja line 3" in err
+
+
+def test_undefined_variable_is_caught_before_rendering(cli, tmp_path):
+    err = err_of(cli, make(tmp_path, {"format": "prompt_completion", "prompt": "Q: {{ question }}", "completion": "{{ a }}"}))
+    assert "FTC401" in err and "template.prompt" in err and "'question' is undefined" in err and "available fields: a, n, q" in err
+
+
+def test_render_error_names_row(cli, tmp_path):
+    err = err_of(cli, make(tmp_path, {"format": "text", "text": "{{ q }}\n{{ n + 1 }}"}))
+    assert "FTC401" in err and "line 2" in err and "row s:d.jsonl:2" in err
+
+
+def test_sandbox_blocks_python_internals(cli, tmp_path):
+    err = err_of(cli, make(tmp_path, {"format": "text", "text": "{{ ''.__class__.__mro__[1].__subclasses__() }}"}))
+    assert "FTC401" in err and "unsafe" in err
+
+
+def test_jinja_fallback_matches_lowered_sql(cli, tmp_path):
+    """Same text whether a template is lowered to SQL or rendered by Jinja."""
+    rows = [{"q": f"q{i}" if i % 3 else "", "a": f"a {i}\n"} for i in range(50)] + [{"q": None, "a": "z"}]
+    lowered = "{% if q %}Q: {{ q }}\n{% else %}no question\n{% endif %}A: {{ a }}"
+    jinja = lowered + "{{ '' | upper }}"  # a filter is not lowerable
+    out = {}
+    for name, tpl in (("sql", lowered), ("jinja", jinja)):
+        d = tmp_path / name
+        d.mkdir()
+        r = make(d, {"format": "text", "text": tpl}, rows=rows)
+        code, _, err = cli("compile", r, "-o", d / "p.lock", "-q")
+        assert code == 0, err
+        lock = json.loads((d / "p.lock").read_text())
+        assert lock["templates"]["template.text"]["rendered_by"] == name
+        import pyarrow.parquet as pq
+
+        out[name] = [r["text"] for r in pq.read_table(d / lock["artifacts"]["data"]["train"]["path"]).to_pylist()]
+    assert out["sql"] == out["jinja"]
+    assert out["sql"][0] == "no question\nA: a 0\n" and out["sql"][1] == "Q: q1\nA: a 1\n" and out["sql"][-1] == "no question\nA: z"
+
+
+@NEEDS_SHARED
+def test_alpaca_lowered_equals_jinja_on_real_rows(tmp_path):
+    from ftc.compiler import render
+
+    data = json.loads((ROOT.parent / "shared/data/alpaca/alpaca_en_demo.json").read_text())
+    tpl = render.Template("alpaca.jinja", (ROOT / "templates/alpaca.jinja").read_text())
+    sql = render.to_sql(tpl, {"instruction": "VARCHAR", "input": "VARCHAR", "output": "VARCHAR"})
+    assert sql is not None
+    import duckdb
+
+    con = duckdb.connect()
+    t = pa.Table.from_pylist(data)
+    got = [r[0] for r in con.execute(f"SELECT {sql} FROM t").fetchall()]
+    assert got == render.render_rows(tpl, data)
+
+
+def test_unknown_keys_get_did_you_mean(cli, tmp_path):
+    r = make(tmp_path, {"format": "text", "text": "{{ q }}"}, transforms=[{"dedupe": ["q"]}])
+    err = err_of(cli, r)
+    assert "FTC103" in err and "at transforms[0].dedupe" in err and "did you mean 'dedup'" in err
+    r.write_text(json.dumps({"name": "t", "sourcse": {}, "template": {"format": "text", "text": "x"}}))
+    err = err_of(cli, r)
+    assert "unknown key 'sourcse'" in err and "did you mean 'sources'" in err
+
+
+def test_schema_type_and_required_errors(cli, tmp_path):
+    r = make(tmp_path, {"format": "text", "text": "{{ q }}"}, train={"learning_rate": "fast"})
+    err = err_of(cli, r)
+    assert "FTC102" in err and "train.learning_rate" in err and "expected number" in err
+    r = make(tmp_path, {"format": "prompt_completion", "prompt": "{{ q }}"})
+    err = err_of(cli, r)
+    assert "template.completion" in err and "needs template.completion" in err
+
+
+def test_bad_json_names_line(cli, tmp_path):
+    p = tmp_path / "r.json"
+    p.write_text('{\n  "name": "x",\n  "sources": {,}\n}')
+    code, _, err = cli("validate", p)
+    assert code == 2 and "FTC101" in err and "line 3" in err
+
+
+def test_bad_set_argument(cli, tmp_path):
+    r = make(tmp_path, {"format": "text", "text": "{{ q }}"})
+    err = err_of(cli, r, "--set", "nonsense")
+    assert "FTC104" in err and "KEY=VALUE" in err
+    err = err_of(cli, r, "--set", "name.x=1")
+    assert "FTC104" in err
+
+
+def test_schema_command_and_recipes_validate(cli):
+    import jsonschema
+
+    code, out, _ = cli("schema")
+    schema = json.loads(out)
+    for p in (ROOT / "recipes").glob("*.json"):
+        recipe = json.loads(p.read_text(encoding="utf-8"))
+        assert recipe["$schema"] == "../compiler/recipe.schema.json"
+        jsonschema.validate(recipe, schema)
+
+
+def test_reward_schema_in_recipe_schema_matches_code():
+    from ftc.compiler.recipe import schema
+    from ftc.runtime.rewards import REWARD_SCHEMA
+
+    assert schema()["$defs"]["reward"] == json.loads(json.dumps({k: v for k, v in REWARD_SCHEMA.items() if k != "$schema"}))
+
+
+def test_lock_checks_and_diff(cli, tmp_path):
+    r = make(tmp_path, {"format": "prompt_completion", "prompt": "Q: {{ q }}", "completion": "{{ a }}"})
+    a, b = tmp_path / "a.lock", tmp_path / "b.lock"
+    assert cli("compile", r, "-o", a, "-q")[0] == 0
+    assert cli("diff", a, a)[0] == 0
+    r2 = make(tmp_path, {"format": "prompt_completion", "prompt": "Question: {{ q }}", "completion": "{{ a }}"},
+              train={"learning_rate": 1e-4}, transforms=[{"drop_empty": ["q"]}])
+    assert cli("compile", r2, "-o", b, "-q")[0] == 0
+    code, out, _ = cli("diff", a, b)
+    assert code == 1
+    assert "train.learning_rate: 0.0002 → 0.0001" in out
+    assert "-Q: {{ q }}" in out and "+Question: {{ q }}" in out
+    assert "transforms[0]: drop_empty: step added" in out
+    assert "train: 2 → 1 (-1)" in out or "rows: 2 → 1 (-1)" in out
+    # tampered and future locks
+    lock = json.loads(a.read_text())
+    lock["settings"]["train"]["learning_rate"] = 1.0
+    a.write_text(json.dumps(lock))
+    code, _, err = cli("diff", a, b)
+    assert code == 2 and "FTC502" in err and "edited by hand" in err
+    lock = json.loads(b.read_text())
+    lock["ftc_version"] = "99.0.0"
+    from ftc.compiler.lock import seal
+
+    a.write_text(json.dumps(seal(lock)))
+    code, _, err = cli("diff", a, b)
+    assert code == 2 and "FTC501" in err and "newer" in err
+
+
+def test_preview_json_lines(cli, tmp_path):
+    r = make(tmp_path, {"format": "prompt_completion", "prompt": "Q: {{ q }}", "completion": "{{ a }}"})
+    code, out, err = cli("preview", r, "--json", "-n", "5")
+    assert code == 0, err
+    rows = [json.loads(l) for l in out.splitlines()]
+    assert rows[0] == {"row_id": "s:d.jsonl:1", "q": "hello", "a": "world", "n": 3, "prompt": "Q: hello", "completion": "world"}
+    assert len(rows) == 2
+
+
+def test_cli_start_does_not_import_heavy_libraries():
+    code = ("import sys; from ftc.cli import _parser; _parser().format_help(); "
+            "heavy = [m for m in ('torch', 'transformers', 'duckdb', 'pyarrow', 'datasets', 'trl') if m in sys.modules]; "
+            "print(heavy); sys.exit(1 if heavy else 0)")
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert res.returncode == 0, res.stdout + res.stderr
+
+
+def test_exit_code_two_and_no_traceback_from_subprocess(tmp_path):
+    res = subprocess.run([sys.executable, "-m", "ftc", "compile", str(tmp_path / "missing.json")], capture_output=True, text=True)
+    assert res.returncode == 2
+    assert "FTC100" in res.stderr and "Traceback" not in res.stderr
