@@ -1,0 +1,150 @@
+"""The compiler's token artifact, as the dataset and collator the Trainer consumes.
+
+The artifact (Parquet) holds one tokenized, masked row per example: `row_id`, `input_ids`,
+`labels` (-100 where the loss is masked, eos appended by compile), `length`, and `pack`
+when the plan packs rows. It is never re-tokenized here: the plan decided every token.
+
+Packing is planned by the compiler (`pack`: rows sharing a value form one sequence of at
+most max_seq_length tokens). Here a pack becomes one dataset item with `seq_lengths`, and a
+batch of packs is flattened into a single padding-free row whose position_ids restart at 0
+for every original row. transformers turns those restarting positions into a block-diagonal
+causal mask (sdpa, eager, flex) or varlen boundaries (flash-attention), so packed rows
+never attend to each other; `tests/test_runtime_packing.py` proves it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+REQUIRED = ("row_id", "input_ids", "labels", "length")
+
+
+@dataclass(frozen=True)
+class TokenStats:
+    """What the artifact holds, in the units run.json and the report speak in."""
+
+    rows: int
+    sequences: int  # training items: packs when packed, else rows
+    tokens: int  # real tokens (no padding)
+    trained_tokens: int  # tokens whose label is not -100
+    max_length: int  # longest item
+    packed: bool
+
+
+def _artifact_error(path: Path, reason: str) -> Exception:
+    from ftc.errors import FtcError
+
+    return FtcError("FTC601", file=str(path), reason=reason, hint="recompile the plan: the token artifact does not follow the compiler's contract")
+
+
+def read_tokens(path: Path, *, max_seq_length: int | None = None) -> pa.Table:
+    """Read and check the artifact: the columns, lengths and labels the trainer relies on.
+
+    Checks are vectorized (the artifact can hold millions of tokens) and catch a compiler
+    that drifted from the contract before hours of GPU time are spent on it.
+    """
+    path = Path(path)
+    table = pq.read_table(path)
+    missing = [c for c in REQUIRED if c not in table.column_names]
+    if missing:
+        raise _artifact_error(path, f"missing columns {missing}; it has {table.column_names}")
+    if table.num_rows == 0:
+        raise _artifact_error(path, "no rows")
+    ids = table.column("input_ids").combine_chunks()
+    labels = table.column("labels").combine_chunks()
+    n_ids = pc.list_value_length(ids).to_numpy(zero_copy_only=False)
+    n_labels = pc.list_value_length(labels).to_numpy(zero_copy_only=False)
+    declared = table.column("length").to_numpy()
+    if not (np.array_equal(n_ids, n_labels) and np.array_equal(n_ids, declared)):
+        bad = int(np.flatnonzero((n_ids != n_labels) | (n_ids != declared))[0])
+        raise _artifact_error(path, f"row {table.column('row_id')[bad]}: input_ids, labels and length disagree")
+    if (n_ids == 0).any():
+        raise _artifact_error(path, "a row has no tokens")
+    flat_ids = ids.flatten().to_numpy()
+    flat_labels = labels.flatten().to_numpy()
+    trained = flat_labels != -100
+    if (flat_labels[trained] != flat_ids[trained]).any():
+        raise _artifact_error(path, "labels must equal input_ids (unshifted) or be -100")
+    if max_seq_length is not None:
+        lengths = _pack_lengths(table) if "pack" in table.column_names else n_ids
+        if lengths.max() > max_seq_length:
+            raise _artifact_error(path, f"a sequence has {int(lengths.max())} tokens, more than model.max_seq_length={max_seq_length}")
+    return table
+
+
+def _pack_lengths(table: pa.Table) -> np.ndarray:
+    packs = table.column("pack").to_numpy()
+    lengths = table.column("length").to_numpy().astype(np.int64)
+    _, inverse = np.unique(packs, return_inverse=True)
+    return np.bincount(inverse, weights=lengths).astype(np.int64)
+
+
+def to_items(table: pa.Table) -> pa.Table:
+    """The training items: one per row, or one per pack with `seq_lengths` when packed.
+
+    Rows of a pack keep their artifact order; packs are ordered by their `pack` value.
+    Everything stays in Arrow (take + flatten), never in per-token Python lists.
+    """
+    if "pack" not in table.column_names:
+        return pa.table({"input_ids": table.column("input_ids"), "labels": table.column("labels")})
+    packs = table.column("pack").to_numpy()
+    order = np.lexsort((np.arange(len(packs)), packs))  # by pack, then artifact order
+    sorted_packs = packs[order]
+    starts = np.flatnonzero(np.r_[True, sorted_packs[1:] != sorted_packs[:-1]])
+    row_offsets = pa.array(np.r_[starts, len(order)].astype(np.int32))
+    lengths = table.column("length").combine_chunks().take(pa.array(order)).cast(pa.int32())
+    token_offsets = np.r_[0, np.cumsum(lengths.to_numpy())][np.r_[starts, len(order)]].astype(np.int32)
+
+    def concat(column: str) -> pa.Array:
+        values = table.column(column).combine_chunks().take(pa.array(order)).flatten()
+        return pa.ListArray.from_arrays(pa.array(token_offsets), values)
+
+    return pa.table(
+        {
+            "input_ids": concat("input_ids"),
+            "labels": concat("labels"),
+            "seq_lengths": pa.ListArray.from_arrays(row_offsets, lengths),
+        }
+    )
+
+
+def token_stats(table: pa.Table) -> TokenStats:
+    labels = table.column("labels").combine_chunks().flatten().to_numpy()
+    packed = "pack" in table.column_names
+    lengths = _pack_lengths(table) if packed else table.column("length").to_numpy()
+    return TokenStats(
+        rows=table.num_rows,
+        sequences=len(lengths),
+        tokens=int(lengths.sum()),
+        trained_tokens=int((labels != -100).sum()),
+        max_length=int(lengths.max()),
+        packed=packed,
+    )
+
+
+def to_dataset(table: pa.Table) -> Any:
+    """A `datasets.Dataset` of training items, the type SFTTrainer insists on."""
+    import datasets
+
+    return datasets.Dataset(to_items(table))
+
+
+def collator(pad_token_id: int, *, packed: bool) -> Any:
+    """TRL's language-modeling collator: padded batches with an attention_mask, or, for
+    packs, one flattened padding-free row with restarting position_ids and the label of
+    every sequence's first token masked (it would otherwise be predicted from the
+    previous sequence's last token)."""
+    from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
+
+    return DataCollatorForLanguageModeling(pad_token_id=pad_token_id, padding_free=packed)
+
+
+def max_token_id(table: pa.Table) -> int:
+    return int(pc.max(table.column("input_ids").combine_chunks().flatten()).as_py())

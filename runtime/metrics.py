@@ -1,0 +1,166 @@
+"""What a run tells while it trains: metrics.jsonl, a progress line, and a clean Ctrl-C.
+
+Each piece is a transformers `TrainerCallback`, so the trainer file only lists them.
+The callback classes are built inside `callbacks()` because TrainerCallback lives in
+transformers, which the CLI must not import at start-up.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import signal
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+
+@dataclass
+class TokenCounter:
+    """Tokens seen by training_step, counted from the batch the model actually got.
+
+    real: non-padding tokens; slots: positions computed (real + padding); trained: tokens
+    with a label. A padding-free packed batch has real == slots.
+    """
+
+    real: int = 0
+    slots: int = 0
+    trained: int = 0
+
+    def add(self, batch: dict) -> None:
+        ids = batch["input_ids"]
+        self.slots += int(ids.numel())
+        mask = batch.get("attention_mask")
+        self.real += int(mask.sum()) if mask is not None else int(ids.numel())
+        labels = batch.get("labels")
+        if labels is not None:
+            self.trained += int((labels != -100).sum())
+
+
+@dataclass
+class StopFlag:
+    """Set by the first SIGINT; the trainer then saves a checkpoint and stops after the
+    current optimizer step. A second SIGINT raises KeyboardInterrupt at once."""
+
+    requested: bool = False
+    step: int | None = None
+    _previous: Any = field(default=None, repr=False)
+
+    def install(self) -> None:
+        self._previous = signal.getsignal(signal.SIGINT)
+        signal.signal(signal.SIGINT, self._handle)
+
+    def uninstall(self) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+            self._previous = None
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.requested:
+            self.uninstall()
+            raise KeyboardInterrupt
+        self.requested = True
+        print("\nftc: interrupt: saving a checkpoint after this step (Ctrl-C again to abort now)", file=sys.stderr, flush=True)
+
+
+def read_metrics(path: Path) -> list[dict]:
+    path = Path(path)
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def truncate_metrics(path: Path, last_step: int) -> None:
+    """Drop lines past the checkpoint we resume from: those steps are trained again."""
+    kept = [m for m in read_metrics(path) if m.get("step", 0) <= last_step]
+    Path(path).write_text("".join(json.dumps(m) + "\n" for m in kept))
+
+
+def callbacks(*, metrics_path: Path, counter: TokenCounter, stop: StopFlag, show_progress: bool = True) -> list[Any]:
+    """The run's callbacks: metrics.jsonl writer, progress display, Ctrl-C handling."""
+    from transformers import TrainerCallback
+
+    class MetricsWriter(TrainerCallback):
+        """One JSON line per log: step, loss, learning_rate, grad_norm, tokens_per_second
+        (real tokens since the previous line over wall time), epoch, and eval metrics."""
+
+        def __init__(self) -> None:
+            self.last_time = time.perf_counter()
+            self.last_real = 0
+
+        def on_train_begin(self, args, state, control, **kwargs):
+            self.last_time = time.perf_counter()
+            self.last_real = counter.real
+
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            logs = dict(logs or {})
+            if "train_runtime" in logs:  # the Trainer's end-of-training summary: run.json has it
+                return
+            row: dict[str, Any] = {"step": state.global_step, "epoch": round(state.epoch or 0.0, 4)}
+            if "loss" in logs:
+                now = time.perf_counter()
+                row["loss"] = logs["loss"]
+                row["learning_rate"] = logs.get("learning_rate")
+                row["grad_norm"] = logs.get("grad_norm")
+                row["tokens_per_second"] = round((counter.real - self.last_real) / max(now - self.last_time, 1e-9), 1)
+                row["tokens"] = counter.real
+                for key in ("mean_token_accuracy", "entropy"):
+                    if key in logs:
+                        row[key] = logs[key]
+                self.last_time, self.last_real = now, counter.real
+            if "eval_loss" in logs:
+                row["eval_loss"] = logs["eval_loss"]
+                row["eval_perplexity"] = math.exp(min(logs["eval_loss"], 50.0))
+            if len(row) > 2 and state.is_world_process_zero:
+                with open(metrics_path, "a") as f:
+                    f.write(json.dumps(row) + "\n")
+
+    class ProgressDisplay(TrainerCallback):
+        """A tqdm bar over optimizer steps (it shows the ETA) with loss and tokens/s."""
+
+        def __init__(self) -> None:
+            self.bar = None
+            self.start = 0.0
+            self.start_real = 0
+
+        def on_train_begin(self, args, state, control, **kwargs):
+            from tqdm.auto import tqdm
+
+            if state.is_world_process_zero:
+                self.bar = tqdm(total=state.max_steps, initial=state.global_step, desc="train", unit="step", dynamic_ncols=True)
+            self.start, self.start_real = time.perf_counter(), counter.real
+
+        def on_step_end(self, args, state, control, **kwargs):
+            if self.bar is not None:
+                self.bar.update(state.global_step - self.bar.n)
+
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            if self.bar is None or not logs:
+                return
+            post = {}
+            if "loss" in logs:
+                post["loss"] = f"{logs['loss']:.4f}"
+            if "eval_loss" in logs:
+                post["eval_loss"] = f"{logs['eval_loss']:.4f}"
+            elapsed = time.perf_counter() - self.start
+            post["tok/s"] = f"{(counter.real - self.start_real) / max(elapsed, 1e-9):,.0f}"
+            self.bar.set_postfix(post, refresh=True)
+
+        def on_train_end(self, args, state, control, **kwargs):
+            if self.bar is not None:
+                self.bar.close()
+                self.bar = None
+
+    class StopOnSignal(TrainerCallback):
+        """Turns the SIGINT flag into Trainer control: save this step, then stop."""
+
+        def on_step_end(self, args, state, control, **kwargs):
+            if stop.requested:
+                stop.step = state.global_step
+                control.should_save = True
+                control.should_training_stop = True
+            return control
+
+    return [MetricsWriter(), *([ProgressDisplay()] if show_progress else []), StopOnSignal()]

@@ -1,0 +1,184 @@
+"""Load the base model the plan names, and describe the LoRA adapter to put on it.
+
+The `model` and `lora` dicts are the resolved recipe sections (`compiler/recipe.schema.json`
+`$defs.model` / `$defs.lora`, every default filled in); their keys are passed straight to
+transformers and PEFT, like torchtune's config keys are constructor arguments.
+
+torch, transformers and peft are imported inside the functions: the CLI imports this module
+to wire commands and must start without paying for them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import sys
+from dataclasses import dataclass
+from typing import Any
+
+# Attention paths that honour sequence boundaries in a packed row: transformers' mask
+# builders (`masking_utils`) turn restarting position_ids into a block-diagonal causal mask
+# for these when no 2D attention_mask and no cache is given; flash-attention reads them
+# as varlen boundaries. Any other (custom) kernel would let packed rows see each other.
+PACKING_SAFE_ATTENTION = frozenset({"sdpa", "eager", "flex_attention", "flash_attention_2", "flash_attention_3"})
+
+
+def run_error(reason: str, hint: str) -> Exception:
+    """A person-fixable error of `ftc run`: FTC700 once the catalogue has it (asked of the lead)."""
+    from ftc.errors import RULES, FtcError
+
+    if "FTC700" in RULES:
+        return FtcError("FTC700", reason=reason, hint=hint)
+    return RuntimeError(f"{reason}\n  hint: {hint}")
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    """The base model plus the facts about it that run.json records."""
+
+    model: Any  # transformers.PreTrainedModel
+    dtype: str  # the torch dtype actually used, e.g. "float32"
+    device: str  # "cuda" or "cpu"
+    random_init: bool
+    fingerprint: str  # sha256 of the weights when random_init, else ""
+    num_parameters: int
+
+
+def device_kind() -> str:
+    """'cuda' when a GPU is visible, else 'cpu' (Trainer makes the same choice)."""
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def resolve_dtype(name: str, device: str) -> str:
+    """`auto` means the fastest dtype that trains well where we are: bf16 on GPUs that have it,
+    fp16 on older GPUs, fp32 on the CPU (bf16 matmuls on a CPU are slow and lossy)."""
+    if name != "auto":
+        return name
+    if device == "cuda":
+        import torch
+
+        return "bfloat16" if torch.cuda.is_bf16_supported() else "float16"
+    return "float32"
+
+
+def weights_fingerprint(model: Any) -> str:
+    """sha256 over every parameter (name, shape, float32 bytes), in name order.
+
+    A random-init base is not saved (it can be a gigabyte); it is rebuilt from its config
+    and seed, and this fingerprint proves the rebuild is the model the adapter was trained on.
+    """
+    import torch
+
+    h = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        h.update(name.encode())
+        h.update(str(tuple(tensor.shape)).encode())
+        h.update(tensor.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+def load_base_model(model: dict, *, seed: int, device: str | None = None) -> LoadedModel:
+    """The base model of `model` (the resolved recipe section), ready for PEFT.
+
+    init="pretrained" loads weights from a local folder or hub id; init="random" builds the
+    architecture from `name`'s config.json plus `config` overrides with random weights drawn
+    from `seed` on the CPU, so the same seed gives the same base on any machine.
+    """
+    import torch
+    import transformers
+
+    device = device or device_kind()
+    dtype_name = resolve_dtype(model.get("dtype", "auto"), device)
+    dtype = getattr(torch, dtype_name)
+    name = model["name"]
+    common = {"trust_remote_code": bool(model.get("trust_remote_code", False)), "attn_implementation": "sdpa"}
+    if model.get("revision"):
+        common["revision"] = model["revision"]
+
+    if model.get("init", "pretrained") == "random":
+        if model.get("load_in_4bit"):
+            raise run_error("model.load_in_4bit with model.init=random", "4-bit quantization needs trained weights; drop one of the two")
+        try:
+            config = transformers.AutoConfig.from_pretrained(
+                name, **{k: v for k, v in common.items() if k != "attn_implementation"}
+            )
+        except (OSError, ValueError) as err:
+            raise run_error(f"cannot read the config of model {name!r}: {err}", "model.init=random needs model.name to be a folder (or hub id) with a config.json") from err
+        config = _override_config(config, model.get("config") or {})
+        print(
+            f"ftc: WARNING model.init=random: {config.model_type} built from {name}'s config with RANDOM weights "
+            f"(seed {seed}); this is not a pretrained model",
+            file=sys.stderr,
+        )
+        state = torch.random.get_rng_state()
+        torch.manual_seed(seed)
+        try:
+            built = transformers.AutoModelForCausalLM.from_config(
+                config, dtype=torch.float32, attn_implementation="sdpa", trust_remote_code=common["trust_remote_code"]
+            )
+        finally:
+            torch.random.set_rng_state(state)
+        fingerprint = weights_fingerprint(built)
+        built = built.to(dtype)
+        return LoadedModel(built, dtype_name, device, True, fingerprint, built.num_parameters())
+
+    kwargs: dict[str, Any] = {**common, "dtype": dtype}
+    if model.get("load_in_4bit"):
+        if device != "cuda":
+            raise run_error("model.load_in_4bit needs a CUDA GPU (bitsandbytes)", "run on a GPU machine, or set model.load_in_4bit=false")
+        try:
+            import bitsandbytes  # noqa: F401
+        except ImportError as err:
+            raise run_error("model.load_in_4bit needs the bitsandbytes package", "pip install bitsandbytes, or set model.load_in_4bit=false") from err
+        kwargs["quantization_config"] = transformers.BitsAndBytesConfig(
+            load_in_4bit=True,
+            bnb_4bit_quant_type="nf4",
+            bnb_4bit_use_double_quant=True,
+            bnb_4bit_compute_dtype=torch.bfloat16 if dtype_name == "float32" else dtype,
+        )
+        kwargs["device_map"] = {"": 0}
+    try:
+        loaded = transformers.AutoModelForCausalLM.from_pretrained(name, **kwargs)
+    except OSError as err:
+        raise run_error(f"cannot load model {name!r}: {err}", "offline? point model.name at a local folder; a typo in a hub id looks the same") from err
+    return LoadedModel(loaded, dtype_name, device, False, "", loaded.num_parameters())
+
+
+def _override_config(config: Any, overrides: dict) -> Any:
+    """The config with `overrides`, rebuilt through its class so that per-layer lists that
+    follow num_hidden_layers (layer_types) are derived again instead of kept at the old size."""
+    values = {**config.to_dict(), **overrides}
+    if "num_hidden_layers" in overrides and "layer_types" not in overrides:
+        values.pop("layer_types", None)
+    return type(config).from_dict(values)
+
+
+def lora_config(lora: dict) -> Any:
+    """peft.LoraConfig from the resolved `lora` section: its keys are LoraConfig's own."""
+    from peft import LoraConfig
+
+    target = lora.get("target_modules", "all-linear")
+    return LoraConfig(
+        r=int(lora.get("r", 16)),
+        lora_alpha=float(lora.get("lora_alpha", 16)),
+        lora_dropout=float(lora.get("lora_dropout", 0.0)),
+        target_modules=target if isinstance(target, str) else list(target),
+        bias=lora.get("bias", "none"),
+        use_rslora=bool(lora.get("use_rslora", False)),
+        task_type="CAUSAL_LM",
+    )
+
+
+def load_tokenizer(path: str) -> Any:
+    """The tokenizer the compiler used, as a transformers tokenizer (the Trainer wants one
+    to save next to the adapter; we never tokenize with it here)."""
+    from transformers import AutoTokenizer
+
+    try:
+        tok = AutoTokenizer.from_pretrained(path)
+    except (OSError, ValueError) as err:
+        raise run_error(f"cannot load tokenizer {path!r}: {err}", "point model.tokenizer at the local folder the plan was compiled with") from err
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    return tok
