@@ -174,6 +174,10 @@ def map_columns(table: pa.Table, columns: dict | None, captured: dict, file: str
                 suggest = "".join(did_you_mean(a, table.column_names) for a in alts[:1])
                 raise FtcError("FTC203", file=file, path=path, wanted=alts, field=fname,
                                available=", ".join(table.column_names) or "(none)", suggest=suggest)
+            if fname in captured:
+                raise FtcError("FTC105", file=file, path=path,
+                               reason=f"field {fname!r} is both the column {col!r} and a path capture of sources.{source}.captures",
+                               hint="rename the capture group or the field, so each field has one origin")
             chosen[fname] = col
             arr = table.column(col)
             out[fname] = convert_turns(arr, conv, file, source, fname) if conv else arr

@@ -171,3 +171,13 @@ def test_split_is_independent_of_row_order(cli, tmp_path):
     assert 20 <= len(evals[0]) <= 60  # ~10% of 400
     lock, data, _ = compile_rows(cli, tmp_path / "p1", {"sources": {"s": {"path": "d.jsonl"}}, "split": {"eval": 25, "key": ["q"]}, "template": TPL}, "eval")
     assert len(data) == 25
+
+
+def test_ambiguous_mapping_is_an_error(cli, tmp_path):
+    (tmp_path / "IM_内科").mkdir()
+    (tmp_path / "IM_内科" / "a.csv").write_text("department,q,a\n心血管科,x,y\n", encoding="utf-8")
+    recipe = {"sources": {"s": {"path": "*_*/*.csv", "captures": "^[A-Z]+_(?P<department>[^/]+)/",
+                                "columns": {"department": "department", "q": "q", "a": "a"}}}, "template": TPL}
+    r = write_recipe(tmp_path, recipe)
+    code, _, err = cli("compile", r, "-o", tmp_path / "x.lock")
+    assert code == 2 and "sources.s.columns.department" in err and "both the column 'department' and a path capture" in err
