@@ -1,0 +1,95 @@
+"""The run report a person reads after `ftc run`: report.md and a loss curve (loss.png).
+
+Built only from run.json facts and metrics.jsonl, so it can be rebuilt for any finished
+or interrupted run without the model.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from ftc.runtime.metrics import read_metrics
+
+
+def plot_loss(metrics: list[dict], path: Path) -> bool:
+    """loss.png: training loss per step, eval loss as points. False when nothing to plot."""
+    train = [(m["step"], m["loss"]) for m in metrics if m.get("loss") is not None]
+    evals = [(m["step"], m["eval_loss"]) for m in metrics if m.get("eval_loss") is not None]
+    if not train and not evals:
+        return False
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only: no display on a GPU box
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4), dpi=100)
+    if train:
+        ax.plot(*zip(*train), label="train loss", linewidth=1.5)
+    if evals:
+        ax.plot(*zip(*evals), "o-", label="eval loss")
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("loss")
+    if train and min(v for _, v in train) > 0 and max(v for _, v in train) / min(v for _, v in train) > 20:
+        ax.set_yscale("log")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return True
+
+
+def _fmt(value: Any, digits: int = 4) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:,.{digits}g}" if abs(value) < 1e5 else f"{value:,.0f}"
+    if isinstance(value, int):
+        return f"{value:,}"
+    return str(value)
+
+
+def write_report(output_dir: Path, facts: dict) -> Path:
+    """report.md (+ loss.png) in output_dir from run.json-style `facts` and metrics.jsonl."""
+    output_dir = Path(output_dir)
+    metrics = read_metrics(output_dir / "metrics.jsonl")
+    has_plot = plot_loss(metrics, output_dir / "loss.png")
+    train = facts.get("train", {})
+    tokens = facts.get("tokens", {})
+    model = facts.get("model", {})
+    lines = [f"# ftc run report: {facts.get('name') or output_dir.name}", ""]
+    if model.get("random_init"):
+        lines += ["> **Random weights.** The base model was built from its config with random weights "
+                  "(`model.init=random`): a pipeline check, not a useful model.", ""]
+    if train.get("interrupted"):
+        lines += [f"> **Interrupted** at step {train.get('global_step')} of {train.get('max_steps')}; "
+                  "continue with `ftc run --resume`.", ""]
+    rows = [
+        ("plan hash", facts.get("plan_hash") or "-"),
+        ("backend / method", f"{facts.get('backend')} / {facts.get('method')}"),
+        ("model", f"{model.get('name')} ({model.get('dtype')}, {_fmt(model.get('num_parameters'))} params, "
+                  f"{_fmt(model.get('trainable_parameters'))} trainable)"),
+        ("device", facts.get("device")),
+        ("steps", f"{train.get('global_step')} / {train.get('max_steps')} (epoch {_fmt(train.get('epoch'))})"),
+        ("loss first -> last", f"{_fmt(train.get('first_loss'))} -> {_fmt(train.get('last_loss'))}"),
+        ("eval loss / perplexity", f"{_fmt(facts.get('eval', {}).get('loss'))} / {_fmt(facts.get('eval', {}).get('perplexity'))}"),
+        ("tokens (real / slots / trained)", f"{_fmt(tokens.get('real'))} / {_fmt(tokens.get('slots'))} / {_fmt(tokens.get('trained'))}"),
+        ("padding efficiency", _fmt(tokens.get("padding_efficiency"))),
+        ("throughput", f"{_fmt(facts.get('throughput_tokens_per_second'))} tokens/s"),
+        ("peak memory", f"{_fmt(facts.get('peak_memory', {}).get('gib'))} GiB ({facts.get('peak_memory', {}).get('kind')})"),
+        ("wall time", f"{_fmt(facts.get('wall_time_s'))} s"),
+        ("versions", ", ".join(f"{k} {v}" for k, v in facts.get("versions", {}).items())),
+    ]
+    lines += ["| | |", "|---|---|", *[f"| {k} | {v} |" for k, v in rows], ""]
+    if has_plot:
+        lines += ["![loss](loss.png)", ""]
+    settings = facts.get("settings", {})
+    if settings:
+        lines += ["## Settings", "", "```json"]
+        import json
+
+        lines += [json.dumps(settings, indent=2, sort_keys=True), "```", ""]
+    path = output_dir / "report.md"
+    path.write_text("\n".join(lines))
+    return path

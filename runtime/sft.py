@@ -1,0 +1,310 @@
+"""SFT with LoRA on the hf backend (transformers + PEFT + TRL's SFTTrainer), top to bottom.
+
+Read it like torchtune's `lora_finetune_single_device.py`: setup (data, model, trainer),
+train, cleanup (adapter, eval, run.json, report). The plan's settings are passed straight
+through: the `train` keys are SFTConfig's own, the `lora` keys LoraConfig's own.
+
+Decisions that are not TRL defaults, and why:
+- The data arrives tokenized and masked from the compiler, so TRL's dataset preparation is
+  skipped (`skip_prepare_dataset`): nothing is re-tokenized, truncated or re-packed here.
+- Packs planned by the compiler are fed padding-free (one flattened row per batch, with
+  restarting position_ids); the attention kernel must honour those boundaries
+  (`model.PACKING_SAFE_ATTENTION`), and sdpa does once transformers sees no attention_mask
+  and no cache, which is why `use_cache` is switched off for training.
+- Data order comes from the Trainer's seedable sampler seeded with `train.seed`; resuming
+  restores the optimizer, scheduler and RNG states and skips the batches already seen, so
+  an interrupted-and-resumed run ends where an uninterrupted one does.
+- Ctrl-C saves a checkpoint after the current step and stops; `resume=True` continues.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import resource
+import sys
+import time
+from dataclasses import asdict
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Sequence
+
+from ftc.runtime import data as token_data
+from ftc.runtime.metrics import StopFlag, TokenCounter, callbacks as run_callbacks, read_metrics, truncate_metrics
+from ftc.runtime.model import PACKING_SAFE_ATTENTION, load_base_model, load_tokenizer, lora_config, run_error
+
+CHECKPOINTS = "checkpoints"
+
+
+def train_sft(
+    *,
+    train_tokens: Path,
+    eval_tokens: Path | None,
+    model: dict,
+    lora: dict,
+    train: dict,
+    tokenizer_path: str,
+    output_dir: Path,
+    resume: bool = False,
+    plan_hash: str = "",
+    max_steps_override: int | None = None,
+    name: str = "",
+    extra_callbacks: Sequence[Any] = (),
+    show_progress: bool = True,
+) -> dict:
+    """Train a LoRA adapter on `train_tokens`; return the run facts (also written to run.json).
+
+    Writes to output_dir: the PEFT adapter and tokenizer, checkpoints/, metrics.jsonl,
+    run.json, report.md and loss.png. `extra_callbacks` are transformers TrainerCallbacks
+    (tests use one to interrupt a run at a given step).
+    """
+    import torch
+    from transformers.trainer_callback import PrinterCallback, ProgressCallback
+    from transformers.trainer_utils import get_last_checkpoint
+
+    started_at = datetime.now(timezone.utc)
+    t0 = time.perf_counter()
+    output_dir = Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    checkpoints = output_dir / CHECKPOINTS
+    metrics_path = output_dir / "metrics.jsonl"
+
+    # ---- resume or fresh start: never mix two runs in one folder silently
+    last_checkpoint = get_last_checkpoint(str(checkpoints)) if checkpoints.is_dir() else None
+    if resume and last_checkpoint is None:
+        raise run_error(f"--resume: no checkpoint in {checkpoints}", "run without --resume to start training from step 0")
+    if not resume and last_checkpoint is not None:
+        raise run_error(f"{output_dir} already holds checkpoints of a run", "continue it with --resume, or choose another output folder")
+    resumed_from = _checkpoint_step(last_checkpoint) if resume else None
+    if resume:
+        truncate_metrics(metrics_path, resumed_from)
+    else:
+        metrics_path.write_text("")
+
+    # ---- data: the compiler's artifacts, checked against the contract
+    max_len = int(model.get("max_seq_length", 2048))
+    train_table = token_data.read_tokens(Path(train_tokens), max_seq_length=max_len)
+    eval_table = token_data.read_tokens(Path(eval_tokens), max_seq_length=max_len) if eval_tokens else None
+    packed = "pack" in train_table.column_names
+
+    # ---- model: base (pretrained or random from config), tokenizer; LoRA is added by the trainer
+    seed = int(train.get("seed", 3407))
+    loaded = load_base_model(model, seed=seed)
+    base = loaded.model
+    vocab = base.get_input_embeddings().num_embeddings
+    if token_data.max_token_id(train_table) >= vocab:
+        raise run_error(
+            f"token id {token_data.max_token_id(train_table)} in {train_tokens} is outside the model's vocabulary ({vocab})",
+            "the plan was compiled with another tokenizer than this model's; compile with the model's tokenizer",
+        )
+    attention = base.config._attn_implementation
+    if packed and attention not in PACKING_SAFE_ATTENTION:
+        raise run_error(f"packing with attention {attention!r}, which would let packed rows attend to each other", "use sdpa or flash-attention, or set train.packing=false")
+    base.config.use_cache = False  # a cache disables transformers' packed-sequence masks
+    tokenizer = load_tokenizer(tokenizer_path)
+
+    # ---- trainer: SFTConfig takes the plan's keys as they are
+    max_steps = int(max_steps_override if max_steps_override is not None else train.get("max_steps", -1))
+    eval_steps = train.get("eval_steps")
+    args = _sft_config(train, checkpoints=checkpoints, max_steps=max_steps, dtype=loaded.dtype, device=loaded.device,
+                       eval_steps=eval_steps if eval_table is not None else None)
+    counter, stop = TokenCounter(), StopFlag()
+    trainer = _trainer_class()(
+        model=base,
+        args=args,
+        train_dataset=token_data.to_dataset(train_table),
+        eval_dataset=token_data.to_dataset(eval_table) if eval_table is not None else None,
+        processing_class=tokenizer,
+        data_collator=token_data.collator(tokenizer.pad_token_id, packed=packed),
+        peft_config=lora_config(lora),
+        # extra callbacks first: whatever they request at a step end is seen by ours at that step
+        callbacks=[*extra_callbacks, *run_callbacks(metrics_path=metrics_path, counter=counter, stop=stop, show_progress=show_progress)],
+    )
+    trainer.token_counter = counter
+    trainer.remove_callback(ProgressCallback)
+    trainer.remove_callback(PrinterCallback)
+    trainable, total = trainer.model.get_nb_trainable_parameters()
+    if loaded.device == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+
+    # ---- train: Ctrl-C becomes "save a checkpoint and stop"
+    stop.install()
+    t_train = time.perf_counter()
+    try:
+        trainer.train(resume_from_checkpoint=last_checkpoint if resume else None)
+    finally:
+        stop.uninstall()
+    train_time = time.perf_counter() - t_train
+    state = trainer.state
+    interrupted = stop.requested
+
+    # ---- cleanup: adapter (+ tokenizer), eval, facts, report
+    trainer.save_model(str(output_dir))
+    eval_facts: dict = {}
+    if eval_table is not None and not interrupted:
+        from ftc.runtime.evaluate import eval_loss
+
+        eval_facts = eval_loss(trainer.model, Path(eval_tokens), pad_token_id=tokenizer.pad_token_id,
+                               batch_size=int(train.get("per_device_train_batch_size", 2)))
+        with open(metrics_path, "a") as f:
+            f.write(json.dumps({"step": state.global_step, "epoch": round(state.epoch or 0.0, 4),
+                                "eval_loss": eval_facts["loss"], "eval_perplexity": eval_facts["perplexity"]}) + "\n")
+
+    metrics = read_metrics(metrics_path)
+    losses = [m["loss"] for m in metrics if m.get("loss") is not None]
+    train_stats = token_data.token_stats(train_table)
+    facts = {
+        "name": name,
+        "plan_hash": plan_hash,
+        "backend": "hf",
+        "method": "sft",
+        "versions": _versions(),
+        "device": _device_name(loaded.device),
+        "model": {
+            "name": model.get("name"),
+            "revision": model.get("revision"),
+            "init": model.get("init", "pretrained"),
+            "random_init": loaded.random_init,
+            "fingerprint": loaded.fingerprint,
+            "dtype": loaded.dtype,
+            "attn_implementation": attention,
+            "max_seq_length": max_len,
+            "load_in_4bit": bool(model.get("load_in_4bit", False)),
+            "num_parameters": total,
+            "trainable_parameters": trainable,
+        },
+        "settings": {"model": model, "lora": lora, "train": train, "max_steps_override": max_steps_override, "tokenizer": str(tokenizer_path)},
+        "data": {
+            "train": {"path": str(train_tokens), **asdict(train_stats)},
+            "eval": {"path": str(eval_tokens), **asdict(token_data.token_stats(eval_table))} if eval_table is not None else None,
+        },
+        "train": {
+            "global_step": state.global_step,
+            "max_steps": state.max_steps,
+            "epoch": state.epoch,
+            "first_loss": losses[0] if losses else None,
+            "last_loss": losses[-1] if losses else None,
+            "interrupted": interrupted,
+            "resumed_from_step": resumed_from,
+            "train_time_s": round(train_time, 3),
+        },
+        "tokens": {
+            "real": counter.real,
+            "slots": counter.slots,
+            "trained": counter.trained,
+            "padding_efficiency": counter.real / counter.slots if counter.slots else None,
+            "pack_fill": train_stats.tokens / (train_stats.sequences * max_len) if packed else None,
+            "note": "counted in this process (a resumed run counts from its resume step)",
+        },
+        "throughput_tokens_per_second": round(counter.real / train_time, 1) if train_time > 0 else None,
+        "peak_memory": _peak_memory(loaded.device),
+        "eval": eval_facts,
+        "adapter_dir": ".",
+        "checkpoint": _relative(get_last_checkpoint(str(checkpoints)) if checkpoints.is_dir() else None, output_dir),
+        "started_at": started_at.isoformat(timespec="seconds"),
+        "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "wall_time_s": round(time.perf_counter() - t0, 3),
+    }
+    (output_dir / "run.json").write_text(json.dumps(facts, indent=2, sort_keys=True, default=str) + "\n")
+    from ftc.runtime.report import write_report
+
+    write_report(output_dir, facts)
+    if interrupted:
+        print(f"ftc: stopped at step {state.global_step}; checkpoint saved. Continue with --resume.", file=sys.stderr)
+    return facts
+
+
+def _sft_config(train: dict, *, checkpoints: Path, max_steps: int, dtype: str, device: str, eval_steps: int | None) -> Any:
+    """SFTConfig from the resolved `train` section; only what TRL must not decide is added."""
+    from trl import SFTConfig
+
+    warmup = train.get("warmup_steps")
+    if warmup is None:  # compile resolves warmup_ratio into warmup_steps; a ratio < 1 is read as one
+        warmup = float(train.get("warmup_ratio") or 0.0)
+    return SFTConfig(
+        output_dir=str(checkpoints),
+        learning_rate=float(train.get("learning_rate", 2e-4)),
+        per_device_train_batch_size=int(train.get("per_device_train_batch_size", 2)),
+        per_device_eval_batch_size=int(train.get("per_device_train_batch_size", 2)),
+        gradient_accumulation_steps=int(train.get("gradient_accumulation_steps", 4)),
+        num_train_epochs=float(train.get("num_train_epochs", 1)),
+        max_steps=max_steps,
+        warmup_steps=warmup,
+        lr_scheduler_type=train.get("lr_scheduler_type", "linear"),
+        optim=train.get("optim", "adamw_torch"),
+        weight_decay=float(train.get("weight_decay", 0.0)),
+        max_grad_norm=float(train.get("max_grad_norm", 1.0)),
+        seed=int(train.get("seed", 3407)),
+        logging_steps=int(train.get("logging_steps", 1)),
+        save_strategy="steps",
+        save_steps=int(train.get("save_steps", 100)),
+        save_total_limit=2,  # the last checkpoint resumes; one more in case it was cut mid-write
+        eval_strategy="steps" if eval_steps else "no",
+        eval_steps=eval_steps,
+        gradient_checkpointing=bool(train.get("gradient_checkpointing", True)),
+        bf16=device == "cuda" and dtype == "bfloat16",
+        fp16=device == "cuda" and dtype == "float16",
+        # The compiler already tokenized, masked, truncated and packed: TRL must not redo any of it.
+        dataset_kwargs={"skip_prepare_dataset": True},
+        max_length=None,
+        packing=False,
+        padding_free=False,
+        completion_only_loss=None,
+        report_to="none",
+        disable_tqdm=True,
+        dataloader_num_workers=0,
+        dataloader_pin_memory=device == "cuda",
+    )
+
+
+def _trainer_class() -> type:
+    """SFTTrainer that counts the real tokens and slots of every batch it trains on."""
+    from trl import SFTTrainer
+
+    class FtcSFTTrainer(SFTTrainer):
+        token_counter: TokenCounter | None = None
+
+        def training_step(self, model, inputs, num_items_in_batch=None):
+            if self.token_counter is not None:
+                self.token_counter.add(inputs)
+            return super().training_step(model, inputs, num_items_in_batch)
+
+    return FtcSFTTrainer
+
+
+def _checkpoint_step(path: str | None) -> int:
+    return int(Path(path).name.rsplit("-", 1)[-1]) if path else 0
+
+
+def _relative(path: str | None, root: Path) -> str | None:
+    return str(Path(path).relative_to(root)) if path else None
+
+
+def _versions() -> dict:
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {"python": platform.python_version()}
+    for pkg in ("ftc", "torch", "transformers", "peft", "trl", "accelerate", "datasets"):
+        try:
+            out[pkg] = version(pkg)
+        except PackageNotFoundError:
+            out[pkg] = None
+    return out
+
+
+def _device_name(device: str) -> str:
+    import torch
+
+    if device == "cuda":
+        return f"cuda: {torch.cuda.get_device_name(0)} x{torch.cuda.device_count()}"
+    return f"cpu: {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
+
+
+def _peak_memory(device: str) -> dict:
+    import torch
+
+    if device == "cuda":
+        return {"kind": "cuda_max_allocated", "gib": round(torch.cuda.max_memory_allocated() / 2**30, 3)}
+    # ru_maxrss is KiB on Linux: the process's peak resident set, model and data included
+    return {"kind": "cpu_peak_rss", "gib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 3)}
+

@@ -1,0 +1,190 @@
+"""`train_sft` on the CPU, like `ftc run` would call it: a tiny random-init Qwen2 learns a
+handful of prompt/completion rows from the compiler's token artifact.
+
+One training run (module fixture) feeds the checks of the user's day after `ftc run`:
+the loss fell, greedy generation repeats what was trained, the prompt was not learned,
+the folder holds adapter, metrics, run.json and report, the merged export loads without
+PEFT, and the eval loss matches `ftc eval`'s.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("trl")
+
+from ftc.runtime.fixtures import Example, encode, write_tiny_model_dir, write_token_artifact  # noqa: E402
+
+SHARED = Path(__file__).resolve().parents[1].parent / "shared"
+TOKENIZER = SHARED / "tokenizers" / "qwen2.5-bpe"
+needs_tokenizer = pytest.mark.skipif(
+    not (TOKENIZER / "tokenizer.json").exists(), reason=f"needs the Qwen2.5 tokenizer at {TOKENIZER} (shared/ is absent)"
+)
+
+EXAMPLES = [
+    Example("Q: What is the capital of France?\nA:", " Paris is the capital."),
+    Example("Q: What is two plus two?\nA:", " four, of course."),
+    Example("Q: What color is the sky?\nA:", " blue on a clear day."),
+    Example("Q: What is the opposite of hot?\nA:", " cold, usually."),
+]
+LORA = {"r": 16, "lora_alpha": 32, "lora_dropout": 0.0, "bias": "none", "use_rslora": False,
+        "target_modules": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]}
+
+
+def train_settings(**overrides) -> dict:
+    base = {"method": "sft", "learning_rate": 1e-2, "per_device_train_batch_size": 4, "gradient_accumulation_steps": 1,
+            "num_train_epochs": 1, "max_steps": 40, "warmup_steps": 0, "lr_scheduler_type": "linear", "optim": "adamw_torch",
+            "weight_decay": 0.0, "max_grad_norm": 1.0, "seed": 7, "packing": False, "logging_steps": 5, "save_steps": 100,
+            "gradient_checkpointing": False}
+    return {**base, **overrides}
+
+
+def rows(completion_only: bool = True):
+    from tokenizers import Tokenizer
+
+    tok = Tokenizer.from_file(str(TOKENIZER / "tokenizer.json"))
+    eos = tok.token_to_id("<|im_end|>")
+    return [encode(tok, e, eos, completion_only=completion_only) for e in EXAMPLES], eos
+
+
+def run(tmp: Path, *, completion_only: bool = True, **train_overrides) -> tuple[dict, Path]:
+    from ftc.runtime.sft import train_sft
+
+    data, _ = rows(completion_only)
+    artifact = write_token_artifact(tmp / "train.parquet", data)
+    model_dir = write_tiny_model_dir(tmp / "tiny")
+    out = tmp / "run"
+    facts = train_sft(
+        train_tokens=artifact, eval_tokens=artifact,
+        model={"name": str(model_dir), "init": "random", "max_seq_length": 64, "dtype": "auto", "load_in_4bit": False,
+               "trust_remote_code": False, "config": {}},
+        lora=LORA, train=train_settings(**train_overrides), tokenizer_path=str(TOKENIZER), output_dir=out,
+        plan_hash="sha256:test", name="tiny", show_progress=False,
+    )
+    return facts, out
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    if not (TOKENIZER / "tokenizer.json").exists():
+        pytest.skip(f"needs the Qwen2.5 tokenizer at {TOKENIZER} (shared/ is absent)")
+    return run(tmp_path_factory.mktemp("sft"))
+
+
+def prompt_and_completion_nll(model, data) -> tuple[float, float]:
+    """Mean next-token NLL over prompt tokens and over completion tokens (labels = all ids)."""
+    from ftc.runtime.evaluate import token_logprobs
+
+    prompt_nll, completion_nll = [], []
+    for ids, labels in data:
+        batch = {"input_ids": torch.tensor([ids]), "attention_mask": torch.ones(1, len(ids), dtype=torch.long),
+                 "labels": torch.tensor([ids])}
+        with torch.no_grad():
+            logprobs, _ = token_logprobs(model, batch)
+        is_prompt = torch.tensor(labels[1:]) == -100  # position p scores token p+1
+        prompt_nll.append(-logprobs[0][is_prompt].mean())
+        completion_nll.append(-logprobs[0][~is_prompt].mean())
+    return float(torch.stack(prompt_nll).mean()), float(torch.stack(completion_nll).mean())
+
+
+@needs_tokenizer
+def test_loss_falls_and_greedy_generation_repeats_the_trained_completions(trained):
+    from ftc.runtime.infer import generate, load_trained
+
+    facts, out = trained
+    assert facts["train"]["global_step"] == 40
+    assert facts["train"]["first_loss"] / facts["train"]["last_loss"] > 5
+    model = load_trained(out).model  # base rebuilt from config + seed, adapter loaded by PEFT
+    data, eos = rows()
+    for ids, labels in data:
+        n_prompt = labels.index(next(l for l in labels if l != -100))
+        completion = ids[n_prompt:]
+        assert generate(model, ids[:n_prompt], max_new_tokens=len(completion) + 4, eos_token_id=eos) == completion
+
+
+@needs_tokenizer
+def test_completion_only_labels_leave_the_prompt_unlearned(trained):
+    from ftc.runtime.infer import load_base_for_run, load_trained
+
+    facts, out = trained
+    data, _ = rows()
+    before = prompt_and_completion_nll(load_base_for_run(facts), data)
+    after = prompt_and_completion_nll(load_trained(out).model, data)
+    assert after[1] < 0.05 * before[1], (before, after)  # completion learned
+    assert after[0] > 0.5 * before[0], (before, after)  # prompt not learned (a memorized prompt goes near 0)
+
+
+@needs_tokenizer
+def test_run_folder_holds_adapter_metrics_run_facts_and_report(trained):
+    from peft import PeftConfig
+
+    facts, out = trained
+    assert PeftConfig.from_pretrained(str(out)).r == 16
+    assert (out / "adapter_model.safetensors").exists()
+    metrics = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    train_lines = [m for m in metrics if "loss" in m]
+    assert [m["step"] for m in train_lines] == list(range(5, 41, 5))
+    for m in train_lines:
+        assert set(m) >= {"step", "loss", "learning_rate", "grad_norm", "tokens_per_second", "epoch"}
+        assert m["tokens_per_second"] > 0
+    assert "eval_loss" in metrics[-1]
+    on_disk = json.loads((out / "run.json").read_text())
+    assert on_disk["plan_hash"] == "sha256:test" and on_disk["backend"] == "hf"
+    assert set(on_disk["versions"]) >= {"torch", "transformers", "peft", "trl"}
+    assert on_disk["model"]["random_init"] and on_disk["model"]["fingerprint"]
+    # padded batches: every row is a slot as long as the batch's longest row
+    assert on_disk["tokens"]["real"] < on_disk["tokens"]["slots"]
+    assert on_disk["tokens"]["real"] == 40 * sum(len(ids) for ids, _ in rows()[0])
+    report = (out / "report.md").read_text()
+    assert "Random weights" in report and "sha256:test" in report and "![loss](loss.png)" in report
+    assert (out / "loss.png").read_bytes()[:4] == b"\x89PNG"
+
+
+@needs_tokenizer
+def test_eval_loss_is_token_weighted_and_matches_ftc_eval(trained):
+    from ftc.runtime.evaluate import eval_loss
+    from ftc.runtime.infer import load_trained
+
+    facts, out = trained
+    trained_model = load_trained(out)
+    again = eval_loss(trained_model.model, out.parent / "train.parquet", pad_token_id=trained_model.tokenizer.pad_token_id, batch_size=1)
+    assert again["tokens"] == facts["eval"]["tokens"] == sum(sum(l != -100 for l in labels[1:]) for _, labels in rows()[0])
+    assert again["loss"] == pytest.approx(facts["eval"]["loss"], rel=1e-4)
+    assert facts["eval"]["loss"] < 0.5
+
+
+@needs_tokenizer
+def test_export_merges_the_adapter_into_weights_transformers_loads(trained, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    from ftc.runtime.export import export_merged
+    from ftc.runtime.infer import load_trained
+
+    _, out = trained
+    merged_dir = export_merged(out, tmp_path / "merged")
+    assert (merged_dir / "model.safetensors").exists() and (merged_dir / "tokenizer.json").exists()
+    merged = AutoModelForCausalLM.from_pretrained(str(merged_dir)).eval()
+    peft_model = load_trained(out).model
+    ids = torch.tensor([rows()[0][0][0]])
+    with torch.no_grad():
+        expected = peft_model(input_ids=ids).logits
+        got = merged(input_ids=ids).logits
+    torch.testing.assert_close(got, expected, atol=1e-3 * float(expected.abs().max()), rtol=0)
+
+
+@needs_tokenizer
+@pytest.mark.slow
+def test_control_full_labels_do_learn_the_prompt(tmp_path):
+    """The control of the completion-only test: the same run with every token labelled does
+    drive the prompt NLL down, so that test's threshold can fail."""
+    from ftc.runtime.infer import load_base_for_run, load_trained
+
+    facts, out = run(tmp_path, completion_only=False)
+    data, _ = rows(completion_only=True)  # only to tell prompt from completion positions
+    before = prompt_and_completion_nll(load_base_for_run(facts), data)
+    after = prompt_and_completion_nll(load_trained(out).model, data)
+    assert after[0] < 0.5 * before[0], (before, after)
