@@ -30,13 +30,14 @@ class Compiled:
     lock: dict
     lock_path: Path
     splits: dict[str, pa.Table]
+    tokens: dict[str, pa.Table]  # empty when compiled with tokenize=False
 
 
 def rel(path: Path, start: Path) -> str:
     return os.path.relpath(os.path.abspath(path), os.path.abspath(start)).replace(os.sep, "/")
 
 
-def compile_recipe(recipe: Recipe, lock_path: Path, *, progress: bool = False, write: bool = True) -> Compiled:
+def compile_recipe(recipe: Recipe, lock_path: Path, *, progress: bool = False, write: bool = True, tokenize: bool = True) -> Compiled:
     file = str(recipe.path)
     norm = Normalizer(file)
     lock_dir = lock_path.parent
@@ -51,9 +52,6 @@ def compile_recipe(recipe: Recipe, lock_path: Path, *, progress: bool = False, w
         table = sd.table.append_column("_ord", pa.array(range(ord_base, ord_base + n), pa.int64()))
         ord_base += n
         t = norm.register(table)
-        norm.x(f"CREATE TABLE {t}_id AS SELECT _source || ':' || _file || ':' || _row::VARCHAR AS row_id, * FROM {t}")
-        norm.x(f"DROP TABLE {t}")
-        t = f"{t}_id"
         for i, step in enumerate(spec["transforms"]):
             t = norm.apply(t, step, f"sources.{name}.transforms[{i}]")
         tables[name] = t
@@ -112,13 +110,26 @@ def compile_recipe(recipe: Recipe, lock_path: Path, *, progress: bool = False, w
         },
         "samples": samples,
         "artifacts": {"data": artifacts},
-        "schedule": derive_schedule(recipe.data["train"], splits["train"].num_rows),
         "versions": _versions(),
     }
+    sequences = splits["train"].num_rows
+    token_tables: dict[str, pa.Table] = {}
+    if tokenize:
+        tokens = _tokenize(recipe, splits, cache, lock_dir, write)
+        lock["tokens"] = tokens["lock"]
+        lock["artifacts"]["tokens"] = tokens["artifacts"]
+        lock["stages"] += tokens["stages"]
+        lock["versions"]["tokenizers"] = _version("tokenizers")
+        lock["versions"]["transformers"] = _version("transformers")
+        sequences = tokens["train_sequences"]
+        token_tables = tokens["tables"]
+        if write:
+            _write_reports(tokens, lock_path)
+    lock["schedule"] = derive_schedule(recipe.data["train"], sequences)
     lock = seal(lock)
     if write:
         write_lock(lock, lock_path)
-    return Compiled(lock, lock_path, splits)
+    return Compiled(lock, lock_path, splits, token_tables)
 
 
 def _templates(recipe: Recipe, spec: dict) -> dict[str, render.Template]:
@@ -169,9 +180,11 @@ def _render_split(norm: Normalizer, t: str, spec: dict, templates, types, render
             jinja_cols[key] = templates[jp]
     keep = ", ".join(f'"{c}"' for c in types if c not in INTERNAL and c not in sql_cols and c not in jinja_cols)
     select = ", ".join(["row_id"] + ([keep] if keep else []) + [f"{e} AS \"{k}\"" for k, e in sql_cols.items()])
-    table = norm.arrow(f"SELECT {select} FROM {t} ORDER BY _ord")
+    # Tables are kept in _ord order (DuckDB preserves insertion order; steps that use
+    # windows sort explicitly), so no sort is needed here.
+    table = norm.arrow(f"SELECT {select} FROM {t}")
     if jinja_cols and table.num_rows:
-        rows = norm.arrow(f"SELECT * EXCLUDE (_source, _file, _row, _ord) FROM {t} ORDER BY _ord").to_pylist()
+        rows = norm.arrow(f"SELECT * EXCLUDE (_source, _file, _row, _ord) FROM {t}").to_pylist()
         for key, tpl in jinja_cols.items():
             if isinstance(tpl, list):
                 contents = [render.render_rows(tp, rows) for _, tp in tpl]
@@ -211,11 +224,96 @@ def _sample(row: dict, fmt: str) -> dict:
     return {"row_id": row["row_id"], **{k: row[k] for k in OUTPUTS[fmt]}}
 
 
+def _version(pkg: str) -> str | None:
+    try:
+        return version(pkg)
+    except PackageNotFoundError:
+        return None
+
+
 def _versions() -> dict:
-    out = {"ftc": __version__}
-    for pkg in VERSIONED:
-        try:
-            out[pkg] = version(pkg)
-        except PackageNotFoundError:
-            out[pkg] = None
-    return out
+    return {"ftc": __version__, **{pkg: _version(pkg) for pkg in VERSIONED}}
+
+
+def tokenizer_location(recipe: Recipe) -> str:
+    """model.tokenizer as a local folder (relative to the recipe) when one exists, else the hub id."""
+    name = recipe.data["model"]["tokenizer"]
+    local = recipe.resolve_path(name)
+    return str(local) if local.is_dir() else name
+
+
+def recipe_dir_of_lock(lock: dict, lock_file: str | Path) -> Path:
+    return (Path(lock_file).parent / lock["recipe"]["path"]).parent
+
+
+def tokenizer_location_of_lock(lock: dict, lock_file: str | Path) -> str:
+    """The tokenizer a lock was compiled with, found again from the lock's folder."""
+    name = lock["settings"]["model"]["tokenizer"]
+    local = recipe_dir_of_lock(lock, lock_file) / name
+    return str(local) if local.is_dir() else name
+
+
+def _tokenize(recipe: Recipe, splits: dict[str, pa.Table], cache: Path, lock_dir: Path, write: bool) -> dict:
+    """Tokenize every split, plan packing, write the token artifacts; the facts for the lock."""
+    from ftc.compiler import pack
+    from ftc.compiler.tokenize import load_tokenizer, tokenize
+
+    model, train = recipe.data["model"], recipe.data["train"]
+    tok, info = load_tokenizer(tokenizer_location(recipe), model.get("tokenizer_revision"))
+    fmt = recipe.data["template"]["format"]
+    max_len = model["max_seq_length"]
+    packing = train["packing"] and train["method"] == "sft"
+    stats, arts, stages, lengths, pack_facts, tables = {}, {}, [], {}, {}, {}
+    train_sequences = splits["train"].num_rows
+    for split, table in splits.items():
+        if table.num_rows == 0:
+            continue
+        res = tokenize(table, fmt, tok, max_seq_length=max_len, overlong=train["overlong"],
+                       completion_only_loss=train["completion_only_loss"], assistant_only_loss=train["assistant_only_loss"])
+        stages.append(Stage(f"tokenize ({split})", table.num_rows, res.table.num_rows, dict(res.dropped)).to_lock())
+        if res.table.num_rows == 0:
+            from ftc.errors import FtcError
+
+            raise FtcError("FTC302", file=str(recipe.path), stage=f"tokenize ({split})",
+                           counts=", ".join(f"{k}: {v}" for k, v in res.dropped.items()))
+        out = res.table
+        lens = out.column("length").to_pylist()
+        lengths[split] = lens
+        if packing:
+            bins = pack.pack_bfd(lens, max_len)
+            order, bin_of = [], []
+            for b, rows in enumerate(bins):
+                order += rows
+                bin_of += [b] * len(rows)
+            out = out.take(pa.array(order, pa.int64())).append_column("pack", pa.array(bin_of, pa.int32()))
+            pack_facts[split] = {"sequences": len(bins), "capacity": max_len,
+                                 "efficiency": round(pack.packing_efficiency(lens, bins, max_len), 6)}
+            if split == "train":
+                train_sequences = len(bins)
+        stats[split] = res.stats
+        tables[split] = out
+        arts[split] = _write_parquet(out, cache.parent / "tokens", split, lock_dir, write)
+    lock = {
+        "tokenizer": {"name": model["tokenizer"], "revision": info.revision, "fingerprint": info.fingerprint,
+                      "eos_token": info.eos_token, "eos_token_id": info.eos_token_id, "pad_token_id": info.pad_token_id,
+                      "vocab_size": info.vocab_size},
+        "max_seq_length": max_len,
+        "overlong": train["overlong"],
+        "stats": stats,
+        "packing": pack_facts.get("train"),
+        "packing_by_split": pack_facts or None,
+    }
+    return {"lock": lock, "artifacts": arts, "stages": stages, "lengths": lengths, "info": info, "tables": tables,
+            "train_sequences": train_sequences, "max_len": max_len}
+
+
+def _write_reports(tokens: dict, lock_path: Path) -> None:
+    """The length histogram and the data report, beside the lock."""
+    from ftc.compiler.tokenize import data_report_md, length_histogram_png
+
+    stem = lock_path.with_suffix("")
+    length_histogram_png(tokens["lengths"], f"{stem}.lengths.png", tokens["max_len"])
+    dropped = {st["stage"][len("tokenize ("):-1]: st["dropped"] for st in tokens["stages"]}
+    report = data_report_md(tokens["lock"]["stats"], tokens["info"], tokens["lock"]["packing"], dropped_by_split=dropped,
+                            histogram=Path(f"{stem}.lengths.png").name)
+    Path(f"{stem}.report.md").write_text(report, encoding="utf-8")

@@ -64,9 +64,10 @@ class Normalizer:
         return f"t{self._n}"
 
     def register(self, table: pa.Table) -> str:
+        """Copy a source's Arrow table in, adding its stable ``row_id`` on the way."""
         name = self._tmp()
         self.con.register(name + "_arrow", table)
-        self.x(f"CREATE TABLE {name} AS SELECT * FROM {name}_arrow")
+        self.x(f"CREATE TABLE {name} AS SELECT _source || ':' || _file || ':' || _row::VARCHAR AS row_id, * FROM {name}_arrow")
         self.con.unregister(name + "_arrow")
         return name
 
@@ -125,7 +126,10 @@ class Normalizer:
             self._check_fields(t, names, where)
         if not names:
             return t
-        repl = ", ".join(f"trim({q(c)}, {lit(WHITESPACE)}) AS {q(c)}" for c in names)
+        # Trim only values that need it: most rows are clean, and the test is cheaper than the copy.
+        edge = lit(f"^[{WHITESPACE}]|[{WHITESPACE}]$")
+        repl = ", ".join(f"CASE WHEN regexp_matches({q(c)}, {edge}) THEN trim({q(c)}, {lit(WHITESPACE)}) ELSE {q(c)} END AS {q(c)}"
+                         for c in names)
         return self._replace(t, f"SELECT * REPLACE ({repl}) FROM {t}", f"{where}: strip")
 
     def _step_drop_empty(self, t, arg, where):
@@ -156,7 +160,7 @@ class Normalizer:
     def _step_dedup(self, t, arg, where):
         self._check_fields(t, arg, where)
         keys = ", ".join(q(c) for c in arg)
-        return self._replace(t, f"SELECT * FROM {t} QUALIFY row_number() OVER (PARTITION BY {keys} ORDER BY _ord) = 1",
+        return self._replace(t, f"SELECT * FROM {t} QUALIFY row_number() OVER (PARTITION BY {keys} ORDER BY _ord) = 1 ORDER BY _ord",
                              f"{where}: dedup", reason=f"duplicate ({', '.join(arg)})")
 
     def _step_derive(self, t, arg, where):
@@ -212,13 +216,13 @@ class Normalizer:
     def _step_sample(self, t, arg, where):
         h = f"md5({lit(arg['seed'])} || ':' || row_id)"
         if "n" in arg:
-            sel = f"SELECT * FROM {t} QUALIFY row_number() OVER (ORDER BY {h}) <= {int(arg['n'])}"
+            sel = f"SELECT * FROM {t} QUALIFY row_number() OVER (ORDER BY {h}) <= {int(arg['n'])} ORDER BY _ord"
         else:
             sel = f"SELECT * FROM {t} WHERE {_unit(h)} < {float(arg['fraction'])!r}"
         return self._replace(t, sel, f"{where}: sample", reason="sample: not selected")
 
     def _step_limit(self, t, arg, where):
-        return self._replace(t, f"SELECT * FROM {t} QUALIFY row_number() OVER (ORDER BY _ord) <= {int(arg)}", f"{where}: limit", reason=f"beyond limit {int(arg)}")
+        return self._replace(t, f"SELECT * FROM {t} QUALIFY row_number() OVER (ORDER BY _ord) <= {int(arg)} ORDER BY _ord", f"{where}: limit", reason=f"beyond limit {int(arg)}")
 
     # -- whole-dataset steps
     def mix(self, tables: dict[str, str], mix: dict) -> str:
@@ -238,11 +242,11 @@ class Normalizer:
         for n, t in tables.items():
             if take[n] < counts[n]:
                 h = f"md5('mix:' || row_id)"
-                sel = f"SELECT * FROM {t} QUALIFY row_number() OVER (ORDER BY {h}) <= {take[n]}"
+                sel = f"SELECT * FROM {t} QUALIFY row_number() OVER (ORDER BY {h}) <= {take[n]} ORDER BY _ord"
                 t = self._replace(t, sel, f"mix.{n}", {f"mix: beyond {n}'s share": counts[n] - take[n]})
             parts.append(f"SELECT * FROM {t}")
         out = self._tmp()
-        self.x(f"CREATE TABLE {out} AS " + " UNION ALL BY NAME ".join(parts))
+        self.x(f"CREATE TABLE {out} AS SELECT * FROM (" + " UNION ALL BY NAME ".join(parts) + ") ORDER BY _ord")
         return out
 
     def split(self, t: str, split: dict, default_key: list[str]) -> tuple[str, str]:
@@ -251,16 +255,15 @@ class Normalizer:
         h = "md5(" + " || '\x1f' || ".join([lit(split["seed"])] + [f"coalesce({q(k)}::VARCHAR, '')" for k in keys]) + ")"
         ev = split["eval"]
         rows = self.count(t)
-        if ev == 0:
-            is_eval = "false"
-        elif ev < 1:
-            is_eval = f"{_unit(h)} < {float(ev)!r}"
-        else:
-            is_eval = f"row_number() OVER (ORDER BY {h}, _ord) <= {int(ev)}"
-        self.x(f"CREATE TABLE {t}_s AS SELECT *, {is_eval} AS _eval FROM {t}")
         train, evl = self._tmp(), self._tmp()
-        self.x(f"CREATE TABLE {train} AS SELECT * EXCLUDE (_eval) FROM {t}_s WHERE NOT _eval")
-        self.x(f"CREATE TABLE {evl} AS SELECT * EXCLUDE (_eval) FROM {t}_s WHERE _eval")
+        if ev == 0 or ev < 1:
+            is_eval = "false" if ev == 0 else f"{_unit(h)} < {float(ev)!r}"
+            self.x(f"CREATE TABLE {train} AS SELECT * FROM {t} WHERE NOT ({is_eval})")
+            self.x(f"CREATE TABLE {evl} AS SELECT * FROM {t} WHERE {is_eval}")
+        else:
+            self.x(f"CREATE TABLE {t}_s AS SELECT *, row_number() OVER (ORDER BY {h}, _ord) <= {int(ev)} AS _eval FROM {t}")
+            self.x(f"CREATE TABLE {train} AS SELECT * EXCLUDE (_eval) FROM {t}_s WHERE NOT _eval ORDER BY _ord")
+            self.x(f"CREATE TABLE {evl} AS SELECT * EXCLUDE (_eval) FROM {t}_s WHERE _eval ORDER BY _ord")
         n_eval = self.count(evl)
         self.stages.append(Stage("split", rows, rows, {}))
         self.stages[-1].__dict__["split"] = {"train": rows - n_eval, "eval": n_eval, "key": keys}

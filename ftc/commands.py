@@ -40,8 +40,9 @@ def cmd_compile(args) -> int:
     return 0
 
 
-def load_split(target: str, split: str, overrides: list[str]):
-    """Rows of a split, from a lock's artifact or by compiling a recipe in memory."""
+def load_split(target: str, split: str, overrides: list[str], tokens: bool = False):
+    """(lock, rows, token rows or None) of a split, from a lock's artifacts or by
+    compiling a recipe in memory (nothing written)."""
     import pyarrow.parquet as pq
 
     from ftc.errors import FtcError
@@ -51,35 +52,62 @@ def load_split(target: str, split: str, overrides: list[str]):
         from ftc.compiler.recipe import load_recipe
 
         recipe = load_recipe(target, overrides)
-        compiled = compile_recipe(recipe, Path("plan.lock"), write=False)
-        return compiled.lock, compiled.splits[split]
+        # an in-memory lock "beside" the recipe, so its relative paths resolve
+        compiled = compile_recipe(recipe, recipe.path.parent / "plan.lock", write=False, tokenize=tokens)
+        return compiled.lock, compiled.splits[split], compiled.tokens.get(split)
     from ftc.compiler.lock import read_lock
 
     lock = read_lock(target)
-    art = lock["artifacts"]["data"].get(split)
-    if art is None:
-        raise FtcError("FTC105", file=target, reason=f"the plan has no {split} split", hint="set split.eval in the recipe")
-    path = Path(target).parent / art["path"]
-    if not path.exists():
-        raise FtcError("FTC503", file=str(path), recipe=lock["recipe"]["path"])
-    return lock, pq.read_table(path)
+
+    def artifact(kind: str):
+        art = lock["artifacts"].get(kind, {}).get(split)
+        if art is None:
+            raise FtcError("FTC105", file=target, reason=f"the plan has no {split} {kind}",
+                           hint="set split.eval in the recipe" if split == "eval" else "recompile the recipe")
+        path = Path(target).parent / art["path"]
+        if not path.exists():
+            raise FtcError("FTC503", file=str(path), recipe=lock["recipe"]["path"])
+        return pq.read_table(path)
+
+    return lock, artifact("data"), artifact("tokens") if tokens else None
 
 
 def cmd_preview(args) -> int:
     from ftc.compiler.compile import OUTPUTS
     from ftc.compiler.summary import preview_rows
 
-    lock, table = load_split(args.target, args.split, args.set)
+    lock, table, tok_table = load_split(args.target, args.split, args.set, tokens=args.tokens)
     rows = table.slice(0, args.n).to_pylist()
     fmt_fields = OUTPUTS[lock["settings"]["template"]["format"]]
     if args.tokens:
-        return _preview_tokens(args, lock, rows)
+        return _preview_tokens(args, lock, rows, tok_table)
     print(preview_rows(rows, fmt_fields, args.json))
     return 0
 
 
-def _preview_tokens(args, lock, rows) -> int:
-    raise NotImplementedError
+def _preview_tokens(args, lock, rows, tok_table) -> int:
+    """The exact tokens each row trains on: masked spans vs trained spans."""
+    from ftc.compiler.compile import tokenizer_location_of_lock
+    from ftc.compiler.tokenize import load_tokenizer, show_tokens
+
+    by_id = {r["row_id"]: r for r in tok_table.select(["row_id", "input_ids", "labels"]).to_pylist()
+             if r["row_id"] in {x["row_id"] for x in rows}}
+    lock_file = args.target if not args.target.endswith(".json") else str(Path(args.target).parent / "plan.lock")
+    tok, _ = load_tokenizer(tokenizer_location_of_lock(lock, lock_file))
+    color = sys.stdout.isatty() and not args.json
+    for r in rows:
+        t = by_id.get(r["row_id"])
+        if t is None:
+            print(f"── {r['row_id']}: dropped at tokenization", file=sys.stderr)
+            continue
+        if args.json:
+            print(json.dumps({**r, "input_ids": t["input_ids"], "labels": t["labels"]}, ensure_ascii=False, sort_keys=True))
+        else:
+            trained = sum(1 for x in t["labels"] if x != -100)
+            print(f"── {r['row_id']}  ({len(t['input_ids'])} tokens, {trained} trained)")
+            print(show_tokens(tok, t["input_ids"], t["labels"], color=color))
+            print()
+    return 0
 
 
 def cmd_diff(args) -> int:

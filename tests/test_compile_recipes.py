@@ -3,18 +3,20 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
 
-from conftest import NEEDS_SHARED, ROOT
+from conftest import NEEDS_SHARED, ROOT, TOKENIZER
 
 pytestmark = NEEDS_SHARED
 
 
-def compile_lock(cli, recipe: Path, out: Path, *sets: str) -> dict:
+def compile_lock(cli, recipe: Path, out: Path, *sets: str, tokenizer: Path = TOKENIZER) -> dict:
+    sets = (f"model.tokenizer={tokenizer}",) + sets
     args = ["compile", recipe, "-o", out, "-q"] + [x for s in sets for x in ("--set", s)]
     code, _, err = cli(*args)
     assert code == 0, err
@@ -83,13 +85,16 @@ def test_recompile_and_copied_project_give_identical_locks(cli, tmp_path, shared
         shutil.copytree(ROOT / "templates", proj / "templates")
         shutil.copy(ROOT / "recipes/medical.json", proj / "recipes")
         shutil.copytree(shared / "data" / "medical", tmp_path / name / "shared" / "data" / "medical")
+        shutil.copytree(TOKENIZER, tmp_path / name / "shared" / "tokenizers" / "qwen2.5-bpe")
     la = tmp_path / "a/proj/plan.lock"
     lb = tmp_path / "b/proj/plan.lock"
-    compile_lock(cli, tmp_path / "a/proj/recipes/medical.json", la)
+    # --set paths are relative to the current directory; the lock stores them relative to the recipe
+    tok = {n: os.path.relpath(tmp_path / n / "shared/tokenizers/qwen2.5-bpe") for n in "ab"}
+    compile_lock(cli, tmp_path / "a/proj/recipes/medical.json", la, tokenizer=tok["a"])
     first = la.read_bytes()
-    compile_lock(cli, tmp_path / "a/proj/recipes/medical.json", la)
+    compile_lock(cli, tmp_path / "a/proj/recipes/medical.json", la, tokenizer=tok["a"])
     assert la.read_bytes() == first
-    compile_lock(cli, tmp_path / "b/proj/recipes/medical.json", lb)
+    compile_lock(cli, tmp_path / "b/proj/recipes/medical.json", lb, tokenizer=tok["b"])
     assert lb.read_bytes() == first
     text = first.decode("utf-8")
     assert str(tmp_path) not in text and '"/' not in text  # no absolute paths
@@ -110,8 +115,8 @@ def test_set_overrides_are_validated_and_recorded(cli, tmp_path):
     lock = compile_lock(cli, ROOT / "recipes/alpaca.json", out, "train.learning_rate=1e-4", "split.eval=100")
     assert lock["settings"]["train"]["learning_rate"] == 1e-4
     assert lock["artifacts"]["data"]["eval"]["rows"] == 100
-    assert lock["recipe"]["overrides"] == ["train.learning_rate=0.0001", "split.eval=100"]
-    code, _, err = cli("compile", ROOT / "recipes/alpaca.json", "-o", out, "--set", "train.learning_rate=fast")
+    assert lock["recipe"]["overrides"][1:] == ["train.learning_rate=0.0001", "split.eval=100"]
+    code, _, err = cli("compile", ROOT / "recipes/alpaca.json", "-o", out, "--set", "train.learning_rate=fast")  # fails before tokenizing
     assert code == 2 and "train.learning_rate" in err and "expected number" in err
     code, _, err = cli("compile", ROOT / "recipes/alpaca.json", "-o", out, "--set", "train.learningrate=1")
     assert code == 2 and "unknown key 'learningrate'" in err and "did you mean 'learning_rate'" in err
@@ -121,7 +126,8 @@ def test_schedule_is_derived(cli, tmp_path):
     out = tmp_path / "m.lock"
     lock = compile_lock(cli, ROOT / "recipes/medical.json", out)
     s = lock["schedule"]
-    n = lock["artifacts"]["data"]["train"]["rows"]
+    n = lock["tokens"]["packing"]["sequences"]  # packing: the trainer steps over packed sequences, not rows
+    assert n < lock["artifacts"]["data"]["train"]["rows"] and s["train_sequences"] == n
     assert s["effective_batch_size"] == 8
     assert s["optimizer_steps_per_epoch"] == -(-(-(-n // 2)) // 4)
     assert s["total_steps"] == s["optimizer_steps_per_epoch"]
