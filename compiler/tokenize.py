@@ -4,10 +4,12 @@ Every format is reduced to one question: which tokens does the model learn to
 produce? Plain text and prompt/completion rows take a fast path: one batched Rust
 encode (``encode_batch_fast``, no offsets) of the *whole* text, so BPE merges across
 the prompt/completion boundary come out exactly as they will in training, then numpy
-finds the boundary token from per-token byte lengths. Chat rows go through the
-tokenizer's own chat template, whose ``{% generation %}`` markers say what the
-assistant wrote. Nothing is dropped silently: overlong rows are truncated, dropped
-(with a counted reason) or rejected, as the recipe says.
+finds the boundary token from per-token byte lengths, chunk by chunk while the next
+chunk encodes, so the stage costs little more than the Rust encode itself (see
+BENCHMARKS.md). Chat rows go through the tokenizer's own chat template, whose
+``{% generation %}`` markers say what the assistant wrote. Nothing is dropped
+silently: overlong rows are truncated, dropped (with a counted reason) or rejected,
+as the recipe says.
 
 transformers (and matplotlib, for the histogram) are imported inside the functions
 that need them, so importing this module stays cheap.
@@ -19,10 +21,11 @@ import hashlib
 import json
 import re
 import weakref
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from itertools import chain
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 import pyarrow as pa
@@ -36,6 +39,8 @@ OVERLONG = ("truncate", "drop", "error")
 _GENERATION_RE = re.compile(r"\{%-?\s*generation\s*-?%\}")
 _FINGERPRINT_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
 _CHAT_BATCH = 1024  # rows per apply_chat_template call: bounds memory, keeps Rust batches large
+_CHUNKS, _MIN_CHUNK = 8, 1024  # plain-text encode pipeline: ~8 chunks, none tiny
+_UNKNOWN_BYTES = 1 << 40  # a token of unknown byte length: no row sum can match with it
 
 
 # --------------------------------------------------------------------------- loading
@@ -77,7 +82,7 @@ def load_tokenizer(name_or_path: str, revision: str | None = None) -> tuple[Any,
         raise FtcError("FTC600", name=name_or_path, reason="it has no fast tokenizer (tokenizer.json)")
     if tok.eos_token is None or tok.eos_token_id is None:
         raise FtcError("FTC600", name=name_or_path, reason="it defines no eos_token")
-    files = _tokenizer_files(tok, local if local.is_dir() else None, name_or_path, revision)
+    files = _tokenizer_files(local if local.is_dir() else None, name_or_path, revision)
     info = TokenizerInfo(
         name=name_or_path,
         revision=revision,
@@ -91,7 +96,7 @@ def load_tokenizer(name_or_path: str, revision: str | None = None) -> tuple[Any,
     return tok, info
 
 
-def _tokenizer_files(tok: Any, folder: Path | None, name: str, revision: str | None) -> dict[str, Path]:
+def _tokenizer_files(folder: Path | None, name: str, revision: str | None) -> dict[str, Path]:
     """The on-disk files the tokenizer came from (the local folder, or the Hub cache)."""
     found: dict[str, Path] = {}
     for fname in _FINGERPRINT_FILES:
@@ -168,8 +173,16 @@ class _Rows:
     def position_in_row(self) -> np.ndarray:
         return np.arange(len(self.ids), dtype=np.int64) - np.repeat(self.starts, self.lens)
 
-    def select(self, keep_token: np.ndarray, new_lens: np.ndarray) -> "_Rows":
-        return _Rows(self.ids[keep_token], self.labels[keep_token], new_lens)
+    def keep_rows(self, keep: np.ndarray) -> "_Rows":
+        tokens = np.repeat(keep, self.lens)
+        return _Rows(self.ids[tokens], self.labels[tokens], self.lens[keep])
+
+    def truncate(self, n: int, *, keep_end: bool) -> "_Rows":
+        """Rows cut to at most ``n`` tokens, keeping their start (or their end)."""
+        new = np.minimum(self.lens, n)
+        pos = self.position_in_row()
+        tokens = pos >= np.repeat(self.lens - new, self.lens) if keep_end else pos < np.repeat(new, self.lens)
+        return _Rows(self.ids[tokens], self.labels[tokens], new)
 
 
 def tokenize(
@@ -200,13 +213,11 @@ def tokenize(
     eos = int(tokenizer.eos_token_id)
 
     if fmt == "text":
-        rows = _encode_plain(tokenizer, _strings(table, "text", row_ids), None, train_prompt=True)
-        rows = _append_eos(rows, eos)
+        rows = _encode_plain(tokenizer, _strings(table, "text", row_ids), None, train_prompt=True, eos=eos)
     elif fmt == "prompt_completion" and not _is_chat(table.schema.field("prompt").type):
         prompt = _strings(table, "prompt", row_ids)
         completion = _strings(table, "completion", row_ids)
-        rows = _encode_plain(tokenizer, prompt, completion, train_prompt=not completion_only_loss)
-        rows = _append_eos(rows, eos)
+        rows = _encode_plain(tokenizer, prompt, completion, train_prompt=not completion_only_loss, eos=eos)
     elif fmt == "prompt_completion":
         completion = _strings(table, "completion", row_ids).to_pylist()
         chats = [
@@ -221,7 +232,7 @@ def tokenize(
         if _is_chat(table.schema.field("prompt").type):
             rows = _encode_chat(tokenizer, table.column("prompt").to_pylist(), row_ids, generation_prompt=True)
         else:
-            rows = _encode_plain(tokenizer, _strings(table, "prompt", row_ids), None, train_prompt=True)
+            rows = _encode_plain(tokenizer, _strings(table, "prompt", row_ids), None, train_prompt=True, eos=None)
         rows.labels = np.full_like(rows.ids, IGNORE)
 
     return _finish(rows, row_ids, fmt, max_seq_length=max_seq_length, overlong=overlong)
@@ -247,55 +258,99 @@ def _strings(table: pa.Table, column: str, row_ids: pa.Array) -> pa.Array:
 # -- plain text: the fast path ------------------------------------------------
 
 
-def _encode_plain(tok: Any, first: pa.Array, second: pa.Array | None, *, train_prompt: bool) -> _Rows:
+def _encode_plain(
+    tok: Any, first: pa.Array, second: pa.Array | None, *, train_prompt: bool, eos: int | None
+) -> _Rows:
     """Encode ``first + second`` as one text; mask ``first`` unless ``train_prompt``.
 
     The boundary comes from byte arithmetic, not offsets: for byte-level BPE every
     token stands for a known number of bytes, so a cumulative sum over the ids gives
     each token's end byte, and one ``searchsorted`` finds, per row, the first token
-    ending past the prompt's bytes. Rows where the byte sums do not add up to the
-    text (a normalizer changed it, or the tokenizer is not byte-level) fall back to
-    an offset-tracking encode, so the fast path is never trusted blindly.
+    ending past the prompt's bytes. Rows whose byte sums do not add up to the text
+    (a normalizer changed it) are re-encoded with offsets, so the fast path is never
+    trusted blindly; tokenizers that are not byte-level use offsets throughout.
     """
     backend = tok.backend_tokenizer
     full = first if second is None else pc.binary_join_element_wise(first, second, "")
-    texts = full.to_pylist()
-    ids, lens = _encode_ids(backend, texts)
+    split = second is not None and not train_prompt
+    byte_table = _token_bytes(tok) if split else None
+    if split:
+        full_bytes = pc.binary_length(full).to_numpy(zero_copy_only=False)
+        cut_bytes = pc.binary_length(first).to_numpy(zero_copy_only=False)
+        cut_chars = pc.utf8_length(first).to_numpy(zero_copy_only=False)
+    by_offsets = split and byte_table is None
+    prefix = _special_prefix(tok)
+    parts: list[_Rows] = []
+    for lo, ids, lens, n_prompt in _encode_chunks(backend, full, cut_chars if by_offsets else None):
+        labels = ids.copy()
+        if split:
+            hi = lo + len(lens)
+            if n_prompt is None:
+                n_prompt, ok = _prompt_token_counts(ids, lens, byte_table, full_bytes[lo:hi], cut_bytes[lo:hi])
+                if not ok.all():
+                    bad = np.flatnonzero(~ok)
+                    redo = backend.encode_batch(full.take(lo + bad).to_pylist(), add_special_tokens=False)
+                    n_prompt[bad] = _prompt_token_counts_from_offsets(redo, cut_chars[lo + bad])
+            labels[np.arange(len(ids)) < np.repeat(np.cumsum(lens) - lens + n_prompt, lens)] = IGNORE
+        rows = _Rows(ids, labels, lens)
+        if prefix:
+            rows = _prepend(rows, prefix)
+        parts.append(_append_eos(rows, eos) if eos is not None else rows)
+    if not parts:
+        return _Rows(np.zeros(0, np.int32), np.zeros(0, np.int32), np.zeros(0, np.int64))
+    return _Rows(*(np.concatenate([getattr(r, f) for r in parts]) for f in ("ids", "labels", "lens")))
+
+
+def _encode_chunks(
+    backend: Any, texts: pa.Array, cut_chars: np.ndarray | None
+) -> Iterator[tuple[int, np.ndarray, np.ndarray, np.ndarray | None]]:
+    """Yield ``(first_row, ids, lens, n_prompt)`` per chunk, flattened into numpy.
+
+    The Rust encode releases the GIL and already uses every core, while copying ids
+    out of the Encoding objects is serial Python. A one-thread pipeline lets chunk
+    k+1 encode while the caller copies and labels chunk k, so that serial work
+    overlaps the encode instead of adding to it. With ``cut_chars`` the encode tracks
+    offsets and ``n_prompt`` counts each row's prompt tokens from them; else it is None.
+    """
+    n = len(texts)
+    step = max(_MIN_CHUNK, -(-n // _CHUNKS))
+    encode_batch = backend.encode_batch if cut_chars is not None else backend.encode_batch_fast
+
+    def encode(lo: int) -> list:
+        return encode_batch(texts.slice(lo, step).to_pylist(), add_special_tokens=False)
+
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="ftc-encode") as pool:
+        pending = pool.submit(encode, 0) if n else None
+        for lo in range(0, n, step):
+            encodings = pending.result()
+            if lo + step < n:
+                pending = pool.submit(encode, lo + step)
+            n_prompt = None
+            if cut_chars is not None:
+                n_prompt = _prompt_token_counts_from_offsets(encodings, cut_chars[lo : lo + len(encodings)])
+            lists = [e.ids for e in encodings]
+            del encodings
+            lens = np.fromiter(map(len, lists), dtype=np.int64, count=len(lists))
+            yield lo, np.fromiter(chain.from_iterable(lists), dtype=np.int32, count=int(lens.sum())), lens, n_prompt
+
+
+def _prompt_token_counts(
+    ids: np.ndarray, lens: np.ndarray, byte_table: np.ndarray, full_bytes: np.ndarray, cut_bytes: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per row: how many leading tokens end within the prompt's bytes, and whether
+    the row's token bytes add up to its text (else the count is not to be trusted)."""
+    cum0 = np.concatenate(([0], np.cumsum(byte_table[ids])))
     ends = np.cumsum(lens)
     starts = ends - lens
-    labels = ids.copy()
-    if second is not None and not train_prompt:
-        table = _token_bytes(tok)
-        tok_bytes = table[ids] if table is not None else np.full(len(ids), 1 << 40, np.int64)
-        cum0 = np.concatenate(([0], np.cumsum(tok_bytes)))
-        consistent = (cum0[ends] - cum0[starts]) == pc.binary_length(full).to_numpy(zero_copy_only=False)
-        threshold = cum0[starts] + pc.binary_length(first).to_numpy(zero_copy_only=False)
-        boundary = np.clip(np.searchsorted(cum0[1:], threshold, side="right"), starts, ends)
-        if not consistent.all():
-            bad = np.flatnonzero(~consistent)
-            boundary[bad] = starts[bad] + _boundaries_from_offsets(backend, texts, first, bad)
-        masked = np.arange(len(ids), dtype=np.int64) < np.repeat(boundary, lens)
-        labels[masked] = IGNORE
-    prefix = _special_prefix(tok)
-    rows = _Rows(ids, labels, lens.astype(np.int64))
-    return _prepend(rows, prefix) if prefix else rows
+    ok = (cum0[ends] - cum0[starts]) == full_bytes
+    first_trained = np.searchsorted(cum0[1:], cum0[starts] + cut_bytes, side="right")
+    return np.clip(first_trained, starts, ends) - starts, ok
 
 
-def _encode_ids(backend: Any, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
-    """All ids flattened into one int32 array, plus per-row lengths."""
-    encodings = backend.encode_batch_fast(texts, add_special_tokens=False)
-    lists = [e.ids for e in encodings]
-    lens = np.fromiter(map(len, lists), dtype=np.int64, count=len(lists))
-    ids = np.fromiter(chain.from_iterable(lists), dtype=np.int32, count=int(lens.sum()))
-    return ids, lens
-
-
-def _boundaries_from_offsets(backend: Any, texts: list[str], first: pa.Array, rows: np.ndarray) -> np.ndarray:
-    """The slow, always-right boundary: first token whose char span ends past the prompt."""
-    out = np.empty(len(rows), np.int64)
-    encodings = backend.encode_batch([texts[i] for i in rows], add_special_tokens=False)
-    for k, (i, enc) in enumerate(zip(rows.tolist(), encodings)):
-        cut = len(first[i].as_py())
+def _prompt_token_counts_from_offsets(encodings: list, cut_chars: np.ndarray) -> np.ndarray:
+    """The slow, always-right count: tokens before the first whose char span ends past the prompt."""
+    out = np.empty(len(encodings), np.int64)
+    for k, (enc, cut) in enumerate(zip(encodings, cut_chars.tolist())):
         out[k] = next((t for t, (_, end) in enumerate(enc.offsets) if end > cut), len(enc.ids))
     return out
 
@@ -317,7 +372,7 @@ def _token_bytes(tok: Any) -> np.ndarray | None:
         alphabet = set(_bytes_to_unicode())
         vocab = backend.get_vocab(with_added_tokens=True)
         added = backend.get_added_tokens_decoder()
-        table = np.full(max(vocab.values()) + 1, 1 << 40, np.int64)
+        table = np.full(max(vocab.values()) + 1, _UNKNOWN_BYTES, np.int64)
         for token, i in vocab.items():
             if i in added:
                 table[i] = len(added[i].content.encode("utf-8"))
@@ -440,48 +495,40 @@ def _finish(rows: _Rows, row_ids: pa.Array, fmt: str, *, max_seq_length: int, ov
     """Apply the overlong policy, drop rows with nothing to learn, build the Arrow table."""
     dropped: dict[str, int] = {}
     long = rows.lens > max_seq_length
-    if long.any() and overlong == "error":
+    n_long = int(long.sum())
+    if n_long and overlong == "error":
         first = int(np.flatnonzero(long)[0])
         raise FtcError(
             "FTC601",
             reason=f"row {row_ids[first].as_py()} is {int(rows.lens[first])} tokens, longer than "
-            f"max_seq_length {max_seq_length} ({int(long.sum())} rows are)",
+            f"max_seq_length {max_seq_length} ({n_long} rows are)",
             hint="raise model.max_seq_length, or set train.overlong to \"truncate\" or \"drop\"",
         )
-    keep_row = np.ones(len(rows.lens), bool)
-    new_lens = np.minimum(rows.lens, max_seq_length)
-    if overlong == "drop":
-        keep_row &= ~long
-        _count(dropped, f"longer than max_seq_length ({max_seq_length})", int(long.sum()))
-    pos = rows.position_in_row()
-    if fmt == "prompt":  # keep a prompt's end: the generation prompt the model continues from
-        keep_tok = pos >= np.repeat(rows.lens - new_lens, rows.lens)
-    else:
-        keep_tok = pos < np.repeat(new_lens, rows.lens)
+    kept = np.arange(len(rows.lens))  # original row numbers still present
     trained_before = rows.per_row_sum(rows.labels != IGNORE)
-    keep_tok &= np.repeat(keep_row, rows.lens)
-    cut = rows.select(keep_tok, np.where(keep_row, new_lens, 0))
-    if fmt != "prompt":
-        trained = cut.per_row_sum(cut.labels != IGNORE)
-        empty = keep_row & (trained == 0)
-        lost = empty & (trained_before > 0)
+    if n_long and overlong == "drop":
+        _count(dropped, f"longer than max_seq_length ({max_seq_length})", n_long)
+        rows, kept = rows.keep_rows(~long), kept[~long]
+    elif n_long:  # a prompt keeps its end: the generation prompt the model continues from
+        rows = rows.truncate(max_seq_length, keep_end=fmt == "prompt")
+    trained = rows.per_row_sum(rows.labels != IGNORE) if n_long else trained_before[kept]
+    if fmt != "prompt" and not trained.all():
+        empty = trained == 0
+        lost = empty & (trained_before[kept] > 0)
         _count(dropped, f"no trained tokens left after truncation to {max_seq_length}", int(lost.sum()))
         _count(dropped, "no trained tokens (e.g. no assistant turn)", int((empty & ~lost).sum()))
-        if empty.any():
-            keep_row &= ~empty
-            cut = cut.select(np.repeat(~empty, cut.lens), np.where(keep_row, cut.lens, 0))
-    truncated = int((long & keep_row).sum()) if overlong == "truncate" else 0
-    lens = cut.lens[keep_row]
-    offsets = pa.array(np.concatenate(([0], np.cumsum(lens))).astype(np.int32))
+        rows, kept, trained = rows.keep_rows(~empty), kept[~empty], trained[~empty]
+    truncated = int(long[kept].sum()) if overlong == "truncate" else 0
+    offsets = pa.array(np.concatenate(([0], np.cumsum(rows.lens))).astype(np.int32))
     out = pa.table(
         {
-            "row_id": row_ids.filter(pa.array(keep_row)),
-            "input_ids": pa.ListArray.from_arrays(offsets, pa.array(cut.ids, pa.int32())),
-            "labels": pa.ListArray.from_arrays(offsets, pa.array(cut.labels, pa.int32())),
-            "length": pa.array(lens.astype(np.int32)),
+            "row_id": row_ids if len(kept) == len(row_ids) else row_ids.take(pa.array(kept)),
+            "input_ids": pa.ListArray.from_arrays(offsets, pa.array(rows.ids, pa.int32())),
+            "labels": pa.ListArray.from_arrays(offsets, pa.array(rows.labels, pa.int32())),
+            "length": pa.array(rows.lens.astype(np.int32)),
         }
     )
-    stats = _stats(lens, int((cut.labels != IGNORE).sum()), truncated, sum(dropped.values()))
+    stats = _stats(rows.lens, int(trained.sum()), truncated, sum(dropped.values()))
     return TokenizeResult(table=out, stats=stats, dropped=dropped)
 
 
