@@ -29,7 +29,8 @@ def token_logprobs(model: Any, batch: dict) -> tuple[Any, Any]:
     import torch
 
     lm = _causal_lm(model)
-    inputs = {k: v for k, v in batch.items() if k in ("input_ids", "attention_mask", "position_ids")}
+    device = lm.get_input_embeddings().weight.device
+    inputs = {k: v.to(device) for k, v in batch.items() if k in ("input_ids", "attention_mask", "position_ids")}
     hidden = lm.base_model(**inputs, use_cache=False).last_hidden_state[:, :-1]
     labels = batch["labels"][:, 1:].to(hidden.device)
     mask = labels != -100

@@ -147,7 +147,8 @@ def train_sft(
         eval_facts = eval_loss(trainer.model, Path(eval_tokens), pad_token_id=tokenizer.pad_token_id,
                                batch_size=int(train.get("per_device_train_batch_size", 2)))
         with open(metrics_path, "a") as f:
-            f.write(json.dumps({"step": state.global_step, "epoch": round(state.epoch or 0.0, 4),
+            # "final": token-weighted over the whole eval set; the Trainer's eval_steps lines are batch means
+            f.write(json.dumps({"step": state.global_step, "epoch": round(state.epoch or 0.0, 4), "final": True,
                                 "eval_loss": eval_facts["loss"], "eval_perplexity": eval_facts["perplexity"]}) + "\n")
 
     metrics = read_metrics(metrics_path)

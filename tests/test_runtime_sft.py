@@ -171,7 +171,7 @@ def test_export_merges_the_adapter_into_weights_transformers_loads(trained, tmp_
     peft_model = load_trained(out).model
     ids = torch.tensor([rows()[0][0][0]])
     with torch.no_grad():
-        expected = peft_model(input_ids=ids).logits
+        expected = peft_model(input_ids=ids.to(peft_model.device)).logits.cpu()
         got = merged(input_ids=ids).logits
     torch.testing.assert_close(got, expected, atol=1e-3 * float(expected.abs().max()), rtol=0)
 
