@@ -11,6 +11,7 @@ import json
 import math
 import signal
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -49,6 +50,9 @@ class StopFlag:
     _previous: Any = field(default=None, repr=False)
 
     def install(self) -> None:
+        """Only the main thread may set signal handlers; elsewhere Ctrl-C keeps its default."""
+        if threading.current_thread() is not threading.main_thread():
+            return
         self._previous = signal.getsignal(signal.SIGINT)
         signal.signal(signal.SIGINT, self._handle)
 

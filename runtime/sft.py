@@ -20,6 +20,7 @@ Decisions that are not TRL defaults, and why:
 from __future__ import annotations
 
 import json
+import os
 import platform
 import resource
 import sys
@@ -76,10 +77,12 @@ def train_sft(
     if not resume and last_checkpoint is not None:
         raise run_error(f"{output_dir} already holds checkpoints of a run", "continue it with --resume, or choose another output folder")
     resumed_from = _checkpoint_step(last_checkpoint) if resume else None
-    if resume:
-        truncate_metrics(metrics_path, resumed_from)
-    else:
-        metrics_path.write_text("")
+    main_process = int(os.environ.get("RANK", "0")) == 0  # under torchrun/accelerate, rank 0 writes
+    if main_process:
+        if resume:
+            truncate_metrics(metrics_path, resumed_from)
+        else:
+            metrics_path.write_text("")
 
     # ---- data: the compiler's artifacts, checked against the contract
     max_len = int(model.get("max_seq_length", 2048))
@@ -141,6 +144,8 @@ def train_sft(
     # ---- cleanup: adapter (+ tokenizer), eval, facts, report
     trainer.save_model(str(output_dir))
     eval_facts: dict = {}
+    if not main_process:
+        return {}
     if eval_table is not None and not interrupted:
         from ftc.runtime.evaluate import eval_loss
 
