@@ -19,7 +19,11 @@ venv: $(STAMP)
 
 demo: $(STAMP)
 	$(BIN)/ftc compile recipes/demo.json -o runs/demo/plan.lock
-	$(BIN)/ftc preview runs/demo/plan.lock -n 2
+	$(BIN)/ftc preview runs/demo/plan.lock -n 1 --tokens
+	$(BIN)/ftc run runs/demo/plan.lock --output runs/demo/run
+	$(BIN)/ftc infer runs/demo/run --max-new-tokens 40 \
+	  --input '{"question": "Natalia sold clips to 48 of her friends in April, and then she sold half as many clips in May. How many clips did Natalia sell altogether in April and May?"}'
+	@echo "adapter and report: runs/demo/run (report.md, loss.png, metrics.jsonl)"
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q

@@ -16,7 +16,8 @@ import pyarrow as pa
 
 from ftc import __version__
 from ftc.compiler import render
-from ftc.compiler.lock import LOCK_VERSION, seal, write_lock
+from ftc.compiler.lock import LOCK_VERSION, seal
+from ftc.compiler.lock import write_lock as write_lock_file
 from ftc.compiler.normalize import INTERNAL, Normalizer, Stage
 from ftc.compiler.recipe import Recipe, derive_schedule
 from ftc.compiler.sources import load_source
@@ -37,7 +38,9 @@ def rel(path: Path, start: Path) -> str:
     return os.path.relpath(os.path.abspath(path), os.path.abspath(start)).replace(os.sep, "/")
 
 
-def compile_recipe(recipe: Recipe, lock_path: Path, *, progress: bool = False, write: bool = True, tokenize: bool = True) -> Compiled:
+def compile_recipe(recipe: Recipe, lock_path: Path, *, progress: bool = False, write: bool = True, tokenize: bool = True,
+                   write_lock: bool = True) -> Compiled:
+    """Compile; ``write`` puts artifacts in the cache, ``write_lock`` also writes the lock and its reports."""
     file = str(recipe.path)
     norm = Normalizer(file)
     lock_dir = lock_path.parent
@@ -123,12 +126,12 @@ def compile_recipe(recipe: Recipe, lock_path: Path, *, progress: bool = False, w
         lock["versions"]["transformers"] = _version("transformers")
         sequences = tokens["train_sequences"]
         token_tables = tokens["tables"]
-        if write:
+        if write and write_lock:
             _write_reports(tokens, lock_path)
     lock["schedule"] = derive_schedule(recipe.data["train"], sequences)
     lock = seal(lock)
-    if write:
-        write_lock(lock, lock_path)
+    if write and write_lock:
+        write_lock_file(lock, lock_path)
     return Compiled(lock, lock_path, splits, token_tables)
 
 
@@ -312,6 +315,7 @@ def _write_reports(tokens: dict, lock_path: Path) -> None:
     from ftc.compiler.tokenize import data_report_md, length_histogram_png
 
     stem = lock_path.with_suffix("")
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
     length_histogram_png(tokens["lengths"], f"{stem}.lengths.png", tokens["max_len"])
     dropped = {st["stage"][len("tokenize ("):-1]: st["dropped"] for st in tokens["stages"]}
     report = data_report_md(tokens["lock"]["stats"], tokens["info"], tokens["lock"]["packing"], dropped_by_split=dropped,

@@ -9,7 +9,126 @@ from pathlib import Path
 
 def add_runtime_parsers(sub) -> None:
     """Parsers for commands that live in ftc.runtime (run, infer, eval, export, score)."""
-    return None
+    s = sub.add_parser("run", help="verify a plan.lock and train")
+    s.add_argument("lock")
+    s.add_argument("--output", help="run folder (default: runs/<name>-<plan hash prefix>)")
+    s.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
+    s.add_argument("--backend", choices=["auto", "hf", "unsloth"], default="auto")
+    s.add_argument("--max-steps", type=int, help="stop after this many optimizer steps (smoke runs)")
+
+    s = sub.add_parser("infer", help="generate with a trained run, formatting requests with the training template")
+    s.add_argument("run_dir")
+    s.add_argument("--input", help="a JSON object (or a file of JSON lines) with the prompt fields; omit for interactive")
+    s.add_argument("--max-new-tokens", type=int, default=256)
+    s.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
+    s.add_argument("--top-p", type=float, default=1.0)
+
+    s = sub.add_parser("eval", help="eval loss and perplexity of a run on its plan's eval split")
+    s.add_argument("run_dir")
+    s.add_argument("--split", default="eval", choices=["train", "eval"])
+
+    s = sub.add_parser("export", help="merge the LoRA adapter into the base weights (safetensors)")
+    s.add_argument("run_dir")
+    s.add_argument("--merged", required=True, metavar="DIR")
+    s.add_argument("--dtype", choices=["float32", "bfloat16", "float16"])
+
+    s = sub.add_parser("score", help="score completions with the plan's declared rewards")
+    s.add_argument("lock")
+    s.add_argument("--completions", required=True, help="JSONL: {\"row_id\": ..., \"completion\": ...} a line")
+    s.add_argument("--split", default="eval", choices=["train", "eval"])
+
+
+def cmd_run(args) -> int:
+    from ftc.runtime.run import run_plan
+
+    facts = run_plan(args.lock, output=args.output, resume=args.resume, backend=args.backend, max_steps=args.max_steps)
+    out = facts["output_dir"]
+    tr = facts.get("train", {})
+    print(f"trained {tr.get('global_step')} steps on {facts.get('device')} ({facts['backend']}): "
+          f"loss {tr.get('first_loss')} -> {tr.get('last_loss')}")
+    print(f"adapter: {out}\nreport:  {out}/report.md\nmetrics: {out}/metrics.jsonl")
+    return 0
+
+
+def _requests(arg: str | None) -> list[dict] | None:
+    from ftc.errors import FtcError
+
+    if arg is None:
+        return None
+    text = Path(arg).read_text(encoding="utf-8") if Path(arg).is_file() else arg
+    try:
+        items = [json.loads(l) for l in text.splitlines() if l.strip()] if Path(arg).is_file() else [json.loads(text)]
+    except json.JSONDecodeError as e:
+        raise FtcError("FTC700", reason=f"--input is not JSON: {e.msg}", hint='e.g. --input \'{"question": "..."}\'') from None
+    if not all(isinstance(i, dict) for i in items):
+        raise FtcError("FTC700", reason="--input must be a JSON object (or JSON lines of objects)", hint="give the prompt fields by name")
+    return items
+
+
+def cmd_infer(args) -> int:
+    from ftc.runtime.run import infer, prompt_fields, run_lock
+
+    reqs = _requests(args.input)
+    kw = dict(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p)
+    if reqs is not None:
+        infer(args.run_dir, reqs, **kw)
+        return 0
+    fields = prompt_fields(run_lock(Path(args.run_dir)))
+    print(f"fields: {', '.join(fields)}; type {'the ' + fields[0] if len(fields) == 1 else 'a JSON object'} a line, Ctrl-D to end",
+          file=sys.stderr)
+    for line in sys.stdin:
+        if not line.strip():
+            continue
+        req = {fields[0]: line.rstrip("\n")} if len(fields) == 1 else _requests(line)[0]
+        infer(args.run_dir, [req], **kw)
+    return 0
+
+
+def cmd_eval(args) -> int:
+    from ftc.runtime.evaluate import eval_loss
+    from ftc.runtime.infer import load_trained
+    from ftc.runtime.run import run_lock
+    from ftc.runtime.verify import verify
+
+    facts_lock = json.loads((Path(args.run_dir) / "run.json").read_text()) if (Path(args.run_dir) / "run.json").exists() else {}
+    lock_file = facts_lock.get("lock") or str(Path(args.run_dir) / "plan.lock")
+    plan = verify(lock_file)
+    if plan.plan_hash != run_lock(Path(args.run_dir))["plan_hash"]:
+        from ftc.errors import FtcError
+
+        raise FtcError("FTC700", reason=f"{lock_file} is not the plan this run trained on", hint="recompile or point at the right run")
+    tokens = plan.artifacts["tokens"].get(args.split)
+    if tokens is None:
+        from ftc.errors import FtcError
+
+        raise FtcError("FTC700", reason=f"the plan has no {args.split} split", hint="set split.eval in the recipe and recompile")
+    trained = load_trained(Path(args.run_dir))
+    res = eval_loss(trained.model, tokens, pad_token_id=trained.tokenizer.pad_token_id or 0)
+    print(f"{args.split}: loss {res['loss']:.4f}, perplexity {res['perplexity']:.3f} over {res['tokens']:,} tokens ({res['sequences']} sequences)")
+    return 0
+
+
+def cmd_export(args) -> int:
+    from ftc.runtime.export import export_merged
+
+    out = export_merged(Path(args.run_dir), Path(args.merged), dtype=args.dtype)
+    print(f"merged model written to {out} (load with AutoModelForCausalLM.from_pretrained)")
+    return 0
+
+
+def cmd_score(args) -> int:
+    from ftc.compiler.compile import recipe_dir_of_lock
+    from ftc.runtime.score import format_summary, score_file
+
+    lock, table, _ = load_split(args.lock, args.split, [])
+    rewards = lock["settings"]["train"].get("grpo", {}).get("rewards")
+    if not rewards:
+        from ftc.errors import FtcError
+
+        raise FtcError("FTC105", file=args.lock, reason="the plan declares no rewards", hint="declare train.grpo.rewards in the recipe")
+    result = score_file(rewards, table.to_pylist(), Path(args.completions), recipe_dir_of_lock(lock, args.lock))
+    print(format_summary(result))
+    return 0
 
 
 def cmd_schema(args) -> int:

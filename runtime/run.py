@@ -1,0 +1,175 @@
+"""`ftc run` and the commands on a run folder (infer, eval, export), top to bottom.
+
+run: verify the plan -> choose the backend -> guard the output folder -> train -> record.
+The trainers (sft.py, grpo.py) take the lock's settings as they are.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+from pathlib import Path
+
+from ftc.errors import FtcError
+from ftc.runtime.verify import Plan, verify
+
+RUN_LOCK = "plan.lock"  # a copy of the plan, kept in the run folder
+
+
+def choose_backend(asked: str) -> tuple[str, str]:
+    """(backend, why). unsloth needs CUDA and the unsloth package; hf runs anywhere."""
+    import importlib.util
+
+    has_unsloth = importlib.util.find_spec("unsloth") is not None
+    import torch
+
+    cuda = torch.cuda.is_available()
+    if asked == "hf":
+        return "hf", "asked for with --backend hf"
+    if asked == "unsloth":
+        if not cuda or not has_unsloth:
+            missing = " and ".join(x for x, ok in (("a CUDA GPU", cuda), ("the unsloth package", has_unsloth)) if not ok)
+            raise FtcError("FTC700", reason=f"--backend unsloth needs {missing}",
+                           hint="use --backend hf (transformers + peft + trl), which runs on the CPU too")
+        raise FtcError("FTC700", reason="the unsloth backend is not part of this ftc build yet",
+                       hint="use --backend hf; the unsloth backend is tracked in its own issue")
+    why = "no CUDA GPU" if not cuda else ("unsloth is not installed" if not has_unsloth else "the unsloth backend is not built yet")
+    return "hf", f"auto: {why}"
+
+
+def run_dir_for(plan: Plan, output: str | None) -> Path:
+    return Path(output) if output else Path("runs") / f"{plan.name}-{plan.plan_hash[:8]}"
+
+
+def guard_output(out: Path, plan: Plan, resume: bool) -> None:
+    """An output folder holds one plan's run; never train a second plan into it."""
+    kept = out / RUN_LOCK
+    if kept.exists():
+        other = json.loads(kept.read_text(encoding="utf-8")).get("plan_hash", "")
+        if other != plan.plan_hash:
+            raise FtcError("FTC700", reason=f"{out} holds the run of another plan ({other[:12]}, this one is {plan.plan_hash[:12]})",
+                           hint="choose another --output folder, or remove that run")
+    elif out.exists() and any(out.iterdir()) and not resume:
+        raise FtcError("FTC700", reason=f"{out} is not empty and holds no ftc run",
+                       hint="choose an empty or new --output folder")
+
+
+def run_plan(lock_path: str, *, output: str | None = None, resume: bool = False, backend: str = "auto",
+             max_steps: int | None = None) -> dict:
+    plan = verify(lock_path)
+    chosen, why = choose_backend(backend)
+    out = run_dir_for(plan, output)
+    guard_output(out, plan, resume)
+    if resume and not (out / "checkpoints").is_dir():
+        raise FtcError("FTC700", reason=f"--resume: {out} has no checkpoint", hint="run without --resume to start from step 0")
+    out.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(plan.lock_path, out / RUN_LOCK)
+    settings = plan.lock["settings"]
+    model = {**settings["model"], "name": plan.local(settings["model"]["name"])}
+    tokenizer = plan.local(settings["model"]["tokenizer"])
+    print(f"ftc: plan {plan.plan_hash[:12]} verified; backend {chosen} ({why}); output {out}", file=sys.stderr)
+    if plan.rebuilt:
+        print(f"ftc: rebuilt from the sources: {', '.join(plan.rebuilt)}", file=sys.stderr)
+    if settings["train"]["method"] == "grpo":
+        from ftc.runtime.grpo import train_grpo
+
+        facts = train_grpo(train_data=plan.artifacts["data"]["train"], eval_data=plan.artifacts["data"].get("eval"),
+                           model=model, lora=settings["lora"], train=settings["train"], tokenizer_path=tokenizer,
+                           output_dir=out, recipe_dir=plan.recipe_dir, resume=resume, plan_hash=plan.plan_hash,
+                           max_steps_override=max_steps)
+    else:
+        from ftc.runtime.sft import train_sft
+
+        facts = train_sft(train_tokens=plan.artifacts["tokens"]["train"], eval_tokens=plan.artifacts["tokens"].get("eval"),
+                          model=model, lora=settings["lora"], train=settings["train"], tokenizer_path=tokenizer,
+                          output_dir=out, resume=resume, plan_hash=plan.plan_hash, max_steps_override=max_steps,
+                          name=plan.name)
+    facts["backend"] = chosen
+    facts["backend_reason"] = why
+    facts["lock"] = str(plan.lock_path.resolve())
+    facts["rebuilt_artifacts"] = list(plan.rebuilt)
+    (out / "run.json").write_text(json.dumps(facts, indent=2, sort_keys=True, default=str) + "\n")
+    return {**facts, "output_dir": str(out)}
+
+
+# ---------------------------------------------------------------- inference with the training template
+
+def run_lock(run_dir: Path) -> dict:
+    p = Path(run_dir) / RUN_LOCK
+    if not p.exists():
+        raise FtcError("FTC700", reason=f"{run_dir} has no {RUN_LOCK}", hint="point at the output folder of `ftc run`")
+    return json.loads(p.read_text(encoding="utf-8"))
+
+
+def prompt_fields(lock: dict) -> list[str]:
+    """The fields a request must give: the variables of the prompt-side templates."""
+    from ftc.compiler import render
+
+    names: set[str] = set()
+    for jp, t in lock["templates"].items():
+        if _prompt_side(jp, lock):
+            names |= render.variables(render.Template(t["name"], t["text"]))
+    return sorted(names)
+
+
+def _prompt_side(json_path: str, lock: dict) -> bool:
+    if json_path == "template.completion":
+        return False
+    msgs = lock["settings"]["template"].get("messages")
+    if json_path.startswith("template.messages[") and isinstance(msgs, list):
+        i = int(json_path.split("[")[1].split("]")[0])
+        return msgs[i]["role"] != "assistant" and i < max((k for k, m in enumerate(msgs) if m["role"] == "assistant"), default=len(msgs))
+    return True
+
+
+def format_request(lock: dict, request: dict, tokenizer) -> list[int]:
+    """Prompt token ids for `request`, rendered with the very templates the plan trained on."""
+    from ftc.compiler import render
+
+    spec = lock["settings"]["template"]
+    fmt = spec["format"]
+    missing = [f for f in prompt_fields(lock) if f not in request]
+    if missing:
+        raise FtcError("FTC700", reason=f"the request lacks {', '.join(missing)}",
+                       hint=f"give a JSON object with the fields {', '.join(prompt_fields(lock))}")
+
+    def one(jp: str) -> str:
+        t = lock["templates"][jp]
+        return render.render_rows(render.Template(t["name"], t["text"]), [dict(request)])[0]
+
+    if fmt in ("prompt_completion", "prompt") and isinstance(spec["prompt"], list):
+        chat = [{"role": m["role"], "content": one(f"template.prompt[{i}].content")} for i, m in enumerate(spec["prompt"])]
+        return list(tokenizer.apply_chat_template(chat, add_generation_prompt=True, tokenize=True, return_dict=False))
+    if fmt in ("prompt_completion", "prompt"):
+        return tokenizer(one("template.prompt"), add_special_tokens=False)["input_ids"]
+    if fmt == "messages":
+        if isinstance(spec["messages"], dict):
+            chat = request[spec["messages"]["field"]] if spec["messages"]["field"] in request else request.get("messages")
+            if chat and chat[-1]["role"] == "assistant":
+                chat = chat[:-1]
+        else:
+            chat = []
+            for i, m in enumerate(spec["messages"]):
+                if m["role"] == "assistant" and i == max(k for k, x in enumerate(spec["messages"]) if x["role"] == "assistant"):
+                    break
+                chat.append({"role": m["role"], "content": one(f"template.messages[{i}].content")})
+        return list(tokenizer.apply_chat_template(chat, add_generation_prompt=True, tokenize=True, return_dict=False))
+    return tokenizer(request.get("text", ""), add_special_tokens=False)["input_ids"]
+
+
+def infer(run_dir: str, requests: list[dict], *, max_new_tokens: int, temperature: float, top_p: float,
+          stream: bool = True, seed: int | None = 0) -> list[str]:
+    from ftc.runtime.infer import generate, load_trained, text_streamer
+
+    trained = load_trained(Path(run_dir))
+    lock = run_lock(Path(run_dir))
+    tok = trained.tokenizer
+    outs = []
+    for req in requests:
+        ids = format_request(lock, req, tok)
+        new = generate(trained.model, ids, max_new_tokens=max_new_tokens, do_sample=temperature > 0,
+                       temperature=temperature or 1.0, top_p=top_p, seed=seed, eos_token_id=tok.eos_token_id,
+                       pad_token_id=tok.pad_token_id, streamer=text_streamer(tok) if stream else None)
+        outs.append(tok.decode(new, skip_special_tokens=True))
+    return outs
