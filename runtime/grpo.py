@@ -1,0 +1,499 @@
+"""GRPO with LoRA on the hf backend (transformers + PEFT + TRL's GRPOTrainer), top to bottom.
+
+Read it like `sft.py`: setup (checks, rewards, prompts, model, trainer), train, cleanup
+(adapter, facts, report). The plan's settings pass straight through: the `train` keys are
+GRPOConfig's own, `train.grpo` holds the generation and loss keys, the `lora` keys are
+LoraConfig's own. The run folder has the same shape as an SFT run's.
+
+Decisions that are not TRL defaults, and why:
+- The batch arithmetic is checked before anything loads. In TRL 1.x a batch counts
+  completions, and each prompt gets `num_generations` of them, so the generation batch
+  (per_device_train_batch_size x gradient_accumulation_steps x processes) must hold whole
+  groups; we say so in the recipe's words instead of TRL's ValueError.
+- Rewards are the declared ones (`rewards.py`), weighted by GRPOConfig(reward_weights); the
+  dataset keeps every compiled column, so the fields a reward reads reach it as kwargs. A
+  field the data lacks is refused here, not scored as 0 at step 1.
+- TRL 1.x dropped `max_prompt_length`, but the plan declares it: prompts are measured with
+  the chat template TRL will apply, and those over the limit follow `train.overlong`
+  (truncate: keep the last tokens, as TRL 0.x did; drop: leave the row out; error: stop).
+  The counts go to run.json.
+- Generation is plain `model.generate` (no vLLM): one process, nothing to launch.
+- metrics.jsonl gets every scalar TRL logs for GRPO (total and per-reward means and stds,
+  completion lengths, KL when beta > 0, entropy, clipping) besides loss and learning rate.
+- Ctrl-C saves a checkpoint after the current step and stops; `resume=True` continues.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Sequence
+
+from ftc.errors import FtcError
+from ftc.runtime.metrics import StopFlag, TokenCounter, callbacks as run_callbacks, read_metrics, truncate_metrics
+from ftc.runtime.model import load_base_model, load_tokenizer, lora_config, run_error
+from ftc.runtime.rewards import build_reward_funcs, reward_from_dict, reward_weights
+from ftc.runtime.sft import CHECKPOINTS, _checkpoint_step, _device_name, _peak_memory, _relative, _versions
+
+REQUIRED = ("row_id", "prompt")
+
+
+def check_grpo_batch(train: dict, *, world_size: int = 1, file: str | None = None) -> None:
+    """Refuse a batch that cannot hold whole prompt groups (TRL would raise at start-up).
+
+    Pure arithmetic on the resolved `train` section, so the compiler can call it too."""
+    g = int(train["grpo"].get("num_generations", 8))
+    batch = int(train.get("per_device_train_batch_size", 2))
+    accum = int(train.get("gradient_accumulation_steps", 4))
+    generation = batch * accum * world_size
+    if generation % g == 0:
+        return
+    procs = f" x {world_size} processes" if world_size > 1 else ""
+    up = -(-batch // g) * g
+    raise FtcError(
+        "FTC105", file=file, path="train.per_device_train_batch_size",
+        reason=f"per_device_train_batch_size {batch} x gradient_accumulation_steps {accum}{procs} = {generation} completions "
+               f"per generation, which is not a multiple of train.grpo.num_generations ({g})",
+        hint=f"in GRPO a batch counts completions, {g} per prompt: set per_device_train_batch_size to {up} "
+             f"(or another multiple of {g}), or lower num_generations to a divisor of {generation}",
+    )
+
+
+def train_grpo(
+    *,
+    train_data: Path,
+    eval_data: Path | None,
+    model: dict,
+    lora: dict,
+    train: dict,
+    tokenizer_path: str,
+    output_dir: Path,
+    recipe_dir: Path,
+    resume: bool = False,
+    plan_hash: str = "",
+    max_steps_override: int | None = None,
+    name: str = "",
+    extra_callbacks: Sequence[Any] = (),
+    show_progress: bool = True,
+) -> dict:
+    """Train a LoRA adapter with GRPO on the prompts of `train_data`; return the run facts
+    (also written to run.json).
+
+    Writes to output_dir: the PEFT adapter and tokenizer, checkpoints/, metrics.jsonl,
+    run.json, report.md, loss.png and rewards.png. The eval prompts are generated for and
+    scored every `train.eval_steps` steps (and after the last one); without eval_steps they
+    are not used, since generating for a whole eval split is a cost to ask for.
+    """
+    import torch
+    from transformers.trainer_callback import PrinterCallback, ProgressCallback
+    from transformers.trainer_utils import get_last_checkpoint
+
+    started_at = datetime.now(timezone.utc)
+    t0 = time.perf_counter()
+    grpo = train.get("grpo") or {}
+    if train.get("method", "grpo") != "grpo" or not grpo:
+        raise run_error("train_grpo needs train.method \"grpo\" and a train.grpo section", "recompile the recipe with train.method: grpo")
+
+    # ---- checks that need nothing loaded: batch arithmetic, rewards (python files unchanged)
+    check_grpo_batch(train, world_size=int(os.environ.get("WORLD_SIZE", "1")))
+    resolved = list(grpo.get("rewards") or [])
+    if not resolved:
+        raise FtcError("FTC105", path="train.grpo.rewards", reason="GRPO needs at least one reward, and the plan declares none",
+                       hint='declare one, e.g. {"kind": "regex", "pattern": "</reasoning>"}, and recompile')
+    reward_funcs = build_reward_funcs(resolved, Path(recipe_dir))
+
+    # ---- resume or fresh start: never mix two runs in one folder silently
+    output_dir = Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    checkpoints = output_dir / CHECKPOINTS
+    metrics_path = output_dir / "metrics.jsonl"
+    last_checkpoint = get_last_checkpoint(str(checkpoints)) if checkpoints.is_dir() else None
+    if resume and last_checkpoint is None:
+        raise run_error(f"--resume: no checkpoint in {checkpoints}", "run without --resume to start training from step 0")
+    if not resume and last_checkpoint is not None:
+        raise run_error(f"{output_dir} already holds checkpoints of a run", "continue it with --resume, or choose another output folder")
+    resumed_from = _checkpoint_step(last_checkpoint) if resume else None
+    main_process = int(os.environ.get("RANK", "0")) == 0  # under torchrun/accelerate, rank 0 writes
+    if main_process:
+        if resume:
+            truncate_metrics(metrics_path, resumed_from)
+        else:
+            metrics_path.write_text("")
+
+    # ---- data: the compiler's prompt artifacts, measured with the chat template TRL applies
+    tokenizer = load_tokenizer(tokenizer_path)
+    max_prompt = int(grpo.get("max_prompt_length", 512))
+    overlong = train.get("overlong", "truncate")
+    use_eval = eval_data is not None and train.get("eval_steps") is not None
+    train_table, train_prompts = _read_prompts(Path(train_data), resolved, tokenizer, max_prompt, overlong)
+    eval_table, eval_prompts = _read_prompts(Path(eval_data), resolved, tokenizer, max_prompt, overlong) if use_eval else (None, {})
+
+    # ---- model: base (pretrained or random from config); LoRA is added by the trainer
+    seed = int(train.get("seed", 3407))
+    loaded = load_base_model(model, seed=seed)
+
+    # ---- trainer: GRPOConfig takes the plan's keys as they are
+    max_steps = int(max_steps_override if max_steps_override is not None else train.get("max_steps", -1))
+    args = _grpo_config(train, grpo, resolved, checkpoints=checkpoints, max_steps=max_steps, dtype=loaded.dtype,
+                        device=loaded.device, eval_steps=train.get("eval_steps") if use_eval else None)
+    counter, stop = TokenCounter(), StopFlag()
+    shared = [cb for cb in run_callbacks(metrics_path=metrics_path, counter=counter, stop=stop, show_progress=show_progress)
+              if type(cb).__name__ != "MetricsWriter"]  # ours writes the GRPO keys too
+    trainer = _trainer_class()(
+        model=loaded.model,
+        reward_funcs=reward_funcs,
+        args=args,
+        train_dataset=_dataset(train_table),
+        eval_dataset=_dataset(eval_table) if eval_table is not None else None,
+        processing_class=tokenizer,
+        peft_config=lora_config(lora),
+        # extra callbacks first: whatever they request at a step end is seen by ours at that step
+        callbacks=[*extra_callbacks, _metrics_writer(metrics_path, counter), *shared],
+    )
+    trainer.token_counter = counter
+    trainer.max_prompt_length = max_prompt
+    trainer.remove_callback(ProgressCallback)
+    trainer.remove_callback(PrinterCallback)
+    trainable, total = trainer.model.get_nb_trainable_parameters()
+    if loaded.device == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+
+    # ---- train: Ctrl-C becomes "save a checkpoint and stop"
+    stop.install()
+    t_train = time.perf_counter()
+    try:  # with eval_steps, the Trainer also evaluates after the last step
+        trainer.train(resume_from_checkpoint=last_checkpoint if resume else None)
+    finally:
+        stop.uninstall()
+    train_time = time.perf_counter() - t_train
+    state = trainer.state
+    interrupted = stop.requested
+
+    # ---- cleanup: adapter (+ tokenizer), facts, report
+    trainer.save_model(str(output_dir))
+    if not main_process:
+        return {}
+    metrics = read_metrics(metrics_path)
+    steps = [m for m in metrics if "reward" in m]
+    losses = [m["loss"] for m in metrics if m.get("loss") is not None]
+    evals = [m for m in metrics if "eval_reward" in m]
+    names = [d["name"] for d in resolved]
+    facts = {
+        "name": name,
+        "plan_hash": plan_hash,
+        "backend": "hf",
+        "method": "grpo",
+        "versions": _versions(),
+        "device": _device_name(loaded.device),
+        "model": {
+            "name": model.get("name"),
+            "revision": model.get("revision"),
+            "init": model.get("init", "pretrained"),
+            "random_init": loaded.random_init,
+            "fingerprint": loaded.fingerprint,
+            "dtype": loaded.dtype,
+            "attn_implementation": loaded.model.config._attn_implementation,
+            "max_seq_length": int(model.get("max_seq_length", 2048)),
+            "load_in_4bit": bool(model.get("load_in_4bit", False)),
+            "num_parameters": total,
+            "trainable_parameters": trainable,
+        },
+        "settings": {"model": model, "lora": lora, "train": train, "max_steps_override": max_steps_override, "tokenizer": str(tokenizer_path)},
+        "data": {
+            "train": {"path": str(train_data), "rows": train_table.num_rows, "prompts": train_prompts},
+            "eval": {"path": str(eval_data), "rows": eval_table.num_rows, "prompts": eval_prompts} if eval_table is not None else None,
+        },
+        "train": {
+            "global_step": state.global_step,
+            "max_steps": state.max_steps,
+            "epoch": state.epoch,
+            "first_loss": losses[0] if losses else None,
+            "last_loss": losses[-1] if losses else None,
+            "interrupted": interrupted,
+            "resumed_from_step": resumed_from,
+            "train_time_s": round(train_time, 3),
+        },
+        "grpo": {
+            "num_generations": args.num_generations,
+            "generation_batch_size": args.generation_batch_size,
+            "steps_per_generation": args.steps_per_generation,
+            "prompts_per_generation": args.generation_batch_size // args.num_generations,
+            "max_completion_length": args.max_completion_length,
+            "beta": args.beta,
+            "loss_type": args.loss_type,
+            "first_reward": steps[0]["reward"] if steps else None,
+            "last_reward": steps[-1]["reward"] if steps else None,
+            "rewards": [
+                {"name": d["name"], "kind": d["kind"], "weight": d["weight"],
+                 "first_mean": _first(steps, f"rewards/{d['name']}/mean"), "last_mean": _last(steps, f"rewards/{d['name']}/mean")}
+                for d in resolved
+            ],
+            "last_completion_mean_length": _last(steps, "completions/mean_length"),
+            "last_kl": _last(steps, "kl"),
+        },
+        "tokens": {
+            "real": counter.real,
+            "slots": counter.slots,
+            "trained": counter.trained,
+            "padding_efficiency": counter.real / counter.slots if counter.slots else None,
+            "note": "prompt + completion tokens of the batches trained on, counted in this process; trained = completion tokens",
+        },
+        "throughput_tokens_per_second": round(counter.real / train_time, 1) if train_time > 0 else None,
+        "peak_memory": _peak_memory(loaded.device),
+        "eval": {"step": evals[-1]["step"], "reward": evals[-1]["eval_reward"],
+                 "rewards": {n: evals[-1].get(f"eval_rewards/{n}/mean") for n in names}} if evals else {},
+        "adapter_dir": ".",
+        "checkpoint": _relative(get_last_checkpoint(str(checkpoints)) if checkpoints.is_dir() else None, output_dir),
+        "started_at": started_at.isoformat(timespec="seconds"),
+        "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "wall_time_s": round(time.perf_counter() - t0, 3),
+    }
+    (output_dir / "run.json").write_text(json.dumps(facts, indent=2, sort_keys=True, default=str) + "\n")
+    from ftc.runtime.report import write_report
+
+    write_report(output_dir, facts)
+    _append_reward_report(output_dir, facts, metrics, names)
+    if interrupted:
+        print(f"ftc: stopped at step {state.global_step}; checkpoint saved. Continue with --resume.", file=sys.stderr)
+    return facts
+
+
+def _read_prompts(path: Path, resolved: list[dict], tokenizer: Any, max_prompt: int, overlong: str) -> tuple[Any, dict]:
+    """The artifact's rows, checked against the contract and the rewards, with prompts over
+    `max_prompt` tokens handled by `overlong`; returns the table and the facts for run.json."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(path)
+    missing = [c for c in REQUIRED if c not in table.column_names]
+    if missing or table.num_rows == 0:
+        raise FtcError("FTC601", file=str(path), reason=f"missing columns {missing}" if missing else "no rows",
+                       hint="recompile the plan: the prompt artifact does not follow the compiler's contract")
+    for i, d in enumerate(resolved):
+        lacking = [f for f in reward_from_dict(d).fields() if f not in table.column_names]
+        if lacking:
+            raise FtcError("FTC105", path=f"train.grpo.rewards[{i}]",
+                           reason=f"reward {d['name']!r} reads field(s) {', '.join(lacking)}, which {path.name} does not have "
+                                  f"(it has: {', '.join(table.column_names)})",
+                           hint="recompile the plan so the data keeps the fields the rewards read")
+    prompts = table.column("prompt").to_pylist()
+    if isinstance(prompts[0], list):  # chat turns: TRL applies the chat template, so measure with it
+        ids = tokenizer.apply_chat_template(prompts, add_generation_prompt=True, tokenize=True, return_dict=True)["input_ids"]
+    else:
+        ids = tokenizer(text=prompts)["input_ids"]
+    lengths = [len(x) for x in ids]
+    over = [i for i, n in enumerate(lengths) if n > max_prompt]
+    facts = {"max_tokens": max(lengths), "mean_tokens": round(sum(lengths) / len(lengths), 1), "limit": max_prompt,
+             "over_limit": len(over), "overlong": overlong, "dropped": 0}
+    if over:
+        worst = max(over, key=lambda i: lengths[i])
+        what = f"{len(over)} of {len(lengths)} prompts in {path.name} are longer than train.grpo.max_prompt_length ({max_prompt} tokens)"
+        if overlong == "error":
+            raise run_error(f"{what}; the longest, row {table.column('row_id')[worst]}, has {lengths[worst]}",
+                            "raise train.grpo.max_prompt_length, or set train.overlong to truncate or drop")
+        if overlong == "drop":
+            keep = pa.array([n <= max_prompt for n in lengths])
+            table = table.filter(keep)
+            facts["dropped"] = len(over)
+            if table.num_rows == 0:
+                raise run_error(f"{what}: none is left", "raise train.grpo.max_prompt_length")
+        print(f"ftc: {what}; {'dropped' if overlong == 'drop' else 'their first tokens are cut (kept: the last ' + str(max_prompt) + ')'}",
+              file=sys.stderr)
+    return table, facts
+
+
+def _dataset(table: Any) -> Any:
+    """A datasets.Dataset over the Arrow table: chat prompts stay lists of {role, content}."""
+    import datasets
+
+    return datasets.Dataset(table)
+
+
+def _grpo_config(train: dict, grpo: dict, resolved: list[dict], *, checkpoints: Path, max_steps: int, dtype: str, device: str,
+                 eval_steps: int | None) -> Any:
+    """GRPOConfig from the resolved `train` section; only what TRL must not decide is added."""
+    from trl import GRPOConfig
+
+    warmup = train.get("warmup_steps")
+    if warmup is None:  # compile resolves warmup_ratio into warmup_steps; a ratio < 1 is read as one
+        warmup = float(train.get("warmup_ratio") or 0.0)
+    g = int(grpo.get("num_generations", 8))
+    batch = int(train.get("per_device_train_batch_size", 2))
+    return GRPOConfig(
+        output_dir=str(checkpoints),
+        learning_rate=float(train.get("learning_rate", 2e-4)),
+        per_device_train_batch_size=batch,
+        # eval generates whole groups per batch, without accumulation: round the batch up to one
+        per_device_eval_batch_size=-(-batch // g) * g,
+        gradient_accumulation_steps=int(train.get("gradient_accumulation_steps", 4)),
+        num_train_epochs=float(train.get("num_train_epochs", 1)),
+        max_steps=max_steps,
+        warmup_steps=warmup,
+        lr_scheduler_type=train.get("lr_scheduler_type", "linear"),
+        optim=train.get("optim", "adamw_torch"),
+        weight_decay=float(train.get("weight_decay", 0.0)),
+        max_grad_norm=float(train.get("max_grad_norm", 1.0)),
+        seed=int(train.get("seed", 3407)),
+        logging_steps=int(train.get("logging_steps", 1)),
+        save_strategy="steps",
+        save_steps=int(train.get("save_steps", 100)),
+        save_total_limit=2,  # the last checkpoint resumes; one more in case it was cut mid-write
+        eval_strategy="steps" if eval_steps else "no",
+        eval_steps=eval_steps,
+        gradient_checkpointing=bool(train.get("gradient_checkpointing", True)),
+        bf16=device == "cuda" and dtype == "bfloat16",
+        fp16=device == "cuda" and dtype == "float16",
+        # GRPO: generation, rewards and loss, as the plan declares them
+        num_generations=g,
+        max_completion_length=int(grpo.get("max_completion_length", 256)),
+        temperature=float(grpo.get("temperature", 1.0)),
+        top_p=float(grpo.get("top_p", 1.0)),
+        beta=float(grpo.get("beta", 0.0)),
+        loss_type=grpo.get("loss_type", "dapo"),
+        reward_weights=reward_weights(resolved),
+        use_vllm=False,
+        remove_unused_columns=False,  # the rewards read the dataset's own fields
+        log_completions=False,
+        report_to="none",
+        disable_tqdm=True,
+        dataloader_num_workers=0,
+        dataloader_pin_memory=device == "cuda",
+    )
+
+
+def _trainer_class() -> type:
+    """GRPOTrainer that cuts prompts to max_prompt_length (TRL 1.x no longer does) and
+    counts the tokens of every batch it trains on."""
+    from trl import GRPOTrainer
+
+    if not hasattr(GRPOTrainer, "_tokenize_prompts"):
+        raise run_error("this TRL version's GRPOTrainer has no _tokenize_prompts, so max_prompt_length cannot be applied",
+                        "use trl 1.15 or 1.16 (see README, Versions)")
+
+    class FtcGRPOTrainer(GRPOTrainer):
+        token_counter: TokenCounter | None = None
+        max_prompt_length: int | None = None
+
+        def _tokenize_prompts(self, prompts):
+            prompt_ids, images, multimodal = super()._tokenize_prompts(prompts)
+            if self.max_prompt_length:  # keep the end: the question and the generation prompt
+                prompt_ids = [ids[-self.max_prompt_length:] for ids in prompt_ids]
+            return prompt_ids, images, multimodal
+
+        def _prepare_inputs(self, generation_batch):
+            inputs = super()._prepare_inputs(generation_batch)
+            if self.token_counter is not None and self.model.training:
+                prompt, completion = inputs["prompt_mask"], inputs["completion_mask"]
+                self.token_counter.slots += int(prompt.numel() + completion.numel())
+                self.token_counter.real += int(prompt.sum() + completion.sum())
+                self.token_counter.trained += int(completion.sum())
+            return inputs
+
+    return FtcGRPOTrainer
+
+
+def _metrics_writer(metrics_path: Path, counter: TokenCounter) -> Any:
+    """metrics.jsonl for GRPO: the SFT line (step, epoch, loss, learning_rate, grad_norm,
+    tokens, tokens_per_second) plus every scalar TRL logs: reward, reward_std,
+    rewards/<name>/mean and /std, completions/*, kl (beta > 0), entropy, clip ratios,
+    and the same keys prefixed eval_ for eval steps."""
+    from transformers import TrainerCallback
+
+    class GrpoMetricsWriter(TrainerCallback):
+        def __init__(self) -> None:
+            self.last_time = time.perf_counter()
+            self.last_real = 0
+
+        def on_train_begin(self, args, state, control, **kwargs):
+            self.last_time, self.last_real = time.perf_counter(), counter.real
+
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            logs = dict(logs or {})
+            if "train_runtime" in logs or not state.is_world_process_zero:
+                return
+            row: dict[str, Any] = {"step": state.global_step, "epoch": round(state.epoch or 0.0, 4)}
+            row.update({k: v for k, v in logs.items() if k not in ("epoch", "total_flos") and (v is None or isinstance(v, (int, float)))})
+            if "loss" in logs:
+                now = time.perf_counter()
+                row["tokens"] = counter.real
+                row["tokens_per_second"] = round((counter.real - self.last_real) / max(now - self.last_time, 1e-9), 1)
+                self.last_time, self.last_real = now, counter.real
+            if len(row) > 2:
+                with open(metrics_path, "a") as f:
+                    f.write(json.dumps(row) + "\n")
+
+    return GrpoMetricsWriter()
+
+
+def _first(rows: list[dict], key: str) -> Any:
+    return next((r[key] for r in rows if r.get(key) is not None), None)
+
+
+def _last(rows: list[dict], key: str) -> Any:
+    return _first(rows[::-1], key)
+
+
+def plot_rewards(metrics: list[dict], names: list[str], path: Path) -> bool:
+    """rewards.png: the weighted total and each declared reward's mean per step; eval as points."""
+    train = [m for m in metrics if m.get("reward") is not None]
+    evals = [m for m in metrics if m.get("eval_reward") is not None]
+    if not train and not evals:
+        return False
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4), dpi=100)
+    for key, label, style in [("reward", "total (weighted)", "-"), *[(f"rewards/{n}/mean", n, "--") for n in names]]:
+        pts = [(m["step"], m[key]) for m in train if m.get(key) is not None]
+        if pts:
+            ax.plot(*zip(*pts), style, label=label, linewidth=1.5)
+    pts = [(m["step"], m["eval_reward"]) for m in evals]
+    if pts:
+        ax.plot(*zip(*pts), "o", label="eval total")
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("reward (mean over completions)")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return True
+
+
+def _append_reward_report(output_dir: Path, facts: dict, metrics: list[dict], names: list[str]) -> None:
+    """The GRPO part of report.md: what each declared reward did, and the reward curve."""
+    g = facts["grpo"]
+    rows = [f"| {r['name']} | {r['kind']} | {r['weight']:g} | {_num(r['first_mean'])} | {_num(r['last_mean'])} | "
+            f"{_num(facts['eval'].get('rewards', {}).get(r['name']))} |" for r in g["rewards"]]
+    lines = [
+        "## Rewards", "",
+        f"{g['num_generations']} completions per prompt, {g['prompts_per_generation']} prompts per generation, "
+        f"at most {g['max_completion_length']} new tokens; loss {g['loss_type']}, beta {g['beta']:g}.", "",
+        "| reward | kind | weight | first mean | last mean | eval mean |", "|---|---|---|---|---|---|",
+        f"| **total** (weighted) | | | {_num(g['first_reward'])} | {_num(g['last_reward'])} | {_num(facts['eval'].get('reward'))} |",
+        *rows, "",
+        f"Last mean completion length {_num(g['last_completion_mean_length'])} tokens"
+        + (f"; last KL {_num(g['last_kl'])}." if g["last_kl"] is not None else "."),
+        "",
+    ]
+    prompts = facts["data"]["train"]["prompts"]
+    if prompts["over_limit"]:
+        lines += [f"> {prompts['over_limit']} train prompts were over max_prompt_length ({prompts['limit']} tokens): "
+                  f"{'dropped' if prompts['overlong'] == 'drop' else 'cut to their last tokens'}.", ""]
+    if plot_rewards(metrics, names, output_dir / "rewards.png"):
+        lines += ["![rewards](rewards.png)", ""]
+    report = output_dir / "report.md"
+    text = report.read_text()
+    at = text.find("## Settings")  # rewards before the long settings dump
+    at = at if at >= 0 else len(text)
+    report.write_text(text[:at] + "\n".join(lines) + "\n" + text[at:])
+
+
+def _num(value: Any) -> str:
+    return "-" if value is None else f"{value:.4g}"

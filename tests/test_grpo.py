@@ -1,0 +1,259 @@
+"""`train_grpo` on the CPU, like `ftc run` would call it for the GSM8K GRPO recipe.
+
+The user's day: the shipped recipe, cut to 16 real GSM8K rows and shrunk with --set-style
+overrides (a tiny random-init Qwen2, 2 generations of 16 tokens, 3 steps), compiled by the
+real compiler; then one GRPO run (module fixture) whose folder is checked: per-reward means
+of the declared rewards in metrics.jsonl, the KL with beta > 0, prompts cut to
+max_prompt_length, an adapter PEFT loads and that training moved, run.json and the report.
+The refusals (batch vs num_generations, a reward field the data lacks, overlong prompts)
+fail before any model is built.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("trl")
+
+from ftc.errors import FtcError  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared"
+GSM8K = SHARED / "data" / "gsm8k" / "train.jsonl"
+TOKENIZER = SHARED / "tokenizers" / "qwen2.5-bpe"
+needs_shared = pytest.mark.skipif(
+    not (GSM8K.exists() and (TOKENIZER / "tokenizer.json").exists()),
+    reason=f"needs GSM8K at {GSM8K} and the Qwen2.5 tokenizer at {TOKENIZER} (shared/ is absent)",
+)
+
+STEPS, BATCH, GENERATIONS, PROMPT_LIMIT, NEW_TOKENS = 3, 4, 2, 48, 16
+OVERRIDES = [
+    "model.init=random", "model.dtype=auto", "model.max_seq_length=256",
+    "split.eval=4",
+    f"train.max_steps={STEPS}", f"train.per_device_train_batch_size={BATCH}", "train.gradient_accumulation_steps=1",
+    "train.learning_rate=0.001", "train.optim=adamw_torch", "train.warmup_ratio=0", "train.max_grad_norm=1.0",
+    "train.gradient_checkpointing=false", f"train.save_steps={STEPS}",
+    f"train.grpo.num_generations={GENERATIONS}", f"train.grpo.max_completion_length={NEW_TOKENS}",
+    f"train.grpo.max_prompt_length={PROMPT_LIMIT}", "train.grpo.beta=0.04",
+    # a third reward that random text scores unevenly, so advantages are not all zero and the adapter learns
+    'train.grpo.rewards=' + json.dumps([
+        *json.loads((ROOT / "recipes" / "gsm8k_grpo.json").read_text())["train"]["grpo"]["rewards"],
+        {"kind": "length", "name": "brevity", "max": 20, "ramp": 200, "weight": 0.5},
+    ], ensure_ascii=False),
+]
+
+
+def compile_gsm8k(folder: Path, *extra: str) -> dict:
+    """The shipped GSM8K GRPO recipe with 16 rows, compiled like `ftc compile --set ...`."""
+    from ftc.compiler.compile import compile_recipe
+    from ftc.compiler.recipe import load_recipe
+    from ftc.runtime.fixtures import write_tiny_model_dir
+
+    recipe = json.loads((ROOT / "recipes" / "gsm8k_grpo.json").read_text())
+    recipe.pop("$schema")
+    recipe["sources"]["gsm8k"]["path"] = str(GSM8K)
+    recipe["template"]["prompt"][0]["content"]["file"] = str(ROOT / "templates" / "gsm8k_system.jinja")
+    recipe["transforms"].append({"limit": 16})
+    path = folder / "gsm8k_grpo.json"
+    path.write_text(json.dumps(recipe, ensure_ascii=False))
+    tiny = write_tiny_model_dir(folder / "tiny")
+    overrides = [f"model.name={tiny}", f"model.tokenizer={TOKENIZER}", *OVERRIDES, *extra]
+    compiled = compile_recipe(load_recipe(path, overrides), folder / "plan.lock", tokenize=False)
+    return compiled.lock
+
+
+def run(folder: Path, lock: dict, out: str = "run", *, resume: bool = False, callbacks=(), **train_overrides) -> tuple[dict, Path]:
+    from ftc.runtime.grpo import train_grpo
+
+    s = lock["settings"]
+    data = lock["artifacts"]["data"]
+    train = {**s["train"], **train_overrides}
+    facts = train_grpo(
+        train_data=folder / data["train"]["path"], eval_data=folder / data["eval"]["path"],
+        model=s["model"], lora=s["lora"], train=train, tokenizer_path=s["model"]["tokenizer"],
+        output_dir=folder / out, recipe_dir=folder, plan_hash=lock["plan_hash"], name="gsm8k-tiny",
+        resume=resume, extra_callbacks=callbacks, show_progress=False,
+    )
+    return facts, folder / out
+
+
+def interrupt_at(step: int):
+    """A real SIGINT from inside the training loop, the way a terminal's Ctrl-C arrives."""
+    import os
+    import signal
+
+    from transformers import TrainerCallback
+
+    class SigintAt(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            if state.global_step == step:
+                os.kill(os.getpid(), signal.SIGINT)
+
+    return SigintAt()
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_torch_thread():
+    """Two cores shared with other jobs: a second intra-op thread spins against them and
+    makes the tiny matmuls hundreds of times slower, so these runs use one."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def compiled(tmp_path_factory):
+    if not (GSM8K.exists() and (TOKENIZER / "tokenizer.json").exists()):
+        pytest.skip(f"needs GSM8K at {GSM8K} and the Qwen2.5 tokenizer at {TOKENIZER} (shared/ is absent)")
+    folder = tmp_path_factory.mktemp("grpo")
+    return folder, compile_gsm8k(folder)
+
+
+@pytest.fixture(scope="module")
+def trained(compiled):
+    folder, lock = compiled
+    facts, out = run(folder, lock)
+    return facts, out, lock
+
+
+@needs_shared
+def test_metrics_have_each_declared_reward_the_reward_std_and_the_kl(trained):
+    from ftc.runtime.metrics import read_metrics
+
+    facts, out, lock = trained
+    assert facts["method"] == "grpo" and facts["train"]["global_step"] == STEPS
+    rows = [m for m in read_metrics(out / "metrics.jsonl") if "reward" in m]
+    assert [m["step"] for m in rows] == list(range(1, STEPS + 1))  # logging_steps 1
+    for m in rows:
+        for name in ("correctness", "format", "brevity"):
+            assert 0.0 <= m[f"rewards/{name}/mean"] <= 1.0, (name, m)
+            assert f"rewards/{name}/std" in m
+        assert m["reward_std"] >= 0.0
+        assert 0 < m["completions/mean_length"] <= NEW_TOKENS
+        assert m["kl"] is not None and m["kl"] >= 0.0  # beta 0.04: TRL computes and logs the KL
+        assert "loss" in m and "learning_rate" in m and m["tokens"] > 0
+        # the total is the weighted sum of the declared rewards' means (weights 2.0, 0.5, 0.5): the weights reached TRL
+        weighted = 2.0 * m["rewards/correctness/mean"] + 0.5 * m["rewards/format/mean"] + 0.5 * m["rewards/brevity/mean"]
+        assert m["reward"] == pytest.approx(weighted, abs=1e-5) and m["reward"] > 0
+    # random text is never a correct GSM8K answer in the declared format
+    assert all(m["rewards/correctness/mean"] == 0.0 and m["rewards/format/mean"] == 0.0 for m in rows)
+    assert any(m["rewards/brevity/std"] > 0 for m in rows)  # so the advantages were not all zero
+    assert [r["name"] for r in facts["grpo"]["rewards"]] == ["correctness", "format", "brevity"]
+
+
+@needs_shared
+def test_prompts_are_cut_to_max_prompt_length(trained):
+    facts, _, _ = trained
+    prompts = facts["data"]["train"]["prompts"]
+    assert prompts["limit"] == PROMPT_LIMIT and prompts["over_limit"] == facts["data"]["train"]["rows"] == 12
+    assert prompts["max_tokens"] > PROMPT_LIMIT
+    # every prompt was longer than the limit, so each completion trained on carries exactly PROMPT_LIMIT prompt tokens
+    prompt_tokens = facts["tokens"]["real"] - facts["tokens"]["trained"]
+    assert prompt_tokens == STEPS * BATCH * PROMPT_LIMIT
+    assert 0 < facts["tokens"]["trained"] <= STEPS * BATCH * NEW_TOKENS
+
+
+@needs_shared
+def test_adapter_loads_with_peft_and_training_moved_it(trained):
+    from peft import PeftModel
+    from safetensors.torch import load_file
+
+    from ftc.runtime.model import load_base_model
+
+    facts, out, lock = trained
+    saved = load_file(str(out / "adapter_model.safetensors"))
+    lora_b = {k: v for k, v in saved.items() if "lora_B" in k}
+    assert lora_b and any(v.abs().max() > 0 for v in lora_b.values())  # B starts at zero: only training moves it
+    config = json.loads((out / "adapter_config.json").read_text())
+    assert set(config["target_modules"]) == set(lock["settings"]["lora"]["target_modules"])
+
+    base = load_base_model(facts["settings"]["model"], seed=facts["settings"]["train"]["seed"])
+    assert base.fingerprint == facts["model"]["fingerprint"]  # the base rebuilt from config + seed is the trained one
+    model = PeftModel.from_pretrained(base.model, str(out))
+    key, value = next(iter(lora_b.items()))
+    loaded = dict(model.named_parameters())
+    name = next(n for n in loaded if n.replace(".default", "").endswith(key.split("base_model.model.", 1)[-1]))
+    assert torch.equal(loaded[name].detach(), value)
+
+
+@needs_shared
+def test_run_folder_matches_an_sft_run(trained):
+    facts, out, lock = trained
+    for name in ("run.json", "metrics.jsonl", "report.md", "rewards.png", "adapter_config.json", "tokenizer.json"):
+        assert (out / name).is_file(), name
+    assert (out / "checkpoints" / f"checkpoint-{STEPS}").is_dir()
+    on_disk = json.loads((out / "run.json").read_text())
+    assert on_disk["plan_hash"] == lock["plan_hash"] and on_disk["checkpoint"] == f"checkpoints/checkpoint-{STEPS}"
+    assert on_disk["grpo"]["generation_batch_size"] == BATCH and on_disk["grpo"]["prompts_per_generation"] == BATCH // GENERATIONS
+    report = (out / "report.md").read_text()
+    assert "## Rewards" in report and "| correctness | answer | 2 |" in report and "![rewards](rewards.png)" in report
+
+
+@needs_shared
+def test_batch_that_splits_a_prompt_group_is_refused_before_loading(compiled, tmp_path):
+    folder, lock = compiled
+    with pytest.raises(FtcError) as err:
+        run(folder, lock, out="bad-batch", per_device_train_batch_size=3)
+    assert err.value.code == "FTC105" and err.value.path == "train.per_device_train_batch_size"
+    assert "not a multiple of train.grpo.num_generations (2)" in str(err.value)
+    assert "set per_device_train_batch_size to 4" in err.value.hint
+    assert not (folder / "bad-batch" / "checkpoints").exists()
+
+
+def test_batch_arithmetic_counts_accumulation_and_processes():
+    from ftc.runtime.grpo import check_grpo_batch
+
+    grpo = {"num_generations": 8}
+    check_grpo_batch({"per_device_train_batch_size": 8, "gradient_accumulation_steps": 1, "grpo": grpo})
+    check_grpo_batch({"per_device_train_batch_size": 4, "gradient_accumulation_steps": 2, "grpo": grpo})
+    check_grpo_batch({"per_device_train_batch_size": 2, "gradient_accumulation_steps": 1, "grpo": grpo}, world_size=4)
+    with pytest.raises(FtcError, match=r"6 x gradient_accumulation_steps 1 = 6 completions"):
+        check_grpo_batch({"per_device_train_batch_size": 6, "gradient_accumulation_steps": 1, "grpo": grpo})
+
+
+@needs_shared
+def test_reward_field_missing_from_the_data_is_refused(compiled):
+    folder, lock = compiled
+    grpo = dict(lock["settings"]["train"]["grpo"])
+    grpo["rewards"] = [*grpo["rewards"][:1], {**grpo["rewards"][0], "name": "gold", "field": "gold_answer"}]
+    with pytest.raises(FtcError) as err:
+        run(folder, lock, out="bad-field", grpo=grpo)
+    assert err.value.path == "train.grpo.rewards[1]" and "gold_answer" in str(err.value)
+    assert "answer_number" in str(err.value)  # the fields it does have
+
+
+@needs_shared
+def test_overlong_prompts_can_be_an_error(compiled):
+    folder, lock = compiled
+    with pytest.raises(Exception, match=r"12 of 12 prompts .* longer than train.grpo.max_prompt_length \(48 tokens\)"):
+        run(folder, lock, out="overlong", overlong="error")
+
+
+@needs_shared
+@pytest.mark.slow
+def test_interrupted_and_resumed_run_ends_where_a_straight_run_ends(compiled):
+    from safetensors.torch import load_file
+
+    from ftc.runtime.metrics import read_metrics
+
+    folder, lock = compiled
+    straight, _ = run(folder, lock, out="straight", max_steps=2, save_steps=100)
+    cut, _ = run(folder, lock, out="cut", max_steps=2, save_steps=100, callbacks=[interrupt_at(1)])
+    assert cut["train"]["interrupted"] and cut["train"]["global_step"] == 1
+    resumed, _ = run(folder, lock, out="cut", max_steps=2, save_steps=100, resume=True)
+    assert resumed["train"]["resumed_from_step"] == 1 and resumed["train"]["global_step"] == 2
+
+    def per_step(out: str) -> list[float]:
+        keys = ("step", "loss", "reward", "rewards/brevity/mean", "kl")
+        return [m[k] for m in read_metrics(folder / out / "metrics.jsonl") if "reward" in m for k in keys]
+
+    # the same prompts, the same sampled completions, the same update: RNG, sampler and optimizer restored
+    assert per_step("cut")[::5] == [1, 2]  # each step logged once: the interrupted run's lines were not repeated
+    assert per_step("cut") == pytest.approx(per_step("straight"), rel=1e-5, abs=1e-7)
+    a, b = (load_file(str(folder / out / "adapter_model.safetensors")) for out in ("straight", "cut"))
+    assert a.keys() == b.keys() and all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
