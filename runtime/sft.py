@@ -78,17 +78,16 @@ def train_sft(
         raise run_error(f"{output_dir} already holds checkpoints of a run", "continue it with --resume, or choose another output folder")
     resumed_from = _checkpoint_step(last_checkpoint) if resume else None
     main_process = int(os.environ.get("RANK", "0")) == 0  # under torchrun/accelerate, rank 0 writes
-    if main_process:
-        if resume:
-            truncate_metrics(metrics_path, resumed_from)
-        else:
-            metrics_path.write_text("")
 
     # ---- data: the compiler's artifacts, checked against the contract
     max_len = int(model.get("max_seq_length", 2048))
     train_table = token_data.read_tokens(Path(train_tokens), max_seq_length=max_len)
     eval_table = token_data.read_tokens(Path(eval_tokens), max_seq_length=max_len) if eval_tokens else None
     packed = "pack" in train_table.column_names
+    if eval_table is not None and not packed and "pack" in eval_table.column_names:
+        # one collator serves train and eval; a padding collator would let packed eval rows
+        # see each other, so the eval rows go unpacked
+        eval_table = eval_table.drop_columns(["pack"])
 
     # ---- model: base (pretrained or random from config), tokenizer; LoRA is added by the trainer
     seed = int(train.get("seed", 3407))
@@ -131,6 +130,10 @@ def train_sft(
         torch.cuda.reset_peak_memory_stats()
 
     # ---- train: Ctrl-C becomes "save a checkpoint and stop"
+    if main_process and resume:  # steps past the checkpoint are trained, and logged, again
+        truncate_metrics(metrics_path, resumed_from)
+    elif main_process:
+        metrics_path.write_text("")
     stop.install()
     t_train = time.perf_counter()
     try:
