@@ -23,12 +23,10 @@ PACKING_SAFE_ATTENTION = frozenset({"sdpa", "eager", "flex_attention", "flash_at
 
 
 def run_error(reason: str, hint: str) -> Exception:
-    """A person-fixable error of `ftc run`: FTC700 once the catalogue has it (asked of the lead)."""
-    from ftc.errors import RULES, FtcError
+    """A problem of `ftc run` / infer / eval / export that a person can fix (FTC700)."""
+    from ftc.errors import FtcError
 
-    if "FTC700" in RULES:
-        return FtcError("FTC700", reason=reason, hint=hint)
-    return RuntimeError(f"{reason}\n  hint: {hint}")
+    return FtcError("FTC700", reason=reason, hint=hint)
 
 
 @dataclass(frozen=True)

@@ -103,12 +103,13 @@ def test_interrupted_and_resumed_run_ends_where_a_straight_run_ends(tmp_path: Pa
 
 
 def test_resume_without_a_checkpoint_and_reuse_of_a_folder_are_refused(tmp_path: Path):
+    from ftc.errors import FtcError
     from ftc.runtime.sft import train_sft
 
-    with pytest.raises(Exception, match="no checkpoint"):
+    with pytest.raises(FtcError, match="no checkpoint"):
         train_sft(train_tokens=tmp_path / "none.parquet", eval_tokens=None, model={"name": "x"}, lora={}, train={},
                   tokenizer_path="x", output_dir=tmp_path / "out", resume=True)
     (tmp_path / "out" / "checkpoints" / "checkpoint-2").mkdir(parents=True)
-    with pytest.raises(Exception, match="already holds checkpoints"):
+    with pytest.raises(FtcError, match="already holds checkpoints"):
         train_sft(train_tokens=tmp_path / "none.parquet", eval_tokens=None, model={"name": "x"}, lora={}, train={},
                   tokenizer_path="x", output_dir=tmp_path / "out")
