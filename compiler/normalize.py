@@ -53,6 +53,7 @@ class Normalizer:
         self.x("SET lock_configuration = true")
         self.stages: list[Stage] = []
         self._n = 0
+        self._counts: dict[str, int] = {}
 
     # -- helpers
     def x(self, sql: str, params: list | None = None) -> "_Rows":
@@ -64,15 +65,17 @@ class Normalizer:
         return f"t{self._n}"
 
     def register(self, table: pa.Table) -> str:
-        """Copy a source's Arrow table in, adding its stable ``row_id`` on the way."""
+        """A view over a source's Arrow table (no copy), with its stable ``row_id``."""
         name = self._tmp()
         self.con.register(name + "_arrow", table)
-        self.x(f"CREATE TABLE {name} AS SELECT _source || ':' || _file || ':' || _row::VARCHAR AS row_id, * FROM {name}_arrow")
-        self.con.unregister(name + "_arrow")
+        self.x(f"CREATE VIEW {name} AS SELECT _source || ':' || _file || ':' || _row::VARCHAR AS row_id, * FROM {name}_arrow")
         return name
 
     def count(self, t: str) -> int:
-        return self.x(f"SELECT count(*) FROM {t}").fetchone()[0]
+        """Rows of a table or view, remembered: a view's count runs its whole chain."""
+        if t not in self._counts:
+            self._counts[t] = self.x(f"SELECT count(*) FROM {t}").fetchone()[0]
+        return self._counts[t]
 
     def fields(self, t: str) -> list[str]:
         return [r[0] for r in self.x(f"DESCRIBE {t}").fetchall() if r[0] not in INTERNAL]
@@ -97,18 +100,25 @@ class Normalizer:
                 raise FtcError("FTC301", file=self.file, path=where, where=where, field=n, fields=", ".join(known),
                                suggest=did_you_mean(n, known))
 
-    def _replace(self, t: str, select: str, label: str, dropped: dict[str, int] | None = None, reason: str | None = None) -> str:
-        """Replace table ``t`` by ``select``; record the stage. Drops not itemized in
-        ``dropped`` are counted under ``reason``."""
+    def _replace(self, t: str, select: str, label: str, dropped: dict[str, int] | None = None, reason: str | None = None,
+                 window: bool = False, rows_out: int | None = None) -> str:
+        """Follow ``t`` by ``select``; record the stage. Drops not itemized in ``dropped``
+        are counted under ``reason``.
+
+        Row-wise steps become views: the chain runs once, when the split materializes
+        it, and counting a view only touches the columns its filters read. Steps that
+        use windows (dedup, sample n, limit, mix) are materialized in ``_ord`` order.
+        """
         new = self._tmp()
         rows_in = self.count(t)
-        self.x(f"CREATE TABLE {new} AS {select}")
+        self.x(f"CREATE {'TABLE' if window else 'VIEW'} {new} AS {select}")
+        if rows_out is not None:
+            self._counts[new] = rows_out
         rows_out = self.count(new)
         d = {k: v for k, v in (dropped or {}).items() if v}
         if rows_in - rows_out != sum(d.values()):
             d = {**d, (reason or label): rows_in - rows_out - sum(d.values())}
         self.stages.append(Stage(label, rows_in, rows_out, d))
-        self.x(f"DROP TABLE {t}")
         if rows_out == 0:
             counts = ", ".join(f"{k}: {v}" for k, v in d.items()) or f"{rows_in} rows in"
             raise FtcError("FTC302", file=self.file, stage=label, counts=counts)
@@ -126,10 +136,14 @@ class Normalizer:
             self._check_fields(t, names, where)
         if not names:
             return t
-        # Trim only values that need it: most rows are clean, and the test is cheaper than the copy.
-        edge = lit(f"^[{WHITESPACE}]|[{WHITESPACE}]$")
-        repl = ", ".join(f"CASE WHEN regexp_matches({q(c)}, {edge}) THEN trim({q(c)}, {lit(WHITESPACE)}) ELSE {q(c)} END AS {q(c)}"
-                         for c in names)
+        # Trim only values that start or end with whitespace: most rows are clean, and
+        # looking at two characters is much cheaper than trimming (or a regex over) the text.
+        ws = "[" + ", ".join(lit(c) for c in WHITESPACE) + "]"
+        repl = ", ".join(
+            f"CASE WHEN list_contains({ws}, left({q(c)}, 1)) OR list_contains({ws}, right({q(c)}, 1)) "
+            f"THEN trim({q(c)}, {lit(WHITESPACE)}) ELSE {q(c)} END AS {q(c)}"
+            for c in names
+        )
         return self._replace(t, f"SELECT * REPLACE ({repl}) FROM {t}", f"{where}: strip")
 
     def _step_drop_empty(self, t, arg, where):
@@ -145,9 +159,11 @@ class Normalizer:
             return f"({q(c)} IS NULL)"
 
         case = "CASE " + " ".join(f"WHEN {empty(c)} THEN {lit('empty ' + c)}" for c in arg) + " END"
-        dropped = dict(self.x(f"SELECT {case} AS why, count(*) FROM {t} WHERE {case} IS NOT NULL GROUP BY 1").fetchall())
+        # one pass gives both the drops by reason and the rows kept (the NULL group)
+        groups = dict(self.x(f"SELECT {case} AS why, count(*) FROM {t} GROUP BY 1").fetchall())
+        kept = groups.pop(None, 0)
         cond = " OR ".join(empty(c) for c in arg)
-        return self._replace(t, f"SELECT * FROM {t} WHERE NOT ({cond})", f"{where}: drop_empty", dropped)
+        return self._replace(t, f"SELECT * FROM {t} WHERE NOT ({cond})", f"{where}: drop_empty", groups, rows_out=kept)
 
     def _step_filter(self, t, arg, where):
         expr = arg["where"]
@@ -161,7 +177,7 @@ class Normalizer:
         self._check_fields(t, arg, where)
         keys = ", ".join(q(c) for c in arg)
         return self._replace(t, f"SELECT * FROM {t} QUALIFY row_number() OVER (PARTITION BY {keys} ORDER BY _ord) = 1 ORDER BY _ord",
-                             f"{where}: dedup", reason=f"duplicate ({', '.join(arg)})")
+                             f"{where}: dedup", reason=f"duplicate ({', '.join(arg)})", window=True)
 
     def _step_derive(self, t, arg, where):
         existing = set(self.types(t))
@@ -219,10 +235,10 @@ class Normalizer:
             sel = f"SELECT * FROM {t} QUALIFY row_number() OVER (ORDER BY {h}) <= {int(arg['n'])} ORDER BY _ord"
         else:
             sel = f"SELECT * FROM {t} WHERE {_unit(h)} < {float(arg['fraction'])!r}"
-        return self._replace(t, sel, f"{where}: sample", reason="sample: not selected")
+        return self._replace(t, sel, f"{where}: sample", reason="sample: not selected", window="n" in arg)
 
     def _step_limit(self, t, arg, where):
-        return self._replace(t, f"SELECT * FROM {t} QUALIFY row_number() OVER (ORDER BY _ord) <= {int(arg)} ORDER BY _ord", f"{where}: limit", reason=f"beyond limit {int(arg)}")
+        return self._replace(t, f"SELECT * FROM {t} QUALIFY row_number() OVER (ORDER BY _ord) <= {int(arg)} ORDER BY _ord", f"{where}: limit", reason=f"beyond limit {int(arg)}", window=True)
 
     # -- whole-dataset steps
     def mix(self, tables: dict[str, str], mix: dict) -> str:
@@ -243,7 +259,7 @@ class Normalizer:
             if take[n] < counts[n]:
                 h = f"md5('mix:' || row_id)"
                 sel = f"SELECT * FROM {t} QUALIFY row_number() OVER (ORDER BY {h}) <= {take[n]} ORDER BY _ord"
-                t = self._replace(t, sel, f"mix.{n}", {f"mix: beyond {n}'s share": counts[n] - take[n]})
+                t = self._replace(t, sel, f"mix.{n}", {f"mix: beyond {n}'s share": counts[n] - take[n]}, window=True)
             parts.append(f"SELECT * FROM {t}")
         out = self._tmp()
         self.x(f"CREATE TABLE {out} AS SELECT * FROM (" + " UNION ALL BY NAME ".join(parts) + ") ORDER BY _ord")
@@ -255,15 +271,15 @@ class Normalizer:
         h = "md5(" + " || '\x1f' || ".join([lit(split["seed"])] + [f"coalesce({q(k)}::VARCHAR, '')" for k in keys]) + ")"
         ev = split["eval"]
         rows = self.count(t)
-        train, evl = self._tmp(), self._tmp()
-        if ev == 0 or ev < 1:
+        # The one materialization of the whole chain: every row once, with its side.
+        final, train, evl = self._tmp(), self._tmp(), self._tmp()
+        if ev < 1:
             is_eval = "false" if ev == 0 else f"{_unit(h)} < {float(ev)!r}"
-            self.x(f"CREATE TABLE {train} AS SELECT * FROM {t} WHERE NOT ({is_eval})")
-            self.x(f"CREATE TABLE {evl} AS SELECT * FROM {t} WHERE {is_eval}")
+            self.x(f"CREATE TABLE {final} AS SELECT *, {is_eval} AS _eval FROM {t}")
         else:
-            self.x(f"CREATE TABLE {t}_s AS SELECT *, row_number() OVER (ORDER BY {h}, _ord) <= {int(ev)} AS _eval FROM {t}")
-            self.x(f"CREATE TABLE {train} AS SELECT * EXCLUDE (_eval) FROM {t}_s WHERE NOT _eval ORDER BY _ord")
-            self.x(f"CREATE TABLE {evl} AS SELECT * EXCLUDE (_eval) FROM {t}_s WHERE _eval ORDER BY _ord")
+            self.x(f"CREATE TABLE {final} AS SELECT *, row_number() OVER (ORDER BY {h}, _ord) <= {int(ev)} AS _eval FROM {t} ORDER BY _ord")
+        self.x(f"CREATE VIEW {train} AS SELECT * EXCLUDE (_eval) FROM {final} WHERE NOT _eval")
+        self.x(f"CREATE VIEW {evl} AS SELECT * EXCLUDE (_eval) FROM {final} WHERE _eval")
         n_eval = self.count(evl)
         self.stages.append(Stage("split", rows, rows, {}))
         self.stages[-1].__dict__["split"] = {"train": rows - n_eval, "eval": n_eval, "key": keys}
