@@ -233,6 +233,8 @@ def train_grpo(
                 for d in resolved
             ],
             "last_completion_mean_length": _last(steps, "completions/mean_length"),
+            # groups whose completions all scored alike give no advantage, hence no learning signal
+            "last_frac_reward_zero_std": _last(steps, "frac_reward_zero_std"),
             "last_kl": _last(steps, "kl"),
         },
         "tokens": {
@@ -473,7 +475,7 @@ def _append_reward_report(output_dir: Path, facts: dict, metrics: list[dict], na
             f"{_num(facts['eval'].get('rewards', {}).get(r['name']))} |" for r in g["rewards"]]
     lines = [
         "## Rewards", "",
-        f"{g['num_generations']} completions per prompt, {g['prompts_per_generation']} prompts per generation, "
+        f"{g['num_generations']} completions per prompt, {g['prompts_per_generation']} prompt(s) per generation, "
         f"at most {g['max_completion_length']} new tokens; loss {g['loss_type']}, beta {g['beta']:g}.", "",
         "| reward | kind | weight | first mean | last mean | eval mean |", "|---|---|---|---|---|---|",
         f"| **total** (weighted) | | | {_num(g['first_reward'])} | {_num(g['last_reward'])} | {_num(facts['eval'].get('reward'))} |",
@@ -482,6 +484,9 @@ def _append_reward_report(output_dir: Path, facts: dict, metrics: list[dict], na
         + (f"; last KL {_num(g['last_kl'])}." if g["last_kl"] is not None else "."),
         "",
     ]
+    if g["last_frac_reward_zero_std"]:
+        lines += [f"> At the last step {g['last_frac_reward_zero_std']:.0%} of the prompt groups scored alike on every "
+                  "completion: those give no advantage, so nothing is learned from them.", ""]
     prompts = facts["data"]["train"]["prompts"]
     if prompts["over_limit"]:
         lines += [f"> {prompts['over_limit']} train prompts were over max_prompt_length ({prompts['limit']} tokens): "
