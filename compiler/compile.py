@@ -81,6 +81,9 @@ def compile_recipe(recipe: Recipe, lock_path: Path, *, progress: bool = False, w
     if recipe.data["train"]["method"] == "grpo":
         from ftc.runtime.rewards import check_rewards
 
+        from ftc.runtime.grpo import check_grpo_batch
+
+        check_grpo_batch(recipe.data["train"], file=file)
         grpo = recipe.data["train"]["grpo"]
         grpo["rewards"] = check_rewards(grpo["rewards"], fields=fields, allow_python=grpo["allow_python"],
                                         recipe_dir=recipe.dir, file=file)

@@ -15,6 +15,10 @@ def add_runtime_parsers(sub) -> None:
     s.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
     s.add_argument("--backend", choices=["auto", "hf", "unsloth"], default="auto")
     s.add_argument("--max-steps", type=int, help="stop after this many optimizer steps (smoke runs)")
+    s.add_argument("--gpus", type=int, default=1, help="processes (one per GPU) on this host, launched with torchrun")
+    s.add_argument("--nnodes", type=int, default=1, help="hosts taking part (torchrun --nnodes)")
+    s.add_argument("--node-rank", type=int, default=0, help="this host's rank (torchrun --node-rank)")
+    s.add_argument("--rdzv-endpoint", help="HOST:PORT every host meets at (torchrun --rdzv-endpoint)")
 
     s = sub.add_parser("infer", help="generate with a trained run, formatting requests with the training template")
     s.add_argument("run_dir")
@@ -39,9 +43,24 @@ def add_runtime_parsers(sub) -> None:
 
 
 def cmd_run(args) -> int:
+    import os
+
+    from ftc.runtime.launch import WORKER_FLAG, launch
     from ftc.runtime.run import run_plan
 
+    if (args.gpus > 1 or args.nnodes > 1) and not os.environ.get(WORKER_FLAG):
+        from ftc.runtime.verify import verify
+
+        from ftc.runtime.launch import per_rank_accumulation
+
+        plan = verify(args.lock)  # once, before the workers start: a rebuild must not race across ranks
+        per_rank_accumulation(plan.lock["settings"]["train"], args.gpus * args.nnodes)  # refuse before launching
+        argv = ["run", args.lock, "--backend", args.backend] + (["--output", args.output] if args.output else []) \
+            + (["--resume"] if args.resume else []) + (["--max-steps", str(args.max_steps)] if args.max_steps else [])
+        return launch(argv, gpus=args.gpus, nnodes=args.nnodes, node_rank=args.node_rank, rdzv_endpoint=args.rdzv_endpoint)
     facts = run_plan(args.lock, output=args.output, resume=args.resume, backend=args.backend, max_steps=args.max_steps)
+    if not facts.get("plan_hash"):
+        return 0  # a rank other than 0: rank 0 reports
     out = facts["output_dir"]
     tr = facts.get("train", {})
     print(f"trained {tr.get('global_step')} steps on {facts.get('device')} ({facts['backend']}): "

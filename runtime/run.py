@@ -57,15 +57,23 @@ def guard_output(out: Path, plan: Plan, resume: bool) -> None:
 
 def run_plan(lock_path: str, *, output: str | None = None, resume: bool = False, backend: str = "auto",
              max_steps: int | None = None) -> dict:
+    from ftc.runtime.launch import per_rank_accumulation, world
+
     plan = verify(lock_path)
+    rank, world_size = world()
     chosen, why = choose_backend(backend)
+    if world_size > 1 and chosen == "unsloth":
+        raise FtcError("FTC700", reason="the unsloth backend runs on one GPU in this build",
+                       hint="use --backend hf for several GPUs (DDP), or run on one GPU")
     out = run_dir_for(plan, output)
     guard_output(out, plan, resume)
     if resume and not (out / "checkpoints").is_dir():
         raise FtcError("FTC700", reason=f"--resume: {out} has no checkpoint", hint="run without --resume to start from step 0")
-    out.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(plan.lock_path, out / RUN_LOCK)
     settings = plan.lock["settings"]
+    train = per_rank_accumulation(settings["train"], world_size)
+    if rank == 0:
+        out.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(plan.lock_path, out / RUN_LOCK)
     model = {**settings["model"], "name": plan.local(settings["model"]["name"])}
     tokenizer = plan.local(settings["model"]["tokenizer"])
     print(f"ftc: plan {plan.plan_hash[:12]} verified; backend {chosen} ({why}); output {out}", file=sys.stderr)
@@ -75,16 +83,26 @@ def run_plan(lock_path: str, *, output: str | None = None, resume: bool = False,
         from ftc.runtime.grpo import train_grpo
 
         facts = train_grpo(train_data=plan.artifacts["data"]["train"], eval_data=plan.artifacts["data"].get("eval"),
-                           model=model, lora=settings["lora"], train=settings["train"], tokenizer_path=tokenizer,
+                           model=model, lora=settings["lora"], train=train, tokenizer_path=tokenizer,
                            output_dir=out, recipe_dir=plan.recipe_dir, resume=resume, plan_hash=plan.plan_hash,
                            max_steps_override=max_steps)
     else:
         from ftc.runtime.sft import train_sft
 
         facts = train_sft(train_tokens=plan.artifacts["tokens"]["train"], eval_tokens=plan.artifacts["tokens"].get("eval"),
-                          model=model, lora=settings["lora"], train=settings["train"], tokenizer_path=tokenizer,
+                          model=model, lora=settings["lora"], train=train, tokenizer_path=tokenizer,
                           output_dir=out, resume=resume, plan_hash=plan.plan_hash, max_steps_override=max_steps,
                           name=plan.name)
+    if rank != 0 or not facts:
+        return {}  # rank 0 writes and reports
+    per_gpu = facts.get("throughput_tokens_per_second")
+    facts["distributed"] = {
+        "world_size": world_size,
+        "gradient_accumulation_steps_per_rank": train["gradient_accumulation_steps"],
+        "global_batch": settings["train"]["per_device_train_batch_size"] * settings["train"]["gradient_accumulation_steps"],
+        "tokens_per_second_per_gpu": per_gpu,  # measured on rank 0's shard
+        "tokens_per_second_total": per_gpu * world_size if per_gpu else None,  # rank 0's rate x world size
+    }
     facts["backend"] = chosen
     facts["backend_reason"] = why
     facts["lock"] = str(plan.lock_path.resolve())

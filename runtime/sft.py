@@ -260,6 +260,11 @@ def _sft_config(train: dict, *, checkpoints: Path, max_steps: int, dtype: str, d
         padding_free=False,
         completion_only_loss=None,
         report_to="none",
+        # several processes (torchrun): CPU ranks need use_cpu to form a gloo DDP group;
+        # LoRA leaves most parameters frozen, so DDP must not search for unused ones
+        use_cpu=device != "cuda",
+        ddp_find_unused_parameters=False,
+        fsdp=train.get("fsdp") or "",
         disable_tqdm=True,
         dataloader_num_workers=0,
         dataloader_pin_memory=device == "cuda",

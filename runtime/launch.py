@@ -1,0 +1,65 @@
+"""Several processes for one plan, through torch's own launcher (torchrun), not a home-made one.
+
+`ftc run plan.lock --gpus N` verifies the plan once, then re-executes itself under
+`torch.distributed.run` with one process per GPU. The plan fixes the global batch:
+each rank's gradient accumulation is the lock's divided by the world size, so
+per_device_batch x accumulation x world size stays what the reviewer approved.
+The Trainer's distributed sampler gives each rank a disjoint shard in the lock's
+seeded order; only rank 0 writes checkpoints, metrics, the adapter and run.json.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+from ftc.errors import FtcError
+
+WORKER_FLAG = "FTC_DISTRIBUTED_WORKER"
+
+
+def world() -> tuple[int, int]:
+    """(rank, world size) of this process; (0, 1) outside a distributed launch."""
+    return int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def per_rank_accumulation(train: dict, world_size: int) -> dict:
+    """The train settings for one rank, keeping the lock's global batch."""
+    ga = int(train["gradient_accumulation_steps"])
+    if world_size <= 1:
+        return train
+    if ga % world_size:
+        bs = train["per_device_train_batch_size"]
+        raise FtcError(
+            "FTC700",
+            reason=f"the plan's global batch ({bs} x {ga} accumulation = {bs * ga}) cannot be split evenly over {world_size} processes",
+            hint=f"use a number of GPUs that divides gradient_accumulation_steps ({ga}), or recompile with "
+                 f"--set train.gradient_accumulation_steps=<a multiple of {world_size}>",
+        )
+    return {**train, "gradient_accumulation_steps": ga // world_size}
+
+
+def torchrun_command(argv: list[str], *, gpus: int, nnodes: int, node_rank: int, rdzv_endpoint: str | None) -> list[str]:
+    """The torchrun command that runs `ftc <argv>` once per GPU (and host)."""
+    cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={gpus}"]
+    if nnodes > 1:
+        if not rdzv_endpoint:
+            raise FtcError("FTC700", reason="--nnodes > 1 needs --rdzv-endpoint HOST:PORT",
+                           hint="give every host the same endpoint (the first host's address and a free port)")
+        cmd += [f"--nnodes={nnodes}", f"--node-rank={node_rank}", "--rdzv-backend=c10d", f"--rdzv-endpoint={rdzv_endpoint}"]
+    else:
+        cmd += ["--standalone"]
+    return cmd + ["-m", "ftc"] + argv
+
+
+def launch(argv: list[str], *, gpus: int, nnodes: int = 1, node_rank: int = 0, rdzv_endpoint: str | None = None) -> int:
+    """Run the worker processes and wait; their exit status is ours."""
+    import subprocess
+
+    env = {**os.environ, WORKER_FLAG: "1",
+           # NVLink multicast stays off: on shared hosts it can take GPUs out of service
+           "NCCL_NVLS_ENABLE": os.environ.get("NCCL_NVLS_ENABLE", "0"),
+           "TORCH_SYMM_MEM_DISABLE_MULTICAST": os.environ.get("TORCH_SYMM_MEM_DISABLE_MULTICAST", "1")}
+    cmd = torchrun_command(argv, gpus=gpus, nnodes=nnodes, node_rank=node_rank, rdzv_endpoint=rdzv_endpoint)
+    print("ftc: launching " + " ".join(cmd[1:]), file=sys.stderr)
+    return subprocess.call(cmd, env=env)
