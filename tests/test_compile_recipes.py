@@ -132,3 +132,38 @@ def test_schedule_is_derived(cli, tmp_path):
     assert s["optimizer_steps_per_epoch"] == -(-(-(-n // 2)) // 4)
     assert s["total_steps"] == s["optimizer_steps_per_epoch"]
     assert s["warmup_steps"] == 5
+
+
+def test_changing_the_tokenizer_file_changes_the_lock(cli, tmp_path):
+    tok = tmp_path / "tok"
+    shutil.copytree(TOKENIZER, tok)
+    a = compile_lock(cli, ROOT / "recipes/alpaca.json", tmp_path / "a.lock", tokenizer=tok)
+    cfg = json.loads((tok / "tokenizer_config.json").read_text())
+    cfg["model_max_length"] = 12345  # same name, same vocabulary, different file
+    (tok / "tokenizer_config.json").write_text(json.dumps(cfg))
+    b = compile_lock(cli, ROOT / "recipes/alpaca.json", tmp_path / "b.lock", tokenizer=tok)
+    assert a["tokens"]["tokenizer"]["name"] == b["tokens"]["tokenizer"]["name"]
+    assert a["tokens"]["tokenizer"]["fingerprint"]["tokenizer_config.json"] != b["tokens"]["tokenizer"]["fingerprint"]["tokenizer_config.json"]
+    assert a["plan_hash"] != b["plan_hash"]
+    code, out, _ = cli("diff", tmp_path / "a.lock", tmp_path / "b.lock")
+    assert code == 1 and "fingerprint.tokenizer_config.json" in out
+
+
+def test_score_gsm8k_completions(cli, tmp_path):
+    out = tmp_path / "g.lock"
+    lock = compile_lock(cli, ROOT / "recipes/gsm8k_grpo.json", out)
+    evals = rows(out, lock, "eval")[:20]
+    good = [{"row_id": r["row_id"], "completion": f"<reasoning>\n{r['answer'].split('####')[0].strip()}\n</reasoning>\n最终答案: {r['answer_number']}"}
+            for r in evals]
+    wrong = [{**g, "completion": g["completion"].rsplit(":", 1)[0] + f": {int(float(r['answer_number'])) + 1}"} for g, r in zip(good, evals)]
+    bare = [{**g, "completion": f"最终答案: {r['answer_number']}"} for g, r in zip(good, evals)]
+    results = {}
+    for name, comps in (("good", good), ("wrong", wrong), ("bare", bare)):
+        f = tmp_path / f"{name}.jsonl"
+        f.write_text("".join(json.dumps(c, ensure_ascii=False) + "\n" for c in comps), encoding="utf-8")
+        code, stdout, err = cli("score", out, "--completions", f)
+        assert code == 0, err
+        results[name] = {l.split()[0]: l.split() for l in stdout.splitlines() if l.split()}
+    assert results["good"]["correctness"][3] == "1.000" and results["good"]["format"][3] == "1.000"
+    assert results["wrong"]["correctness"][3] == "0.000" and results["wrong"]["format"][3] == "1.000"
+    assert results["bare"]["correctness"][3] == "1.000" and results["bare"]["format"][3] == "0.000"

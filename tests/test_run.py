@@ -51,6 +51,15 @@ def test_run_trains_writes_outputs_and_infers(cli, demo, tmp_path, capsys):
     assert PeftModel is not None
     code, stdout, err = cli("infer", out, "--input", json.dumps({"question": "What is 2 + 2?"}), "--max-new-tokens", "5")
     assert code == 0, err
+    code, stdout, err = cli("eval", out)
+    assert code == 0, err
+    assert f"eval: loss {facts['eval']['loss']:.4f}" in stdout  # the same figure the run recorded
+    code, stdout, err = cli("export", out, "--merged", tmp_path / "merged")
+    assert code == 0, err
+    from transformers import AutoModelForCausalLM
+
+    merged = AutoModelForCausalLM.from_pretrained(str(tmp_path / "merged"))
+    assert merged.config.model_type == "qwen2" and (tmp_path / "merged" / "model.safetensors").exists()
     # the same run folder refuses a different plan, and a resume without checkpoints is refused
     other = compile_demo(cli, demo, "train.learning_rate=1e-3")
     code, _, err = cli("run", other, "--output", out)
