@@ -82,9 +82,25 @@ def truncate_metrics(path: Path, last_step: int) -> None:
     Path(path).write_text("".join(json.dumps(m) + "\n" for m in kept))
 
 
-def callbacks(*, metrics_path: Path, counter: TokenCounter, stop: StopFlag, show_progress: bool = True) -> list[Any]:
-    """The run's callbacks: metrics.jsonl writer, progress display, Ctrl-C handling."""
+def callbacks(*, metrics_path: Path, counter: TokenCounter, stop: StopFlag, show_progress: bool = True,
+              perf: dict | None = None) -> list[Any]:
+    """The run's callbacks: metrics.jsonl writer, progress display, Ctrl-C handling.
+
+    `perf` is filled by the trainer once the model is built (flops_per_token, peak_flops,
+    device); with it, lines and the progress bar carry the MFU estimate and GPU memory."""
     from transformers import TrainerCallback
+
+    perf = perf if perf is not None else {}
+
+    def performance(tokens_per_second: float) -> dict:
+        out: dict[str, Any] = {}
+        if perf.get("flops_per_token") and perf.get("peak_flops"):
+            out["mfu"] = round(tokens_per_second * perf["flops_per_token"] / perf["peak_flops"], 4)
+        if perf.get("device") == "cuda":
+            import torch
+
+            out["gpu_mem_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
+        return out
 
     class MetricsWriter(TrainerCallback):
         """One JSON line per log: step, loss, learning_rate, grad_norm, tokens_per_second
@@ -110,6 +126,7 @@ def callbacks(*, metrics_path: Path, counter: TokenCounter, stop: StopFlag, show
                 row["grad_norm"] = logs.get("grad_norm")
                 row["tokens_per_second"] = round((counter.real - self.last_real) / max(now - self.last_time, 1e-9), 1)
                 row["tokens"] = counter.real
+                row.update(performance(row["tokens_per_second"]))
                 for key in ("mean_token_accuracy", "entropy"):
                     if key in logs:
                         row[key] = logs[key]
@@ -149,7 +166,13 @@ def callbacks(*, metrics_path: Path, counter: TokenCounter, stop: StopFlag, show
             if "eval_loss" in logs:
                 post["eval_loss"] = f"{logs['eval_loss']:.4f}"
             elapsed = time.perf_counter() - self.start
-            post["tok/s"] = f"{(counter.real - self.start_real) / max(elapsed, 1e-9):,.0f}"
+            rate = (counter.real - self.start_real) / max(elapsed, 1e-9)
+            post["tok/s"] = f"{rate:,.0f}"
+            extra = performance(rate)
+            if "mfu" in extra:
+                post["mfu"] = f"{extra['mfu']:.1%}"
+            if "gpu_mem_gib" in extra:
+                post["mem"] = f"{extra['gpu_mem_gib']:.1f}GiB"
             self.bar.set_postfix(post, refresh=True)
 
         def on_train_end(self, args, state, control, **kwargs):

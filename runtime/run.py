@@ -17,8 +17,10 @@ from ftc.runtime.verify import Plan, verify
 RUN_LOCK = "plan.lock"  # a copy of the plan, kept in the run folder
 
 
-def choose_backend(asked: str) -> tuple[str, str]:
-    """(backend, why). unsloth needs CUDA and the unsloth package; hf runs anywhere."""
+def choose_backend(asked: str, *, method: str = "sft", world_size: int = 1) -> tuple[str, str]:
+    """(backend, why). unsloth needs CUDA and the unsloth package and runs SFT on one GPU in
+    its own process (runtime/unsloth_backend.py); hf runs anywhere. `auto` takes unsloth
+    when it can run, since it is the faster one there, else hf, and says why."""
     import importlib.util
 
     has_unsloth = importlib.util.find_spec("unsloth") is not None
@@ -32,10 +34,19 @@ def choose_backend(asked: str) -> tuple[str, str]:
             missing = " and ".join(x for x, ok in (("a CUDA GPU", cuda), ("the unsloth package", has_unsloth)) if not ok)
             raise FtcError("FTC700", reason=f"--backend unsloth needs {missing}",
                            hint="use --backend hf (transformers + peft + trl), which runs on the CPU too")
-        raise FtcError("FTC700", reason="the unsloth backend is not part of this ftc build yet",
-                       hint="use --backend hf; the unsloth backend is tracked in its own issue")
-    why = "no CUDA GPU" if not cuda else ("unsloth is not installed" if not has_unsloth else "the unsloth backend is not built yet")
-    return "hf", f"auto: {why}"
+        if method != "sft":
+            raise FtcError("FTC700", reason=f"the unsloth backend runs SFT plans in this build, and this plan is {method}",
+                           hint="use --backend hf for this plan")
+        return "unsloth", "asked for with --backend unsloth"
+    if not cuda:
+        return "hf", "auto: no CUDA GPU"
+    if not has_unsloth:
+        return "hf", "auto: unsloth is not installed"
+    if method != "sft":
+        return "hf", f"auto: the unsloth backend runs SFT only, and this plan is {method}"
+    if world_size > 1:
+        return "hf", "auto: the unsloth backend runs on one GPU, and this run has several processes"
+    return "unsloth", "auto: a CUDA GPU and unsloth are here"
 
 
 def run_dir_for(plan: Plan, output: str | None) -> Path:
@@ -61,7 +72,7 @@ def run_plan(lock_path: str, *, output: str | None = None, resume: bool = False,
 
     plan = verify(lock_path)
     rank, world_size = world()
-    chosen, why = choose_backend(backend)
+    chosen, why = choose_backend(backend, method=plan.lock["settings"]["train"]["method"], world_size=world_size)
     if world_size > 1 and chosen == "unsloth":
         raise FtcError("FTC700", reason="the unsloth backend runs on one GPU in this build",
                        hint="use --backend hf for several GPUs (DDP), or run on one GPU")
@@ -88,11 +99,13 @@ def run_plan(lock_path: str, *, output: str | None = None, resume: bool = False,
                            max_steps_override=max_steps)
     else:
         from ftc.runtime.sft import train_sft
+        from ftc.runtime.unsloth_backend import train_in_subprocess
 
-        facts = train_sft(train_tokens=plan.artifacts["tokens"]["train"], eval_tokens=plan.artifacts["tokens"].get("eval"),
-                          model=model, lora=settings["lora"], train=train, tokenizer_path=tokenizer,
-                          output_dir=out, resume=resume, plan_hash=plan.plan_hash, max_steps_override=max_steps,
-                          name=plan.name)
+        trainer = train_in_subprocess if chosen == "unsloth" else train_sft  # unsloth: its own process
+        facts = trainer(train_tokens=plan.artifacts["tokens"]["train"], eval_tokens=plan.artifacts["tokens"].get("eval"),
+                        model=model, lora=settings["lora"], train=train, tokenizer_path=tokenizer,
+                        output_dir=out, resume=resume, plan_hash=plan.plan_hash, max_steps_override=max_steps,
+                        name=plan.name)
     if rank != 0 or not facts:
         return {}  # rank 0 writes and reports
     per_gpu = facts.get("throughput_tokens_per_second")

@@ -25,16 +25,41 @@ import platform
 import resource
 import sys
 import time
-from dataclasses import asdict
+from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 from ftc.runtime import data as token_data
 from ftc.runtime.metrics import StopFlag, TokenCounter, callbacks as run_callbacks, read_metrics, truncate_metrics
-from ftc.runtime.model import PACKING_SAFE_ATTENTION, load_base_model, load_tokenizer, lora_config, run_error
+from ftc.runtime.model import PACKING_SAFE_ATTENTION, LoadedModel, load_base_model, load_tokenizer, lora_config, run_error
 
 CHECKPOINTS = "checkpoints"
+
+
+@dataclass(frozen=True)
+class ModelSetup:
+    """What a backend hands the trainer: the model and how to train it.
+
+    `loaded.model` is the base model when `peft_config` is given (the trainer adds LoRA, the
+    hf backend) or a model that already carries its adapters (unsloth's get_peft_model).
+    """
+
+    loaded: LoadedModel
+    peft_config: Any | None
+    backend: str
+    attention: str  # what computes attention; run.json records it
+    packing_safe: bool  # whether that kernel keeps packed rows apart
+    sft_overrides: dict = field(default_factory=dict)  # SFTConfig fields the backend decides
+    facts: dict = field(default_factory=dict)  # extra run.json facts under "backend_facts"
+
+
+def hf_setup(model: dict, lora: dict, train: dict, *, seed: int, output_dir: Path, tokenizer_path: str) -> ModelSetup:
+    """transformers + PEFT: the base model as the plan names it; TRL adds the LoRA adapter."""
+    loaded = load_base_model(model, seed=seed)
+    attention = loaded.model.config._attn_implementation
+    return ModelSetup(loaded=loaded, peft_config=lora_config(lora), backend="hf", attention=attention,
+                      packing_safe=attention in PACKING_SAFE_ATTENTION)
 
 
 def train_sft(
@@ -52,12 +77,15 @@ def train_sft(
     name: str = "",
     extra_callbacks: Sequence[Any] = (),
     show_progress: bool = True,
+    load_model: Callable[..., ModelSetup] = hf_setup,
 ) -> dict:
     """Train a LoRA adapter on `train_tokens`; return the run facts (also written to run.json).
 
     Writes to output_dir: the PEFT adapter and tokenizer, checkpoints/, metrics.jsonl,
     run.json, report.md and loss.png. `extra_callbacks` are transformers TrainerCallbacks
-    (tests use one to interrupt a run at a given step).
+    (tests use one to interrupt a run at a given step). `load_model` is the backend: it
+    returns the model and what the trainer must know about it (`hf_setup`, or
+    `ftc.runtime.unsloth_backend.unsloth_setup` in its own process).
     """
     import torch
     from transformers.trainer_callback import PrinterCallback, ProgressCallback
@@ -89,9 +117,10 @@ def train_sft(
         # see each other, so the eval rows go unpacked
         eval_table = eval_table.drop_columns(["pack"])
 
-    # ---- model: base (pretrained or random from config), tokenizer; LoRA is added by the trainer
+    # ---- model: from the backend (hf: base model, LoRA added by the trainer; unsloth: LoRA already on)
     seed = int(train.get("seed", 3407))
-    loaded = load_base_model(model, seed=seed)
+    setup = load_model(model, lora, train, seed=seed, output_dir=output_dir, tokenizer_path=tokenizer_path)
+    loaded = setup.loaded
     base = loaded.model
     vocab = base.get_input_embeddings().num_embeddings
     if token_data.max_token_id(train_table) >= vocab:
@@ -99,8 +128,8 @@ def train_sft(
             f"token id {token_data.max_token_id(train_table)} in {train_tokens} is outside the model's vocabulary ({vocab})",
             "the plan was compiled with another tokenizer than this model's; compile with the model's tokenizer",
         )
-    attention = base.config._attn_implementation
-    if packed and attention not in PACKING_SAFE_ATTENTION:
+    attention = setup.attention
+    if packed and not setup.packing_safe:
         raise run_error(f"packing with attention {attention!r}, which would let packed rows attend to each other", "use sdpa or flash-attention, or set train.packing=false")
     base.config.use_cache = False  # a cache disables transformers' packed-sequence masks
     tokenizer = load_tokenizer(tokenizer_path)
@@ -109,8 +138,8 @@ def train_sft(
     max_steps = int(max_steps_override if max_steps_override is not None else train.get("max_steps", -1))
     eval_steps = train.get("eval_steps")
     args = _sft_config(train, checkpoints=checkpoints, max_steps=max_steps, dtype=loaded.dtype, device=loaded.device,
-                       eval_steps=eval_steps if eval_table is not None else None)
-    counter, stop = TokenCounter(), StopFlag()
+                       eval_steps=eval_steps if eval_table is not None else None, overrides=setup.sft_overrides)
+    counter, stop, perf = TokenCounter(), StopFlag(), {}
     trainer = _trainer_class()(
         model=base,
         args=args,
@@ -118,14 +147,20 @@ def train_sft(
         eval_dataset=token_data.to_dataset(eval_table) if eval_table is not None else None,
         processing_class=tokenizer,
         data_collator=token_data.collator(tokenizer.pad_token_id, packed=packed),
-        peft_config=lora_config(lora),
+        peft_config=setup.peft_config,
         # extra callbacks first: whatever they request at a step end is seen by ours at that step
-        callbacks=[*extra_callbacks, *run_callbacks(metrics_path=metrics_path, counter=counter, stop=stop, show_progress=show_progress)],
+        callbacks=[*extra_callbacks, *run_callbacks(metrics_path=metrics_path, counter=counter, stop=stop,
+                                                    show_progress=show_progress, perf=perf)],
     )
     trainer.token_counter = counter
     trainer.remove_callback(ProgressCallback)
     trainer.remove_callback(PrinterCallback)
     trainable, total = trainer.model.get_nb_trainable_parameters()
+    flops, memory = _performance_facts(trainer.model, train_table, train=train, lora=lora, model=model, packed=packed,
+                                       max_len=max_len, device=loaded.device, backend=setup.backend)
+    perf.update(flops_per_token=flops["flops_per_token"], peak_flops=flops.get("peak_flops"), device=loaded.device)
+    if main_process and memory.get("hint"):
+        print(f"ftc: hint: {memory['hint']}", file=sys.stderr)
     if loaded.device == "cuda":
         torch.cuda.reset_peak_memory_stats()
 
@@ -165,7 +200,8 @@ def train_sft(
     facts = {
         "name": name,
         "plan_hash": plan_hash,
-        "backend": "hf",
+        "backend": setup.backend,
+        "backend_facts": setup.facts,
         "method": "sft",
         "versions": _versions(),
         "device": _device_name(loaded.device),
@@ -206,6 +242,10 @@ def train_sft(
             "note": "counted in this process (a resumed run counts from its resume step)",
         },
         "throughput_tokens_per_second": round(counter.real / train_time, 1) if train_time > 0 else None,
+        "flops": flops,
+        "mfu": (round(counter.real / train_time * flops["flops_per_token"] / flops["peak_flops"], 4)
+                if train_time > 0 and flops.get("peak_flops") else None),
+        "memory_plan": memory,
         "peak_memory": _peak_memory(loaded.device),
         "eval": eval_facts,
         "adapter_dir": ".",
@@ -223,14 +263,16 @@ def train_sft(
     return facts
 
 
-def _sft_config(train: dict, *, checkpoints: Path, max_steps: int, dtype: str, device: str, eval_steps: int | None) -> Any:
-    """SFTConfig from the resolved `train` section; only what TRL must not decide is added."""
+def _sft_config(train: dict, *, checkpoints: Path, max_steps: int, dtype: str, device: str, eval_steps: int | None,
+                overrides: dict | None = None) -> Any:
+    """SFTConfig from the resolved `train` section; only what TRL must not decide is added,
+    and what the backend decides (`overrides`: unsloth checkpoints inside the model)."""
     from trl import SFTConfig
 
     warmup = train.get("warmup_steps")
     if warmup is None:  # compile resolves warmup_ratio into warmup_steps; a ratio < 1 is read as one
         warmup = float(train.get("warmup_ratio") or 0.0)
-    return SFTConfig(
+    kwargs: dict[str, Any] = dict(
         output_dir=str(checkpoints),
         learning_rate=float(train.get("learning_rate", 2e-4)),
         per_device_train_batch_size=int(train.get("per_device_train_batch_size", 2)),
@@ -269,6 +311,7 @@ def _sft_config(train: dict, *, checkpoints: Path, max_steps: int, dtype: str, d
         dataloader_num_workers=0,
         dataloader_pin_memory=device == "cuda",
     )
+    return SFTConfig(**{**kwargs, **(overrides or {})})
 
 
 def _trainer_class() -> type:
@@ -284,6 +327,30 @@ def _trainer_class() -> type:
             return super().training_step(model, inputs, num_items_in_batch)
 
     return FtcSFTTrainer
+
+
+def _performance_facts(peft_model: Any, table: Any, *, train: dict, lora: dict, model: dict, packed: bool, max_len: int,
+                       device: str, backend: str) -> tuple[dict, dict]:
+    """FLOPs per token (for MFU) and the memory plan (does it fit without checkpointing?)."""
+    from ftc.runtime.flops import mean_causal_context, model_flops, peak_flops
+    from ftc.runtime.memory_plan import advise
+
+    flops = model_flops(peft_model, mean_causal_context(table.column("length").to_pylist()))
+    gpu_gib = None
+    if device == "cuda":
+        import torch
+
+        name = torch.cuda.get_device_name(0)
+        flops["peak_flops"] = peak_flops(name)
+        flops["peak_note"] = f"dense bf16 of {name}" + (" (measured on the lent H200)" if flops["peak_flops"] and ("H200" in name or "H100" in name) else "")
+        gpu_gib = torch.cuda.get_device_properties(0).total_memory / 2**30
+    batch = int(train.get("per_device_train_batch_size", 2))
+    longest = max_len if packed else int(max(table.column("length").to_pylist()))
+    memory = advise(peft_model.config, gpu_gib=gpu_gib, tokens_per_micro_batch=batch * longest,
+                    used_checkpointing=bool(train.get("gradient_checkpointing", True)), lora_r=int(lora.get("r", 16)),
+                    lora_targets=lora.get("target_modules", "all-linear"), load_in_4bit=bool(model.get("load_in_4bit", False)),
+                    backend=backend)
+    return flops, memory
 
 
 def _checkpoint_step(path: str | None) -> int:

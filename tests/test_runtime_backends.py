@@ -1,0 +1,145 @@
+"""Backend choice, the unsloth process hand-off, FLOPs/token and the memory plan, on the CPU.
+
+unsloth itself never loads here (it needs CUDA and takes 30-40 s to import); what is tested
+is everything around it: which backend `auto` picks and why, that the child's errors reach
+the user as the same FtcError, and the numbers run.json reports (MFU, memory plan).
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+from ftc.errors import FtcError
+
+torch = pytest.importorskip("torch")
+
+
+@pytest.fixture
+def machine(monkeypatch):
+    """Pretend this machine has (or lacks) CUDA and the unsloth package."""
+
+    def set_(cuda: bool, unsloth: bool) -> None:
+        import importlib.util
+
+        real = importlib.util.find_spec
+        monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda)
+        monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: object() if name == "unsloth" and unsloth else (None if name == "unsloth" else real(name, *a)))
+
+    return set_
+
+
+@pytest.mark.parametrize(
+    ("cuda", "unsloth", "method", "world", "expected"),
+    [
+        (False, False, "sft", 1, ("hf", "auto: no CUDA GPU")),
+        (False, True, "sft", 1, ("hf", "auto: no CUDA GPU")),
+        (True, False, "sft", 1, ("hf", "auto: unsloth is not installed")),
+        (True, True, "sft", 1, ("unsloth", "auto: a CUDA GPU and unsloth are here")),
+        (True, True, "grpo", 1, ("hf", "auto: the unsloth backend runs SFT only, and this plan is grpo")),
+        (True, True, "sft", 2, ("hf", "auto: the unsloth backend runs on one GPU, and this run has several processes")),
+    ],
+)
+def test_auto_picks_unsloth_only_where_it_runs(machine, cuda, unsloth, method, world, expected):
+    from ftc.runtime.run import choose_backend
+
+    machine(cuda, unsloth)
+    assert choose_backend("auto", method=method, world_size=world) == expected
+
+
+def test_unsloth_by_name_is_refused_with_the_reason(machine):
+    from ftc.runtime.run import choose_backend
+
+    machine(False, True)
+    with pytest.raises(FtcError, match="needs a CUDA GPU"):
+        choose_backend("unsloth")
+    machine(True, False)
+    with pytest.raises(FtcError, match="needs the unsloth package"):
+        choose_backend("unsloth")
+    machine(True, True)
+    with pytest.raises(FtcError, match="runs SFT plans"):
+        choose_backend("unsloth", method="grpo")
+    assert choose_backend("unsloth") == ("unsloth", "asked for with --backend unsloth")
+    assert choose_backend("hf") == ("hf", "asked for with --backend hf")
+
+
+def test_child_environment_is_offline_and_caches_under_the_run(tmp_path):
+    from ftc.runtime.unsloth_backend import child_env
+
+    env = child_env(tmp_path / "run", base={"PATH": "/bin"})
+    assert env["HF_HUB_OFFLINE"] == "1" and env["UNSLOTH_DISABLE_STATISTICS"] == "1"
+    assert env["UNSLOTH_COMPILE_LOCATION"] == str((tmp_path / "run").resolve() / "unsloth_compiled_cache")
+    # a value the user set wins
+    assert child_env(tmp_path, base={"HF_HUB_OFFLINE": "0"})["HF_HUB_OFFLINE"] == "0"
+
+
+def test_an_error_in_the_unsloth_process_is_the_users_error(tmp_path, monkeypatch):
+    """The child writes its FtcError to unsloth_error.json; the parent raises the same one."""
+    from ftc.runtime import unsloth_backend
+
+    seen = {}
+
+    def fake_run(cmd, env):
+        seen["cmd"], seen["env"] = cmd, env
+        request = json.loads(Path(cmd[-1]).read_text())
+        assert request["train_tokens"] == str(tmp_path / "t.parquet") and request["max_steps_override"] == 3
+        (tmp_path / "run" / unsloth_backend.ERROR).write_text(json.dumps(
+            {"code": "FTC700", "file": None, "path": None, "fields": {"reason": "model x is missing", "hint": "fix it"}}))
+        return subprocess.CompletedProcess(cmd, 2)
+
+    monkeypatch.setattr(unsloth_backend.subprocess, "run", fake_run)
+    with pytest.raises(FtcError) as err:
+        unsloth_backend.train_in_subprocess(train_tokens=tmp_path / "t.parquet", output_dir=tmp_path / "run", max_steps_override=3)
+    assert err.value.code == "FTC700" and "model x is missing" in str(err.value)
+    assert seen["cmd"][:3] == [sys.executable, "-m", "ftc.runtime.unsloth_backend"]
+    assert seen["env"]["UNSLOTH_COMPILE_LOCATION"].endswith("run/unsloth_compiled_cache")
+
+    monkeypatch.setattr(unsloth_backend.subprocess, "run", lambda cmd, env: subprocess.CompletedProcess(cmd, 1))
+    with pytest.raises(FtcError, match="exited with code 1"):
+        unsloth_backend.train_in_subprocess(train_tokens=tmp_path / "t.parquet", output_dir=tmp_path / "run")
+
+
+def test_the_unsloth_module_imports_nothing_heavy_at_import():
+    code = "import sys, ftc.runtime.unsloth_backend, ftc.runtime.flops, ftc.runtime.memory_plan\n" \
+           "print([m for m in ('torch', 'transformers', 'trl', 'peft', 'unsloth') if m in sys.modules])"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+
+
+QWEN7B = SimpleNamespace(hidden_size=3584, num_hidden_layers=28, num_attention_heads=28, num_key_value_heads=4,
+                         intermediate_size=18944, vocab_size=152064, tie_word_embeddings=False)
+
+
+def test_flops_per_token_counts_linear_lora_and_attention():
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+    from peft import LoraConfig, get_peft_model
+
+    from ftc.runtime.flops import mean_causal_context, model_flops
+
+    assert mean_causal_context([1, 3]) == (1 + 6) / 4
+    cfg = Qwen2Config(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                      num_key_value_heads=2, vocab_size=100, tie_word_embeddings=True)
+    model = get_peft_model(Qwen2ForCausalLM(cfg), LoraConfig(r=4, target_modules=["q_proj", "down_proj"]))
+    f = model_flops(model, context=10.0)
+    per_layer = 64 * 64 * 2 + 64 * 32 * 2 + 3 * 64 * 128
+    assert f["n_linear"] == 2 * per_layer + 100 * 64  # the tied LM head is still a matmul
+    assert f["n_lora"] == 2 * (4 * (64 + 64) + 4 * (128 + 64))
+    assert f["flops_per_token"] == 4 * f["n_linear"] + 6 * f["n_lora"] + 12 * 2 * 64 * 10.0
+
+
+def test_memory_plan_turns_checkpointing_off_only_where_it_fits():
+    from ftc.runtime.memory_plan import advise, lora_params
+
+    assert lora_params(QWEN7B, 16, ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]) == 40_370_176
+    h200 = advise(QWEN7B, gpu_gib=139.8, tokens_per_micro_batch=4096, used_checkpointing=True)
+    assert h200["recommended"] == {"gradient_checkpointing": False} and "fits without" in h200["hint"]
+    small = advise(QWEN7B, gpu_gib=24, tokens_per_micro_batch=4096, used_checkpointing=False)
+    assert small["recommended"] == {"gradient_checkpointing": True} and "out of memory" in small["hint"]
+    assert advise(QWEN7B, gpu_gib=None, tokens_per_micro_batch=4096, used_checkpointing=True)["recommended"] is None
+    est = h200["estimate"]
+    assert est["checkpointing_gib"] < est["no_checkpointing_gib"]
