@@ -300,11 +300,11 @@ def ftc_summary(run_dir: Path, warmup: int) -> dict:
     out = {"timed_steps": len(timed), "real_tokens": tokens, "seconds": round(seconds, 3),
            "tokens_per_second": round(tokens / seconds, 1), "loss": [r["loss"] for r in steps],
            "step_seconds": [round((r["tokens"] - p["tokens"]) / r["tokens_per_second"], 3) for p, r in zip(steps, steps[1:])],
-           "gpu_mem_gib_log": steps[-1].get("gpu_mem_gib")}
+           "gpu_mem_gib_log": steps[-1].get("gpu_mem_gib"), "peak_allocated_gib": steps[-1].get("gpu_mem_gib")}
     rj = run_dir / "run.json"
     if rj.exists():
         facts = json.loads(rj.read_text())
-        out.update(peak_allocated_gib=(facts.get("peak_memory") or {}).get("gib"), backend=facts.get("backend"),
+        out.update(peak_allocated_gib=(facts.get("peak_memory") or {}).get("gib") or out["peak_allocated_gib"], backend=facts.get("backend"),
                    backend_reason=facts.get("backend_reason"), padding_waste=round(1 - (facts["tokens"]["padding_efficiency"] or 1), 4),
                    pack_fill=facts["tokens"].get("pack_fill"), run_mfu=facts.get("mfu"), memory_plan=facts.get("memory_plan"),
                    flops=facts.get("flops"), backend_facts=facts.get("backend_facts"), run_throughput=facts.get("throughput_tokens_per_second"))
