@@ -112,8 +112,9 @@ def unsloth_setup(model: dict, lora: dict, train: dict, *, seed: int, output_dir
             random_state=seed,
             **kwargs,
         )
-    except OSError as err:
-        raise run_error(f"cannot load model {name!r} with unsloth: {err}", "offline? point model.name at a local folder") from err
+    except (OSError, RuntimeError, ValueError) as err:  # unsloth wraps a missing model in a RuntimeError
+        raise run_error(f"cannot load model {name!r} with unsloth: {str(err).strip()}",
+                        "offline? point model.name at a local folder; a typo in a hub id looks the same") from err
     target = lora.get("target_modules", "all-linear")
     peft_model = FastLanguageModel.get_peft_model(
         base,

@@ -117,8 +117,10 @@ def make_model(args) -> None:
     shm = Path("/dev/shm")
     if shm.is_dir() and shutil.disk_usage(shm).free > 3 * 2 * n:  # RAM-backed: every variant reads it again
         real = shm / out.name
+        real.mkdir(parents=True, exist_ok=True)
         out.parent.mkdir(parents=True, exist_ok=True)
-        out.symlink_to(real)
+        if not out.is_symlink():
+            out.symlink_to(real)
     model.save_pretrained(str(out), max_shard_size="20GB")
     for f in (BENCH / "tok").iterdir():
         shutil.copy(f, out / f.name)
@@ -262,8 +264,14 @@ def variant_v4(args) -> None:
     torch.cuda.reset_peak_memory_stats()
     trainer.train()
     result = {"import_s": round(import_s, 1), "setup_s": round(setup_s, 1), **meter.summary(args.warmup), **memory(),
-              "loss": [h.get("loss") for h in trainer.state.log_history if "loss" in h]}
-    result["packing_isolation"] = packing_isolation(model)
+              "loss": [h.get("loss") for h in trainer.state.log_history if "loss" in h],
+              "unsloth_packing": bool(getattr(trainer.args, "packing", None)),
+              "unsloth_padding_free": bool(getattr(trainer.args, "padding_free", None))}
+    write_result(args.result, result)  # the timing first: the check below must not lose it
+    try:
+        result["packing_isolation"] = packing_isolation(model)
+    except Exception as e:  # noqa: BLE001
+        result["packing_isolation"] = {"error": repr(e)[:500]}
     write_result(args.result, result)
 
 
@@ -380,6 +388,12 @@ def run_all(args) -> None:
                        "--steps", str(args.steps), "--result", str(WORK / "v4.json"), "--go", str(go)] + (["--checkpointing"] if checkpointing else [])
         v4 = subprocess.Popen(v4_cmd, env=env, cwd=WORK)
     sub("make_model", me + ["make-model", "--shape", shape, "--dir", str(mdir)], 20)
+    if not (mdir / "config.json").exists():
+        log("no model: nothing to benchmark")
+        if v4 is not None:
+            v4.kill()
+        print_table(results)
+        return
     steps = str(args.warmup + args.steps)
 
     def ftc(name: str, lock_path: Path, backend: str, need: float) -> None:
@@ -407,7 +421,7 @@ def run_all(args) -> None:
 
     for name in args.variants:
         if name == "v1":
-            ftc("v1", lock, "unsloth", args.need_v1)
+            ftc("v1", lock, "auto", args.need_v1)  # auto: unsloth when it can run (run.json says why)
         elif name == "v2":
             ftc("v2", lock, "hf", args.need_v2)
         elif name == "v3":
