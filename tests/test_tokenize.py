@@ -166,9 +166,15 @@ def test_byte_arithmetic_matches_the_offset_fallback_on_real_data(qwen, monkeypa
     completions = [r["answer"] for r in rows] + [r["output"] for r in records] + ["们是朋友", " c"]
     table = _table(prompt=prompts, completion=completions)
     fast = tokenize(table, "prompt_completion", tok, max_seq_length=4096)
+    byte_table = tkz._token_bytes(tok)
     monkeypatch.setattr(tkz, "_token_bytes", lambda tok: None)  # as for a tokenizer that is not byte-level
     slow = tokenize(table, "prompt_completion", tok, max_seq_length=4096)
     assert fast.table.equals(slow.table)
+    wrong = byte_table.copy()
+    wrong[::7] += 1  # rows using these ids no longer add up: they must take the offset fallback
+    monkeypatch.setattr(tkz, "_token_bytes", lambda tok: wrong)
+    mixed = tokenize(table, "prompt_completion", tok, max_seq_length=4096)
+    assert mixed.table.equals(fast.table)
 
 
 @needs_shared
@@ -354,8 +360,9 @@ def test_prompt_format_trains_nothing_and_keeps_the_generation_prompt(tiny):
     assert _decode(tiny, row["input_ids"]).endswith("<|im_start|>assistant\n")
     cut = _rows(tokenize(_table(prompt=chats), "prompt", tiny, max_seq_length=5))[0]
     assert cut["input_ids"] == row["input_ids"][-5:]  # prompts lose their start, never the generation prompt
-    plain = _rows(tokenize(_table(prompt=["hello world"]), "prompt", tiny, max_seq_length=64))[0]
+    plain, empty = _rows(tokenize(_table(prompt=["hello world", ""]), "prompt", tiny, max_seq_length=64))
     assert _decode(tiny, plain["input_ids"]) == "hello world" and set(plain["labels"]) == {IGNORE}
+    assert empty["input_ids"] == [] and empty["length"] == 0  # no eos on prompts: generation continues them
 
 
 def test_null_text_is_ftc601_naming_the_row(tiny):
