@@ -7,13 +7,15 @@ override `train.gradient_checkpointing`; it estimates the peak with and without 
 the model's shape, the plan's micro-batch and the GPU's memory, records the estimate and
 the recommended setting, and says so when the plan chose otherwise.
 
-Per token and decoder layer, a bf16 forward keeps about 2 bytes x (16 h + 5 i) for the
-backward (h hidden, i MLP width: the norms' fp32 copies, q/k/v/rope copies, attention
-output, the MLP's gate, up, activation and product), checked against the peaks measured on
-the H200 (BENCHMARKS.md). With checkpointing only each layer's input (2 h bytes) stays,
-plus one layer's activations while it is recomputed; unsloth also offloads those inputs
-to the CPU. The loss adds the logits of a micro-batch (bf16, an fp32 copy and its gradient)
-unless the backend chunks the cross-entropy (unsloth does).
+Per token and decoder layer, a bf16 forward keeps about 2 bytes x (10 h + 3.5 i) for the
+backward (h hidden, i MLP width: norm inputs, q/k/v and rope copies, attention output, the
+MLP's gate, up, activation and product); unsloth's fused kernels keep about 0.7 of that.
+Both factors are fitted to the peaks measured on the H200 (BENCHMARKS.md, Qwen2.5-7B shape,
+2 packs of 2048 tokens, no checkpointing): hf 43.4 GiB measured / 44.5 estimated, unsloth
+31.9 / 32.0, unsloth QLoRA 21.5 / 23.2. With checkpointing only each layer's input (2 h
+bytes) stays, plus one layer's activations while it is recomputed; unsloth also offloads
+those inputs to the CPU. The loss adds the logits of a micro-batch (bf16, an fp32 copy and
+its gradient) unless the backend chunks the cross-entropy (unsloth does).
 """
 
 from __future__ import annotations
@@ -54,7 +56,7 @@ def estimate(config: Any, *, tokens_per_micro_batch: int, lora_r: int = 16, lora
     t = tokens_per_micro_batch
     weights = (s["layer_params"] * 0.5625 if load_in_4bit else s["layer_params"] * 2) + s["embed_params"] * 2
     adapters = lora_params(config, lora_r, lora_targets) * 16  # fp32 weight, grad, two Adam moments
-    per_token_layer = 2 * (16 * s["h"] + 5 * s["i"])
+    per_token_layer = 2 * (10 * s["h"] + 3.5 * s["i"]) * (0.7 if backend == "unsloth" else 1.0)
     full = s["layers"] * t * per_token_layer
     kept_inputs = 0 if backend == "unsloth" else s["layers"] * t * s["h"] * 2
     checkpointed = kept_inputs + 2 * t * per_token_layer  # one layer recomputed, plus its gradients
