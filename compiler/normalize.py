@@ -271,18 +271,20 @@ class Normalizer:
         h = "md5(" + " || '\x1f' || ".join([lit(split["seed"])] + [f"coalesce({q(k)}::VARCHAR, '')" for k in keys]) + ")"
         ev = split["eval"]
         rows = self.count(t)
-        # The one materialization of the whole chain: every row once, with its side.
         final, train, evl = self._tmp(), self._tmp(), self._tmp()
         if ev < 1:
+            # Row-wise: the chain stays a view, so each split's render runs it once for its
+            # own rows, and one grouped pass counts both sides.
             is_eval = "false" if ev == 0 else f"{_unit(h)} < {float(ev)!r}"
-            self.x(f"CREATE TABLE {final} AS SELECT *, {is_eval} AS _eval FROM {t}")
-        else:
+            self.x(f"CREATE VIEW {final} AS SELECT *, {is_eval} AS _eval FROM {t}")
+            sides = dict(self.x(f"SELECT _eval, count(*) FROM {final} GROUP BY 1").fetchall())
+            self._counts[train], self._counts[evl] = sides.get(False, 0), sides.get(True, 0)
+        else:  # a count needs a window: materialize once, in _ord order
             self.x(f"CREATE TABLE {final} AS SELECT *, row_number() OVER (ORDER BY {h}, _ord) <= {int(ev)} AS _eval FROM {t} ORDER BY _ord")
         self.x(f"CREATE VIEW {train} AS SELECT * EXCLUDE (_eval) FROM {final} WHERE NOT _eval")
         self.x(f"CREATE VIEW {evl} AS SELECT * EXCLUDE (_eval) FROM {final} WHERE _eval")
         n_eval = self.count(evl)
         self.stages.append(Stage("split", rows, rows, {}))
-        self.stages[-1].__dict__["split"] = {"train": rows - n_eval, "eval": n_eval, "key": keys}
         if rows - n_eval == 0:
             raise FtcError("FTC302", file=self.file, stage="split", counts=f"all {rows} rows went to eval")
         return train, evl
