@@ -48,6 +48,10 @@ def cmd_run(args) -> int:
     from ftc.runtime.launch import WORKER_FLAG, launch
     from ftc.runtime.run import run_plan
 
+    if args.gpus == 1 and args.nnodes == 1 and "LOCAL_RANK" not in os.environ:
+        # One process on a host with several GPUs: the Trainer would wrap the model in
+        # nn.DataParallel, which TRL refuses. One GPU means the first one, unless told otherwise.
+        os.environ.setdefault("CUDA_VISIBLE_DEVICES", "0")
     if (args.gpus > 1 or args.nnodes > 1) and not os.environ.get(WORKER_FLAG):
         from ftc.runtime.verify import verify
 

@@ -53,10 +53,10 @@ def prepare() -> None:
     print(subprocess.run(["du", "-sh", str(SCAL)], capture_output=True, text=True).stdout)
 
 
-def run(steps: int, out: Path) -> None:
+def run(steps: int, out: Path, gpu_counts: tuple[int, ...] = (1, 2)) -> None:
     out.mkdir(parents=True, exist_ok=True)
     results = {}
-    for gpus in (1, 2):
+    for gpus in gpu_counts:
         run_dir = Path(f"/tmp/scal-run-{gpus}")
         shutil.rmtree(run_dir, ignore_errors=True)
         t = time.time()
@@ -76,8 +76,8 @@ def run(steps: int, out: Path) -> None:
                          "throughput_tokens_per_second": facts.get("throughput_tokens_per_second")}
         shutil.copy(run_dir / "metrics.jsonl", out / f"metrics-{gpus}.jsonl") if (run_dir / "metrics.jsonl").exists() else None
         print(f"gpus={gpus} rc={rc} wall={wall:.0f}s losses={[round(x, 3) for x in losses]}", flush=True)
-    one, two = results[1], results[2]
-    if one["losses"] and two["losses"]:
+    one, two = results.get(1), results.get(2)
+    if one and two and one["losses"] and two["losses"]:
         n = min(len(one["losses"]), len(two["losses"]))
         diffs = [abs(a - b) / a for a, b in zip(one["losses"][:n], two["losses"][:n])]
         results["max_rel_loss_diff"] = max(diffs)
@@ -86,7 +86,7 @@ def run(steps: int, out: Path) -> None:
             results["scaling_total_over_one"] = round(2 * r2 / r1, 3)  # 2 ranks x rank-0 rate over 1 GPU
     (out / "scaling.json").write_text(json.dumps(results, indent=2))
     print(json.dumps({k: v for k, v in results.items() if k in ("max_rel_loss_diff", "scaling_total_over_one")}))
-    for g in (1, 2):
+    for g in gpu_counts:
         r = results[g]
         print(f"{g} GPU: rank-0 tok/s {r['tokens_per_second_rank0_median']}, total {r['distributed'] and r['distributed'].get('tokens_per_second_total')}, peak {r['peak_memory']}")
 
@@ -96,5 +96,6 @@ if __name__ == "__main__":
     ap.add_argument("what", choices=["prepare", "run"])
     ap.add_argument("--steps", type=int, default=30)
     ap.add_argument("--out", default="/tmp/scal-out")
+    ap.add_argument("--gpu-counts", default="1,2")
     a = ap.parse_args()
-    prepare() if a.what == "prepare" else run(a.steps, Path(a.out))
+    prepare() if a.what == "prepare" else run(a.steps, Path(a.out), tuple(int(x) for x in a.gpu_counts.split(",")))
