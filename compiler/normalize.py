@@ -257,7 +257,7 @@ class Normalizer:
         parts = []
         for n, t in tables.items():
             if take[n] < counts[n]:
-                h = f"md5('mix:' || row_id)"
+                h = "md5('mix:' || row_id)"
                 sel = f"SELECT * FROM {t} QUALIFY row_number() OVER (ORDER BY {h}) <= {take[n]} ORDER BY _ord"
                 t = self._replace(t, sel, f"mix.{n}", {f"mix: beyond {n}'s share": counts[n] - take[n]}, window=True)
             parts.append(f"SELECT * FROM {t}")

@@ -37,7 +37,7 @@ from ftc.errors import FtcError
 from ftc.runtime.metrics import StopFlag, TokenCounter, callbacks as run_callbacks, read_metrics, truncate_metrics
 from ftc.runtime.model import load_base_model, load_tokenizer, lora_config, run_error
 from ftc.runtime.rewards import build_reward_funcs, reward_from_dict, reward_weights
-from ftc.runtime.sft import CHECKPOINTS, _checkpoint_step, _device_name, _peak_memory, _relative, _versions
+from ftc.runtime.trainer_args import CHECKPOINTS, checkpoint_step, device_name, peak_memory, relative, training_arguments, versions
 
 REQUIRED = ("row_id", "prompt")
 
@@ -116,7 +116,7 @@ def train_grpo(
         raise run_error(f"--resume: no checkpoint in {checkpoints}", "run without --resume to start training from step 0")
     if not resume and last_checkpoint is not None:
         raise run_error(f"{output_dir} already holds checkpoints of a run", "continue it with --resume, or choose another output folder")
-    resumed_from = _checkpoint_step(last_checkpoint) if resume else None
+    resumed_from = checkpoint_step(last_checkpoint) if resume else None
     main_process = int(os.environ.get("RANK", "0")) == 0  # under torchrun/accelerate, rank 0 writes
     if main_process:
         if resume:
@@ -187,8 +187,8 @@ def train_grpo(
         "plan_hash": plan_hash,
         "backend": "hf",
         "method": "grpo",
-        "versions": _versions(),
-        "device": _device_name(loaded.device),
+        "versions": versions(),
+        "device": device_name(loaded.device),
         "model": {
             "name": model.get("name"),
             "revision": model.get("revision"),
@@ -245,11 +245,11 @@ def train_grpo(
             "note": "prompt + completion tokens of the batches trained on, counted in this process; trained = completion tokens",
         },
         "throughput_tokens_per_second": round(counter.real / train_time, 1) if train_time > 0 else None,
-        "peak_memory": _peak_memory(loaded.device),
+        "peak_memory": peak_memory(loaded.device),
         "eval": {"step": evals[-1]["step"], "reward": evals[-1]["eval_reward"],
                  "rewards": {n: evals[-1].get(f"eval_rewards/{n}/mean") for n in names}} if evals else {},
         "adapter_dir": ".",
-        "checkpoint": _relative(get_last_checkpoint(str(checkpoints)) if checkpoints.is_dir() else None, output_dir),
+        "checkpoint": relative(get_last_checkpoint(str(checkpoints)) if checkpoints.is_dir() else None, output_dir),
         "started_at": started_at.isoformat(timespec="seconds"),
         "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "wall_time_s": round(time.perf_counter() - t0, 3),
@@ -320,35 +320,14 @@ def _grpo_config(train: dict, grpo: dict, resolved: list[dict], *, checkpoints: 
     """GRPOConfig from the resolved `train` section; only what TRL must not decide is added."""
     from trl import GRPOConfig
 
-    warmup = train.get("warmup_steps")
-    if warmup is None:  # compile resolves warmup_ratio into warmup_steps; a ratio < 1 is read as one
-        warmup = float(train.get("warmup_ratio") or 0.0)
     g = int(grpo.get("num_generations", 8))
     batch = int(train.get("per_device_train_batch_size", 2))
+    kwargs = training_arguments(train, checkpoints=checkpoints, max_steps=max_steps, dtype=dtype, device=device,
+                                eval_steps=eval_steps)
+    # eval generates whole groups per batch, without accumulation: round the batch up to one
+    kwargs["per_device_eval_batch_size"] = -(-batch // g) * g
     return GRPOConfig(
-        output_dir=str(checkpoints),
-        learning_rate=float(train.get("learning_rate", 2e-4)),
-        per_device_train_batch_size=batch,
-        # eval generates whole groups per batch, without accumulation: round the batch up to one
-        per_device_eval_batch_size=-(-batch // g) * g,
-        gradient_accumulation_steps=int(train.get("gradient_accumulation_steps", 4)),
-        num_train_epochs=float(train.get("num_train_epochs", 1)),
-        max_steps=max_steps,
-        warmup_steps=warmup,
-        lr_scheduler_type=train.get("lr_scheduler_type", "linear"),
-        optim=train.get("optim", "adamw_torch"),
-        weight_decay=float(train.get("weight_decay", 0.0)),
-        max_grad_norm=float(train.get("max_grad_norm", 1.0)),
-        seed=int(train.get("seed", 3407)),
-        logging_steps=int(train.get("logging_steps", 1)),
-        save_strategy="steps",
-        save_steps=int(train.get("save_steps", 100)),
-        save_total_limit=2,  # the last checkpoint resumes; one more in case it was cut mid-write
-        eval_strategy="steps" if eval_steps else "no",
-        eval_steps=eval_steps,
-        gradient_checkpointing=bool(train.get("gradient_checkpointing", True)),
-        bf16=device == "cuda" and dtype == "bfloat16",
-        fp16=device == "cuda" and dtype == "float16",
+        **kwargs,
         # GRPO: generation, rewards and loss, as the plan declares them
         num_generations=g,
         max_completion_length=int(grpo.get("max_completion_length", 256)),
@@ -360,10 +339,6 @@ def _grpo_config(train: dict, grpo: dict, resolved: list[dict], *, checkpoints: 
         use_vllm=False,
         remove_unused_columns=False,  # the rewards read the dataset's own fields
         log_completions=False,
-        report_to="none",
-        disable_tqdm=True,
-        dataloader_num_workers=0,
-        dataloader_pin_memory=device == "cuda",
     )
 
 

@@ -21,8 +21,6 @@ from __future__ import annotations
 
 import json
 import os
-import platform
-import resource
 import sys
 import time
 from dataclasses import asdict, dataclass, field
@@ -31,10 +29,10 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from ftc.runtime import data as token_data
+from ftc.runtime.trainer_args import CHECKPOINTS, checkpoint_step, device_name, peak_memory, relative, training_arguments, versions
 from ftc.runtime.metrics import StopFlag, TokenCounter, callbacks as run_callbacks, read_metrics, truncate_metrics
 from ftc.runtime.model import PACKING_SAFE_ATTENTION, LoadedModel, load_base_model, load_tokenizer, lora_config, run_error
 
-CHECKPOINTS = "checkpoints"
 
 
 @dataclass(frozen=True)
@@ -104,7 +102,7 @@ def train_sft(
         raise run_error(f"--resume: no checkpoint in {checkpoints}", "run without --resume to start training from step 0")
     if not resume and last_checkpoint is not None:
         raise run_error(f"{output_dir} already holds checkpoints of a run", "continue it with --resume, or choose another output folder")
-    resumed_from = _checkpoint_step(last_checkpoint) if resume else None
+    resumed_from = checkpoint_step(last_checkpoint) if resume else None
     main_process = int(os.environ.get("RANK", "0")) == 0  # under torchrun/accelerate, rank 0 writes
 
     # ---- data: the compiler's artifacts, checked against the contract
@@ -203,8 +201,8 @@ def train_sft(
         "backend": setup.backend,
         "backend_facts": setup.facts,
         "method": "sft",
-        "versions": _versions(),
-        "device": _device_name(loaded.device),
+        "versions": versions(),
+        "device": device_name(loaded.device),
         "model": {
             "name": model.get("name"),
             "revision": model.get("revision"),
@@ -246,10 +244,10 @@ def train_sft(
         "mfu": (round(counter.real / train_time * flops["flops_per_token"] / flops["peak_flops"], 4)
                 if train_time > 0 and flops.get("peak_flops") else None),
         "memory_plan": memory,
-        "peak_memory": _peak_memory(loaded.device),
+        "peak_memory": peak_memory(loaded.device),
         "eval": eval_facts,
         "adapter_dir": ".",
-        "checkpoint": _relative(get_last_checkpoint(str(checkpoints)) if checkpoints.is_dir() else None, output_dir),
+        "checkpoint": relative(get_last_checkpoint(str(checkpoints)) if checkpoints.is_dir() else None, output_dir),
         "started_at": started_at.isoformat(timespec="seconds"),
         "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "wall_time_s": round(time.perf_counter() - t0, 3),
@@ -269,48 +267,11 @@ def _sft_config(train: dict, *, checkpoints: Path, max_steps: int, dtype: str, d
     and what the backend decides (`overrides`: unsloth checkpoints inside the model)."""
     from trl import SFTConfig
 
-    warmup = train.get("warmup_steps")
-    if warmup is None:  # compile resolves warmup_ratio into warmup_steps; a ratio < 1 is read as one
-        warmup = float(train.get("warmup_ratio") or 0.0)
-    kwargs: dict[str, Any] = dict(
-        output_dir=str(checkpoints),
-        learning_rate=float(train.get("learning_rate", 2e-4)),
-        per_device_train_batch_size=int(train.get("per_device_train_batch_size", 2)),
-        per_device_eval_batch_size=int(train.get("per_device_train_batch_size", 2)),
-        gradient_accumulation_steps=int(train.get("gradient_accumulation_steps", 4)),
-        num_train_epochs=float(train.get("num_train_epochs", 1)),
-        max_steps=max_steps,
-        warmup_steps=warmup,
-        lr_scheduler_type=train.get("lr_scheduler_type", "linear"),
-        optim=train.get("optim", "adamw_torch"),
-        weight_decay=float(train.get("weight_decay", 0.0)),
-        max_grad_norm=float(train.get("max_grad_norm", 1.0)),
-        seed=int(train.get("seed", 3407)),
-        logging_steps=int(train.get("logging_steps", 1)),
-        save_strategy="steps",
-        save_steps=int(train.get("save_steps", 100)),
-        save_total_limit=2,  # the last checkpoint resumes; one more in case it was cut mid-write
-        eval_strategy="steps" if eval_steps else "no",
-        eval_steps=eval_steps,
-        gradient_checkpointing=bool(train.get("gradient_checkpointing", True)),
-        bf16=device == "cuda" and dtype == "bfloat16",
-        fp16=device == "cuda" and dtype == "float16",
-        # The compiler already tokenized, masked, truncated and packed: TRL must not redo any of it.
-        dataset_kwargs={"skip_prepare_dataset": True},
-        max_length=None,
-        packing=False,
-        padding_free=False,
-        completion_only_loss=None,
-        report_to="none",
-        # several processes (torchrun): CPU ranks need use_cpu to form a gloo DDP group;
-        # LoRA leaves most parameters frozen, so DDP must not search for unused ones
-        use_cpu=device != "cuda",
-        ddp_find_unused_parameters=False,
-        fsdp=train.get("fsdp") or "",
-        disable_tqdm=True,
-        dataloader_num_workers=0,
-        dataloader_pin_memory=device == "cuda",
-    )
+    kwargs = training_arguments(train, checkpoints=checkpoints, max_steps=max_steps, dtype=dtype, device=device,
+                                eval_steps=eval_steps)
+    # The compiler already tokenized, masked, truncated and packed: TRL must not redo any of it.
+    kwargs.update(dataset_kwargs={"skip_prepare_dataset": True}, max_length=None, packing=False, padding_free=False,
+                  completion_only_loss=None)
     return SFTConfig(**{**kwargs, **(overrides or {})})
 
 
@@ -352,40 +313,4 @@ def _performance_facts(peft_model: Any, table: Any, *, train: dict, lora: dict, 
                     backend=backend)
     return flops, memory
 
-
-def _checkpoint_step(path: str | None) -> int:
-    return int(Path(path).name.rsplit("-", 1)[-1]) if path else 0
-
-
-def _relative(path: str | None, root: Path) -> str | None:
-    return str(Path(path).relative_to(root)) if path else None
-
-
-def _versions() -> dict:
-    from importlib.metadata import PackageNotFoundError, version
-
-    out = {"python": platform.python_version()}
-    for pkg in ("ftc", "torch", "transformers", "peft", "trl", "accelerate", "datasets"):
-        try:
-            out[pkg] = version(pkg)
-        except PackageNotFoundError:
-            out[pkg] = None
-    return out
-
-
-def _device_name(device: str) -> str:
-    import torch
-
-    if device == "cuda":
-        return f"cuda: {torch.cuda.get_device_name(0)} x{torch.cuda.device_count()}"
-    return f"cpu: {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
-
-
-def _peak_memory(device: str) -> dict:
-    import torch
-
-    if device == "cuda":
-        return {"kind": "cuda_max_allocated", "gib": round(torch.cuda.max_memory_allocated() / 2**30, 3)}
-    # ru_maxrss is KiB on Linux: the process's peak resident set, model and data included
-    return {"kind": "cpu_peak_rss", "gib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 3)}
 

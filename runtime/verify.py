@@ -50,7 +50,6 @@ def verify(lock_path: str | Path) -> Plan:
     lock = read_lock(lock_path)
     recipe_file = lock_path.parent / lock["recipe"]["path"]
     recipe_dir = recipe_file.parent
-    recompile = f"ftc compile {lock['recipe']['path']} -o {lock_path.name}"
     if recipe_file.exists() and sha256_file(recipe_file) != lock["recipe"]["sha256"]:
         raise FtcError("FTC504", file=str(recipe_file), what="the recipe was edited", recipe=recipe_file, lock=lock_path)
 

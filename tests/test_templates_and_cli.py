@@ -7,7 +7,6 @@ import subprocess
 import sys
 
 import pyarrow as pa
-import pytest
 
 from conftest import NEEDS_SHARED, ROOT, write_recipe
 

@@ -1,0 +1,94 @@
+"""What every ftc trainer shares: the plan's `train` keys as HF TrainingArguments, and the
+facts each run records (versions, device, peak memory, checkpoint names).
+
+SFT and GRPO pass these straight into TRL's SFTConfig / GRPOConfig and add only their
+own keys, so a plan setting means the same thing whichever trainer runs it.
+"""
+
+from __future__ import annotations
+
+import platform
+import resource
+from pathlib import Path
+from typing import Any
+
+CHECKPOINTS = "checkpoints"
+
+
+def training_arguments(train: dict, *, checkpoints: Path, max_steps: int, dtype: str, device: str,
+                       eval_steps: int | None) -> dict[str, Any]:
+    """TrainingArguments keywords from the resolved `train` section."""
+    warmup = train.get("warmup_steps")
+    if warmup is None:  # compile resolves warmup_ratio into warmup_steps; a ratio < 1 is read as one
+        warmup = float(train.get("warmup_ratio") or 0.0)
+    batch = int(train.get("per_device_train_batch_size", 2))
+    return dict(
+        output_dir=str(checkpoints),
+        learning_rate=float(train.get("learning_rate", 2e-4)),
+        per_device_train_batch_size=batch,
+        per_device_eval_batch_size=batch,
+        gradient_accumulation_steps=int(train.get("gradient_accumulation_steps", 4)),
+        num_train_epochs=float(train.get("num_train_epochs", 1)),
+        max_steps=max_steps,
+        warmup_steps=warmup,
+        lr_scheduler_type=train.get("lr_scheduler_type", "linear"),
+        optim=train.get("optim", "adamw_torch"),
+        weight_decay=float(train.get("weight_decay", 0.0)),
+        max_grad_norm=float(train.get("max_grad_norm", 1.0)),
+        seed=int(train.get("seed", 3407)),
+        logging_steps=int(train.get("logging_steps", 1)),
+        save_strategy="steps",
+        save_steps=int(train.get("save_steps", 100)),
+        save_total_limit=2,  # the last checkpoint resumes; one more in case it was cut mid-write
+        eval_strategy="steps" if eval_steps else "no",
+        eval_steps=eval_steps,
+        gradient_checkpointing=bool(train.get("gradient_checkpointing", True)),
+        bf16=device == "cuda" and dtype == "bfloat16",
+        fp16=device == "cuda" and dtype == "float16",
+        report_to="none",
+        # several processes (torchrun): CPU ranks need use_cpu to form a gloo DDP group;
+        # LoRA leaves most parameters frozen, so DDP must not search for unused ones
+        use_cpu=device != "cuda",
+        ddp_find_unused_parameters=False,
+        fsdp=train.get("fsdp") or "",
+        disable_tqdm=True,  # ftc's own progress bar shows loss, tokens/s and ETA
+        dataloader_num_workers=0,
+        dataloader_pin_memory=device == "cuda",
+    )
+
+
+def checkpoint_step(path: str | None) -> int:
+    return int(Path(path).name.rsplit("-", 1)[-1]) if path else 0
+
+
+def relative(path: str | None, root: Path) -> str | None:
+    return str(Path(path).relative_to(root)) if path else None
+
+
+def versions() -> dict:
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {"python": platform.python_version()}
+    for pkg in ("ftc", "torch", "transformers", "peft", "trl", "accelerate", "datasets"):
+        try:
+            out[pkg] = version(pkg)
+        except PackageNotFoundError:
+            out[pkg] = None
+    return out
+
+
+def device_name(device: str) -> str:
+    import torch
+
+    if device == "cuda":
+        return f"cuda: {torch.cuda.get_device_name(0)} x{torch.cuda.device_count()}"
+    return f"cpu: {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
+
+
+def peak_memory(device: str) -> dict:
+    import torch
+
+    if device == "cuda":
+        return {"kind": "cuda_max_allocated", "gib": round(torch.cuda.max_memory_allocated() / 2**30, 3)}
+    # ru_maxrss is KiB on Linux: the process's peak resident set, model and data included
+    return {"kind": "cpu_peak_rss", "gib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 3)}
