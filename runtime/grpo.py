@@ -34,10 +34,10 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from ftc.errors import FtcError
-from ftc.runtime.metrics import StopFlag, TokenCounter, callbacks as run_callbacks, read_metrics, truncate_metrics
+from ftc.runtime.metrics import StopFlag, TokenCounter, callbacks as run_callbacks, read_metrics
 from ftc.runtime.model import load_base_model, load_tokenizer, lora_config, run_error
 from ftc.runtime.rewards import build_reward_funcs, reward_from_dict, reward_weights
-from ftc.runtime.trainer_args import CHECKPOINTS, checkpoint_step, device_name, peak_memory, relative, training_arguments, versions
+from ftc.runtime.trainer_args import device_name, open_run_folder, peak_memory, relative, reset_metrics, training_arguments, versions
 
 REQUIRED = ("row_id", "prompt")
 
@@ -107,22 +107,10 @@ def train_grpo(
     reward_funcs = build_reward_funcs(resolved, Path(recipe_dir))
 
     # ---- resume or fresh start: never mix two runs in one folder silently
-    output_dir = Path(output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
-    checkpoints = output_dir / CHECKPOINTS
-    metrics_path = output_dir / "metrics.jsonl"
-    last_checkpoint = get_last_checkpoint(str(checkpoints)) if checkpoints.is_dir() else None
-    if resume and last_checkpoint is None:
-        raise run_error(f"--resume: no checkpoint in {checkpoints}", "run without --resume to start training from step 0")
-    if not resume and last_checkpoint is not None:
-        raise run_error(f"{output_dir} already holds checkpoints of a run", "continue it with --resume, or choose another output folder")
-    resumed_from = checkpoint_step(last_checkpoint) if resume else None
-    main_process = int(os.environ.get("RANK", "0")) == 0  # under torchrun/accelerate, rank 0 writes
-    if main_process:
-        if resume:
-            truncate_metrics(metrics_path, resumed_from)
-        else:
-            metrics_path.write_text("")
+    folder = open_run_folder(output_dir, resume=resume)
+    output_dir, checkpoints, metrics_path = folder.root, folder.checkpoints, folder.metrics
+    last_checkpoint, resumed_from, main_process = folder.last_checkpoint, folder.resumed_from, folder.main_process
+    reset_metrics(folder)
 
     # ---- data: the compiler's prompt artifacts, measured with the chat template TRL applies
     tokenizer = load_tokenizer(tokenizer_path)

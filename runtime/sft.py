@@ -20,7 +20,6 @@ Decisions that are not TRL defaults, and why:
 from __future__ import annotations
 
 import json
-import os
 import sys
 import time
 from dataclasses import asdict, dataclass, field
@@ -29,8 +28,8 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from ftc.runtime import data as token_data
-from ftc.runtime.trainer_args import CHECKPOINTS, checkpoint_step, device_name, peak_memory, relative, training_arguments, versions
-from ftc.runtime.metrics import StopFlag, TokenCounter, callbacks as run_callbacks, read_metrics, truncate_metrics
+from ftc.runtime.trainer_args import device_name, open_run_folder, peak_memory, relative, reset_metrics, training_arguments, versions
+from ftc.runtime.metrics import StopFlag, TokenCounter, callbacks as run_callbacks, read_metrics
 from ftc.runtime.model import PACKING_SAFE_ATTENTION, LoadedModel, load_base_model, load_tokenizer, lora_config, run_error
 
 
@@ -91,19 +90,10 @@ def train_sft(
 
     started_at = datetime.now(timezone.utc)
     t0 = time.perf_counter()
-    output_dir = Path(output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
-    checkpoints = output_dir / CHECKPOINTS
-    metrics_path = output_dir / "metrics.jsonl"
-
     # ---- resume or fresh start: never mix two runs in one folder silently
-    last_checkpoint = get_last_checkpoint(str(checkpoints)) if checkpoints.is_dir() else None
-    if resume and last_checkpoint is None:
-        raise run_error(f"--resume: no checkpoint in {checkpoints}", "run without --resume to start training from step 0")
-    if not resume and last_checkpoint is not None:
-        raise run_error(f"{output_dir} already holds checkpoints of a run", "continue it with --resume, or choose another output folder")
-    resumed_from = checkpoint_step(last_checkpoint) if resume else None
-    main_process = int(os.environ.get("RANK", "0")) == 0  # under torchrun/accelerate, rank 0 writes
+    folder = open_run_folder(output_dir, resume=resume)
+    output_dir, checkpoints, metrics_path = folder.root, folder.checkpoints, folder.metrics
+    last_checkpoint, resumed_from, main_process = folder.last_checkpoint, folder.resumed_from, folder.main_process
 
     # ---- data: the compiler's artifacts, checked against the contract
     max_len = int(model.get("max_seq_length", 2048))
@@ -163,10 +153,7 @@ def train_sft(
         torch.cuda.reset_peak_memory_stats()
 
     # ---- train: Ctrl-C becomes "save a checkpoint and stop"
-    if main_process and resume:  # steps past the checkpoint are trained, and logged, again
-        truncate_metrics(metrics_path, resumed_from)
-    elif main_process:
-        metrics_path.write_text("")
+    reset_metrics(folder)
     stop.install()
     t_train = time.perf_counter()
     try:

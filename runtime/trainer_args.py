@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import platform
 import resource
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -92,3 +93,46 @@ def peak_memory(device: str) -> dict:
         return {"kind": "cuda_max_allocated", "gib": round(torch.cuda.max_memory_allocated() / 2**30, 3)}
     # ru_maxrss is KiB on Linux: the process's peak resident set, model and data included
     return {"kind": "cpu_peak_rss", "gib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 3)}
+
+
+@dataclass(frozen=True)
+class RunFolder:
+    root: Path
+    checkpoints: Path
+    metrics: Path
+    last_checkpoint: str | None  # the checkpoint a resume starts from
+    resumed_from: int | None  # its step, when resuming
+    main_process: bool  # under torchrun/accelerate only rank 0 writes
+
+
+def open_run_folder(output_dir: Path, *, resume: bool) -> RunFolder:
+    """Resume or fresh start, never two runs mixed in one folder silently."""
+    import os
+
+    from transformers.trainer_utils import get_last_checkpoint
+
+    from ftc.runtime.model import run_error
+
+    root = Path(output_dir)
+    root.mkdir(parents=True, exist_ok=True)
+    checkpoints = root / CHECKPOINTS
+    last = get_last_checkpoint(str(checkpoints)) if checkpoints.is_dir() else None
+    if resume and last is None:
+        raise run_error(f"--resume: no checkpoint in {checkpoints}", "run without --resume to start training from step 0")
+    if not resume and last is not None:
+        raise run_error(f"{root} already holds checkpoints of a run", "continue it with --resume, or choose another output folder")
+    return RunFolder(root, checkpoints, root / "metrics.jsonl", last, checkpoint_step(last) if resume else None,
+                     int(os.environ.get("RANK", "0")) == 0)
+
+
+def reset_metrics(folder: RunFolder) -> None:
+    """A fresh run starts an empty metrics.jsonl; a resumed one drops the lines past its checkpoint
+    (those steps are trained, and logged, again)."""
+    from ftc.runtime.metrics import truncate_metrics
+
+    if not folder.main_process:
+        return
+    if folder.resumed_from is not None:
+        truncate_metrics(folder.metrics, folder.resumed_from)
+    else:
+        folder.metrics.write_text("")
