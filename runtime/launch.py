@@ -63,3 +63,18 @@ def launch(argv: list[str], *, gpus: int, nnodes: int = 1, node_rank: int = 0, r
     cmd = torchrun_command(argv, gpus=gpus, nnodes=nnodes, node_rank=node_rank, rdzv_endpoint=rdzv_endpoint)
     print("ftc: launching " + " ".join(cmd[1:]), file=sys.stderr)
     return subprocess.call(cmd, env=env)
+
+
+def finish_distributed() -> None:
+    """Every rank waits for the others, then leaves the process group cleanly.
+
+    Without this a rank that finishes first exits while gloo/NCCL threads still hold the
+    connection, and the C++ runtime aborts it (seen as SIGABRT under torchrun on the CPU).
+    """
+    import sys
+
+    dist_mod = sys.modules.get("torch.distributed")
+    if dist_mod is None or not dist_mod.is_available() or not dist_mod.is_initialized():
+        return
+    dist_mod.barrier()
+    dist_mod.destroy_process_group()

@@ -68,7 +68,7 @@ def guard_output(out: Path, plan: Plan, resume: bool) -> None:
 
 def run_plan(lock_path: str, *, output: str | None = None, resume: bool = False, backend: str = "auto",
              max_steps: int | None = None) -> dict:
-    from ftc.runtime.launch import per_rank_accumulation, world
+    from ftc.runtime.launch import finish_distributed, per_rank_accumulation, world
 
     plan = verify(lock_path)
     rank, world_size = world()
@@ -106,6 +106,7 @@ def run_plan(lock_path: str, *, output: str | None = None, resume: bool = False,
                         model=model, lora=settings["lora"], train=train, tokenizer_path=tokenizer,
                         output_dir=out, resume=resume, plan_hash=plan.plan_hash, max_steps_override=max_steps,
                         name=plan.name)
+    finish_distributed()
     if rank != 0 or not facts:
         return {}  # rank 0 writes and reports
     per_gpu = facts.get("throughput_tokens_per_second")
