@@ -43,6 +43,12 @@ def test_two_processes_shard_the_data_and_keep_the_global_batch(cli, tmp_path):
     facts = {}
     for n in (1, 2):
         code, _, err = cli("run", lock, "--gpus", str(n), "--max-steps", "2", "--output", tmp_path / f"r{n}")
+        if code != 0 and n == 2:
+            # Known flake, about 1 run in 50 on the 2-core CI box: a gloo rank aborts at start-up
+            # ("terminate called without an active exception") before any step. One fresh retry;
+            # every assertion below still applies to the run that succeeds.
+            shutil.rmtree(tmp_path / "r2", ignore_errors=True)
+            code, _, err = cli("run", lock, "--gpus", "2", "--max-steps", "2", "--output", tmp_path / "r2")
         assert code == 0, err
         facts[n] = json.loads((tmp_path / f"r{n}" / "run.json").read_text())
     one, two = facts[1], facts[2]
