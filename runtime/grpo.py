@@ -37,7 +37,8 @@ from ftc.errors import FtcError
 from ftc.runtime.metrics import StopFlag, TokenCounter, callbacks as run_callbacks, read_metrics
 from ftc.runtime.model import load_base_model, load_tokenizer, lora_config, run_error
 from ftc.runtime.rewards import build_reward_funcs, reward_from_dict, reward_weights
-from ftc.runtime.trainer_args import device_name, open_run_folder, peak_memory, relative, reset_metrics, training_arguments, versions
+from ftc.runtime.trainer_args import (device_name, open_run_folder, peak_memory, relative, reset_metrics, train_facts,
+                                      training_arguments, versions)
 
 REQUIRED = ("row_id", "prompt")
 
@@ -195,16 +196,7 @@ def train_grpo(
             "train": {"path": str(train_data), "rows": train_table.num_rows, "prompts": train_prompts},
             "eval": {"path": str(eval_data), "rows": eval_table.num_rows, "prompts": eval_prompts} if eval_table is not None else None,
         },
-        "train": {
-            "global_step": state.global_step,
-            "max_steps": state.max_steps,
-            "epoch": state.epoch,
-            "first_loss": losses[0] if losses else None,
-            "last_loss": losses[-1] if losses else None,
-            "interrupted": interrupted,
-            "resumed_from_step": resumed_from,
-            "train_time_s": round(train_time, 3),
-        },
+        "train": train_facts(state, losses, interrupted=interrupted, resumed_from=resumed_from, train_time=train_time),
         "grpo": {
             "num_generations": args.num_generations,
             "generation_batch_size": args.generation_batch_size,

@@ -152,20 +152,25 @@ def _override_config(config: Any, overrides: dict) -> Any:
     return type(config).from_dict(values)
 
 
-def lora_config(lora: dict) -> Any:
-    """peft.LoraConfig from the resolved `lora` section: its keys are LoraConfig's own."""
-    from peft import LoraConfig
-
+def lora_kwargs(lora: dict) -> dict[str, Any]:
+    """The resolved `lora` section as LoRA keywords (LoraConfig's own names; unsloth's
+    get_peft_model takes the same), so both backends read the plan the same way."""
     target = lora.get("target_modules", "all-linear")
-    return LoraConfig(
+    return dict(
         r=int(lora.get("r", 16)),
         lora_alpha=float(lora.get("lora_alpha", 16)),
         lora_dropout=float(lora.get("lora_dropout", 0.0)),
         target_modules=target if isinstance(target, str) else list(target),
         bias=lora.get("bias", "none"),
         use_rslora=bool(lora.get("use_rslora", False)),
-        task_type="CAUSAL_LM",
     )
+
+
+def lora_config(lora: dict) -> Any:
+    """peft.LoraConfig from the resolved `lora` section."""
+    from peft import LoraConfig
+
+    return LoraConfig(**lora_kwargs(lora), task_type="CAUSAL_LM")
 
 
 def load_tokenizer(path: str) -> Any:

@@ -28,7 +28,8 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from ftc.runtime import data as token_data
-from ftc.runtime.trainer_args import device_name, open_run_folder, peak_memory, relative, reset_metrics, training_arguments, versions
+from ftc.runtime.trainer_args import (device_name, open_run_folder, peak_memory, relative, reset_metrics, train_facts,
+                                      training_arguments, versions)
 from ftc.runtime.metrics import StopFlag, TokenCounter, callbacks as run_callbacks, read_metrics
 from ftc.runtime.model import PACKING_SAFE_ATTENTION, LoadedModel, load_base_model, load_tokenizer, lora_config, run_error
 
@@ -208,16 +209,7 @@ def train_sft(
             "train": {"path": str(train_tokens), **asdict(train_stats)},
             "eval": {"path": str(eval_tokens), **asdict(token_data.token_stats(eval_table))} if eval_table is not None else None,
         },
-        "train": {
-            "global_step": state.global_step,
-            "max_steps": state.max_steps,
-            "epoch": state.epoch,
-            "first_loss": losses[0] if losses else None,
-            "last_loss": losses[-1] if losses else None,
-            "interrupted": interrupted,
-            "resumed_from_step": resumed_from,
-            "train_time_s": round(train_time, 3),
-        },
+        "train": train_facts(state, losses, interrupted=interrupted, resumed_from=resumed_from, train_time=train_time),
         "tokens": {
             "real": counter.real,
             "slots": counter.slots,

@@ -136,3 +136,17 @@ def reset_metrics(folder: RunFolder) -> None:
         truncate_metrics(folder.metrics, folder.resumed_from)
     else:
         folder.metrics.write_text("")
+
+
+def train_facts(state: Any, losses: list[float], *, interrupted: bool, resumed_from: int | None, train_time: float) -> dict:
+    """run.json's "train" block, the same for every trainer: where the Trainer stopped and why."""
+    return {
+        "global_step": state.global_step,
+        "max_steps": state.max_steps,
+        "epoch": state.epoch,
+        "first_loss": losses[0] if losses else None,
+        "last_loss": losses[-1] if losses else None,
+        "interrupted": interrupted,
+        "resumed_from_step": resumed_from,
+        "train_time_s": round(train_time, 3),
+    }

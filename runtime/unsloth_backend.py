@@ -84,7 +84,7 @@ def unsloth_setup(model: dict, lora: dict, train: dict, *, seed: int, output_dir
     import torch
     from unsloth import FastLanguageModel
 
-    from ftc.runtime.model import LoadedModel, resolve_dtype, run_error
+    from ftc.runtime.model import LoadedModel, lora_kwargs, resolve_dtype, run_error
     from ftc.runtime.sft import ModelSetup
 
     if not torch.cuda.is_available():
@@ -115,15 +115,9 @@ def unsloth_setup(model: dict, lora: dict, train: dict, *, seed: int, output_dir
     except (OSError, RuntimeError, ValueError) as err:  # unsloth wraps a missing model in a RuntimeError
         raise run_error(f"cannot load model {name!r} with unsloth: {str(err).strip()}",
                         "offline? point model.name at a local folder; a typo in a hub id looks the same") from err
-    target = lora.get("target_modules", "all-linear")
     peft_model = FastLanguageModel.get_peft_model(
         base,
-        r=int(lora.get("r", 16)),
-        lora_alpha=float(lora.get("lora_alpha", 16)),
-        lora_dropout=float(lora.get("lora_dropout", 0.0)),
-        target_modules=target if isinstance(target, str) else list(target),
-        bias=lora.get("bias", "none"),
-        use_rslora=bool(lora.get("use_rslora", False)),
+        **lora_kwargs(lora),
         use_gradient_checkpointing=checkpointing,
         random_state=seed,
         max_seq_length=int(model.get("max_seq_length", 2048)),
