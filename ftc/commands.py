@@ -232,8 +232,13 @@ def _preview_tokens(args, lock, rows, tok_table) -> int:
     from ftc.compiler.compile import tokenizer_location_of_lock
     from ftc.compiler.tokenize import load_tokenizer, show_tokens
 
-    by_id = {r["row_id"]: r for r in tok_table.select(["row_id", "input_ids", "labels"]).to_pylist()
-             if r["row_id"] in {x["row_id"] for x in rows}}
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    # only the previewed rows leave Arrow: a token table can hold millions of ids
+    wanted = pa.array([r["row_id"] for r in rows], pa.string())
+    picked = tok_table.filter(pc.is_in(tok_table["row_id"], value_set=wanted))
+    by_id = {r["row_id"]: r for r in picked.select(["row_id", "input_ids", "labels"]).to_pylist()}
     lock_file = args.target if not args.target.endswith(".json") else str(Path(args.target).parent / "plan.lock")
     tok, _ = load_tokenizer(tokenizer_location_of_lock(lock, lock_file))
     color = sys.stdout.isatty() and not args.json

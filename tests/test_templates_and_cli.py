@@ -183,3 +183,20 @@ def test_exit_code_two_and_no_traceback_from_subprocess(tmp_path):
     res = subprocess.run([sys.executable, "-m", "ftc", "compile", str(tmp_path / "missing.json")], capture_output=True, text=True)
     assert res.returncode == 2
     assert "FTC100" in res.stderr and "Traceback" not in res.stderr
+
+
+def test_preview_tokens_json_shows_what_trains(cli, tmp_path):
+    from transformers import AutoTokenizer
+
+    from conftest import DEMO_TOKENIZER
+
+    r = make(tmp_path, {"format": "prompt_completion", "prompt": "Q: {{ q }}\nA: ", "completion": "{{ a }}"})
+    lock = tmp_path / "p.lock"
+    assert cli("compile", r, "-o", lock, "-q")[0] == 0
+    code, out, err = cli("preview", lock, "--tokens", "--json", "-n", "1")
+    assert code == 0, err
+    (row,) = [json.loads(l) for l in out.splitlines()]
+    tok = AutoTokenizer.from_pretrained(str(DEMO_TOKENIZER))
+    trained = [t for t, l in zip(row["input_ids"], row["labels"]) if l != -100]
+    assert row["labels"][0] == -100 and tok.decode(row["input_ids"]) == "Q: hello\nA: world<|im_end|>"
+    assert tok.decode(trained).strip() == "world<|im_end|>"
