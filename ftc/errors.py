@@ -48,11 +48,9 @@ RULES: dict[str, Rule] = {
         Rule("FTC502", "{file}: plan_hash does not match its content (the lock was edited by hand)", "recompile the recipe instead of editing the lock"),
         Rule("FTC503", "artifact {file} is missing or changed", "recompile: `ftc compile {recipe}`"),
         Rule("FTC504", "source {file} changed since the plan was compiled ({what})", "nothing trains on data the lock does not describe: recompile with `ftc compile {recipe} -o {lock}`"),
-        Rule("FTC505", "python reward {file} changed since the plan was compiled", "recompile the recipe so the lock records the new code"),
         Rule("FTC600", "cannot load tokenizer {name!r}: {reason}", "offline? point model.tokenizer at a local folder: --set model.tokenizer=PATH"),
         Rule("FTC601", "{reason}", "{hint}"),  # tokenization / masking problem
         Rule("FTC700", "{reason}", "{hint}"),  # ftc run / infer / eval / export: a problem the user can fix
-        Rule("FTC701", "{reason}", "{hint}"),  # completions file for ftc score
     ]
 }
 

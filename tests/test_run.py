@@ -129,3 +129,11 @@ def test_unsloth_backend_without_cuda_is_a_clear_error(cli, demo, tmp_path):
     lock = compile_demo(cli, demo)
     code, _, err = cli("run", lock, "--output", tmp_path / "r", "--backend", "unsloth")
     assert code == 2 and "--backend unsloth needs a CUDA GPU" in err
+
+
+def test_missing_artifact_with_missing_source_is_refused(cli, demo, tmp_path):
+    lock = compile_demo(cli, demo)
+    shutil.rmtree(demo / ".ftc")
+    (demo / "demo" / "gsm8k_64.jsonl").unlink()
+    code, _, err = cli("run", lock, "--output", tmp_path / "r")
+    assert code == 2 and "gsm8k_64.jsonl" in err and "missing" in err and "ftc compile" in err

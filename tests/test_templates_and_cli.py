@@ -200,3 +200,23 @@ def test_preview_tokens_json_shows_what_trains(cli, tmp_path):
     trained = [t for t, l in zip(row["input_ids"], row["labels"]) if l != -100]
     assert row["labels"][0] == -100 and tok.decode(row["input_ids"]) == "Q: hello\nA: world<|im_end|>"
     assert tok.decode(trained).strip() == "world<|im_end|>"
+
+
+def test_more_bad_inputs_are_named(cli, tmp_path):
+    # a template file that does not exist
+    err = err_of(cli, make(tmp_path, {"format": "text", "text": {"file": "nope.jinja"}}))
+    assert "FTC402" in err and "nope.jinja" in err and "relative to the recipe" in err
+    # a file whose format cannot be inferred
+    (tmp_path / "d.xml").write_text("<a/>")
+    r = write_recipe(tmp_path, {"sources": {"s": {"path": "d.xml"}}, "template": {"format": "text", "text": "x"}})
+    err = err_of(cli, r)
+    assert "FTC207" in err and "d.xml" in err and "sources.s.format" in err
+    # a Hugging Face dataset that cannot be loaded offline
+    r = write_recipe(tmp_path, {"sources": {"s": {"hf": {"name": "no-such/dataset"}}}, "template": {"format": "text", "text": "x"}})
+    err = err_of(cli, r)
+    assert "FTC205" in err and "no-such/dataset" in err and "sources.s.name" in err
+    # a lock that is not JSON
+    bad = tmp_path / "bad.lock"
+    bad.write_text("{not json")
+    code, _, err = cli("diff", bad, bad)
+    assert code == 2 and "FTC500" in err and "bad.lock" in err and "ftc compile" in err
