@@ -31,14 +31,14 @@ import sys
 import time
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 from ftc.errors import FtcError
 from ftc.runtime.metrics import StopFlag, TokenCounter, callbacks as run_callbacks, read_metrics
-from ftc.runtime.model import load_base_model, load_tokenizer, lora_config, run_error
+from ftc.runtime.model import ModelSetup, hf_setup, load_tokenizer, run_error
 from ftc.runtime.rewards import build_reward_funcs, reward_from_dict, reward_weights
-from ftc.runtime.trainer_args import (device_name, open_run_folder, peak_memory, relative, reset_metrics, train_facts,
-                                      training_arguments, versions)
+from ftc.runtime.trainer_args import (checked_config, device_name, open_run_folder, peak_memory, refuse_changes, relative,
+                                      reset_metrics, train_facts, training_arguments, versions)
 
 REQUIRED = ("row_id", "prompt")
 
@@ -80,6 +80,7 @@ def train_grpo(
     name: str = "",
     extra_callbacks: Sequence[Any] = (),
     show_progress: bool = True,
+    load_model: Callable[..., ModelSetup] = hf_setup,
 ) -> dict:
     """Train a LoRA adapter with GRPO on the prompts of `train_data`; return the run facts
     (also written to run.json).
@@ -87,7 +88,8 @@ def train_grpo(
     Writes to output_dir: the PEFT adapter and tokenizer, checkpoints/, metrics.jsonl,
     run.json, report.md, loss.png and rewards.png. The eval prompts are generated for and
     scored every `train.eval_steps` steps (and after the last one); without eval_steps they
-    are not used, since generating for a whole eval split is a cost to ask for.
+    are not used, since generating for a whole eval split is a cost to ask for. `load_model`
+    is the backend, as for train_sft (hf_setup, or unsloth's in its own process).
     """
     import torch
     from transformers.trainer_callback import PrinterCallback, ProgressCallback
@@ -121,14 +123,16 @@ def train_grpo(
     train_table, train_prompts = _read_prompts(Path(train_data), resolved, tokenizer, max_prompt, overlong)
     eval_table, eval_prompts = _read_prompts(Path(eval_data), resolved, tokenizer, max_prompt, overlong) if use_eval else (None, {})
 
-    # ---- model: base (pretrained or random from config); LoRA is added by the trainer
+    # ---- model: from the backend (hf: base model, LoRA added by the trainer; unsloth: LoRA already on)
     seed = int(train.get("seed", 3407))
-    loaded = load_base_model(model, seed=seed)
+    setup = load_model(model, lora, train, seed=seed, output_dir=output_dir, tokenizer_path=tokenizer_path)
+    loaded = setup.loaded
 
     # ---- trainer: GRPOConfig takes the plan's keys as they are
     max_steps = int(max_steps_override if max_steps_override is not None else train.get("max_steps", -1))
-    args = _grpo_config(train, grpo, resolved, checkpoints=checkpoints, max_steps=max_steps, dtype=loaded.dtype,
-                        device=loaded.device, eval_steps=train.get("eval_steps") if use_eval else None)
+    args, planned = _grpo_config(train, grpo, resolved, checkpoints=checkpoints, max_steps=max_steps, dtype=loaded.dtype,
+                                 device=loaded.device, eval_steps=train.get("eval_steps") if use_eval else None,
+                                 overrides=setup.trainer_overrides)
     counter, stop = TokenCounter(), StopFlag()
     shared = [cb for cb in run_callbacks(metrics_path=metrics_path, counter=counter, stop=stop, show_progress=show_progress)
               if type(cb).__name__ != "MetricsWriter"]  # ours writes the GRPO keys too
@@ -139,10 +143,11 @@ def train_grpo(
         train_dataset=_dataset(train_table),
         eval_dataset=_dataset(eval_table) if eval_table is not None else None,
         processing_class=tokenizer,
-        peft_config=lora_config(lora),
+        peft_config=setup.peft_config,
         # extra callbacks first: whatever they request at a step end is seen by ours at that step
         callbacks=[*extra_callbacks, _metrics_writer(metrics_path, counter), *shared],
     )
+    refuse_changes(trainer.args, planned, who=type(trainer).__mro__[1].__name__)  # unsloth's trainer may rewrite args
     trainer.token_counter = counter
     trainer.max_prompt_length = max_prompt
     trainer.remove_callback(ProgressCallback)
@@ -174,7 +179,8 @@ def train_grpo(
     facts = {
         "name": name,
         "plan_hash": plan_hash,
-        "backend": "hf",
+        "backend": setup.backend,
+        "backend_facts": setup.facts,
         "method": "grpo",
         "versions": versions(),
         "device": device_name(loaded.device),
@@ -185,7 +191,7 @@ def train_grpo(
             "random_init": loaded.random_init,
             "fingerprint": loaded.fingerprint,
             "dtype": loaded.dtype,
-            "attn_implementation": loaded.model.config._attn_implementation,
+            "attn_implementation": setup.attention,
             "max_seq_length": int(model.get("max_seq_length", 2048)),
             "load_in_4bit": bool(model.get("load_in_4bit", False)),
             "num_parameters": total,
@@ -296,8 +302,9 @@ def _dataset(table: Any) -> Any:
 
 
 def _grpo_config(train: dict, grpo: dict, resolved: list[dict], *, checkpoints: Path, max_steps: int, dtype: str, device: str,
-                 eval_steps: int | None) -> Any:
-    """GRPOConfig from the resolved `train` section; only what TRL must not decide is added."""
+                 eval_steps: int | None, overrides: dict | None = None) -> tuple[Any, dict]:
+    """GRPOConfig from the resolved `train` section (and the keywords it was built from);
+    only what TRL must not decide is added, and what the backend decides (`overrides`)."""
     from trl import GRPOConfig
 
     g = int(grpo.get("num_generations", 8))
@@ -306,8 +313,7 @@ def _grpo_config(train: dict, grpo: dict, resolved: list[dict], *, checkpoints: 
                                 eval_steps=eval_steps)
     # eval generates whole groups per batch, without accumulation: round the batch up to one
     kwargs["per_device_eval_batch_size"] = -(-batch // g) * g
-    return GRPOConfig(
-        **kwargs,
+    kwargs.update(
         # GRPO: generation, rewards and loss, as the plan declares them
         num_generations=g,
         max_completion_length=int(grpo.get("max_completion_length", 256)),
@@ -320,6 +326,8 @@ def _grpo_config(train: dict, grpo: dict, resolved: list[dict], *, checkpoints: 
         remove_unused_columns=False,  # the rewards read the dataset's own fields
         log_completions=False,
     )
+    kwargs.update(overrides or {})
+    return checked_config(GRPOConfig, kwargs), kwargs
 
 
 def _trainer_class() -> type:

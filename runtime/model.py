@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import hashlib
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 # Attention paths that honour sequence boundaries in a packed row: transformers' mask
@@ -143,6 +144,20 @@ def load_base_model(model: dict, *, seed: int, device: str | None = None) -> Loa
     return LoadedModel(loaded, dtype_name, device, False, "", loaded.num_parameters())
 
 
+def model_config(model: dict) -> Any:
+    """The transformers config of the plan's model (its config.json plus `model.config`
+    overrides for init=random), read without loading any weights."""
+    import transformers
+
+    kwargs: dict[str, Any] = {"trust_remote_code": bool(model.get("trust_remote_code", False))}
+    if model.get("revision"):
+        kwargs["revision"] = model["revision"]
+    config = transformers.AutoConfig.from_pretrained(model["name"], **kwargs)
+    if model.get("init", "pretrained") == "random":
+        config = _override_config(config, model.get("config") or {})
+    return config
+
+
 def _override_config(config: Any, overrides: dict) -> Any:
     """The config with `overrides`, rebuilt through its class so that per-layer lists that
     follow num_hidden_layers (layer_types) are derived again instead of kept at the old size."""
@@ -171,6 +186,31 @@ def lora_config(lora: dict) -> Any:
     from peft import LoraConfig
 
     return LoraConfig(**lora_kwargs(lora), task_type="CAUSAL_LM")
+
+
+@dataclass(frozen=True)
+class ModelSetup:
+    """What a backend hands a trainer (SFT or GRPO): the model and how to train it.
+
+    `loaded.model` is the base model when `peft_config` is given (the trainer adds LoRA, the
+    hf backend) or a model that already carries its adapters (unsloth's get_peft_model).
+    """
+
+    loaded: LoadedModel
+    peft_config: Any | None
+    backend: str
+    attention: str  # what computes attention; run.json records it
+    packing_safe: bool  # whether that kernel keeps packed rows apart
+    trainer_overrides: dict = field(default_factory=dict)  # SFTConfig/GRPOConfig fields the backend decides
+    facts: dict = field(default_factory=dict)  # extra run.json facts under "backend_facts"
+
+
+def hf_setup(model: dict, lora: dict, train: dict, *, seed: int, output_dir: Path, tokenizer_path: str) -> ModelSetup:
+    """transformers + PEFT: the base model as the plan names it; TRL adds the LoRA adapter."""
+    loaded = load_base_model(model, seed=seed)
+    attention = loaded.model.config._attn_implementation
+    return ModelSetup(loaded=loaded, peft_config=lora_config(lora), backend="hf", attention=attention,
+                      packing_safe=attention in PACKING_SAFE_ATTENTION)
 
 
 def load_tokenizer(path: str) -> Any:

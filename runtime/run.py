@@ -17,9 +17,9 @@ from ftc.runtime.verify import Plan, verify
 RUN_LOCK = "plan.lock"  # a copy of the plan, kept in the run folder
 
 
-def choose_backend(asked: str, *, method: str = "sft", world_size: int = 1) -> tuple[str, str]:
-    """(backend, why). unsloth needs CUDA and the unsloth package and runs SFT on one GPU in
-    its own process (runtime/unsloth_backend.py); hf runs anywhere. `auto` takes unsloth
+def choose_backend(asked: str, *, world_size: int = 1) -> tuple[str, str]:
+    """(backend, why). unsloth needs CUDA and the unsloth package and runs SFT or GRPO on one
+    GPU in its own process (runtime/unsloth_backend.py); hf runs anywhere. `auto` takes unsloth
     when it can run, since it is the faster one there, else hf, and says why."""
     import importlib.util
 
@@ -34,16 +34,11 @@ def choose_backend(asked: str, *, method: str = "sft", world_size: int = 1) -> t
             missing = " and ".join(x for x, ok in (("a CUDA GPU", cuda), ("the unsloth package", has_unsloth)) if not ok)
             raise FtcError("FTC700", reason=f"--backend unsloth needs {missing}",
                            hint="use --backend hf (transformers + peft + trl), which runs on the CPU too")
-        if method != "sft":
-            raise FtcError("FTC700", reason=f"the unsloth backend runs SFT plans in this build, and this plan is {method}",
-                           hint="use --backend hf for this plan")
         return "unsloth", "asked for with --backend unsloth"
     if not cuda:
         return "hf", "auto: no CUDA GPU"
     if not has_unsloth:
         return "hf", "auto: unsloth is not installed"
-    if method != "sft":
-        return "hf", f"auto: the unsloth backend runs SFT only, and this plan is {method}"
     if world_size > 1:
         return "hf", "auto: the unsloth backend runs on one GPU, and this run has several processes"
     return "unsloth", "auto: a CUDA GPU and unsloth are here"
@@ -72,7 +67,7 @@ def run_plan(lock_path: str, *, output: str | None = None, resume: bool = False,
 
     plan = verify(lock_path)
     rank, world_size = world()
-    chosen, why = choose_backend(backend, method=plan.lock["settings"]["train"]["method"], world_size=world_size)
+    chosen, why = choose_backend(backend, world_size=world_size)
     if world_size > 1 and chosen == "unsloth":
         raise FtcError("FTC700", reason="the unsloth backend runs on one GPU in this build",
                        hint="use --backend hf for several GPUs (DDP), or run on one GPU")
@@ -90,22 +85,26 @@ def run_plan(lock_path: str, *, output: str | None = None, resume: bool = False,
     print(f"ftc: plan {plan.plan_hash[:12]} verified; backend {chosen} ({why}); output {out}", file=sys.stderr)
     if plan.rebuilt:
         print(f"ftc: rebuilt from the sources: {', '.join(plan.rebuilt)}", file=sys.stderr)
-    if settings["train"]["method"] == "grpo":
-        from ftc.runtime.grpo import train_grpo
-
-        facts = train_grpo(train_data=plan.artifacts["data"]["train"], eval_data=plan.artifacts["data"].get("eval"),
-                           model=model, lora=settings["lora"], train=train, tokenizer_path=tokenizer,
-                           output_dir=out, recipe_dir=plan.recipe_dir, resume=resume, plan_hash=plan.plan_hash,
-                           max_steps_override=max_steps)
-    else:
-        from ftc.runtime.sft import train_sft
+    method = settings["train"]["method"]
+    common = dict(model=model, lora=settings["lora"], train=train, tokenizer_path=tokenizer, output_dir=out, resume=resume,
+                  plan_hash=plan.plan_hash, max_steps_override=max_steps, name=plan.name)
+    if method == "grpo":  # prompts, generated for and scored
+        common.update(train_data=plan.artifacts["data"]["train"], eval_data=plan.artifacts["data"].get("eval"),
+                      recipe_dir=plan.recipe_dir)
+    else:  # token rows, masked and packed by the compiler
+        common.update(train_tokens=plan.artifacts["tokens"]["train"], eval_tokens=plan.artifacts["tokens"].get("eval"))
+    if chosen == "unsloth":  # its own process: unsloth must be imported first and patches TRL
         from ftc.runtime.unsloth_backend import train_in_subprocess
 
-        trainer = train_in_subprocess if chosen == "unsloth" else train_sft  # unsloth: its own process
-        facts = trainer(train_tokens=plan.artifacts["tokens"]["train"], eval_tokens=plan.artifacts["tokens"].get("eval"),
-                        model=model, lora=settings["lora"], train=train, tokenizer_path=tokenizer,
-                        output_dir=out, resume=resume, plan_hash=plan.plan_hash, max_steps_override=max_steps,
-                        name=plan.name)
+        facts = train_in_subprocess(method, **common)
+    elif method == "grpo":
+        from ftc.runtime.grpo import train_grpo
+
+        facts = train_grpo(**common)
+    else:
+        from ftc.runtime.sft import train_sft
+
+        facts = train_sft(**common)
     finish_distributed()
     if rank != 0 or not facts:
         return {}  # rank 0 writes and reports

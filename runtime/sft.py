@@ -22,42 +22,17 @@ from __future__ import annotations
 import json
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from ftc.runtime import data as token_data
-from ftc.runtime.trainer_args import (device_name, open_run_folder, peak_memory, relative, reset_metrics, train_facts,
+from ftc.runtime.trainer_args import (checked_config, device_name, refuse_changes, open_run_folder, peak_memory, relative, reset_metrics, train_facts,
                                       training_arguments, versions)
 from ftc.runtime.metrics import StopFlag, TokenCounter, callbacks as run_callbacks, read_metrics
-from ftc.runtime.model import PACKING_SAFE_ATTENTION, LoadedModel, load_base_model, load_tokenizer, lora_config, run_error
+from ftc.runtime.model import ModelSetup, hf_setup, load_tokenizer, run_error
 
-
-
-@dataclass(frozen=True)
-class ModelSetup:
-    """What a backend hands the trainer: the model and how to train it.
-
-    `loaded.model` is the base model when `peft_config` is given (the trainer adds LoRA, the
-    hf backend) or a model that already carries its adapters (unsloth's get_peft_model).
-    """
-
-    loaded: LoadedModel
-    peft_config: Any | None
-    backend: str
-    attention: str  # what computes attention; run.json records it
-    packing_safe: bool  # whether that kernel keeps packed rows apart
-    sft_overrides: dict = field(default_factory=dict)  # SFTConfig fields the backend decides
-    facts: dict = field(default_factory=dict)  # extra run.json facts under "backend_facts"
-
-
-def hf_setup(model: dict, lora: dict, train: dict, *, seed: int, output_dir: Path, tokenizer_path: str) -> ModelSetup:
-    """transformers + PEFT: the base model as the plan names it; TRL adds the LoRA adapter."""
-    loaded = load_base_model(model, seed=seed)
-    attention = loaded.model.config._attn_implementation
-    return ModelSetup(loaded=loaded, peft_config=lora_config(lora), backend="hf", attention=attention,
-                      packing_safe=attention in PACKING_SAFE_ATTENTION)
 
 
 def train_sft(
@@ -126,8 +101,8 @@ def train_sft(
     # ---- trainer: SFTConfig takes the plan's keys as they are
     max_steps = int(max_steps_override if max_steps_override is not None else train.get("max_steps", -1))
     eval_steps = train.get("eval_steps")
-    args = _sft_config(train, checkpoints=checkpoints, max_steps=max_steps, dtype=loaded.dtype, device=loaded.device,
-                       eval_steps=eval_steps if eval_table is not None else None, overrides=setup.sft_overrides)
+    args, planned = _sft_config(train, checkpoints=checkpoints, max_steps=max_steps, dtype=loaded.dtype, device=loaded.device,
+                                eval_steps=eval_steps if eval_table is not None else None, overrides=setup.trainer_overrides)
     counter, stop, perf = TokenCounter(), StopFlag(), {}
     trainer = _trainer_class()(
         model=base,
@@ -141,6 +116,7 @@ def train_sft(
         callbacks=[*extra_callbacks, *run_callbacks(metrics_path=metrics_path, counter=counter, stop=stop,
                                                     show_progress=show_progress, perf=perf)],
     )
+    refuse_changes(trainer.args, planned, who=type(trainer).__mro__[1].__name__)  # unsloth's trainer may rewrite args
     trainer.token_counter = counter
     trainer.remove_callback(ProgressCallback)
     trainer.remove_callback(PrinterCallback)
@@ -251,7 +227,8 @@ def _sft_config(train: dict, *, checkpoints: Path, max_steps: int, dtype: str, d
     # The compiler already tokenized, masked, truncated and packed: TRL must not redo any of it.
     kwargs.update(dataset_kwargs={"skip_prepare_dataset": True}, max_length=None, packing=False, padding_free=False,
                   completion_only_loss=None)
-    return SFTConfig(**{**kwargs, **(overrides or {})})
+    kwargs = {**kwargs, **(overrides or {})}
+    return checked_config(SFTConfig, kwargs), kwargs
 
 
 def _trainer_class() -> type:

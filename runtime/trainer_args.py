@@ -150,3 +150,45 @@ def train_facts(state: Any, losses: list[float], *, interrupted: bool, resumed_f
         "resumed_from_step": resumed_from,
         "train_time_s": round(train_time, 3),
     }
+
+
+# Keys TrainingArguments rewrites into another form by design (not a change of the plan's value)
+_NORMALIZED = frozenset({"report_to", "fsdp", "output_dir"})
+
+
+def checked_config(cls: type, kwargs: dict[str, Any]) -> Any:
+    """cls(**kwargs) (an SFTConfig or GRPOConfig), refused when the config class changed a value
+    the plan set (see `refuse_changes`)."""
+    config = cls(**kwargs)
+    refuse_changes(config, kwargs, who=f"{cls.__name__} ({cls.__module__})")
+    return config
+
+
+def refuse_changes(config: Any, kwargs: dict[str, Any], *, who: str) -> None:
+    """FTC700 when `config` holds another value than `kwargs` for a setting of the plan.
+
+    unsloth replaces TRL's configs and trainers with its own, which adjust settings on the way
+    (for GRPO it may reset per_device_train_batch_size to num_generations). The lock is the
+    truth: a run must not silently train with another batch or schedule than the reviewed
+    one. The trainers check the config when it is built and again after the trainer's
+    __init__, which may rewrite its args."""
+    from ftc.runtime.model import run_error
+
+    changed = config_changes(config, kwargs)
+    if changed:
+        raise run_error(f"{who} changed the plan's settings: {'; '.join(changed)}",
+                        "this backend does not train the plan as written: use --backend hf, or change the recipe to "
+                        "values this backend keeps")
+
+
+def config_changes(config: Any, kwargs: dict[str, Any]) -> list[str]:
+    """'key: plan -> config' for each scalar setting whose value in `config` differs from `kwargs`."""
+    out = []
+    for key, want in kwargs.items():
+        if key in _NORMALIZED or want is None or not isinstance(want, (bool, int, float, str)):
+            continue
+        got = getattr(config, key, want)
+        got = getattr(got, "value", got)  # enums: lr_scheduler_type, optim, strategies
+        if got != want:
+            out.append(f"{key}: {want!r} -> {got!r}")
+    return out

@@ -3,8 +3,10 @@
 Why a process of its own: `import unsloth` must come before trl, transformers and peft,
 patches TRL process-wide and takes 30-40 s. `ftc run` (run.py) therefore starts
 `python -m ftc.runtime.unsloth_backend REQUEST.json` and waits; this module imports unsloth
-first, then runs the very `train_sft` the hf backend runs, with `unsloth_setup` as its model
-loader. Only the model differs:
+first, then runs the very `train_sft` or `train_grpo` the hf backend runs, with
+`unsloth_setup` as its model loader. Only the model and TRL's classes differ (unsloth swaps
+SFTTrainer/GRPOTrainer and their configs for its own on import; the trainers refuse to run
+when those change a setting of the plan, see `trainer_args.refuse_changes`):
 
 - FastLanguageModel.from_pretrained(use_exact_model_name=True): the model the lock names,
   never a pre-quantized look-alike unsloth would map the name to; load_in_4bit is the plan's
@@ -55,12 +57,14 @@ def child_env(output_dir: Path, base: dict | None = None) -> dict:
     return env
 
 
-def train_in_subprocess(**kwargs: Any) -> dict:
-    """Run train_sft(**kwargs) with the unsloth model in a child process; return its run facts."""
+def train_in_subprocess(method: str, **kwargs: Any) -> dict:
+    """Run train_sft (method "sft") or train_grpo ("grpo") with **kwargs and the unsloth model in
+    a child process; return its run facts."""
     out = Path(kwargs["output_dir"])
     out.mkdir(parents=True, exist_ok=True)
     request = out / REQUEST
-    request.write_text(json.dumps({k: (str(v) if isinstance(v, Path) else v) for k, v in kwargs.items()}, indent=2, default=str))
+    body = {"method": method, "kwargs": {k: (str(v) if isinstance(v, Path) else v) for k, v in kwargs.items()}}
+    request.write_text(json.dumps(body, indent=2, default=str))
     (out / ERROR).unlink(missing_ok=True)
     cmd = [sys.executable, "-m", "ftc.runtime.unsloth_backend", str(request)]
     print("ftc: starting the unsloth process (importing unsloth takes 30-40 s)", file=sys.stderr, flush=True)
@@ -80,12 +84,11 @@ def train_in_subprocess(**kwargs: Any) -> dict:
 
 
 def unsloth_setup(model: dict, lora: dict, train: dict, *, seed: int, output_dir: Path, tokenizer_path: str) -> Any:
-    """ModelSetup for train_sft: unsloth's FastLanguageModel with the plan's LoRA on it."""
+    """ModelSetup for train_sft / train_grpo: unsloth's FastLanguageModel with the plan's LoRA on it."""
     import torch
     from unsloth import FastLanguageModel
 
-    from ftc.runtime.model import LoadedModel, lora_kwargs, resolve_dtype, run_error
-    from ftc.runtime.sft import ModelSetup
+    from ftc.runtime.model import LoadedModel, ModelSetup, lora_kwargs, resolve_dtype, run_error
 
     if not torch.cuda.is_available():
         raise run_error("--backend unsloth needs a CUDA GPU", "use --backend hf, which runs on the CPU too")
@@ -129,7 +132,7 @@ def unsloth_setup(model: dict, lora: dict, train: dict, *, seed: int, output_dir
         backend="unsloth",
         attention="unsloth (varlen attention over the packed_seq_lengths it reads off restarting position_ids)",
         packing_safe=True,
-        sft_overrides={"gradient_checkpointing": False},  # unsloth checkpoints inside the model (below)
+        trainer_overrides={"gradient_checkpointing": False},  # unsloth checkpoints inside the model (above)
         facts={"versions": _versions(), "gradient_checkpointing": checkpointing or False,
                "compile_cache": os.environ.get("UNSLOTH_COMPILE_LOCATION"), "random_base": random_base,
                "import_unsloth_s": _IMPORT_SECONDS.get("unsloth")},
@@ -173,17 +176,21 @@ def main(argv: list[str]) -> int:
         print("usage: python -m ftc.runtime.unsloth_backend REQUEST.json (started by `ftc run --backend unsloth`)", file=sys.stderr)
         return 2
     request = json.loads(Path(argv[1]).read_text())
-    out = Path(request["output_dir"])
+    method, kwargs = request["method"], request["kwargs"]
+    out = Path(kwargs["output_dir"])
     os.environ.update({k: v for k, v in child_env(out).items() if k not in os.environ})
     t0 = time.perf_counter()
     import unsloth  # noqa: F401  (first: it patches trl, transformers and peft as they import)
 
     _IMPORT_SECONDS["unsloth"] = round(time.perf_counter() - t0, 1)
     print(f"ftc: unsloth imported in {_IMPORT_SECONDS['unsloth']} s", file=sys.stderr, flush=True)
-    from ftc.runtime.sft import train_sft
+    if method == "grpo":
+        from ftc.runtime.grpo import train_grpo as trainer
+    else:
+        from ftc.runtime.sft import train_sft as trainer
 
     try:
-        train_sft(**{**request, "output_dir": out}, load_model=unsloth_setup)
+        trainer(**{**kwargs, "output_dir": out}, load_model=unsloth_setup)
     except FtcError as e:
         fields = {k: (v if isinstance(v, (str, int, float, bool)) or v is None else str(v)) for k, v in e.fields.items()}
         (out / ERROR).write_text(json.dumps({"code": e.code, "file": e.file, "path": e.path, "fields": fields}))

@@ -35,21 +35,20 @@ def machine(monkeypatch):
 
 
 @pytest.mark.parametrize(
-    ("cuda", "unsloth", "method", "world", "expected"),
+    ("cuda", "unsloth", "world", "expected"),
     [
-        (False, False, "sft", 1, ("hf", "auto: no CUDA GPU")),
-        (False, True, "sft", 1, ("hf", "auto: no CUDA GPU")),
-        (True, False, "sft", 1, ("hf", "auto: unsloth is not installed")),
-        (True, True, "sft", 1, ("unsloth", "auto: a CUDA GPU and unsloth are here")),
-        (True, True, "grpo", 1, ("hf", "auto: the unsloth backend runs SFT only, and this plan is grpo")),
-        (True, True, "sft", 2, ("hf", "auto: the unsloth backend runs on one GPU, and this run has several processes")),
+        (False, False, 1, ("hf", "auto: no CUDA GPU")),
+        (False, True, 1, ("hf", "auto: no CUDA GPU")),
+        (True, False, 1, ("hf", "auto: unsloth is not installed")),
+        (True, True, 1, ("unsloth", "auto: a CUDA GPU and unsloth are here")),
+        (True, True, 2, ("hf", "auto: the unsloth backend runs on one GPU, and this run has several processes")),
     ],
 )
-def test_auto_picks_unsloth_only_where_it_runs(machine, cuda, unsloth, method, world, expected):
+def test_auto_picks_unsloth_only_where_it_runs(machine, cuda, unsloth, world, expected):
     from ftc.runtime.run import choose_backend
 
     machine(cuda, unsloth)
-    assert choose_backend("auto", method=method, world_size=world) == expected
+    assert choose_backend("auto", world_size=world) == expected
 
 
 def test_unsloth_by_name_is_refused_with_the_reason(machine):
@@ -62,8 +61,6 @@ def test_unsloth_by_name_is_refused_with_the_reason(machine):
     with pytest.raises(FtcError, match="needs the unsloth package"):
         choose_backend("unsloth")
     machine(True, True)
-    with pytest.raises(FtcError, match="runs SFT plans"):
-        choose_backend("unsloth", method="grpo")
     assert choose_backend("unsloth") == ("unsloth", "asked for with --backend unsloth")
     assert choose_backend("hf") == ("hf", "asked for with --backend hf")
 
@@ -87,21 +84,49 @@ def test_an_error_in_the_unsloth_process_is_the_users_error(tmp_path, monkeypatc
     def fake_run(cmd, env):
         seen["cmd"], seen["env"] = cmd, env
         request = json.loads(Path(cmd[-1]).read_text())
-        assert request["train_tokens"] == str(tmp_path / "t.parquet") and request["max_steps_override"] == 3
+        assert request["method"] == "grpo"
+        assert request["kwargs"]["train_data"] == str(tmp_path / "t.parquet") and request["kwargs"]["max_steps_override"] == 3
         (tmp_path / "run" / unsloth_backend.ERROR).write_text(json.dumps(
             {"code": "FTC700", "file": None, "path": None, "fields": {"reason": "model x is missing", "hint": "fix it"}}))
         return subprocess.CompletedProcess(cmd, 2)
 
     monkeypatch.setattr(unsloth_backend.subprocess, "run", fake_run)
     with pytest.raises(FtcError) as err:
-        unsloth_backend.train_in_subprocess(train_tokens=tmp_path / "t.parquet", output_dir=tmp_path / "run", max_steps_override=3)
+        unsloth_backend.train_in_subprocess("grpo", train_data=tmp_path / "t.parquet", output_dir=tmp_path / "run", max_steps_override=3)
     assert err.value.code == "FTC700" and "model x is missing" in str(err.value)
     assert seen["cmd"][:3] == [sys.executable, "-m", "ftc.runtime.unsloth_backend"]
     assert seen["env"]["UNSLOTH_COMPILE_LOCATION"].endswith("run/unsloth_compiled_cache")
 
     monkeypatch.setattr(unsloth_backend.subprocess, "run", lambda cmd, env: subprocess.CompletedProcess(cmd, 1))
     with pytest.raises(FtcError, match="exited with code 1"):
-        unsloth_backend.train_in_subprocess(train_tokens=tmp_path / "t.parquet", output_dir=tmp_path / "run")
+        unsloth_backend.train_in_subprocess("sft", train_tokens=tmp_path / "t.parquet", output_dir=tmp_path / "run")
+
+
+def test_a_config_class_that_changes_the_plan_is_refused(tmp_path):
+    """unsloth's GRPOConfig may reset per_device_train_batch_size to num_generations; a config
+    class that rewrites a plan setting must stop the run, not train another batch."""
+    from trl import GRPOConfig
+
+    from ftc.runtime.trainer_args import checked_config, config_changes, refuse_changes, training_arguments
+
+    kwargs = training_arguments({"per_device_train_batch_size": 4, "gradient_accumulation_steps": 2, "lr_scheduler_type": "cosine",
+                                 "optim": "adamw_torch"}, checkpoints=tmp_path, max_steps=3, dtype="float32", device="cpu",
+                                eval_steps=None)
+    kwargs.update(num_generations=8, max_completion_length=16, use_vllm=False)
+    config = checked_config(GRPOConfig, kwargs)  # TRL's own class keeps every value (enums compared by value)
+    assert config_changes(config, kwargs) == []
+
+    class Rewriting(GRPOConfig):  # what unsloth's config does for a batch it does not like
+        def __post_init__(self):
+            self.per_device_train_batch_size = self.num_generations
+            super().__post_init__()
+
+    with pytest.raises(FtcError, match=r"per_device_train_batch_size: 4 -> 8") as err:
+        checked_config(Rewriting, kwargs)
+    assert err.value.code == "FTC700" and "--backend hf" in str(err.value)
+    config.gradient_accumulation_steps = 1  # a trainer's __init__ rewriting its args
+    with pytest.raises(FtcError, match=r"gradient_accumulation_steps: 2 -> 1"):
+        refuse_changes(config, kwargs, who="SomeTrainer")
 
 
 def test_the_unsloth_module_imports_nothing_heavy_at_import():
