@@ -136,14 +136,29 @@ def to_dataset(table: pa.Table) -> Any:
     return datasets.Dataset(to_items(table))
 
 
-def collator(pad_token_id: int, *, packed: bool) -> Any:
+def collator(pad_token_id: int, *, packed: bool, lengths_key: str | None = None) -> Any:
     """TRL's language-modeling collator: padded batches with an attention_mask, or, for
     packs, one flattened padding-free row with restarting position_ids and the label of
     every sequence's first token masked (it would otherwise be predicted from the
-    previous sequence's last token)."""
+    previous sequence's last token).
+
+    `lengths_key`: also hand the model the packed rows' lengths under that name, as a CPU
+    int32 tensor (unsloth's varlen attention reads `packed_seq_lengths`; without it, it
+    derives them from position_ids on the GPU and waits for the GPU every forward)."""
     from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
 
-    return DataCollatorForLanguageModeling(pad_token_id=pad_token_id, padding_free=packed)
+    inner = DataCollatorForLanguageModeling(pad_token_id=pad_token_id, padding_free=packed)
+    if not (packed and lengths_key):
+        return inner
+
+    def with_lengths(examples: list[dict]) -> dict:
+        import torch
+
+        batch = inner(examples)
+        batch[lengths_key] = torch.tensor([n for e in examples for n in e["seq_lengths"]], dtype=torch.int32)
+        return batch
+
+    return with_lengths
 
 
 def max_token_id(table: pa.Table) -> int:

@@ -31,11 +31,12 @@ import sys
 import time
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
 from ftc.errors import FtcError
 from ftc.runtime.metrics import StopFlag, TokenCounter, callbacks as run_callbacks, read_metrics
-from ftc.runtime.model import ModelSetup, hf_setup, load_tokenizer, run_error
+from ftc.runtime.memory_plan import plan_memory, print_memory_plan
+from ftc.runtime.model import load_tokenizer, model_setup, run_error
 from ftc.runtime.rewards import build_reward_funcs, reward_from_dict, reward_weights
 from ftc.runtime.trainer_args import (checked_config, device_name, open_run_folder, peak_memory, refuse_changes, relative,
                                       reset_metrics, train_facts, training_arguments, versions)
@@ -80,7 +81,7 @@ def train_grpo(
     name: str = "",
     extra_callbacks: Sequence[Any] = (),
     show_progress: bool = True,
-    load_model: Callable[..., ModelSetup] = hf_setup,
+    backend: str = "hf",
 ) -> dict:
     """Train a LoRA adapter with GRPO on the prompts of `train_data`; return the run facts
     (also written to run.json).
@@ -88,8 +89,8 @@ def train_grpo(
     Writes to output_dir: the PEFT adapter and tokenizer, checkpoints/, metrics.jsonl,
     run.json, report.md, loss.png and rewards.png. The eval prompts are generated for and
     scored every `train.eval_steps` steps (and after the last one); without eval_steps they
-    are not used, since generating for a whole eval split is a cost to ask for. `load_model`
-    is the backend, as for train_sft (hf_setup, or unsloth's in its own process).
+    are not used, since generating for a whole eval split is a cost to ask for. `backend`
+    picks the model loader, as for train_sft.
     """
     import torch
     from transformers.trainer_callback import PrinterCallback, ProgressCallback
@@ -123,9 +124,17 @@ def train_grpo(
     train_table, train_prompts = _read_prompts(Path(train_data), resolved, tokenizer, max_prompt, overlong)
     eval_table, eval_prompts = _read_prompts(Path(eval_data), resolved, tokenizer, max_prompt, overlong) if use_eval else (None, {})
 
+    # ---- memory: gradient checkpointing from the model's size and this GPU ("auto"), before loading;
+    # a micro-batch holds per_device_train_batch_size completions with their prompts
+    memory = plan_memory(model, lora, train, tokens_per_item=max_prompt + int(grpo.get("max_completion_length", 256)),
+                         backend=backend, can_split=False)
+    train = {**train, **memory["used"]}
+    if main_process:
+        print_memory_plan(memory)
+
     # ---- model: from the backend (hf: base model, LoRA added by the trainer; unsloth: LoRA already on)
     seed = int(train.get("seed", 3407))
-    setup = load_model(model, lora, train, seed=seed, output_dir=output_dir, tokenizer_path=tokenizer_path)
+    setup = model_setup(backend)(model, lora, train, seed=seed, output_dir=output_dir, tokenizer_path=tokenizer_path)
     loaded = setup.loaded
 
     # ---- trainer: GRPOConfig takes the plan's keys as they are
@@ -231,6 +240,7 @@ def train_grpo(
             "note": "prompt + completion tokens of the batches trained on, counted in this process; trained = completion tokens",
         },
         "throughput_tokens_per_second": round(counter.real / train_time, 1) if train_time > 0 else None,
+        "memory_plan": memory,
         "peak_memory": peak_memory(loaded.device),
         "eval": {"step": evals[-1]["step"], "reward": evals[-1]["eval_reward"],
                  "rewards": {n: evals[-1].get(f"eval_rewards/{n}/mean") for n in names}} if evals else {},
@@ -353,9 +363,8 @@ def _trainer_class() -> type:
             inputs = super()._prepare_inputs(generation_batch)
             if self.token_counter is not None and self.model.training:
                 prompt, completion = inputs["prompt_mask"], inputs["completion_mask"]
-                self.token_counter.slots += int(prompt.numel() + completion.numel())
-                self.token_counter.real += int(prompt.sum() + completion.sum())
-                self.token_counter.trained += int(completion.sum())
+                self.token_counter.add_counts(slots=prompt.numel() + completion.numel(),
+                                              real=prompt.sum() + completion.sum(), trained=completion.sum())
             return inputs
 
     return FtcGRPOTrainer

@@ -18,26 +18,41 @@ from pathlib import Path
 from typing import Any
 
 
-@dataclass
 class TokenCounter:
     """Tokens seen by training_step, counted from the batch the model actually got.
 
     real: non-padding tokens; slots: positions computed (real + padding); trained: tokens
     with a label. A padding-free packed batch has real == slots.
+
+    Counts that need a sum over a GPU tensor stay on the GPU until they are read (at a log
+    line, when the Trainer has synchronized anyway): reading them per micro-batch would make
+    the CPU wait for the GPU every micro-step, and it would stop queueing work ahead.
     """
 
-    real: int = 0
-    slots: int = 0
-    trained: int = 0
+    def __init__(self) -> None:
+        self._counts = {"real": 0, "slots": 0, "trained": 0}  # ints, or device tensors not yet read
+
+    def add_counts(self, **counts: Any) -> None:
+        for key, value in counts.items():
+            self._counts[key] = self._counts[key] + value
 
     def add(self, batch: dict) -> None:
         ids = batch["input_ids"]
-        self.slots += int(ids.numel())
         mask = batch.get("attention_mask")
-        self.real += int(mask.sum()) if mask is not None else int(ids.numel())
         labels = batch.get("labels")
+        self.add_counts(slots=ids.numel(), real=mask.sum() if mask is not None else ids.numel())
         if labels is not None:
-            self.trained += int((labels != -100).sum())
+            self.add_counts(trained=(labels != -100).sum())
+
+    def _read(self, key: str) -> int:
+        value = self._counts[key]
+        if not isinstance(value, int):
+            value = self._counts[key] = int(value)
+        return value
+
+    real = property(lambda self: self._read("real"))
+    slots = property(lambda self: self._read("slots"))
+    trained = property(lambda self: self._read("trained"))
 
 
 @dataclass

@@ -202,6 +202,7 @@ class ModelSetup:
     attention: str  # what computes attention; run.json records it
     packing_safe: bool  # whether that kernel keeps packed rows apart
     trainer_overrides: dict = field(default_factory=dict)  # SFTConfig/GRPOConfig fields the backend decides
+    packed_lengths_key: str | None = None  # the forward kwarg that takes packed rows' lengths, if any
     facts: dict = field(default_factory=dict)  # extra run.json facts under "backend_facts"
 
 
@@ -211,6 +212,15 @@ def hf_setup(model: dict, lora: dict, train: dict, *, seed: int, output_dir: Pat
     attention = loaded.model.config._attn_implementation
     return ModelSetup(loaded=loaded, peft_config=lora_config(lora), backend="hf", attention=attention,
                       packing_safe=attention in PACKING_SAFE_ATTENTION)
+
+
+def model_setup(backend: str) -> Any:
+    """The ModelSetup function of a backend: hf_setup, or unsloth's (inside its own process)."""
+    if backend == "unsloth":
+        from ftc.runtime.unsloth_backend import unsloth_setup
+
+        return unsloth_setup
+    return hf_setup
 
 
 def load_tokenizer(path: str) -> Any:

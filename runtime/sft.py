@@ -25,13 +25,14 @@ import time
 from dataclasses import asdict
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
 from ftc.runtime import data as token_data
 from ftc.runtime.trainer_args import (checked_config, device_name, refuse_changes, open_run_folder, peak_memory, relative, reset_metrics, train_facts,
                                       training_arguments, versions)
 from ftc.runtime.metrics import StopFlag, TokenCounter, callbacks as run_callbacks, read_metrics
-from ftc.runtime.model import ModelSetup, hf_setup, load_tokenizer, run_error
+from ftc.runtime.memory_plan import plan_memory, print_memory_plan
+from ftc.runtime.model import load_tokenizer, model_setup, run_error
 
 
 
@@ -50,15 +51,15 @@ def train_sft(
     name: str = "",
     extra_callbacks: Sequence[Any] = (),
     show_progress: bool = True,
-    load_model: Callable[..., ModelSetup] = hf_setup,
+    backend: str = "hf",
 ) -> dict:
     """Train a LoRA adapter on `train_tokens`; return the run facts (also written to run.json).
 
     Writes to output_dir: the PEFT adapter and tokenizer, checkpoints/, metrics.jsonl,
     run.json, report.md and loss.png. `extra_callbacks` are transformers TrainerCallbacks
-    (tests use one to interrupt a run at a given step). `load_model` is the backend: it
-    returns the model and what the trainer must know about it (`hf_setup`, or
-    `ftc.runtime.unsloth_backend.unsloth_setup` in its own process).
+    (tests use one to interrupt a run at a given step). `backend` picks the model loader
+    (`model.hf_setup`, or `unsloth_backend.unsloth_setup` inside the unsloth process); it
+    returns the model and what the trainer must know about it.
     """
     import torch
     from transformers.trainer_callback import PrinterCallback, ProgressCallback
@@ -81,9 +82,16 @@ def train_sft(
         # see each other, so the eval rows go unpacked
         eval_table = eval_table.drop_columns(["pack"])
 
+    # ---- memory: checkpointing and micro-batch from the model's size and this GPU ("auto"), before loading
+    longest = max_len if packed else int(max(train_table.column("length").to_pylist()))
+    memory = plan_memory(model, lora, train, tokens_per_item=longest, backend=backend)
+    train = {**train, **memory["used"]}
+    if main_process:
+        print_memory_plan(memory)
+
     # ---- model: from the backend (hf: base model, LoRA added by the trainer; unsloth: LoRA already on)
     seed = int(train.get("seed", 3407))
-    setup = load_model(model, lora, train, seed=seed, output_dir=output_dir, tokenizer_path=tokenizer_path)
+    setup = model_setup(backend)(model, lora, train, seed=seed, output_dir=output_dir, tokenizer_path=tokenizer_path)
     loaded = setup.loaded
     base = loaded.model
     vocab = base.get_input_embeddings().num_embeddings
@@ -110,7 +118,7 @@ def train_sft(
         train_dataset=token_data.to_dataset(train_table),
         eval_dataset=token_data.to_dataset(eval_table) if eval_table is not None else None,
         processing_class=tokenizer,
-        data_collator=token_data.collator(tokenizer.pad_token_id, packed=packed),
+        data_collator=token_data.collator(tokenizer.pad_token_id, packed=packed, lengths_key=setup.packed_lengths_key),
         peft_config=setup.peft_config,
         # extra callbacks first: whatever they request at a step end is seen by ours at that step
         callbacks=[*extra_callbacks, *run_callbacks(metrics_path=metrics_path, counter=counter, stop=stop,
@@ -121,11 +129,8 @@ def train_sft(
     trainer.remove_callback(ProgressCallback)
     trainer.remove_callback(PrinterCallback)
     trainable, total = trainer.model.get_nb_trainable_parameters()
-    flops, memory = _performance_facts(trainer.model, train_table, train=train, lora=lora, model=model, packed=packed,
-                                       max_len=max_len, device=loaded.device, backend=setup.backend)
+    flops = _flops_facts(trainer.model, train_table, device=loaded.device)
     perf.update(flops_per_token=flops["flops_per_token"], peak_flops=flops.get("peak_flops"), device=loaded.device)
-    if main_process and memory.get("hint"):
-        print(f"ftc: hint: {memory['hint']}", file=sys.stderr)
     if loaded.device == "cuda":
         torch.cuda.reset_peak_memory_stats()
 
@@ -246,27 +251,15 @@ def _trainer_class() -> type:
     return FtcSFTTrainer
 
 
-def _performance_facts(peft_model: Any, table: Any, *, train: dict, lora: dict, model: dict, packed: bool, max_len: int,
-                       device: str, backend: str) -> tuple[dict, dict]:
-    """FLOPs per token (for MFU) and the memory plan (does it fit without checkpointing?)."""
+def _flops_facts(peft_model: Any, table: Any, *, device: str) -> dict:
+    """FLOPs per token and the GPU's peak, for MFU."""
     from ftc.runtime.flops import mean_causal_context, model_flops, peak_flops
-    from ftc.runtime.memory_plan import advise
 
     flops = model_flops(peft_model, mean_causal_context(table.column("length").to_pylist()))
-    gpu_gib = None
     if device == "cuda":
         import torch
 
         name = torch.cuda.get_device_name(0)
         flops["peak_flops"] = peak_flops(name)
         flops["peak_note"] = f"dense bf16 of {name}" + (" (measured on the lent H200)" if flops["peak_flops"] and ("H200" in name or "H100" in name) else "")
-        gpu_gib = torch.cuda.get_device_properties(0).total_memory / 2**30
-    batch = int(train.get("per_device_train_batch_size", 2))
-    longest = max_len if packed else int(max(table.column("length").to_pylist()))
-    memory = advise(peft_model.config, gpu_gib=gpu_gib, tokens_per_micro_batch=batch * longest,
-                    used_checkpointing=bool(train.get("gradient_checkpointing", True)), lora_r=int(lora.get("r", 16)),
-                    lora_targets=lora.get("target_modules", "all-linear"), load_in_4bit=bool(model.get("load_in_4bit", False)),
-                    backend=backend)
-    return flops, memory
-
-
+    return flops

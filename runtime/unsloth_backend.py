@@ -18,8 +18,9 @@ when those change a setting of the plan, see `trainer_args.refuse_changes`):
   (CPU, seeded, fingerprinted), saved once under the run folder (random_base/) and loaded
   from there, because unsloth patches a model while loading it and takes no model object.
 - Packing: the collator's padding-free row (one row, restarting position_ids, no
-  attention_mask) is what unsloth's fast forward turns into per-sequence lengths for its
-  varlen attention, so packed rows do not attend to each other here either
+  attention_mask) comes with `packed_seq_lengths` (the rows' lengths, a CPU tensor), which
+  unsloth's fast forward uses for its varlen attention, so packed rows do not attend to
+  each other here either
   (`tests/bench/gpu_bench.py` checks it on the GPU). Unsloth's own packing and padding-free
   switches stay off: the compiler packed, and our collator is passed to the trainer.
 
@@ -133,6 +134,7 @@ def unsloth_setup(model: dict, lora: dict, train: dict, *, seed: int, output_dir
         attention="unsloth (varlen attention over the packed_seq_lengths it reads off restarting position_ids)",
         packing_safe=True,
         trainer_overrides={"gradient_checkpointing": False},  # unsloth checkpoints inside the model (above)
+        packed_lengths_key="packed_seq_lengths",  # from the collator, on the CPU: no GPU sync to find them
         facts={"versions": _versions(), "gradient_checkpointing": checkpointing or False,
                "compile_cache": os.environ.get("UNSLOTH_COMPILE_LOCATION"), "random_base": random_base,
                "import_unsloth_s": _IMPORT_SECONDS.get("unsloth")},
@@ -190,7 +192,7 @@ def main(argv: list[str]) -> int:
         from ftc.runtime.sft import train_sft as trainer
 
     try:
-        trainer(**{**kwargs, "output_dir": out}, load_model=unsloth_setup)
+        trainer(**{**kwargs, "output_dir": out}, backend="unsloth")
     except FtcError as e:
         fields = {k: (v if isinstance(v, (str, int, float, bool)) or v is None else str(v)) for k, v in e.fields.items()}
         (out / ERROR).write_text(json.dumps({"code": e.code, "file": e.file, "path": e.path, "fields": fields}))

@@ -113,6 +113,26 @@ def test_padding_free_packs_have_no_padding_slots(packed_batch):
     assert counter.trained == 4 + 4 + 7
 
 
+def test_packs_can_carry_their_lengths_for_a_varlen_kernel(tmp_path: Path):
+    """unsloth's attention takes the packed rows' lengths as `packed_seq_lengths`: the collator
+    hands them over from the items (CPU, int32), and the rest of the batch is unchanged."""
+    rows = [(ids, labels) for ids, labels in SEQS]
+    path = write_token_artifact(tmp_path / "t.parquet", rows, packs=[0, 0, 1])
+    items = token_data.to_items(token_data.read_tokens(path)).to_pylist()
+    plain = token_data.collator(0, packed=True)(items)
+    batch = token_data.collator(0, packed=True, lengths_key="packed_seq_lengths")(items)
+    lengths = batch.pop("packed_seq_lengths")
+    assert lengths.dtype == torch.int32 and lengths.device.type == "cpu"
+    assert lengths.tolist() == [len(ids) for ids, _ in SEQS]
+    assert batch.keys() == plain.keys()
+    assert all(torch.equal(batch[k], plain[k]) if torch.is_tensor(plain[k]) else batch[k] == plain[k] for k in plain)
+    # restarting positions and the lengths describe the same boundaries
+    assert (batch["position_ids"][0] == 0).nonzero().flatten().tolist() == [0, len(SEQS[0][0]), len(SEQS[0][0]) + len(SEQS[1][0])]
+    # unpacked batches have no such key
+    assert "packed_seq_lengths" not in token_data.collator(0, packed=False, lengths_key="packed_seq_lengths")(
+        [{"input_ids": ids, "labels": labels} for ids, labels in SEQS])
+
+
 def test_padded_batches_count_padding_as_slots():
     from ftc.runtime.metrics import TokenCounter
 
