@@ -1,18 +1,22 @@
-"""Does a LoRA run fit on this GPU without gradient checkpointing? An estimate, recorded in run.json.
+"""Gradient checkpointing and the micro-batch from the model's size and the GPU's memory.
 
 On an H200 memory, not arithmetic, decides the fastest setting: checkpointing recomputes
 every layer's forward in the backward pass (about a third more work), so it should be on
-only when the activations would not fit. The lock is the truth, so the runtime does not
-override `train.gradient_checkpointing`; it estimates the peak with and without it from
-the model's shape, the plan's micro-batch and the GPU's memory, records the estimate and
-the recommended setting, and says so when the plan chose otherwise.
+only when the activations would not fit, and a larger micro-batch (fewer accumulation
+steps for the same batch) runs faster while it fits. `train.gradient_checkpointing` and
+`train.micro_batch` are "auto" by default: the runtime estimates the peak from the model's
+shape, the micro-batch and the GPU it finds, and picks (see `advise`). The reviewed batch
+(per_device_train_batch_size x gradient_accumulation_steps) never changes, only how it is
+cut. Values set in the plan are used as written, with a hint when the estimate disagrees.
+run.json's `memory_plan` records the estimate, the settings, what was used and why.
 
 Per token and decoder layer, a bf16 forward keeps about 2 bytes x (10 h + 3.5 i) for the
 backward (h hidden, i MLP width: norm inputs, q/k/v and rope copies, attention output, the
 MLP's gate, up, activation and product); unsloth's fused kernels keep about 0.7 of that.
 Both factors are fitted to the peaks measured on the H200 (BENCHMARKS.md, Qwen2.5-7B shape,
 2 packs of 2048 tokens, no checkpointing): hf 43.4 GiB measured / 44.5 estimated, unsloth
-31.9 / 32.0, unsloth QLoRA 21.5 / 23.2. With checkpointing only each layer's input (2 h
+31.9 / 31.6, unsloth QLoRA 21.5 / 23.2; at 4 and 8 packs unsloth measured 48.4 / 46.8 and
+80.7 / 77.4 (the estimate runs about 4% low there, inside the 15% headroom). With checkpointing only each layer's input (2 h
 bytes) stays, plus one layer's activations while it is recomputed; unsloth also offloads
 those inputs to the CPU. The loss adds the logits of a micro-batch (bf16, an fp32 copy and
 its gradient) unless the backend chunks the cross-entropy (unsloth does).
@@ -72,23 +76,115 @@ def estimate(config: Any, *, tokens_per_micro_batch: int, lora_r: int = 16, lora
     }
 
 
-def advise(config: Any, *, gpu_gib: float | None, tokens_per_micro_batch: int, used_checkpointing: bool,
-           lora_r: int = 16, lora_targets: list[str] | str = "all-linear", load_in_4bit: bool = False,
-           backend: str = "hf") -> dict:
-    """The run.json fact: estimate, recommendation, what the plan used, and a hint when they differ."""
-    est = estimate(config, tokens_per_micro_batch=tokens_per_micro_batch, lora_r=lora_r, lora_targets=lora_targets,
-                   load_in_4bit=load_in_4bit, backend=backend)
-    out: dict[str, Any] = {"gpu_gib": round(gpu_gib, 1) if gpu_gib else None, "estimate": est,
-                           "used": {"gradient_checkpointing": used_checkpointing}, "headroom": HEADROOM}
-    if not gpu_gib:
-        out["recommended"] = None
-        return out
-    fits = est["no_checkpointing_gib"] <= HEADROOM * gpu_gib
-    out["recommended"] = {"gradient_checkpointing": not fits}
-    if fits and used_checkpointing:
-        out["hint"] = (f"this run fits without gradient checkpointing (about {est['no_checkpointing_gib']} GiB of "
-                       f"{gpu_gib:.0f}): compile with train.gradient_checkpointing=false for about a third less work per step")
-    elif not fits and not used_checkpointing:
-        out["hint"] = (f"without gradient checkpointing this run needs about {est['no_checkpointing_gib']} GiB, more than "
-                       f"{HEADROOM:.0%} of {gpu_gib:.0f}: if it runs out of memory, compile with train.gradient_checkpointing=true")
+def _divisors(n: int) -> list[int]:
+    return [d for d in range(n, 0, -1) if n % d == 0]
+
+
+def advise(config: Any, *, gpu_gib: float | None, tokens_per_item: int, micro_batch: int, accumulation: int = 1,
+           checkpointing: bool | str = "auto", split: str = "plan", lora_r: int = 16,
+           lora_targets: list[str] | str = "all-linear", load_in_4bit: bool = False, backend: str = "hf") -> dict:
+    """Gradient checkpointing and the micro-batch for this GPU: the run.json fact.
+
+    `checkpointing` is the plan's train.gradient_checkpointing (True, False or "auto");
+    `split` its train.micro_batch ("auto" or "plan"). The per-device batch of an optimizer
+    step, micro_batch x accumulation items, never changes; "auto" only cuts it into fewer,
+    larger micro-batches (or more, smaller ones when the planned one would not fit). The
+    Trainer normalizes the loss by the tokens of the whole accumulated batch, so the
+    samples and the loss of every step are the same either way; larger micro-batches are
+    faster on a GPU with room (BENCHMARKS.md: 7B shape on an H200, 2 x 4 packs 11.8k tok/s,
+    8 x 1 14.4k tok/s).
+
+    Preference under "auto": no checkpointing with the largest micro-batch that fits;
+    else checkpointing with the largest micro-batch that fits. Without a GPU nothing is
+    estimated against: the plan's split, and checkpointing off ("auto")."""
+    batch = micro_batch * accumulation
+    budget = HEADROOM * gpu_gib if gpu_gib else None
+    kw = dict(lora_r=lora_r, lora_targets=lora_targets, load_in_4bit=load_in_4bit, backend=backend)
+
+    def peak(m: int, ckpt: bool) -> float:
+        est = estimate(config, tokens_per_micro_batch=m * tokens_per_item, **kw)
+        return est["checkpointing_gib" if ckpt else "no_checkpointing_gib"]
+
+    def largest(ckpt: bool) -> int | None:
+        sizes = _divisors(batch) if split == "auto" else [micro_batch]
+        return next((m for m in sizes if peak(m, ckpt) <= budget), None)
+
+    out: dict[str, Any] = {"gpu_gib": round(gpu_gib, 1) if gpu_gib else None, "headroom": HEADROOM,
+                           "setting": {"gradient_checkpointing": checkpointing, "micro_batch": split},
+                           "plan": {"per_device_train_batch_size": micro_batch, "gradient_accumulation_steps": accumulation}}
+    why = []
+    if budget is None:
+        ckpt = checkpointing is True
+        m = micro_batch
+        why.append("no GPU: the plan's split" + ("; checkpointing off (on the CPU it only costs time)" if checkpointing == "auto" else ""))
+    else:
+        options = [False, True] if checkpointing == "auto" else [bool(checkpointing)]
+        ckpt, m = options[-1], None
+        for option in options:
+            m = largest(option)
+            if m is not None:
+                ckpt = option
+                break
+        if m is None:  # nothing fits by the estimate: the smallest step there is, and say so
+            m = 1 if split == "auto" else micro_batch
+            out["hint"] = (f"by the estimate even {m} item(s) per micro-batch need about {peak(m, ckpt)} GiB, more than "
+                           f"{HEADROOM:.0%} of the GPU's {gpu_gib:.0f} GiB: it may run out of memory")
+        limit = f"{HEADROOM:.0%} of the GPU's {gpu_gib:.0f} GiB"
+        why.append(f"about {peak(m, ckpt)} GiB {'with' if ckpt else 'without'} checkpointing at {m} x {batch // m}, within {limit}"
+                   if peak(m, ckpt) <= budget else f"about {peak(m, ckpt)} GiB at {m} x {batch // m}, over {limit}")
+        if checkpointing == "auto" and ckpt:
+            why.append(f"without checkpointing even the smallest micro-batch tried needs about {peak(m if split == 'plan' else 1, False)} GiB")
+        if checkpointing is True and largest(False) is not None:
+            out["hint"] = ("this run fits without gradient checkpointing: train.gradient_checkpointing=\"auto\" (or false) "
+                           "saves about a third of the work per step")
+    out["used"] = {"gradient_checkpointing": ckpt, "per_device_train_batch_size": m, "gradient_accumulation_steps": batch // m}
+    out["reason"] = "; ".join(why)
+    out["estimate"] = estimate(config, tokens_per_micro_batch=m * tokens_per_item, **kw)
     return out
+
+
+def plan_memory(model: dict, lora: dict, train: dict, *, tokens_per_item: int, backend: str, can_split: bool = True) -> dict:
+    """advise() for this machine and the plan's sections, before the model loads (the
+    backend needs the answer to load it). The model's shape comes from its config.json;
+    when that cannot be read, "auto" keeps checkpointing on and the plan's split.
+    `can_split=False` (GRPO, whose batch is a group of completions) keeps the plan's split."""
+    checkpointing = train.get("gradient_checkpointing", "auto")
+    split = train.get("micro_batch", "auto") if can_split else "plan"
+    micro = int(train.get("per_device_train_batch_size", 2))
+    accum = int(train.get("gradient_accumulation_steps", 1))
+    gpu_gib = None
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            gpu_gib = torch.cuda.get_device_properties(0).total_memory / GIB
+    except ImportError:
+        pass
+    try:
+        from ftc.runtime.model import model_config
+
+        config = model_config(model)
+    except Exception as err:  # noqa: BLE001  (loading the model reports the real problem next)
+        return {"gpu_gib": round(gpu_gib, 1) if gpu_gib else None, "estimate": None,
+                "setting": {"gradient_checkpointing": checkpointing, "micro_batch": split},
+                "plan": {"per_device_train_batch_size": micro, "gradient_accumulation_steps": accum},
+                "used": {"gradient_checkpointing": True if checkpointing == "auto" else bool(checkpointing),
+                         "per_device_train_batch_size": micro, "gradient_accumulation_steps": accum},
+                "reason": f"the model's config could not be read ({type(err).__name__}), so no estimate: the plan's split"
+                          + ("; auto keeps checkpointing on" if checkpointing == "auto" else "")}
+    out = advise(config, gpu_gib=gpu_gib, tokens_per_item=tokens_per_item, micro_batch=micro, accumulation=accum,
+                 checkpointing=checkpointing, split=split, lora_r=int(lora.get("r", 16)),
+                 lora_targets=lora.get("target_modules", "all-linear"), load_in_4bit=bool(model.get("load_in_4bit", False)),
+                 backend=backend)
+    if not can_split:
+        out["reason"] += "; GRPO keeps the plan's split (a batch is a group of completions)"
+    return out
+
+
+def print_memory_plan(memory: dict) -> None:
+    import sys
+
+    used = memory["used"]
+    print(f"ftc: gradient checkpointing {'on' if used['gradient_checkpointing'] else 'off'}, micro-batch "
+          f"{used['per_device_train_batch_size']} x {used['gradient_accumulation_steps']} accumulation ({memory['reason']})"
+          + (f"; hint: {memory['hint']}" if memory.get("hint") else ""), file=sys.stderr)

@@ -43,7 +43,7 @@ def training_arguments(train: dict, *, checkpoints: Path, max_steps: int, dtype:
         save_total_limit=2,  # the last checkpoint resumes; one more in case it was cut mid-write
         eval_strategy="steps" if eval_steps else "no",
         eval_steps=eval_steps,
-        gradient_checkpointing=bool(train.get("gradient_checkpointing", True)),
+        gradient_checkpointing=train.get("gradient_checkpointing") is True,  # "auto" is resolved before this (memory_plan)
         bf16=device == "cuda" and dtype == "bfloat16",
         fp16=device == "cuda" and dtype == "float16",
         report_to="none",

@@ -161,10 +161,61 @@ def test_memory_plan_turns_checkpointing_off_only_where_it_fits():
     from ftc.runtime.memory_plan import advise, lora_params
 
     assert lora_params(QWEN7B, 16, ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]) == 40_370_176
-    h200 = advise(QWEN7B, gpu_gib=139.8, tokens_per_micro_batch=4096, used_checkpointing=True)
-    assert h200["recommended"] == {"gradient_checkpointing": False} and "fits without" in h200["hint"]
-    small = advise(QWEN7B, gpu_gib=24, tokens_per_micro_batch=4096, used_checkpointing=False)
-    assert small["recommended"] == {"gradient_checkpointing": True} and "out of memory" in small["hint"]
-    assert advise(QWEN7B, gpu_gib=None, tokens_per_micro_batch=4096, used_checkpointing=True)["recommended"] is None
+    used = lambda m: (m["used"]["gradient_checkpointing"], m["used"]["per_device_train_batch_size"],  # noqa: E731
+                      m["used"]["gradient_accumulation_steps"])
+    # the plan's split: checkpointing "auto" decides from the GPU
+    h200 = advise(QWEN7B, gpu_gib=139.8, tokens_per_item=2048, micro_batch=2, accumulation=4)
+    assert used(h200) == (False, 2, 4) and "without checkpointing at 2 x 4, within 85%" in h200["reason"] and "hint" not in h200
+    small = advise(QWEN7B, gpu_gib=40, tokens_per_item=2048, micro_batch=2, accumulation=4)
+    assert used(small) == (True, 2, 4) and "with checkpointing" in small["reason"]
+    cpu = advise(QWEN7B, gpu_gib=None, tokens_per_item=2048, micro_batch=2, accumulation=4, split="auto")
+    assert used(cpu) == (False, 2, 4) and "no GPU" in cpu["reason"]
+    # a value in the plan is used as written, with a hint where the estimate disagrees
+    kept = advise(QWEN7B, gpu_gib=139.8, tokens_per_item=2048, micro_batch=2, accumulation=4, checkpointing=True)
+    assert used(kept) == (True, 2, 4) and "fits without" in kept["hint"]
+    risky = advise(QWEN7B, gpu_gib=24, tokens_per_item=2048, micro_batch=2, accumulation=4, checkpointing=False)
+    assert used(risky) == (False, 2, 4) and "out of memory" in risky["hint"]
     est = h200["estimate"]
     assert est["checkpointing_gib"] < est["no_checkpointing_gib"]
+
+
+def test_memory_plan_cuts_the_same_batch_into_the_largest_micro_batch_that_fits():
+    """micro_batch "auto": the items per optimizer step stay micro x accumulation; only the cut moves."""
+    from ftc.runtime.memory_plan import advise
+
+    def split(gpu, **kw):
+        m = advise(QWEN7B, gpu_gib=gpu, tokens_per_item=2048, micro_batch=2, accumulation=4, split="auto", backend="unsloth", **kw)
+        u = m["used"]
+        assert u["per_device_train_batch_size"] * u["gradient_accumulation_steps"] == 8
+        return u["gradient_checkpointing"], u["per_device_train_batch_size"], m
+    ckpt, micro, m = split(139.8)  # the H200: 8 packs fit without checkpointing (measured 80.7 GiB)
+    assert (ckpt, micro) == (False, 8) and 70 < m["estimate"]["no_checkpointing_gib"] < 0.85 * 139.8
+    assert split(80)[:2] == (False, 4)  # an 80 GB card: half of it
+    assert split(40)[:2] == (False, 2)
+    assert split(24)[:2] == (True, 4)  # nothing fits without: checkpointing, then the largest that fits with it
+    ckpt, micro, tiny = split(8)  # not even one pack by the estimate: the smallest cut, and a warning
+    assert (ckpt, micro) == (True, 1) and "may run out of memory" in tiny["hint"]
+    assert split(139.8, checkpointing=True)[:2] == (True, 8)
+
+
+def test_plan_memory_reads_the_shape_from_the_models_config(tmp_path):
+    """Before any weight loads: the config.json (plus init=random overrides) gives the shape;
+    an unreadable config keeps checkpointing on and the plan's split under auto, and says why."""
+    from transformers import Qwen2Config
+
+    from ftc.runtime.memory_plan import plan_memory
+
+    Qwen2Config(**{k: v for k, v in vars(QWEN7B).items()}).save_pretrained(tmp_path / "m")
+    lora = {"r": 16, "target_modules": "all-linear"}
+    train = {"per_device_train_batch_size": 2, "gradient_accumulation_steps": 4}
+    plan = plan_memory({"name": str(tmp_path / "m")}, lora, train, tokens_per_item=2048, backend="hf")
+    assert plan["setting"] == {"gradient_checkpointing": "auto", "micro_batch": "auto"}
+    assert plan["estimate"]["weights_gib"] > 13  # 7B in bf16
+    smaller = plan_memory({"name": str(tmp_path / "m"), "init": "random", "config": {"num_hidden_layers": 2}}, lora, train,
+                          tokens_per_item=2048, backend="hf")
+    assert smaller["estimate"]["weights_gib"] < plan["estimate"]["weights_gib"]
+    missing = plan_memory({"name": str(tmp_path / "nothing")}, lora, train, tokens_per_item=2048, backend="hf")
+    assert missing["used"] == {"gradient_checkpointing": True, "per_device_train_batch_size": 2, "gradient_accumulation_steps": 4}
+    assert "could not be read" in missing["reason"]
+    grpo = plan_memory({"name": str(tmp_path / "m")}, lora, train, tokens_per_item=768, backend="hf", can_split=False)
+    assert grpo["setting"]["micro_batch"] == "plan" and "GRPO keeps the plan's split" in grpo["reason"]

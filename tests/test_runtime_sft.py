@@ -188,3 +188,23 @@ def test_control_full_labels_do_learn_the_prompt(tmp_path):
     before = prompt_and_completion_nll(load_base_for_run(facts), data)
     after = prompt_and_completion_nll(load_trained(out).model, data)
     assert after[0] < 0.5 * before[0], (before, after)
+
+
+@needs_tokenizer
+def test_the_same_batch_cut_into_other_micro_batches_trains_the_same(tmp_path):
+    """What micro_batch "auto" relies on: 4 rows x 1 and 2 rows x 2 accumulation give each step
+    the same rows and the same loss (normalized over the whole accumulated batch), so the
+    adapters match. On the CPU the plan's split is used and run.json says so."""
+    from safetensors.torch import load_file
+
+    one, out_one = run(tmp_path / "a", max_steps=3, logging_steps=1, per_device_train_batch_size=4, gradient_accumulation_steps=1)
+    two, out_two = run(tmp_path / "b", max_steps=3, logging_steps=1, per_device_train_batch_size=2, gradient_accumulation_steps=2)
+    losses = lambda out: [json.loads(x)["loss"] for x in (out / "metrics.jsonl").read_text().splitlines() if '"loss"' in x]  # noqa: E731
+    assert len(losses(out_one)) == 3
+    assert losses(out_one) == pytest.approx(losses(out_two), rel=1e-5)  # measured: 1e-7
+    a, b = load_file(out_one / "adapter_model.safetensors"), load_file(out_two / "adapter_model.safetensors")
+    # float32 sums in another order, through three Adam steps: equal to 1e-3 of each tensor's scale
+    assert a.keys() == b.keys() and all(float((a[k] - b[k]).abs().max()) <= 1e-3 * float(a[k].abs().max()) for k in a)
+    plan = two["memory_plan"]
+    assert plan["setting"] == {"gradient_checkpointing": False, "micro_batch": "auto"} and "no GPU" in plan["reason"]
+    assert plan["used"] == {"gradient_checkpointing": False, "per_device_train_batch_size": 2, "gradient_accumulation_steps": 2}
