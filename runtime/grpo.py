@@ -220,6 +220,10 @@ def train_grpo(
             "max_completion_length": args.max_completion_length,
             "beta": args.beta,
             "loss_type": args.loss_type,
+            "epsilon": args.epsilon,
+            "epsilon_high": args.epsilon_high,
+            "mask_truncated_completions": args.mask_truncated_completions,
+            "scale_rewards": args.scale_rewards,
             "first_reward": steps[0]["reward"] if steps else None,
             "last_reward": steps[-1]["reward"] if steps else None,
             "rewards": [
@@ -331,6 +335,13 @@ def _grpo_config(train: dict, grpo: dict, resolved: list[dict], *, checkpoints: 
         top_p=float(grpo.get("top_p", 1.0)),
         beta=float(grpo.get("beta", 0.0)),
         loss_type=grpo.get("loss_type", "dapo"),
+        # written out, not left to defaults: unsloth's config fills unset ones with its own
+        # choices for dapo (epsilon_high 0.28, masked truncations), which would make the two
+        # backends train one plan differently
+        epsilon=float(grpo.get("epsilon", 0.2)),
+        epsilon_high=float(grpo.get("epsilon_high", grpo.get("epsilon", 0.2))),
+        mask_truncated_completions=bool(grpo.get("mask_truncated_completions", False)),
+        scale_rewards=grpo.get("scale_rewards", "group"),
         reward_weights=reward_weights(resolved),
         use_vllm=False,
         remove_unused_columns=False,  # the rewards read the dataset's own fields

@@ -144,6 +144,11 @@ def test_metrics_have_each_declared_reward_the_reward_std_and_the_kl(trained):
     assert all(m["rewards/correctness/mean"] == 0.0 and m["rewards/format/mean"] == 0.0 for m in rows)
     assert any(m["rewards/brevity/std"] > 0 for m in rows)  # so the advantages were not all zero
     assert [r["name"] for r in facts["grpo"]["rewards"]] == ["correctness", "format", "brevity"]
+    # the clipping and scaling TRL used are the plan's, written out (so no backend fills in its own)
+    plan = lock["settings"]["train"]["grpo"]
+    assert (plan["epsilon"], plan["mask_truncated_completions"], plan["scale_rewards"]) == (0.2, False, "group")
+    assert {k: facts["grpo"][k] for k in ("epsilon", "epsilon_high", "mask_truncated_completions", "scale_rewards")} == {
+        "epsilon": 0.2, "epsilon_high": 0.2, "mask_truncated_completions": False, "scale_rewards": "group"}
 
 
 @needs_shared
