@@ -131,7 +131,7 @@ def unsloth_setup(model: dict, lora: dict, train: dict, *, seed: int, output_dir
         loaded=loaded,
         peft_config=None,  # get_peft_model already put the adapter on
         backend="unsloth",
-        attention="unsloth (varlen attention over the packed_seq_lengths it reads off restarting position_ids)",
+        attention="unsloth (varlen attention over the packed_seq_lengths the collator hands it)",
         packing_safe=True,
         trainer_overrides={"gradient_checkpointing": False},  # unsloth checkpoints inside the model (above)
         packed_lengths_key="packed_seq_lengths",  # from the collator, on the CPU: no GPU sync to find them
@@ -184,8 +184,12 @@ def main(argv: list[str]) -> int:
     t0 = time.perf_counter()
     import unsloth  # noqa: F401  (first: it patches trl, transformers and peft as they import)
 
-    _IMPORT_SECONDS["unsloth"] = round(time.perf_counter() - t0, 1)
-    print(f"ftc: unsloth imported in {_IMPORT_SECONDS['unsloth']} s", file=sys.stderr, flush=True)
+    seconds = round(time.perf_counter() - t0, 1)
+    print(f"ftc: unsloth imported in {seconds} s", file=sys.stderr, flush=True)
+    # this file runs as __main__; unsloth_setup is reached through the module's import name
+    from ftc.runtime import unsloth_backend
+
+    unsloth_backend._IMPORT_SECONDS["unsloth"] = seconds
     if method == "grpo":
         from ftc.runtime.grpo import train_grpo as trainer
     else:

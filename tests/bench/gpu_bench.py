@@ -60,7 +60,9 @@ def model_dir(shape: str) -> Path:
 # ------------------------------------------------------------------ prepare (CPU)
 
 def prepare(args) -> None:
-    """Compile the medical recipe into locks under .bench/ (one per shape, bf16 and QLoRA)."""
+    """Compile the medical recipe into locks under .bench/ for each shape: as the recipe is
+    (gradient checkpointing and micro-batch "auto": the runtime picks them for the GPU it
+    finds), the same with QLoRA (-q), and with the recipe's 2 x 4 split kept (-2x4)."""
     from types import SimpleNamespace
 
     from ftc.runtime.memory_plan import advise
@@ -74,26 +76,24 @@ def prepare(args) -> None:
     plans = {}
     for shape in args.shapes:
         cfg = SimpleNamespace(**SHAPES[shape])
-        # the plan's choice from model size and GPU memory: checkpointing only if it would not fit
-        memory = advise(cfg, gpu_gib=H200_GIB, tokens_per_micro_batch=2 * 2048, used_checkpointing=True,
-                        lora_r=16, lora_targets=TARGETS, backend="hf")
-        gc = memory["recommended"]["gradient_checkpointing"]
-        for q in (False, True):
-            lock = BENCH / f"medical-{shape}{'-q' if q else ''}.lock"
+        for suffix, extra, q in (("", [], False), ("-q", [], True), ("-2x4", ["train.micro_batch=plan"], False)):
+            lock = BENCH / f"medical-{shape}{suffix}.lock"
             sets = [f"model.name={model_dir(shape)}", "model.tokenizer=.bench/tok", "model.max_seq_length=2048",
                     "model.dtype=bfloat16", f"model.load_in_4bit={'true' if q else 'false'}", "train.packing=true",
-                    f"train.gradient_checkpointing={'true' if gc else 'false'}", "train.optim=adamw_torch",
-                    "train.save_steps=1000"]
+                    "train.optim=adamw_torch", "train.save_steps=1000", *extra]
             cmd = [sys.executable, "-m", "ftc.cli", "compile", "recipes/medical.json", "-o", str(lock), "-q"]
             for s in sets:
                 cmd += ["--set", s]
             subprocess.run(cmd, cwd=ROOT, check=True)
-            plans[lock.name] = {"sets": sets, "memory_plan": memory}
+            # what the runtime will pick on the H200 (unsloth backend), for the log
+            memory = advise(cfg, gpu_gib=H200_GIB, tokens_per_item=2048, micro_batch=2, accumulation=4,
+                            split="plan" if extra else "auto", lora_r=16, lora_targets=TARGETS, load_in_4bit=q, backend="unsloth")
+            plans[lock.name] = {"sets": sets, "expected_on_h200": memory["used"], "reason": memory["reason"]}
     (BENCH / "plans.json").write_text(json.dumps(plans, indent=1))
     lock = json.loads((BENCH / f"medical-{args.shapes[0]}.lock").read_text())
     arts = sorted({os.path.normpath(os.path.relpath((BENCH / a["path"]).resolve(), ROOT))
                    for v in lock["artifacts"].values() for a in v.values()})
-    print(json.dumps({"carry": [".whl", ".bench", *arts], "memory_plans": {k: v["memory_plan"] for k, v in plans.items()}}, indent=1))
+    print(json.dumps({"carry": [".whl", ".bench", *arts], "plans": plans}, indent=1))
 
 
 # ------------------------------------------------------------------ the model (device)
@@ -252,22 +252,31 @@ def variant_v4(args) -> None:
                                              use_gradient_checkpointing=gc, random_state=3407)
     table = pq.read_table(args.tokens, columns=["input_ids", "labels"]).to_pylist()
     ds = Dataset.from_list([{"input_ids": r["input_ids"], "completion_mask": [int(l != -100) for l in r["labels"]]} for r in table])
-    meter = Meter()
-    cfg = SFTConfig(output_dir=str(WORK / "v4-out"), per_device_train_batch_size=2, gradient_accumulation_steps=4,
-                    max_steps=args.warmup + args.steps, learning_rate=2e-4, warmup_steps=5, lr_scheduler_type="linear",
-                    weight_decay=0.01, optim="adamw_torch", seed=3407, logging_steps=1, bf16=torch.cuda.is_available(), use_cpu=not torch.cuda.is_available(),
-                    max_length=2048, packing=True, completion_only_loss=True, save_strategy="no", report_to="none",
-                    disable_tqdm=True)
-    trainer = counting_trainer(SFTTrainer, meter)(model=model, args=cfg, train_dataset=ds, processing_class=tok,
-                                                  callbacks=[meter.callback()])
     setup_s = time.perf_counter() - t1
-    torch.cuda.reset_peak_memory_stats()
-    trainer.train()
-    result = {"import_s": round(import_s, 1), "setup_s": round(setup_s, 1), **meter.summary(args.warmup), **memory(),
-              "loss": [h.get("loss") for h in trainer.state.log_history if "loss" in h],
-              "unsloth_packing": bool(getattr(trainer.args, "packing", None)),
-              "unsloth_padding_free": bool(getattr(trainer.args, "padding_free", None))}
-    write_result(args.result, result)  # the timing first: the check below must not lose it
+    result: dict = {"import_s": round(import_s, 1), "setup_s": round(setup_s, 1)}
+    # --splits: the same global batch (8 packs) split as micro-batch x accumulation, one trainer each,
+    # on the one loaded model (the first split also pays unsloth's compile: it gets --warmup steps more)
+    for i, (micro, accum) in enumerate(args.splits):
+        meter = Meter()
+        cfg = SFTConfig(output_dir=str(WORK / "v4-out"), per_device_train_batch_size=micro, gradient_accumulation_steps=accum,
+                        max_steps=args.warmup + args.steps, learning_rate=2e-4, warmup_steps=5, lr_scheduler_type="linear",
+                        weight_decay=0.01, optim="adamw_torch", seed=3407, logging_steps=1, bf16=torch.cuda.is_available(), use_cpu=not torch.cuda.is_available(),
+                        max_length=2048, packing=True, completion_only_loss=True, save_strategy="no", report_to="none",
+                        disable_tqdm=True)
+        trainer = counting_trainer(SFTTrainer, meter)(model=model, args=cfg, train_dataset=ds, processing_class=tok,
+                                                      callbacks=[meter.callback()])
+        torch.cuda.reset_peak_memory_stats()
+        trainer.train()
+        run = {**meter.summary(args.warmup), **memory(), "loss": [h.get("loss") for h in trainer.state.log_history if "loss" in h],
+               "unsloth_packing": bool(getattr(trainer.args, "packing", None)),
+               "unsloth_padding_free": bool(getattr(trainer.args, "padding_free", None))}
+        if i == 0:
+            result.update(run)  # the plan's split: the v4 figure
+        else:
+            result.setdefault("splits", {})[f"{micro}x{accum}"] = run
+        log(f"v4 split {micro}x{accum}: {run['tokens_per_second']} tok/s, peak {run.get('peak_allocated_gib')} GiB")
+        write_result(args.result, result)  # the timing first: the check below must not lose it
+        del trainer
     try:
         result["packing_isolation"] = packing_isolation(model)
     except Exception as e:  # noqa: BLE001
@@ -344,9 +353,10 @@ def run_all(args) -> None:
     shape = args.shape
     lock = BENCH / f"medical-{shape}.lock"
     lock_q = BENCH / f"medical-{shape}-q.lock"
+    lock_2x4 = BENCH / f"medical-{shape}-2x4.lock"
     plan = json.loads(lock.read_text())
     arts = {k: {s: (BENCH / a["path"]).resolve() for s, a in v.items()} for k, v in plan["artifacts"].items()}
-    checkpointing = bool(plan["settings"]["train"]["gradient_checkpointing"])
+    checkpointing = plan["settings"]["train"]["gradient_checkpointing"] is True  # "auto" is off on the H200 (memory_plan)
     flops = flops_per_token(shape, arts["tokens"]["train"])
     results: dict = {"shape": shape, "config": SHAPES[shape], "flops": flops, "peak_flops": PEAK, "variants": {},
                      "plan_gradient_checkpointing": checkpointing, "started": time.strftime("%Y-%m-%d %H:%M:%S %Z")}
@@ -385,7 +395,8 @@ def run_all(args) -> None:
     v4 = None
     if "v4" in args.variants:
         v4_cmd = me + ["v4", "--model", str(mdir), "--tokens", str(arts["tokens"]["train"]), "--warmup", str(args.warmup),
-                       "--steps", str(args.steps), "--result", str(WORK / "v4.json"), "--go", str(go)] + (["--checkpointing"] if checkpointing else [])
+                       "--steps", str(args.steps), "--result", str(WORK / "v4.json"), "--go", str(go),
+                       "--splits", args.v4_splits] + (["--checkpointing"] if checkpointing else [])
         v4 = subprocess.Popen(v4_cmd, env=env, cwd=WORK)
     sub("make_model", me + ["make-model", "--shape", shape, "--dir", str(mdir)], 20)
     if not (mdir / "config.json").exists():
@@ -422,6 +433,8 @@ def run_all(args) -> None:
     for name in args.variants:
         if name == "v1":
             ftc("v1", lock, "auto", args.need_v1)  # auto: unsloth when it can run (run.json says why)
+        elif name == "v1p":  # v1 with the recipe's 2 x 4 split kept (train.micro_batch=plan)
+            ftc("v1p", lock_2x4, "auto", args.need_v1)
         elif name == "v2":
             ftc("v2", lock, "hf", args.need_v2)
         elif name == "v3":
@@ -501,6 +514,10 @@ def print_table(results: dict) -> None:
     print()
 
 
+def _splits(text: str) -> list[tuple[int, int]]:
+    return [tuple(int(x) for x in pair.split("x")) for pair in text.split(",")]  # type: ignore[misc]
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -520,6 +537,8 @@ def main() -> None:
         s.add_argument("--q4", action="store_true")
         s.add_argument("--go")
         s.add_argument("--checkpointing", action="store_true")
+        s.add_argument("--splits", type=_splits, default=[(2, 4)],
+                       help="v4: micro-batch x accumulation pairs, e.g. 2x4,4x2,8x1 (the first is the v4 figure)")
     s = sub.add_parser("run")
     s.add_argument("--shape", default="7b")
     s.add_argument("--out", required=True)
@@ -527,6 +546,7 @@ def main() -> None:
     s.add_argument("--variants", type=lambda x: x.split(","), default=["v1", "v2", "v3", "v4", "v1q", "v3q"])
     s.add_argument("--warmup", type=int, default=2, help="optimizer steps left out of the timing (packed)")
     s.add_argument("--steps", type=int, default=6, help="timed optimizer steps (packed)")
+    s.add_argument("--v4-splits", default="2x4", help="v4: micro-batch x accumulation pairs (the first is the v4 figure)")
     s.add_argument("--warmup-padded", type=int, default=3)
     s.add_argument("--steps-padded", type=int, default=12)
     for name, need in (("v1", 100), ("v2", 70), ("v3", 45), ("v4", 40), ("v1q", 110), ("v3q", 60)):
