@@ -35,7 +35,7 @@ from typing import Any, Sequence
 
 from ftc.errors import FtcError
 from ftc.runtime.metrics import StopFlag, TokenCounter, callbacks as run_callbacks, read_metrics
-from ftc.runtime.memory_plan import plan_memory, print_memory_plan
+from ftc.runtime import memory_plan
 from ftc.runtime.model import load_tokenizer, model_setup, run_error
 from ftc.runtime.rewards import build_reward_funcs, reward_from_dict, reward_weights
 from ftc.runtime.trainer_args import (checked_config, device_name, open_run_folder, peak_memory, refuse_changes, relative,
@@ -126,11 +126,8 @@ def train_grpo(
 
     # ---- memory: gradient checkpointing from the model's size and this GPU ("auto"), before loading;
     # a micro-batch holds per_device_train_batch_size completions with their prompts
-    memory = plan_memory(model, lora, train, tokens_per_item=max_prompt + int(grpo.get("max_completion_length", 256)),
-                         backend=backend, can_split=False)
-    train = {**train, **memory["used"]}
-    if main_process:
-        print_memory_plan(memory)
+    train, memory = memory_plan.apply(model, lora, train, tokens_per_item=max_prompt + int(grpo.get("max_completion_length", 256)),
+                                      backend=backend, can_split=False, announce=main_process)
 
     # ---- model: from the backend (hf: base model, LoRA added by the trainer; unsloth: LoRA already on)
     seed = int(train.get("seed", 3407))
@@ -143,8 +140,6 @@ def train_grpo(
                                  device=loaded.device, eval_steps=train.get("eval_steps") if use_eval else None,
                                  overrides=setup.trainer_overrides)
     counter, stop = TokenCounter(), StopFlag()
-    shared = [cb for cb in run_callbacks(metrics_path=metrics_path, counter=counter, stop=stop, show_progress=show_progress)
-              if type(cb).__name__ != "MetricsWriter"]  # ours writes the GRPO keys too
     trainer = _trainer_class()(
         model=loaded.model,
         reward_funcs=reward_funcs,
@@ -154,7 +149,8 @@ def train_grpo(
         processing_class=tokenizer,
         peft_config=setup.peft_config,
         # extra callbacks first: whatever they request at a step end is seen by ours at that step
-        callbacks=[*extra_callbacks, _metrics_writer(metrics_path, counter), *shared],
+        callbacks=[*extra_callbacks, *run_callbacks(metrics_path=metrics_path, counter=counter, stop=stop,
+                                                    show_progress=show_progress, all_scalars=True)],
     )
     refuse_changes(trainer.args, planned, who=type(trainer).__mro__[1].__name__)  # unsloth's trainer may rewrite args
     trainer.token_counter = counter
@@ -257,8 +253,7 @@ def train_grpo(
     (output_dir / "run.json").write_text(json.dumps(facts, indent=2, sort_keys=True, default=str) + "\n")
     from ftc.runtime.report import write_report
 
-    write_report(output_dir, facts)
-    _append_reward_report(output_dir, facts, metrics, names)
+    write_report(output_dir, facts, sections=[_reward_report(output_dir, facts, metrics, names)])
     if interrupted:
         print(f"ftc: stopped at step {state.global_step}; checkpoint saved. Continue with --resume.", file=sys.stderr)
     return facts
@@ -381,39 +376,6 @@ def _trainer_class() -> type:
     return FtcGRPOTrainer
 
 
-def _metrics_writer(metrics_path: Path, counter: TokenCounter) -> Any:
-    """metrics.jsonl for GRPO: the SFT line (step, epoch, loss, learning_rate, grad_norm,
-    tokens, tokens_per_second) plus every scalar TRL logs: reward, reward_std,
-    rewards/<name>/mean and /std, completions/*, kl (beta > 0), entropy, clip ratios,
-    and the same keys prefixed eval_ for eval steps."""
-    from transformers import TrainerCallback
-
-    class GrpoMetricsWriter(TrainerCallback):
-        def __init__(self) -> None:
-            self.last_time = time.perf_counter()
-            self.last_real = 0
-
-        def on_train_begin(self, args, state, control, **kwargs):
-            self.last_time, self.last_real = time.perf_counter(), counter.real
-
-        def on_log(self, args, state, control, logs=None, **kwargs):
-            logs = dict(logs or {})
-            if "train_runtime" in logs or not state.is_world_process_zero:
-                return
-            row: dict[str, Any] = {"step": state.global_step, "epoch": round(state.epoch or 0.0, 4)}
-            row.update({k: v for k, v in logs.items() if k not in ("epoch", "total_flos") and (v is None or isinstance(v, (int, float)))})
-            if "loss" in logs:
-                now = time.perf_counter()
-                row["tokens"] = counter.real
-                row["tokens_per_second"] = round((counter.real - self.last_real) / max(now - self.last_time, 1e-9), 1)
-                self.last_time, self.last_real = now, counter.real
-            if len(row) > 2:
-                with open(metrics_path, "a") as f:
-                    f.write(json.dumps(row) + "\n")
-
-    return GrpoMetricsWriter()
-
-
 def _first(rows: list[dict], key: str) -> Any:
     return next((r[key] for r in rows if r.get(key) is not None), None)
 
@@ -424,35 +386,17 @@ def _last(rows: list[dict], key: str) -> Any:
 
 def plot_rewards(metrics: list[dict], names: list[str], path: Path) -> bool:
     """rewards.png: the weighted total and each declared reward's mean per step; eval as points."""
+    from ftc.runtime.report import plot_lines
+
     train = [m for m in metrics if m.get("reward") is not None]
-    evals = [m for m in metrics if m.get("eval_reward") is not None]
-    if not train and not evals:
-        return False
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 4), dpi=100)
-    for key, label, style in [("reward", "total (weighted)", "-"), *[(f"rewards/{n}/mean", n, "--") for n in names]]:
-        pts = [(m["step"], m[key]) for m in train if m.get(key) is not None]
-        if pts:
-            ax.plot(*zip(*pts), style, label=label, linewidth=1.5)
-    pts = [(m["step"], m["eval_reward"]) for m in evals]
-    if pts:
-        ax.plot(*zip(*pts), "o", label="eval total")
-    ax.set_xlabel("optimizer step")
-    ax.set_ylabel("reward (mean over completions)")
-    ax.grid(alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-    return True
+    series = [(label, style, [(m["step"], m[key]) for m in train if m.get(key) is not None])
+              for key, label, style in [("reward", "total (weighted)", "-"), *[(f"rewards/{n}/mean", n, "--") for n in names]]]
+    series.append(("eval total", "o", [(m["step"], m["eval_reward"]) for m in metrics if m.get("eval_reward") is not None]))
+    return plot_lines(path, series, ylabel="reward (mean over completions)")
 
 
-def _append_reward_report(output_dir: Path, facts: dict, metrics: list[dict], names: list[str]) -> None:
-    """The GRPO part of report.md: what each declared reward did, and the reward curve."""
+def _reward_report(output_dir: Path, facts: dict, metrics: list[dict], names: list[str]) -> str:
+    """The GRPO section of report.md: what each declared reward did, and the reward curve."""
     g = facts["grpo"]
     rows = [f"| {r['name']} | {r['kind']} | {r['weight']:g} | {_num(r['first_mean'])} | {_num(r['last_mean'])} | "
             f"{_num(facts['eval'].get('rewards', {}).get(r['name']))} |" for r in g["rewards"]]
@@ -476,11 +420,7 @@ def _append_reward_report(output_dir: Path, facts: dict, metrics: list[dict], na
                   f"{'dropped' if prompts['overlong'] == 'drop' else 'cut to their last tokens'}.", ""]
     if plot_rewards(metrics, names, output_dir / "rewards.png"):
         lines += ["![rewards](rewards.png)", ""]
-    report = output_dir / "report.md"
-    text = report.read_text()
-    at = text.find("## Settings")  # rewards before the long settings dump
-    at = at if at >= 0 else len(text)
-    report.write_text(text[:at] + "\n".join(lines) + "\n" + text[at:])
+    return "\n".join(lines)
 
 
 def _num(value: Any) -> str:

@@ -181,10 +181,16 @@ def plan_memory(model: dict, lora: dict, train: dict, *, tokens_per_item: int, b
     return out
 
 
-def print_memory_plan(memory: dict) -> None:
-    import sys
+def apply(model: dict, lora: dict, train: dict, *, tokens_per_item: int, backend: str, can_split: bool = True,
+          announce: bool = True) -> tuple[dict, dict]:
+    """(train with the chosen checkpointing and split, the run.json memory_plan); prints the
+    choice when `announce` (the main process)."""
+    memory = plan_memory(model, lora, train, tokens_per_item=tokens_per_item, backend=backend, can_split=can_split)
+    if announce:
+        import sys
 
-    used = memory["used"]
-    print(f"ftc: gradient checkpointing {'on' if used['gradient_checkpointing'] else 'off'}, micro-batch "
-          f"{used['per_device_train_batch_size']} x {used['gradient_accumulation_steps']} accumulation ({memory['reason']})"
-          + (f"; hint: {memory['hint']}" if memory.get("hint") else ""), file=sys.stderr)
+        used = memory["used"]
+        print(f"ftc: gradient checkpointing {'on' if used['gradient_checkpointing'] else 'off'}, micro-batch "
+              f"{used['per_device_train_batch_size']} x {used['gradient_accumulation_steps']} accumulation ({memory['reason']})"
+              + (f"; hint: {memory['hint']}" if memory.get("hint") else ""), file=sys.stderr)
+    return {**train, **memory["used"]}, memory

@@ -98,11 +98,14 @@ def truncate_metrics(path: Path, last_step: int) -> None:
 
 
 def callbacks(*, metrics_path: Path, counter: TokenCounter, stop: StopFlag, show_progress: bool = True,
-              perf: dict | None = None) -> list[Any]:
+              perf: dict | None = None, all_scalars: bool = False) -> list[Any]:
     """The run's callbacks: metrics.jsonl writer, progress display, Ctrl-C handling.
 
     `perf` is filled by the trainer once the model is built (flops_per_token, peak_flops,
-    device); with it, lines and the progress bar carry the MFU estimate and GPU memory."""
+    device); with it, lines and the progress bar carry the MFU estimate and GPU memory.
+    `all_scalars` (GRPO) also copies every scalar the trainer logs: reward, reward_std,
+    rewards/<name>/mean and /std, completions/*, kl, entropy, clip ratios, and their eval_
+    forms."""
     from transformers import TrainerCallback
 
     perf = perf if perf is not None else {}
@@ -134,6 +137,9 @@ def callbacks(*, metrics_path: Path, counter: TokenCounter, stop: StopFlag, show
             if "train_runtime" in logs:  # the Trainer's end-of-training summary: run.json has it
                 return
             row: dict[str, Any] = {"step": state.global_step, "epoch": round(state.epoch or 0.0, 4)}
+            if all_scalars:
+                row.update({k: v for k, v in logs.items()
+                            if k not in ("epoch", "total_flos") and (v is None or isinstance(v, (int, float)))})
             if "loss" in logs:
                 now = time.perf_counter()
                 row["loss"] = logs["loss"]

@@ -12,11 +12,13 @@ from typing import Any
 from ftc.runtime.metrics import read_metrics
 
 
-def plot_loss(metrics: list[dict], path: Path) -> bool:
-    """loss.png: training loss per step, eval loss as points. False when nothing to plot."""
-    train = [(m["step"], m["loss"]) for m in metrics if m.get("loss") is not None]
-    evals = [(m["step"], m["eval_loss"]) for m in metrics if m.get("eval_loss") is not None]
-    if not train and not evals:
+def plot_lines(path: Path, series: list[tuple[str, str, list[tuple[int, float]]]], *, ylabel: str,
+               log_if_wide: bool = False) -> bool:
+    """A PNG of (label, matplotlib style, [(step, value)]) series over optimizer steps; False
+    (no file) when every series is empty. `log_if_wide`: a log y axis when the first series
+    spans more than 20x."""
+    series = [(label, style, pts) for label, style, pts in series if pts]
+    if not series:
         return False
     import matplotlib
 
@@ -24,13 +26,12 @@ def plot_loss(metrics: list[dict], path: Path) -> bool:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7, 4), dpi=100)
-    if train:
-        ax.plot(*zip(*train), label="train loss", linewidth=1.5)
-    if evals:
-        ax.plot(*zip(*evals), "o-", label="eval loss")
+    for label, style, pts in series:
+        ax.plot(*zip(*pts), style, label=label, linewidth=1.5)
     ax.set_xlabel("optimizer step")
-    ax.set_ylabel("loss")
-    if train and min(v for _, v in train) > 0 and max(v for _, v in train) / min(v for _, v in train) > 20:
+    ax.set_ylabel(ylabel)
+    first = [v for _, v in series[0][2]]
+    if log_if_wide and min(first) > 0 and max(first) / min(first) > 20:
         ax.set_yscale("log")
     ax.grid(alpha=0.3)
     ax.legend()
@@ -38,6 +39,14 @@ def plot_loss(metrics: list[dict], path: Path) -> bool:
     fig.savefig(path)
     plt.close(fig)
     return True
+
+
+def plot_loss(metrics: list[dict], path: Path) -> bool:
+    """loss.png: training loss per step, eval loss as points. False when nothing to plot."""
+    return plot_lines(path, [
+        ("train loss", "-", [(m["step"], m["loss"]) for m in metrics if m.get("loss") is not None]),
+        ("eval loss", "o-", [(m["step"], m["eval_loss"]) for m in metrics if m.get("eval_loss") is not None]),
+    ], ylabel="loss", log_if_wide=True)
 
 
 def _fmt(value: Any, digits: int = 4) -> str:
@@ -50,8 +59,17 @@ def _fmt(value: Any, digits: int = 4) -> str:
     return str(value)
 
 
-def write_report(output_dir: Path, facts: dict) -> Path:
-    """report.md (+ loss.png) in output_dir from run.json-style `facts` and metrics.jsonl."""
+def _memory_plan(plan: dict | None) -> str:
+    if not plan or not plan.get("used"):
+        return "-"
+    used = plan["used"]
+    return (f"gradient checkpointing {'on' if used['gradient_checkpointing'] else 'off'}, micro-batch "
+            f"{used['per_device_train_batch_size']} x {used['gradient_accumulation_steps']} ({plan.get('reason', '')})")
+
+
+def write_report(output_dir: Path, facts: dict, sections: list[str] = ()) -> Path:
+    """report.md (+ loss.png) in output_dir from run.json-style `facts` and metrics.jsonl;
+    `sections` (markdown, e.g. GRPO's rewards) go after the summary, before the settings."""
     output_dir = Path(output_dir)
     metrics = read_metrics(output_dir / "metrics.jsonl")
     has_plot = plot_loss(metrics, output_dir / "loss.png")
@@ -78,12 +96,14 @@ def write_report(output_dir: Path, facts: dict) -> Path:
         ("padding efficiency", _fmt(tokens.get("padding_efficiency"))),
         ("throughput", f"{_fmt(facts.get('throughput_tokens_per_second'))} tokens/s"),
         ("peak memory", f"{_fmt(facts.get('peak_memory', {}).get('gib'))} GiB ({facts.get('peak_memory', {}).get('kind')})"),
+        ("memory plan", _memory_plan(facts.get("memory_plan"))),
         ("wall time", f"{_fmt(facts.get('wall_time_s'))} s"),
         ("versions", ", ".join(f"{k} {v}" for k, v in facts.get("versions", {}).items())),
     ]
     lines += ["| | |", "|---|---|", *[f"| {k} | {v} |" for k, v in rows], ""]
     if has_plot:
         lines += ["![loss](loss.png)", ""]
+    lines += [section for section in sections if section]
     settings = facts.get("settings", {})
     if settings:
         lines += ["## Settings", "", "```json"]

@@ -31,7 +31,7 @@ from ftc.runtime import data as token_data
 from ftc.runtime.trainer_args import (checked_config, device_name, refuse_changes, open_run_folder, peak_memory, relative, reset_metrics, train_facts,
                                       training_arguments, versions)
 from ftc.runtime.metrics import StopFlag, TokenCounter, callbacks as run_callbacks, read_metrics
-from ftc.runtime.memory_plan import plan_memory, print_memory_plan
+from ftc.runtime import memory_plan
 from ftc.runtime.model import load_tokenizer, model_setup, run_error
 
 
@@ -84,10 +84,7 @@ def train_sft(
 
     # ---- memory: checkpointing and micro-batch from the model's size and this GPU ("auto"), before loading
     longest = max_len if packed else int(max(train_table.column("length").to_pylist()))
-    memory = plan_memory(model, lora, train, tokens_per_item=longest, backend=backend)
-    train = {**train, **memory["used"]}
-    if main_process:
-        print_memory_plan(memory)
+    train, memory = memory_plan.apply(model, lora, train, tokens_per_item=longest, backend=backend, announce=main_process)
 
     # ---- model: from the backend (hf: base model, LoRA added by the trainer; unsloth: LoRA already on)
     seed = int(train.get("seed", 3407))

@@ -197,6 +197,8 @@ def test_run_folder_matches_an_sft_run(trained):
     assert on_disk["grpo"]["generation_batch_size"] == BATCH and on_disk["grpo"]["prompts_per_generation"] == BATCH // GENERATIONS
     report = (out / "report.md").read_text()
     assert "## Rewards" in report and "| correctness | answer | 2 |" in report and "![rewards](rewards.png)" in report
+    assert report.index("## Rewards") < report.index("## Settings")  # the section before the long settings dump
+    assert (out / "rewards.png").read_bytes()[:4] == b"\x89PNG"
 
 
 @needs_shared

@@ -141,6 +141,7 @@ def test_run_folder_holds_adapter_metrics_run_facts_and_report(trained):
     assert on_disk["tokens"]["real"] == 40 * sum(len(ids) for ids, _ in rows()[0])
     report = (out / "report.md").read_text()
     assert "Random weights" in report and "sha256:test" in report and "![loss](loss.png)" in report
+    assert "| memory plan | gradient checkpointing off, micro-batch 4 x 1 (no GPU: the plan's split) |" in report
     assert (out / "loss.png").read_bytes()[:4] == b"\x89PNG"
 
 
