@@ -5,7 +5,8 @@ every layer's forward in the backward pass (about a third more work), so it shou
 only when the activations would not fit, and a larger micro-batch (fewer accumulation
 steps for the same batch) runs faster while it fits. `train.gradient_checkpointing` and
 `train.micro_batch` are "auto" by default: the runtime estimates the peak from the model's
-shape, the micro-batch and the GPU it finds, and picks (see `advise`). The reviewed batch
+shape, the micro-batch and the GPU it finds (without one, the machine's RAM), and picks (see
+`advise`). The reviewed batch
 (per_device_train_batch_size x gradient_accumulation_steps) never changes, only how it is
 cut. Values set in the plan are used as written, with a hint when the estimate disagrees.
 run.json's `memory_plan` records the estimate, the settings, what was used and why.
@@ -54,15 +55,16 @@ def lora_params(config: Any, r: int, targets: list[str] | str) -> int:
 
 
 def estimate(config: Any, *, tokens_per_micro_batch: int, lora_r: int = 16, lora_targets: list[str] | str = "all-linear",
-             load_in_4bit: bool = False, backend: str = "hf") -> dict:
-    """Peak GiB with and without gradient checkpointing, and its parts."""
+             load_in_4bit: bool = False, backend: str = "hf", dtype_bytes: int = 2) -> dict:
+    """Peak GiB with and without gradient checkpointing, and its parts. `dtype_bytes`: 2 for
+    bf16/fp16, 4 for float32 (the CPU's default)."""
     s = _shape(config)
     t = tokens_per_micro_batch
-    weights = (s["layer_params"] * 0.5625 if load_in_4bit else s["layer_params"] * 2) + s["embed_params"] * 2
+    weights = (s["layer_params"] * 0.5625 if load_in_4bit else s["layer_params"] * dtype_bytes) + s["embed_params"] * dtype_bytes
     adapters = lora_params(config, lora_r, lora_targets) * 16  # fp32 weight, grad, two Adam moments
-    per_token_layer = 2 * (10 * s["h"] + 3.5 * s["i"]) * (0.7 if backend == "unsloth" else 1.0)
+    per_token_layer = dtype_bytes * (10 * s["h"] + 3.5 * s["i"]) * (0.7 if backend == "unsloth" else 1.0)
     full = s["layers"] * t * per_token_layer
-    kept_inputs = 0 if backend == "unsloth" else s["layers"] * t * s["h"] * 2
+    kept_inputs = 0 if backend == "unsloth" else s["layers"] * t * s["h"] * dtype_bytes
     checkpointed = kept_inputs + 2 * t * per_token_layer  # one layer recomputed, plus its gradients
     logits = 0 if backend == "unsloth" else t * s["vocab"] * 10
     fixed = weights + adapters + logits + 1.5 * GIB
@@ -82,7 +84,8 @@ def _divisors(n: int) -> list[int]:
 
 def advise(config: Any, *, gpu_gib: float | None, tokens_per_item: int, micro_batch: int, accumulation: int = 1,
            checkpointing: bool | str = "auto", split: str = "plan", lora_r: int = 16,
-           lora_targets: list[str] | str = "all-linear", load_in_4bit: bool = False, backend: str = "hf") -> dict:
+           lora_targets: list[str] | str = "all-linear", load_in_4bit: bool = False, backend: str = "hf",
+           ram_gib: float | None = None, dtype_bytes: int = 2) -> dict:
     """Gradient checkpointing and the micro-batch for this GPU: the run.json fact.
 
     `checkpointing` is the plan's train.gradient_checkpointing (True, False or "auto");
@@ -95,28 +98,33 @@ def advise(config: Any, *, gpu_gib: float | None, tokens_per_item: int, micro_ba
     8 x 1 14.4k tok/s).
 
     Preference under "auto": no checkpointing with the largest micro-batch that fits;
-    else checkpointing with the largest micro-batch that fits. Without a GPU nothing is
-    estimated against: the plan's split, and checkpointing off ("auto")."""
+    else checkpointing with the largest micro-batch that fits. Without a GPU the machine's
+    RAM (`ram_gib`) is the budget and the plan's split is kept (a larger micro-batch is not
+    faster on a CPU); with neither, checkpointing is off under "auto"."""
     batch = micro_batch * accumulation
-    budget = HEADROOM * gpu_gib if gpu_gib else None
-    kw = dict(lora_r=lora_r, lora_targets=lora_targets, load_in_4bit=load_in_4bit, backend=backend)
+    on_gpu = bool(gpu_gib)
+    cut = split if on_gpu else "plan"  # how the batch may be cut here
+    memory = gpu_gib if on_gpu else ram_gib
+    budget = HEADROOM * memory if memory else None
+    kw = dict(lora_r=lora_r, lora_targets=lora_targets, load_in_4bit=load_in_4bit, backend=backend, dtype_bytes=dtype_bytes)
 
     def peak(m: int, ckpt: bool) -> float:
         est = estimate(config, tokens_per_micro_batch=m * tokens_per_item, **kw)
         return est["checkpointing_gib" if ckpt else "no_checkpointing_gib"]
 
     def largest(ckpt: bool) -> int | None:
-        sizes = _divisors(batch) if split == "auto" else [micro_batch]
+        sizes = _divisors(batch) if cut == "auto" else [micro_batch]
         return next((m for m in sizes if peak(m, ckpt) <= budget), None)
 
     out: dict[str, Any] = {"gpu_gib": round(gpu_gib, 1) if gpu_gib else None, "headroom": HEADROOM,
+                           "ram_gib": None if on_gpu or not ram_gib else round(ram_gib, 1),
                            "setting": {"gradient_checkpointing": checkpointing, "micro_batch": split},
                            "plan": {"per_device_train_batch_size": micro_batch, "gradient_accumulation_steps": accumulation}}
     why = []
     if budget is None:
         ckpt = checkpointing is True
         m = micro_batch
-        why.append("no GPU: the plan's split" + ("; checkpointing off (on the CPU it only costs time)" if checkpointing == "auto" else ""))
+        why.append("no GPU and no RAM size: the plan's split" + ("; checkpointing off" if checkpointing == "auto" else ""))
     else:
         options = [False, True] if checkpointing == "auto" else [bool(checkpointing)]
         ckpt, m = options[-1], None
@@ -125,15 +133,16 @@ def advise(config: Any, *, gpu_gib: float | None, tokens_per_item: int, micro_ba
             if m is not None:
                 ckpt = option
                 break
+        where = f"the GPU's {gpu_gib:.0f} GiB" if on_gpu else f"the machine's {ram_gib:.0f} GiB of RAM (no GPU)"
         if m is None:  # nothing fits by the estimate: the smallest step there is, and say so
-            m = 1 if split == "auto" else micro_batch
+            m = 1 if cut == "auto" else micro_batch
             out["hint"] = (f"by the estimate even {m} item(s) per micro-batch need about {peak(m, ckpt)} GiB, more than "
-                           f"{HEADROOM:.0%} of the GPU's {gpu_gib:.0f} GiB: it may run out of memory")
-        limit = f"{HEADROOM:.0%} of the GPU's {gpu_gib:.0f} GiB"
+                           f"{HEADROOM:.0%} of {where}: it may run out of memory")
+        limit = f"{HEADROOM:.0%} of {where}"
         why.append(f"about {peak(m, ckpt)} GiB {'with' if ckpt else 'without'} checkpointing at {m} x {batch // m}, within {limit}"
                    if peak(m, ckpt) <= budget else f"about {peak(m, ckpt)} GiB at {m} x {batch // m}, over {limit}")
         if checkpointing == "auto" and ckpt:
-            why.append(f"without checkpointing even the smallest micro-batch tried needs about {peak(m if split == 'plan' else 1, False)} GiB")
+            why.append(f"without checkpointing even the smallest micro-batch tried needs about {peak(m if cut == 'plan' else 1, False)} GiB")
         if checkpointing is True and largest(False) is not None:
             out["hint"] = ("this run fits without gradient checkpointing: train.gradient_checkpointing=\"auto\" (or false) "
                            "saves about a third of the work per step")
@@ -160,6 +169,9 @@ def plan_memory(model: dict, lora: dict, train: dict, *, tokens_per_item: int, b
             gpu_gib = torch.cuda.get_device_properties(0).total_memory / GIB
     except ImportError:
         pass
+    from ftc.runtime.model import resolve_dtype
+
+    dtype_bytes = 4 if resolve_dtype(model.get("dtype", "auto"), "cuda" if gpu_gib else "cpu") == "float32" else 2
     try:
         from ftc.runtime.model import model_config
 
@@ -175,10 +187,20 @@ def plan_memory(model: dict, lora: dict, train: dict, *, tokens_per_item: int, b
     out = advise(config, gpu_gib=gpu_gib, tokens_per_item=tokens_per_item, micro_batch=micro, accumulation=accum,
                  checkpointing=checkpointing, split=split, lora_r=int(lora.get("r", 16)),
                  lora_targets=lora.get("target_modules", "all-linear"), load_in_4bit=bool(model.get("load_in_4bit", False)),
-                 backend=backend)
+                 backend=backend, ram_gib=None if gpu_gib else _ram_gib(), dtype_bytes=dtype_bytes)
     if not can_split:
         out["reason"] += "; GRPO keeps the plan's split (a batch is a group of completions)"
     return out
+
+
+def _ram_gib() -> float | None:
+    """The machine's physical memory (the budget of a run without a GPU)."""
+    import os
+
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / GIB
+    except (ValueError, OSError, AttributeError):
+        return None
 
 
 def apply(model: dict, lora: dict, train: dict, *, tokens_per_item: int, backend: str, can_split: bool = True,

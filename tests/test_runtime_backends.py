@@ -136,6 +136,12 @@ def test_the_unsloth_module_imports_nothing_heavy_at_import():
     assert out.stdout.strip() == "[]"
 
 
+def bf16_weights_gib(config) -> float:
+    from ftc.runtime.memory_plan import estimate
+
+    return estimate(config, tokens_per_micro_batch=1)["weights_gib"]
+
+
 QWEN7B = SimpleNamespace(hidden_size=3584, num_hidden_layers=28, num_attention_heads=28, num_key_value_heads=4,
                          intermediate_size=18944, vocab_size=152064, tie_word_embeddings=False)
 
@@ -169,7 +175,13 @@ def test_memory_plan_turns_checkpointing_off_only_where_it_fits():
     small = advise(QWEN7B, gpu_gib=40, tokens_per_item=2048, micro_batch=2, accumulation=4)
     assert used(small) == (True, 2, 4) and "with checkpointing" in small["reason"]
     cpu = advise(QWEN7B, gpu_gib=None, tokens_per_item=2048, micro_batch=2, accumulation=4, split="auto")
-    assert used(cpu) == (False, 2, 4) and "no GPU" in cpu["reason"]
+    assert used(cpu) == (False, 2, 4) and "no GPU and no RAM size" in cpu["reason"]
+    # without a GPU the machine's RAM is the budget (float32 there: twice the bytes); the split stays the plan's
+    big = advise(QWEN7B, gpu_gib=None, ram_gib=512, tokens_per_item=2048, micro_batch=2, accumulation=4, split="auto", dtype_bytes=4)
+    assert used(big) == (False, 2, 4) and "of the machine's 512 GiB of RAM (no GPU)" in big["reason"]
+    laptop = advise(QWEN7B, gpu_gib=None, ram_gib=64, tokens_per_item=2048, micro_batch=2, accumulation=4, split="auto", dtype_bytes=4)
+    assert used(laptop) == (True, 2, 4) and laptop["setting"]["micro_batch"] == "auto"
+    assert laptop["estimate"]["weights_gib"] > 2 * bf16_weights_gib(QWEN7B) - 1
     # a value in the plan is used as written, with a hint where the estimate disagrees
     kept = advise(QWEN7B, gpu_gib=139.8, tokens_per_item=2048, micro_batch=2, accumulation=4, checkpointing=True)
     assert used(kept) == (True, 2, 4) and "fits without" in kept["hint"]
