@@ -38,8 +38,8 @@ from ftc.runtime.metrics import StopFlag, TokenCounter, callbacks as run_callbac
 from ftc.runtime import memory_plan
 from ftc.runtime.model import load_tokenizer, model_setup, run_error
 from ftc.runtime.rewards import build_reward_funcs, reward_from_dict, reward_weights
-from ftc.runtime.trainer_args import (checked_config, device_name, open_run_folder, peak_memory, refuse_changes, relative,
-                                      reset_metrics, train_facts, training_arguments, versions)
+from ftc.runtime.trainer_args import (checked_config, common_facts, open_run_folder, refuse_changes, reset_metrics,
+                                      training_arguments)
 
 REQUIRED = ("row_id", "prompt")
 
@@ -94,7 +94,6 @@ def train_grpo(
     """
     import torch
     from transformers.trainer_callback import PrinterCallback, ProgressCallback
-    from transformers.trainer_utils import get_last_checkpoint
 
     started_at = datetime.now(timezone.utc)
     t0 = time.perf_counter()
@@ -157,7 +156,6 @@ def train_grpo(
     trainer.max_prompt_length = max_prompt
     trainer.remove_callback(ProgressCallback)
     trainer.remove_callback(PrinterCallback)
-    trainable, total = trainer.model.get_nb_trainable_parameters()
     if loaded.device == "cuda":
         torch.cuda.reset_peak_memory_stats()
 
@@ -181,33 +179,15 @@ def train_grpo(
     losses = [m["loss"] for m in metrics if m.get("loss") is not None]
     evals = [m for m in metrics if "eval_reward" in m]
     names = [d["name"] for d in resolved]
-    facts = {
-        "name": name,
-        "plan_hash": plan_hash,
-        "backend": setup.backend,
-        "backend_facts": setup.facts,
-        "method": "grpo",
-        "versions": versions(),
-        "device": device_name(loaded.device),
-        "model": {
-            "name": model.get("name"),
-            "revision": model.get("revision"),
-            "init": model.get("init", "pretrained"),
-            "random_init": loaded.random_init,
-            "fingerprint": loaded.fingerprint,
-            "dtype": loaded.dtype,
-            "attn_implementation": setup.attention,
-            "max_seq_length": int(model.get("max_seq_length", 2048)),
-            "load_in_4bit": bool(model.get("load_in_4bit", False)),
-            "num_parameters": total,
-            "trainable_parameters": trainable,
-        },
-        "settings": {"model": model, "lora": lora, "train": train, "max_steps_override": max_steps_override, "tokenizer": str(tokenizer_path)},
+    facts = common_facts(name=name, plan_hash=plan_hash, method="grpo", setup=setup, model=model, lora=lora, train=train,
+                         tokenizer_path=tokenizer_path, max_steps_override=max_steps_override, trainer=trainer, losses=losses,
+                         interrupted=interrupted, resumed_from=resumed_from, train_time=train_time, counter=counter,
+                         memory=memory, checkpoints=checkpoints, output_dir=output_dir, started_at=started_at, t0=t0)
+    facts.update({
         "data": {
             "train": {"path": str(train_data), "rows": train_table.num_rows, "prompts": train_prompts},
             "eval": {"path": str(eval_data), "rows": eval_table.num_rows, "prompts": eval_prompts} if eval_table is not None else None,
         },
-        "train": train_facts(state, losses, interrupted=interrupted, resumed_from=resumed_from, train_time=train_time),
         "grpo": {
             "num_generations": args.num_generations,
             "generation_batch_size": args.generation_batch_size,
@@ -239,17 +219,9 @@ def train_grpo(
             "padding_efficiency": counter.real / counter.slots if counter.slots else None,
             "note": "prompt + completion tokens of the batches trained on, counted in this process; trained = completion tokens",
         },
-        "throughput_tokens_per_second": round(counter.real / train_time, 1) if train_time > 0 else None,
-        "memory_plan": memory,
-        "peak_memory": peak_memory(loaded.device),
         "eval": {"step": evals[-1]["step"], "reward": evals[-1]["eval_reward"],
                  "rewards": {n: evals[-1].get(f"eval_rewards/{n}/mean") for n in names}} if evals else {},
-        "adapter_dir": ".",
-        "checkpoint": relative(get_last_checkpoint(str(checkpoints)) if checkpoints.is_dir() else None, output_dir),
-        "started_at": started_at.isoformat(timespec="seconds"),
-        "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "wall_time_s": round(time.perf_counter() - t0, 3),
-    }
+    })
     (output_dir / "run.json").write_text(json.dumps(facts, indent=2, sort_keys=True, default=str) + "\n")
     from ftc.runtime.report import write_report
 

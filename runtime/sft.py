@@ -28,8 +28,8 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from ftc.runtime import data as token_data
-from ftc.runtime.trainer_args import (checked_config, device_name, refuse_changes, open_run_folder, peak_memory, relative, reset_metrics, train_facts,
-                                      training_arguments, versions)
+from ftc.runtime.trainer_args import (checked_config, common_facts, open_run_folder, refuse_changes, reset_metrics,
+                                      training_arguments)
 from ftc.runtime.metrics import StopFlag, TokenCounter, callbacks as run_callbacks, read_metrics
 from ftc.runtime import memory_plan
 from ftc.runtime.model import load_tokenizer, model_setup, run_error
@@ -63,7 +63,6 @@ def train_sft(
     """
     import torch
     from transformers.trainer_callback import PrinterCallback, ProgressCallback
-    from transformers.trainer_utils import get_last_checkpoint
 
     started_at = datetime.now(timezone.utc)
     t0 = time.perf_counter()
@@ -125,7 +124,6 @@ def train_sft(
     trainer.token_counter = counter
     trainer.remove_callback(ProgressCallback)
     trainer.remove_callback(PrinterCallback)
-    trainable, total = trainer.model.get_nb_trainable_parameters()
     flops = _flops_facts(trainer.model, train_table, device=loaded.device)
     perf.update(flops_per_token=flops["flops_per_token"], peak_flops=flops.get("peak_flops"), device=loaded.device)
     if loaded.device == "cuda":
@@ -161,33 +159,15 @@ def train_sft(
     metrics = read_metrics(metrics_path)
     losses = [m["loss"] for m in metrics if m.get("loss") is not None]
     train_stats = token_data.token_stats(train_table)
-    facts = {
-        "name": name,
-        "plan_hash": plan_hash,
-        "backend": setup.backend,
-        "backend_facts": setup.facts,
-        "method": "sft",
-        "versions": versions(),
-        "device": device_name(loaded.device),
-        "model": {
-            "name": model.get("name"),
-            "revision": model.get("revision"),
-            "init": model.get("init", "pretrained"),
-            "random_init": loaded.random_init,
-            "fingerprint": loaded.fingerprint,
-            "dtype": loaded.dtype,
-            "attn_implementation": attention,
-            "max_seq_length": max_len,
-            "load_in_4bit": bool(model.get("load_in_4bit", False)),
-            "num_parameters": total,
-            "trainable_parameters": trainable,
-        },
-        "settings": {"model": model, "lora": lora, "train": train, "max_steps_override": max_steps_override, "tokenizer": str(tokenizer_path)},
+    facts = common_facts(name=name, plan_hash=plan_hash, method="sft", setup=setup, model=model, lora=lora, train=train,
+                         tokenizer_path=tokenizer_path, max_steps_override=max_steps_override, trainer=trainer, losses=losses,
+                         interrupted=interrupted, resumed_from=resumed_from, train_time=train_time, counter=counter,
+                         memory=memory, checkpoints=checkpoints, output_dir=output_dir, started_at=started_at, t0=t0)
+    facts.update({
         "data": {
             "train": {"path": str(train_tokens), **asdict(train_stats)},
             "eval": {"path": str(eval_tokens), **asdict(token_data.token_stats(eval_table))} if eval_table is not None else None,
         },
-        "train": train_facts(state, losses, interrupted=interrupted, resumed_from=resumed_from, train_time=train_time),
         "tokens": {
             "real": counter.real,
             "slots": counter.slots,
@@ -196,19 +176,11 @@ def train_sft(
             "pack_fill": train_stats.tokens / (train_stats.sequences * max_len) if packed else None,
             "note": "counted in this process (a resumed run counts from its resume step)",
         },
-        "throughput_tokens_per_second": round(counter.real / train_time, 1) if train_time > 0 else None,
         "flops": flops,
         "mfu": (round(counter.real / train_time * flops["flops_per_token"] / flops["peak_flops"], 4)
                 if train_time > 0 and flops.get("peak_flops") else None),
-        "memory_plan": memory,
-        "peak_memory": peak_memory(loaded.device),
         "eval": eval_facts,
-        "adapter_dir": ".",
-        "checkpoint": relative(get_last_checkpoint(str(checkpoints)) if checkpoints.is_dir() else None, output_dir),
-        "started_at": started_at.isoformat(timespec="seconds"),
-        "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "wall_time_s": round(time.perf_counter() - t0, 3),
-    }
+    })
     (output_dir / "run.json").write_text(json.dumps(facts, indent=2, sort_keys=True, default=str) + "\n")
     from ftc.runtime.report import write_report
 

@@ -192,3 +192,50 @@ def config_changes(config: Any, kwargs: dict[str, Any]) -> list[str]:
         if got != want:
             out.append(f"{key}: {want!r} -> {got!r}")
     return out
+
+
+def common_facts(*, name: str, plan_hash: str, method: str, setup: Any, model: dict, lora: dict, train: dict,
+                 tokenizer_path: str, max_steps_override: int | None, trainer: Any, losses: list[float],
+                 interrupted: bool, resumed_from: int | None, train_time: float, counter: Any, memory: dict,
+                 checkpoints: Path, output_dir: Path, started_at: Any, t0: float) -> dict:
+    """The run.json facts SFT and GRPO share; each trainer adds its own (data, tokens, eval, ...)."""
+    import time
+    from datetime import datetime, timezone
+
+    from transformers.trainer_utils import get_last_checkpoint
+
+    loaded = setup.loaded
+    trainable, total = trainer.model.get_nb_trainable_parameters()
+    return {
+        "name": name,
+        "plan_hash": plan_hash,
+        "backend": setup.backend,
+        "backend_facts": setup.facts,
+        "method": method,
+        "versions": versions(),
+        "device": device_name(loaded.device),
+        "model": {
+            "name": model.get("name"),
+            "revision": model.get("revision"),
+            "init": model.get("init", "pretrained"),
+            "random_init": loaded.random_init,
+            "fingerprint": loaded.fingerprint,
+            "dtype": loaded.dtype,
+            "attn_implementation": setup.attention,
+            "max_seq_length": int(model.get("max_seq_length", 2048)),
+            "load_in_4bit": bool(model.get("load_in_4bit", False)),
+            "num_parameters": total,
+            "trainable_parameters": trainable,
+        },
+        "settings": {"model": model, "lora": lora, "train": train, "max_steps_override": max_steps_override,
+                     "tokenizer": str(tokenizer_path)},
+        "train": train_facts(trainer.state, losses, interrupted=interrupted, resumed_from=resumed_from, train_time=train_time),
+        "throughput_tokens_per_second": round(counter.real / train_time, 1) if train_time > 0 else None,
+        "memory_plan": memory,
+        "peak_memory": peak_memory(loaded.device),
+        "adapter_dir": ".",
+        "checkpoint": relative(get_last_checkpoint(str(checkpoints)) if checkpoints.is_dir() else None, output_dir),
+        "started_at": started_at.isoformat(timespec="seconds"),
+        "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "wall_time_s": round(time.perf_counter() - t0, 3),
+    }
