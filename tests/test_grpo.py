@@ -21,10 +21,9 @@ pytest.importorskip("trl")
 
 from ftc.errors import FtcError  # noqa: E402
 
-ROOT = Path(__file__).resolve().parents[1]
-SHARED = ROOT.parent / "shared"
+from conftest import ROOT, SHARED, TOKENIZER  # noqa: E402
+
 GSM8K = SHARED / "data" / "gsm8k" / "train.jsonl"
-TOKENIZER = SHARED / "tokenizers" / "qwen2.5-bpe"
 needs_shared = pytest.mark.skipif(
     not (GSM8K.exists() and (TOKENIZER / "tokenizer.json").exists()),
     reason=f"needs GSM8K at {GSM8K} and the Qwen2.5 tokenizer at {TOKENIZER} (shared/ is absent)",

@@ -19,7 +19,8 @@ from ftc.runtime.rewards import (
     reward_weights,
 )
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared"
+from conftest import SHARED  # noqa: E402
+
 GSM8K = SHARED / "data" / "gsm8k" / "train.jsonl"
 FIELDS = {"question", "answer", "answer_number"}
 

@@ -19,8 +19,8 @@ pytest.importorskip("trl")
 
 from ftc.runtime.fixtures import Example, encode, write_tiny_model_dir, write_token_artifact  # noqa: E402
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared"
-TOKENIZER = SHARED / "tokenizers" / "qwen2.5-bpe"
+from conftest import TOKENIZER  # noqa: E402
+
 needs_tokenizer = pytest.mark.skipif(
     not (TOKENIZER / "tokenizer.json").exists(), reason=f"needs the Qwen2.5 tokenizer at {TOKENIZER} (shared/ is absent)"
 )

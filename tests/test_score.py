@@ -11,7 +11,8 @@ from ftc.errors import FtcError
 from ftc.runtime.rewards import check_rewards
 from ftc.runtime.score import format_summary, read_completions, score_file, score_rows
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared"
+from conftest import SHARED  # noqa: E402
+
 GSM8K = SHARED / "data" / "gsm8k" / "train.jsonl"
 FIELDS = {"question", "answer", "answer_number"}
 REWARDS = [

@@ -13,7 +13,6 @@ import json
 import shutil
 from pathlib import Path
 
-import numpy as np
 import pyarrow as pa
 import pytest
 
@@ -29,8 +28,8 @@ from ftc.compiler.tokenize import (
 )
 from ftc.errors import FtcError
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared"
-QWEN = SHARED / "tokenizers" / "qwen2.5-bpe"
+from conftest import SHARED, TOKENIZER as QWEN  # noqa: E402
+
 DATA = SHARED / "data"
 EOS = "<|im_end|>"
 
