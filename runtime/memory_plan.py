@@ -5,10 +5,10 @@ every layer's forward in the backward pass (about a third more work), so it shou
 only when the activations would not fit, and a larger micro-batch (fewer accumulation
 steps for the same batch) runs faster while it fits. `train.gradient_checkpointing` and
 `train.micro_batch` are "auto" by default: the runtime estimates the peak from the model's
-shape, the micro-batch and the GPU it finds (without one, the machine's RAM), and picks (see
-`advise`). The reviewed batch
-(per_device_train_batch_size x gradient_accumulation_steps) never changes, only how it is
-cut. Values set in the plan are used as written, with a hint when the estimate disagrees.
+shape, the micro-batch and the GPU it finds (without one, the machine's RAM), and picks
+(see `advise`). The reviewed batch (per_device_train_batch_size x gradient_accumulation_steps)
+never changes, only how it is cut. Values set in the plan are used as written, with a hint
+when the estimate disagrees.
 run.json's `memory_plan` records the estimate, the settings, what was used and why.
 
 Per token and decoder layer, a bf16 forward keeps about 2 bytes x (10 h + 3.5 i) for the
@@ -17,8 +17,8 @@ MLP's gate, up, activation and product); unsloth's fused kernels keep about 0.7 
 Both factors are fitted to the peaks measured on the H200 (BENCHMARKS.md, Qwen2.5-7B shape,
 2 packs of 2048 tokens, no checkpointing): hf 43.4 GiB measured / 44.5 estimated, unsloth
 31.9 / 31.6, unsloth QLoRA 21.5 / 23.2; at 4 and 8 packs unsloth measured 48.4 / 46.8 and
-80.7 / 77.4 (the estimate runs about 4% low there, inside the 15% headroom). With checkpointing only each layer's input (2 h
-bytes) stays, plus one layer's activations while it is recomputed; unsloth also offloads
+80.7 / 77.4 (the estimate runs about 4% low there, inside the 15% headroom). With
+checkpointing only each layer's input (2 h bytes) stays, plus one layer's activations while it is recomputed; unsloth also offloads
 those inputs to the CPU. The loss adds the logits of a micro-batch (bf16, an fp32 copy and
 its gradient) unless the backend chunks the cross-entropy (unsloth does).
 """
@@ -169,12 +169,10 @@ def plan_memory(model: dict, lora: dict, train: dict, *, tokens_per_item: int, b
             gpu_gib = torch.cuda.get_device_properties(0).total_memory / GIB
     except ImportError:
         pass
-    from ftc.runtime.model import resolve_dtype
+    from ftc.runtime.model import model_config, resolve_dtype
 
     dtype_bytes = 4 if resolve_dtype(model.get("dtype", "auto"), "cuda" if gpu_gib else "cpu") == "float32" else 2
     try:
-        from ftc.runtime.model import model_config
-
         config = model_config(model)
     except Exception as err:  # noqa: BLE001  (loading the model reports the real problem next)
         return {"gpu_gib": round(gpu_gib, 1) if gpu_gib else None, "estimate": None,

@@ -99,12 +99,9 @@ def load_base_model(model: dict, *, seed: int, device: str | None = None) -> Loa
         if model.get("load_in_4bit"):
             raise run_error("model.load_in_4bit with model.init=random", "4-bit quantization needs trained weights; drop one of the two")
         try:
-            config = transformers.AutoConfig.from_pretrained(
-                name, **{k: v for k, v in common.items() if k != "attn_implementation"}
-            )
+            config = model_config(model)  # config.json plus the plan's model.config overrides
         except (OSError, ValueError) as err:
             raise run_error(f"cannot read the config of model {name!r}: {err}", "model.init=random needs model.name to be a folder (or hub id) with a config.json") from err
-        config = _override_config(config, model.get("config") or {})
         print(
             f"ftc: WARNING model.init=random: {config.model_type} built from {name}'s config with RANDOM weights "
             f"(seed {seed}); this is not a pretrained model",

@@ -27,6 +27,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Sequence
 
+import pyarrow.compute as pc
+
 from ftc.runtime import data as token_data
 from ftc.runtime.trainer_args import (checked_config, common_facts, open_run_folder, refuse_changes, reset_metrics,
                                       training_arguments)
@@ -82,7 +84,7 @@ def train_sft(
         eval_table = eval_table.drop_columns(["pack"])
 
     # ---- memory: checkpointing and micro-batch from the model's size and this GPU ("auto"), before loading
-    longest = max_len if packed else int(max(train_table.column("length").to_pylist()))
+    longest = max_len if packed else int(pc.max(train_table.column("length")).as_py())
     train, memory = memory_plan.apply(model, lora, train, tokens_per_item=longest, backend=backend, announce=main_process)
 
     # ---- model: from the backend (hf: base model, LoRA added by the trainer; unsloth: LoRA already on)
