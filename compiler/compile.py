@@ -16,7 +16,7 @@ import pyarrow as pa
 
 from ftc import __version__
 from ftc.compiler import render
-from ftc.compiler.lock import LOCK_VERSION, seal
+from ftc.compiler.lock import LOCK_VERSION, Plan, relpath, seal
 from ftc.compiler.lock import write_lock as write_lock_file
 from ftc.compiler.normalize import INTERNAL, Normalizer, Stage
 from ftc.compiler.recipe import Recipe, derive_schedule
@@ -34,16 +34,11 @@ class Compiled:
     tokens: dict[str, pa.Table]  # empty when compiled with tokenize=False
 
 
-def rel(path: Path, start: Path) -> str:
-    return os.path.relpath(os.path.abspath(path), os.path.abspath(start)).replace(os.sep, "/")
-
-
 def compile_recipe(recipe: Recipe, lock_path: Path, *, progress: bool = False, write: bool = True, tokenize: bool = True,
                    write_lock: bool = True) -> Compiled:
     """Compile; ``write`` puts artifacts in the cache, ``write_lock`` also writes the lock and its reports."""
     file = str(recipe.path)
     norm = Normalizer(file)
-    lock_dir = lock_path.parent
 
     # 1. sources, each with its own transforms
     source_facts, tables, ord_base = {}, {}, 0
@@ -100,13 +95,13 @@ def compile_recipe(recipe: Recipe, lock_path: Path, *, progress: bool = False, w
         splits[split] = table
         if table.num_rows == 0 and split == "eval":
             continue
-        artifacts[split] = _write_parquet(table, cache, split, lock_dir, write)
+        artifacts[split] = _write_parquet(table, cache, split, recipe.dir, write)
         samples[split] = [_sample(r, fmt) for r in table.slice(0, 2).to_pylist()]
 
     lock = {
         "lock_version": LOCK_VERSION,
         "ftc_version": __version__,
-        "recipe": {"path": rel(recipe.path, lock_dir), "sha256": recipe.sha256, "overrides": list(recipe.overrides)},
+        "recipe": {"path": relpath(recipe.path, lock_path.parent), "sha256": recipe.sha256, "overrides": list(recipe.overrides)},
         "settings": recipe.data,
         "sources": source_facts,
         "stages": [s.to_lock() for s in norm.stages],
@@ -121,7 +116,7 @@ def compile_recipe(recipe: Recipe, lock_path: Path, *, progress: bool = False, w
     sequences = splits["train"].num_rows
     token_tables: dict[str, pa.Table] = {}
     if tokenize:
-        tokens = _tokenize(recipe, splits, cache, lock_dir, write)
+        tokens = _tokenize(recipe, splits, cache, write)
         lock["tokens"] = tokens["lock"]
         lock["artifacts"]["tokens"] = tokens["artifacts"]
         lock["stages"] += tokens["stages"]
@@ -204,7 +199,7 @@ def _render_split(norm: Normalizer, t: str, spec: dict, templates, types, render
     return table
 
 
-def _write_parquet(table: pa.Table, cache: Path, split: str, lock_dir: Path, write: bool) -> dict:
+def _write_parquet(table: pa.Table, cache: Path, split: str, recipe_dir: Path, write: bool) -> dict:
     """Content-addressed Parquet: the file name carries its own sha256.
 
     DuckDB writes it (row groups encoded in parallel, about twice pyarrow's speed
@@ -230,7 +225,7 @@ def _write_parquet(table: pa.Table, cache: Path, split: str, lock_dir: Path, wri
     else:
         tmp.unlink()
     return {
-        "path": rel(path, lock_dir),
+        "path": relpath(path, recipe_dir),  # the lock's one rule: relative to the recipe's folder
         "sha256": digest,
         "rows": table.num_rows,
         "schema": {f.name: str(f.type) for f in table.schema},
@@ -259,18 +254,27 @@ def tokenizer_location(recipe: Recipe) -> str:
     return str(local) if local.is_dir() else name
 
 
-def recipe_dir_of_lock(lock: dict, lock_file: str | Path) -> Path:
-    return (Path(lock_file).parent / lock["recipe"]["path"]).parent
-
-
 def tokenizer_location_of_lock(lock: dict, lock_file: str | Path) -> str:
-    """The tokenizer a lock was compiled with, found again from the lock's folder."""
-    name = lock["settings"]["model"]["tokenizer"]
-    local = recipe_dir_of_lock(lock, lock_file) / name
-    return str(local) if local.is_dir() else name
+    """The tokenizer a lock was compiled with, found through the Plan view's one path rule."""
+    return Plan(lock, Path(os.path.abspath(lock_file))).tokenizer_location
 
 
-def _tokenize(recipe: Recipe, splits: dict[str, pa.Table], cache: Path, lock_dir: Path, write: bool) -> dict:
+def rebuild(plan: Plan) -> Compiled:
+    """Recompile the plan's recipe (with the lock's own overrides) into the artifact cache, without
+    writing the lock; refused when the recipe no longer gives the same plan."""
+    from ftc.compiler.recipe import load_recipe
+
+    recipe = load_recipe(plan.recipe_file, plan.lock["recipe"]["overrides"], base=plan.recipe_dir)
+    again = compile_recipe(recipe, plan.lock_path, write=True, write_lock=False)
+    if again.lock["plan_hash"] != plan.plan_hash:
+        from ftc.errors import FtcError
+
+        raise FtcError("FTC504", file=str(plan.recipe_file), what="recompiling it gives a different plan",
+                       recipe=plan.recipe_file, lock=plan.lock_path)
+    return again
+
+
+def _tokenize(recipe: Recipe, splits: dict[str, pa.Table], cache: Path, write: bool) -> dict:
     """Tokenize every split, plan packing, write the token artifacts; the facts for the lock."""
     from ftc.compiler import pack
     from ftc.compiler.tokenize import load_tokenizer, tokenize
@@ -309,7 +313,7 @@ def _tokenize(recipe: Recipe, splits: dict[str, pa.Table], cache: Path, lock_dir
                 train_sequences = len(bins)
         stats[split] = res.stats
         tables[split] = out
-        arts[split] = _write_parquet(out, cache.parent / "tokens", split, lock_dir, write)
+        arts[split] = _write_parquet(out, cache.parent / "tokens", split, recipe.dir, write)
     lock = {
         "tokenizer": {"name": model["tokenizer"], "revision": info.revision, "fingerprint": info.fingerprint,
                       "eos_token": info.eos_token, "eos_token_id": info.eos_token_id, "pad_token_id": info.pad_token_id,

@@ -1,14 +1,22 @@
-"""plan.lock I/O: canonical JSON, the plan hash, and reading with checks.
+"""plan.lock I/O and the `Plan` view: canonical JSON, the plan hash, and one rule for paths.
 
 Canonical means sorted keys, 2-space indent, UTF-8 not escaped, a trailing newline,
 no timestamps and no absolute paths: the same inputs give the same bytes, so a
 reviewer's diff shows only real changes.
+
+Paths, one rule: every path a lock holds is relative to the folder of its recipe, except
+`recipe.path`, which says where that recipe lies as seen from the lock. `recipe.path` is
+therefore where the lock is, not what the plan is, and the plan hash leaves it out: the
+same recipe compiled to two folders is the same plan (and a run folder's copy of the lock,
+re-anchored at the run folder, keeps the hash).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import os
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from ftc import __version__
@@ -22,7 +30,10 @@ def canonical(obj: dict) -> str:
 
 
 def plan_hash(lock: dict) -> str:
+    """sha256 of the plan: the lock without its own hash and without `recipe.path` (its location)."""
     body = {k: v for k, v in lock.items() if k != "plan_hash"}
+    if isinstance(body.get("recipe"), dict):
+        body["recipe"] = {k: v for k, v in body["recipe"].items() if k != "path"}
     return hashlib.sha256(canonical(body).encode("utf-8")).hexdigest()
 
 
@@ -59,3 +70,93 @@ def read_lock(path: str | Path) -> dict:
     if plan_hash(lock) != lock["plan_hash"]:
         raise FtcError("FTC502", file=str(path))
     return lock
+
+
+def relpath(path: str | os.PathLike, start: str | os.PathLike) -> str:
+    """`path` relative to `start`, with forward slashes (the lock's spelling on every OS)."""
+    return os.path.relpath(os.path.abspath(path), os.path.abspath(start)).replace(os.sep, "/")
+
+
+def _absolute(path: str | os.PathLike) -> Path:
+    """Absolute and normalized, without resolving symlinks (a project may be reached through one)."""
+    return Path(os.path.normpath(os.path.abspath(path)))
+
+
+@dataclass(frozen=True)
+class Plan:
+    """A lock as the runtime reads it: the resolved settings and every path, absolute, by one rule.
+
+    Everything `ftc run`, `infer`, `eval`, `export` and `score` need from a plan comes from
+    here, so no command resolves a path against the current directory on its own.
+    """
+
+    lock: dict = field(repr=False)
+    lock_path: Path  # absolute
+    rebuilt: tuple[str, ...] = ()  # artifacts `ftc run` rebuilt from the sources ("tokens/train", ...)
+
+    @classmethod
+    def load(cls, lock_path: str | os.PathLike) -> "Plan":
+        return cls(read_lock(lock_path), _absolute(lock_path))
+
+    # -- what the plan is
+    @property
+    def plan_hash(self) -> str:
+        return self.lock["plan_hash"]
+
+    @property
+    def name(self) -> str:
+        return self.lock["settings"]["name"]
+
+    @property
+    def settings(self) -> dict:
+        return self.lock["settings"]
+
+    @property
+    def method(self) -> str:
+        return self.settings["train"]["method"]
+
+    @property
+    def schedule(self) -> dict:
+        return self.lock["schedule"]
+
+    # -- where things are
+    @property
+    def recipe_file(self) -> Path:
+        return _absolute(self.lock_path.parent / self.lock["recipe"]["path"])
+
+    @property
+    def recipe_dir(self) -> Path:
+        return self.recipe_file.parent
+
+    def path(self, value: str) -> Path:
+        """A path of the lock (relative to the recipe's folder) as an absolute path."""
+        return _absolute(self.recipe_dir / value)
+
+    def location(self, value: str) -> str:
+        """A model or tokenizer value: the local folder (absolute) when there is one, else the hub id as written."""
+        local = self.path(value)
+        return str(local) if local.is_dir() else value
+
+    @property
+    def model_location(self) -> str:
+        return self.location(self.settings["model"]["name"])
+
+    @property
+    def tokenizer_location(self) -> str:
+        return self.location(self.settings["model"]["tokenizer"])
+
+    def artifact(self, kind: str, split: str) -> Path | None:
+        """The artifact file of `kind` ("data" | "tokens") for `split`, or None when the plan has none."""
+        art = self.lock["artifacts"].get(kind, {}).get(split)
+        return self.path(art["path"]) if art else None
+
+    def artifacts(self) -> list[tuple[str, str, dict]]:
+        """(kind, split, lock entry) of every artifact."""
+        return [(kind, split, art) for kind, arts in self.lock["artifacts"].items() for split, art in arts.items()]
+
+    def anchored_at(self, lock_path: str | os.PathLike) -> dict:
+        """The lock as it must be written at `lock_path` (e.g. a run folder's copy): the same plan, same
+        hash, with `recipe.path` re-anchored so every path still resolves from there."""
+        lock = json.loads(json.dumps(self.lock))
+        lock["recipe"]["path"] = relpath(self.recipe_file, _absolute(lock_path).parent)
+        return seal(lock)

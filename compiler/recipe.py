@@ -51,8 +51,12 @@ class Recipe:
         return (self.dir / rel) if not os.path.isabs(rel) else Path(rel)
 
 
-def load_recipe(path: str | os.PathLike, overrides: list[str] | tuple[str, ...] = ()) -> Recipe:
-    """Read, override, validate and resolve a recipe file."""
+def load_recipe(path: str | os.PathLike, overrides: list[str] | tuple[str, ...] = (), *,
+                base: str | os.PathLike | None = None) -> Recipe:
+    """Read, override, validate and resolve a recipe file.
+
+    Path values in `overrides` are relative to `base`: the current directory for `--set` on the
+    command line (the default), the recipe's folder for the overrides a lock recorded."""
     p = Path(path)
     try:
         raw = p.read_bytes()
@@ -68,7 +72,7 @@ def load_recipe(path: str | os.PathLike, overrides: list[str] | tuple[str, ...] 
         raise FtcError("FTC102", file=str(path), reason="a recipe is a JSON object", hint="wrap it in { ... }")
     applied = []
     for arg in overrides:
-        applied.append(apply_override(data, arg, p.parent))
+        applied.append(apply_override(data, arg, p.parent, base=base))
     validate(data, str(path))
     resolved = resolve(data, str(path))
     return Recipe(path=p, sha256=hashlib.sha256(raw).hexdigest(), overrides=tuple(applied), data=resolved)
@@ -76,8 +80,9 @@ def load_recipe(path: str | os.PathLike, overrides: list[str] | tuple[str, ...] 
 
 # ---------------------------------------------------------------- overrides
 
-def apply_override(data: dict, arg: str, recipe_dir: Path) -> str:
-    """Apply one ``KEY=VALUE`` to ``data`` in place; returns the recorded form."""
+def apply_override(data: dict, arg: str, recipe_dir: Path, *, base: str | os.PathLike | None = None) -> str:
+    """Apply one ``KEY=VALUE`` to ``data`` in place; returns the recorded form (path values
+    relative to the recipe's folder)."""
     key, sep, text = arg.partition("=")
     key = key.strip()
     if not sep or not key:
@@ -87,8 +92,10 @@ def apply_override(data: dict, arg: str, recipe_dir: Path) -> str:
     except json.JSONDecodeError:
         value = text  # bare strings need no quotes
     parts = key.split(".")
-    if _is_path_key(parts) and isinstance(value, str) and not os.path.isabs(value) and os.path.exists(value):
-        value = os.path.relpath(os.path.abspath(value), os.path.abspath(recipe_dir)).replace(os.sep, "/")
+    if _is_path_key(parts) and isinstance(value, str) and not os.path.isabs(value):
+        here = os.path.join(base, value) if base is not None else value
+        if os.path.exists(here):
+            value = os.path.relpath(os.path.abspath(here), os.path.abspath(recipe_dir)).replace(os.sep, "/")
     node: Any = data
     for i, part in enumerate(parts[:-1]):
         if isinstance(node, list):

@@ -108,22 +108,16 @@ def cmd_infer(args) -> int:
 
 
 def cmd_eval(args) -> int:
+    from ftc.errors import FtcError
     from ftc.runtime.evaluate import eval_loss
     from ftc.runtime.infer import load_trained
-    from ftc.runtime.run import run_lock
+    from ftc.runtime.run import RUN_LOCK, run_plan_of
     from ftc.runtime.verify import verify
 
-    facts_lock = json.loads((Path(args.run_dir) / "run.json").read_text()) if (Path(args.run_dir) / "run.json").exists() else {}
-    lock_file = facts_lock.get("lock") or str(Path(args.run_dir) / "plan.lock")
-    plan = verify(lock_file)
-    if plan.plan_hash != run_lock(Path(args.run_dir))["plan_hash"]:
-        from ftc.errors import FtcError
-
-        raise FtcError("FTC700", reason=f"{lock_file} is not the plan this run trained on", hint="recompile or point at the right run")
-    tokens = plan.artifacts["tokens"].get(args.split)
+    run_plan_of(Path(args.run_dir))  # a run folder, with its plan
+    plan = verify(Path(args.run_dir) / RUN_LOCK)
+    tokens = plan.artifact("tokens", args.split)
     if tokens is None:
-        from ftc.errors import FtcError
-
         raise FtcError("FTC700", reason=f"the plan has no {args.split} split", hint="set split.eval in the recipe and recompile")
     trained = load_trained(Path(args.run_dir))
     res = eval_loss(trained.model, tokens, pad_token_id=trained.tokenizer.pad_token_id or 0)
@@ -140,7 +134,7 @@ def cmd_export(args) -> int:
 
 
 def cmd_score(args) -> int:
-    from ftc.compiler.compile import recipe_dir_of_lock
+    from ftc.compiler.lock import Plan
     from ftc.runtime.score import format_summary, score_file
 
     lock, table, _ = load_split(args.lock, args.split, [])
@@ -149,7 +143,7 @@ def cmd_score(args) -> int:
         from ftc.errors import FtcError
 
         raise FtcError("FTC105", file=args.lock, reason="the plan declares no rewards", hint="declare train.grpo.rewards in the recipe")
-    result = score_file(rewards, table.to_pylist(), Path(args.completions), recipe_dir_of_lock(lock, args.lock))
+    result = score_file(rewards, table.to_pylist(), Path(args.completions), Plan.load(args.lock).recipe_dir)
     print(format_summary(result))
     return 0
 
@@ -197,16 +191,16 @@ def load_split(target: str, split: str, overrides: list[str], tokens: bool = Fal
         # an in-memory lock "beside" the recipe, so its relative paths resolve
         compiled = compile_recipe(recipe, recipe.path.parent / "plan.lock", write=False, tokenize=tokens)
         return compiled.lock, compiled.splits[split], compiled.tokens.get(split)
-    from ftc.compiler.lock import read_lock
+    from ftc.compiler.lock import Plan
 
-    lock = read_lock(target)
+    plan = Plan.load(target)
+    lock = plan.lock
 
     def artifact(kind: str):
-        art = lock["artifacts"].get(kind, {}).get(split)
-        if art is None:
+        path = plan.artifact(kind, split)
+        if path is None:
             raise FtcError("FTC105", file=target, reason=f"the plan has no {split} {kind}",
                            hint="set split.eval in the recipe" if split == "eval" else "recompile the recipe")
-        path = Path(target).parent / art["path"]
         if not path.exists():
             raise FtcError("FTC503", file=str(path), recipe=lock["recipe"]["path"])
         return pq.read_table(path)

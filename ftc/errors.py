@@ -48,6 +48,12 @@ RULES: dict[str, Rule] = {
         Rule("FTC502", "{file}: plan_hash does not match its content (the lock was edited by hand)", "recompile the recipe instead of editing the lock"),
         Rule("FTC503", "artifact {file} is missing or changed", "recompile: `ftc compile {recipe}`"),
         Rule("FTC504", "source {file} changed since the plan was compiled ({what})", "nothing trains on data the lock does not describe: recompile with `ftc compile {recipe} -o {lock}`"),
+        Rule("FTC505", "{file}: the lock's recipe ({recipe_rel}, relative to the lock) is not there: the lock was moved away from its project, or the recipe was removed",
+             "keep the lock where `ftc compile -o` wrote it (its paths are relative to the recipe), or compile again: `ftc compile RECIPE -o {lock}`"),
+        Rule("FTC506", "tokenizer {file} differs from the one the plan was compiled with ({changed} changed)",
+             "the token ids in the artifacts came from the old tokenizer: recompile with `ftc compile {recipe} -o {lock}`"),
+        Rule("FTC507", "python reward file {file} of reward {reward!r} {what} since the plan was compiled",
+             "the lock holds the sha256 of the file that was reviewed: recompile with `ftc compile {recipe} -o {lock}`"),
         Rule("FTC600", "cannot load tokenizer {name!r}: {reason}", "offline? point model.tokenizer at a local folder: --set model.tokenizer=PATH"),
         Rule("FTC601", "{reason}", "{hint}"),  # tokenization / masking problem
         Rule("FTC700", "{reason}", "{hint}"),  # ftc run / infer / eval / export: a problem the user can fix

@@ -7,12 +7,12 @@ The trainers (sft.py, grpo.py) take the lock's settings as they are.
 from __future__ import annotations
 
 import json
-import shutil
 import sys
 from pathlib import Path
 
+from ftc.compiler.lock import Plan, canonical
 from ftc.errors import FtcError
-from ftc.runtime.verify import Plan, verify
+from ftc.runtime.verify import verify
 
 RUN_LOCK = "plan.lock"  # a copy of the plan, kept in the run folder
 
@@ -79,9 +79,10 @@ def run_plan(lock_path: str, *, output: str | None = None, resume: bool = False,
     train = per_rank_accumulation(settings["train"], world_size)
     if rank == 0:
         out.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(plan.lock_path, out / RUN_LOCK)
-    model = {**settings["model"], "name": plan.local(settings["model"]["name"])}
-    tokenizer = plan.local(settings["model"]["tokenizer"])
+        # the run folder's copy of the plan, re-anchored there: infer/eval/export resolve every path from it
+        (out / RUN_LOCK).write_text(canonical(plan.anchored_at(out / RUN_LOCK)), encoding="utf-8")
+    model = {**settings["model"], "name": plan.model_location}
+    tokenizer = plan.tokenizer_location
     print(f"ftc: plan {plan.plan_hash[:12]} verified; backend {chosen} ({why}); output {out}", file=sys.stderr)
     if plan.rebuilt:
         print(f"ftc: rebuilt from the sources: {', '.join(plan.rebuilt)}", file=sys.stderr)
@@ -89,10 +90,10 @@ def run_plan(lock_path: str, *, output: str | None = None, resume: bool = False,
     common = dict(model=model, lora=settings["lora"], train=train, tokenizer_path=tokenizer, output_dir=out, resume=resume,
                   plan_hash=plan.plan_hash, max_steps_override=max_steps, name=plan.name)
     if method == "grpo":  # prompts, generated for and scored
-        common.update(train_data=plan.artifacts["data"]["train"], eval_data=plan.artifacts["data"].get("eval"),
+        common.update(train_data=plan.artifact("data", "train"), eval_data=plan.artifact("data", "eval"),
                       recipe_dir=plan.recipe_dir)
     else:  # token rows, masked and packed by the compiler
-        common.update(train_tokens=plan.artifacts["tokens"]["train"], eval_tokens=plan.artifacts["tokens"].get("eval"))
+        common.update(train_tokens=plan.artifact("tokens", "train"), eval_tokens=plan.artifact("tokens", "eval"))
     if chosen == "unsloth":  # its own process: unsloth must be imported first and patches TRL
         from ftc.runtime.unsloth_backend import train_in_subprocess
 
@@ -118,7 +119,7 @@ def run_plan(lock_path: str, *, output: str | None = None, resume: bool = False,
     }
     facts["backend"] = chosen
     facts["backend_reason"] = why
-    facts["lock"] = str(plan.lock_path.resolve())
+    facts["lock"] = str(plan.lock_path)
     facts["rebuilt_artifacts"] = list(plan.rebuilt)
     (out / "run.json").write_text(json.dumps(facts, indent=2, sort_keys=True, default=str) + "\n")
     return {**facts, "output_dir": str(out)}
@@ -126,11 +127,16 @@ def run_plan(lock_path: str, *, output: str | None = None, resume: bool = False,
 
 # ---------------------------------------------------------------- inference with the training template
 
-def run_lock(run_dir: Path) -> dict:
+def run_plan_of(run_dir: Path) -> Plan:
+    """The plan a run folder trained on (its own copy of the lock, anchored at the folder)."""
     p = Path(run_dir) / RUN_LOCK
     if not p.exists():
         raise FtcError("FTC700", reason=f"{run_dir} has no {RUN_LOCK}", hint="point at the output folder of `ftc run`")
-    return json.loads(p.read_text(encoding="utf-8"))
+    return Plan.load(p)
+
+
+def run_lock(run_dir: Path) -> dict:
+    return run_plan_of(run_dir).lock
 
 
 def prompt_fields(lock: dict) -> list[str]:

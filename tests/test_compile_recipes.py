@@ -24,7 +24,9 @@ def compile_lock(cli, recipe: Path, out: Path, *sets: str, tokenizer: Path = TOK
 
 
 def rows(lock_path: Path, lock: dict, split: str = "train") -> list[dict]:
-    return pq.read_table(lock_path.parent / lock["artifacts"]["data"][split]["path"]).to_pylist()
+    from ftc.compiler.lock import Plan
+
+    return pq.read_table(Plan.load(lock_path).artifact("data", split)).to_pylist()
 
 
 def test_alpaca_uses_both_standard_prompts(cli, tmp_path):
@@ -104,7 +106,9 @@ def test_parquet_loads_with_datasets(cli, tmp_path):
     datasets = pytest.importorskip("datasets")
     out = tmp_path / "alpaca.lock"
     lock = compile_lock(cli, ROOT / "recipes/alpaca.json", out)
-    path = out.parent / lock["artifacts"]["data"]["train"]["path"]
+    from ftc.compiler.lock import Plan
+
+    path = Plan.load(out).artifact("data", "train")
     ds = datasets.load_dataset("parquet", data_files=str(path), split="train")
     assert ds.num_rows == lock["artifacts"]["data"]["train"]["rows"]
     assert {"row_id", "instruction", "prompt", "completion"} <= set(ds.column_names)

@@ -103,7 +103,7 @@ def test_missing_artifact_is_rebuilt_from_matching_sources(cli, demo):
     shutil.rmtree(demo / ".ftc")
     plan = verify(lock)
     assert set(plan.rebuilt) == {"data/train", "data/eval", "tokens/train", "tokens/eval"}
-    assert all(p.exists() for arts in plan.artifacts.values() for p in arts.values())
+    assert all(plan.path(art["path"]).exists() for _, _, art in plan.artifacts())
 
 
 def test_tampered_and_newer_locks_are_refused(cli, demo, tmp_path):
