@@ -19,7 +19,8 @@ from ftc.compiler import render
 from ftc.compiler.lock import LOCK_VERSION, Plan, relpath, seal
 from ftc.compiler.lock import write_lock as write_lock_file
 from ftc.compiler.normalize import INTERNAL, Normalizer, Stage
-from ftc.compiler.recipe import Recipe, derive_schedule
+from ftc.compiler.recipe import Recipe
+from ftc.compiler.schedule import check_grpo_batch, derive_schedule
 from ftc.compiler.sources import load_source
 
 OUTPUTS = {"text": ["text"], "prompt_completion": ["prompt", "completion"], "prompt": ["prompt"], "messages": ["messages"]}
@@ -76,8 +77,6 @@ def compile_recipe(recipe: Recipe, lock_path: Path, *, progress: bool = False, w
     if recipe.data["train"]["method"] == "grpo":
         from ftc.runtime.rewards import check_rewards
 
-        from ftc.runtime.grpo import check_grpo_batch
-
         check_grpo_batch(recipe.data["train"], file=file)
         grpo = recipe.data["train"]["grpo"]
         grpo["rewards"] = check_rewards(grpo["rewards"], fields=fields, allow_python=grpo["allow_python"],
@@ -126,7 +125,7 @@ def compile_recipe(recipe: Recipe, lock_path: Path, *, progress: bool = False, w
         token_tables = tokens["tables"]
         if write and write_lock:
             _write_reports(tokens, lock_path)
-    lock["schedule"] = derive_schedule(recipe.data["train"], sequences)
+    lock["schedule"] = derive_schedule(recipe.data["train"], sequences, file=file)
     lock = seal(lock)
     if write and write_lock:
         write_lock_file(lock, lock_path)

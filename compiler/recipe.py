@@ -10,7 +10,6 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
-import math
 import os
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -234,6 +233,9 @@ def resolve(data: dict, file: str) -> dict:
     fmt = out["template"]["format"]
     train.setdefault("completion_only_loss", fmt == "prompt_completion")
     train.setdefault("assistant_only_loss", fmt == "messages")
+    if "warmup_steps" in train and "warmup_ratio" in train:  # one would be ignored; the schedule resolves either
+        raise FtcError("FTC105", file=file, path="train.warmup_ratio", reason="train.warmup_steps and train.warmup_ratio are both set",
+                       hint="keep one: warmup_steps (a step count) or warmup_ratio (a share of the total steps)")
     train.setdefault("warmup_ratio", 0.0)
     train.setdefault("eval_steps", None)
     if train["method"] == "grpo":
@@ -278,27 +280,3 @@ def _check_template_keys(tpl: dict, file: str) -> None:
         raise FtcError("FTC105", file=file, path=f"template.{k}", reason=f"format {tpl['format']!r} does not use template.{k}",
                        hint=f"format {tpl['format']!r} takes: {', '.join(sorted(want))}")
 
-
-def derive_schedule(train: dict, train_sequences: int) -> dict:
-    """The numbers a reviewer wants, computed the way HF Trainer computes them."""
-    bs, ga = train["per_device_train_batch_size"], train["gradient_accumulation_steps"]
-    batches = math.ceil(train_sequences / bs) if train_sequences else 0
-    steps_per_epoch = max(math.ceil(batches / ga), 1) if batches else 0
-    if train["max_steps"] and train["max_steps"] > 0:
-        total = train["max_steps"]
-        epochs = total / steps_per_epoch if steps_per_epoch else 0.0
-    else:
-        total = math.ceil(train["num_train_epochs"] * steps_per_epoch)
-        epochs = float(train["num_train_epochs"])
-    if train.get("warmup_steps") is not None:
-        warmup = int(train["warmup_steps"])
-    else:
-        warmup = math.ceil(total * float(train.get("warmup_ratio") or 0.0))
-    return {
-        "train_sequences": train_sequences,
-        "effective_batch_size": bs * ga,
-        "optimizer_steps_per_epoch": steps_per_epoch,
-        "total_steps": total,
-        "epochs": round(epochs, 4),
-        "warmup_steps": warmup,
-    }

@@ -31,11 +31,7 @@ def compile_summary(lock: dict, lock_path: str) -> str:
         out.append("")
     arts = lock["artifacts"]["data"]
     out.append("splits: " + ", ".join(f"{k} {v['rows']:,} rows" for k, v in arts.items()))
-    sched = lock["schedule"]
-    out.append(
-        f"schedule: effective batch {sched['effective_batch_size']}, {sched['optimizer_steps_per_epoch']} optimizer steps/epoch, "
-        f"{sched['total_steps']} total steps, {sched['warmup_steps']} warmup steps"
-    )
+    out += schedule_lines(lock["schedule"])
     tok = lock.get("tokens")
     if tok:
         for split, st in tok["stats"].items():
@@ -47,6 +43,20 @@ def compile_summary(lock: dict, lock_path: str) -> str:
             p = tok["packing"]
             out.append(f"packing: {p['sequences']:,} packed sequences of {p['capacity']} tokens, efficiency {p['efficiency']:.1%}")
     return "\n".join(out)
+
+
+def schedule_lines(sched: dict) -> list[str]:
+    """The schedule in the Trainer's units (GRPO: completions, so many prompts a step), then its warnings."""
+    if sched["method"] == "grpo":
+        prompts = sched["prompts_per_step"]
+        batch = (f"{sched['completions_per_step']} completions/step ({prompts} prompt{'' if prompts == 1 else 's'} x "
+                 f"{sched['num_generations']} generations)")
+    else:
+        batch = f"effective batch {sched['effective_batch_size']} {sched['counts']}"
+    epochs = f"{sched['epochs']:.4g} epoch{'' if sched['epochs'] == 1 else 's'}"
+    lines = [f"schedule: {batch}, {sched['optimizer_steps_per_epoch']:,} optimizer steps/epoch, "
+             f"{sched['total_steps']:,} total steps ({epochs}), {sched['warmup_steps']:,} warmup steps"]
+    return lines + [f"warning: {w}" for w in sched["warnings"]]
 
 
 def preview_rows(rows: list[dict], fmt_fields: list[str], as_json: bool) -> str:

@@ -33,6 +33,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Sequence
 
+from ftc.compiler.schedule import check_grpo_batch
 from ftc.errors import FtcError
 from ftc.runtime.metrics import StopFlag, TokenCounter, callbacks as run_callbacks, read_metrics
 from ftc.runtime import memory_plan
@@ -42,27 +43,6 @@ from ftc.runtime.trainer_args import (checked_config, common_facts, open_run_fol
                                       training_arguments)
 
 REQUIRED = ("row_id", "prompt")
-
-
-def check_grpo_batch(train: dict, *, world_size: int = 1, file: str | None = None) -> None:
-    """Refuse a batch that cannot hold whole prompt groups (TRL would raise at start-up).
-
-    Pure arithmetic on the resolved `train` section, so the compiler can call it too."""
-    g = int(train["grpo"].get("num_generations", 8))
-    batch = int(train.get("per_device_train_batch_size", 2))
-    accum = int(train.get("gradient_accumulation_steps", 4))
-    generation = batch * accum * world_size
-    if generation % g == 0:
-        return
-    procs = f" x {world_size} processes" if world_size > 1 else ""
-    up = -(-batch // g) * g
-    raise FtcError(
-        "FTC105", file=file, path="train.per_device_train_batch_size",
-        reason=f"per_device_train_batch_size {batch} x gradient_accumulation_steps {accum}{procs} = {generation} completions "
-               f"per generation, which is not a multiple of train.grpo.num_generations ({g})",
-        hint=f"in GRPO a batch counts completions, {g} per prompt: set per_device_train_batch_size to {up} "
-             f"(or another multiple of {g}), or lower num_generations to a divisor of {generation}",
-    )
 
 
 def train_grpo(

@@ -76,7 +76,11 @@ def run_plan(lock_path: str, *, output: str | None = None, resume: bool = False,
     if resume and not (out / "checkpoints").is_dir():
         raise FtcError("FTC700", reason=f"--resume: {out} has no checkpoint", hint="run without --resume to start from step 0")
     settings = plan.lock["settings"]
-    train = per_rank_accumulation(settings["train"], world_size)
+    # the warmup as the lock's schedule resolved it (whole steps), again against --max-steps when given
+    from ftc.compiler.schedule import run_warmup_steps
+
+    warmup = run_warmup_steps(plan.lock["schedule"], settings["train"], max_steps)
+    train = {**per_rank_accumulation(settings["train"], world_size), "warmup_steps": warmup}
     if rank == 0:
         out.mkdir(parents=True, exist_ok=True)
         # the run folder's copy of the plan, re-anchored there: infer/eval/export resolve every path from it

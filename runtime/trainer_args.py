@@ -19,9 +19,14 @@ CHECKPOINTS = "checkpoints"
 def training_arguments(train: dict, *, checkpoints: Path, max_steps: int, dtype: str, device: str,
                        eval_steps: int | None) -> dict[str, Any]:
     """TrainingArguments keywords from the resolved `train` section."""
+    # Whole steps only: transformers 5 reads a warmup_steps below 1 as a ratio and 1.0 as one step.
+    # run_plan passes the lock's schedule warmup (warmup_ratio resolved by compiler/schedule.py).
     warmup = train.get("warmup_steps")
-    if warmup is None:  # compile resolves warmup_ratio into warmup_steps; a ratio < 1 is read as one
-        warmup = float(train.get("warmup_ratio") or 0.0)
+    if warmup is None and train.get("warmup_ratio"):
+        from ftc.runtime.model import run_error
+
+        raise run_error("train.warmup_ratio reached the trainer unresolved",
+                        "pass warmup_steps from the lock's schedule (ftc run does), not the ratio")
     batch = int(train.get("per_device_train_batch_size", 2))
     return dict(
         output_dir=str(checkpoints),
@@ -31,7 +36,7 @@ def training_arguments(train: dict, *, checkpoints: Path, max_steps: int, dtype:
         gradient_accumulation_steps=int(train.get("gradient_accumulation_steps", 4)),
         num_train_epochs=float(train.get("num_train_epochs", 1)),
         max_steps=max_steps,
-        warmup_steps=warmup,
+        warmup_steps=int(warmup or 0),
         lr_scheduler_type=train.get("lr_scheduler_type", "linear"),
         optim=train.get("optim", "adamw_torch"),
         weight_decay=float(train.get("weight_decay", 0.0)),

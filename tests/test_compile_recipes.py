@@ -131,11 +131,22 @@ def test_schedule_is_derived(cli, tmp_path):
     lock = compile_lock(cli, ROOT / "recipes/medical.json", out)
     s = lock["schedule"]
     n = lock["tokens"]["packing"]["sequences"]  # packing: the trainer steps over packed sequences, not rows
-    assert n < lock["artifacts"]["data"]["train"]["rows"] and s["train_sequences"] == n
-    assert s["effective_batch_size"] == 8
+    assert n < lock["artifacts"]["data"]["train"]["rows"] and s["train_items"] == n and s["counts"] == "packed sequences"
+    assert s["effective_batch_size"] == 8 and s["batches_per_epoch"] == -(-n // 2)
     assert s["optimizer_steps_per_epoch"] == -(-(-(-n // 2)) // 4)
-    assert s["total_steps"] == s["optimizer_steps_per_epoch"]
-    assert s["warmup_steps"] == 5
+    assert s["total_steps"] == s["optimizer_steps_per_epoch"] and s["epochs"] == 1.0
+    assert s["warmup_steps"] == 5 and s["warnings"] == []
+
+
+def test_grpo_schedule_counts_completions(cli, tmp_path):
+    """The GSM8K lock: 8 completions a step are one prompt's 8 generations, so an epoch is one
+    step per prompt (TRL's count), and max_steps 250 is a small fraction of it."""
+    lock = compile_lock(cli, ROOT / "recipes/gsm8k_grpo.json", tmp_path / "g.lock")
+    s, prompts = lock["schedule"], lock["artifacts"]["data"]["train"]["rows"]
+    assert s["counts"] == "completions" and s["train_items"] == prompts
+    assert (s["completions_per_step"], s["prompts_per_step"], s["num_generations"]) == (8, 1, 8)
+    assert s["optimizer_steps_per_epoch"] == prompts and s["total_steps"] == 250
+    assert s["epochs"] == 250 / prompts and s["warmup_steps"] == 25  # warmup_ratio 0.1 of the 250 steps
 
 
 def test_changing_the_tokenizer_file_changes_the_lock(cli, tmp_path):
