@@ -68,7 +68,7 @@ def verify(lock_path: str | Path) -> Plan:
             rebuilt.append(f"{kind}/{split}")
     rewards = lock["settings"]["train"].get("grpo", {}).get("rewards", [])
     if any(r.get("kind") == "python" for r in rewards):
-        from ftc.runtime.rewards import check_drift
+        from ftc.compiler.rewards import check_drift
 
         check_drift(rewards, recipe_dir)
     arts = {kind: {split: lock_path.parent / a["path"] for split, a in v.items()} for kind, v in lock["artifacts"].items()}
