@@ -75,7 +75,7 @@ def compile_recipe(recipe: Recipe, lock_path: Path, *, progress: bool = False, w
         norm._check_fields(t, [src], "template.messages.field")
 
     if recipe.data["train"]["method"] == "grpo":
-        from ftc.runtime.rewards import check_rewards
+        from ftc.compiler.rewards import check_rewards
 
         check_grpo_batch(recipe.data["train"], file=file)
         grpo = recipe.data["train"]["grpo"]

@@ -21,11 +21,11 @@ class Drift:
     """One input that is not what the lock recorded: the error rule that says so, and its fields."""
 
     code: str  # FTC504 source, FTC505 recipe not found, FTC506 tokenizer, FTC507 python reward
-    file: str  # what changed, as a path (or a hub id)
+    file: str | None  # what changed, as a path (or a hub id)
     fields: dict = field(default_factory=dict)
 
     def error(self, plan: Plan) -> FtcError:
-        return FtcError(self.code, file=self.file, recipe=plan.recipe_file, lock=plan.lock_path, **self.fields)
+        return FtcError(self.code, file=self.file, **{"recipe": plan.recipe_file, "lock": plan.lock_path, **self.fields})
 
 
 def sha256_file(path: Path) -> str:
@@ -76,17 +76,14 @@ def tokenizer_drift(plan: Plan) -> Drift | None:
 
 
 def reward_drift(plan: Plan) -> list[Drift]:
-    """python reward files against the sha256 the lock holds."""
-    out = []
-    for r in plan.settings["train"].get("grpo", {}).get("rewards", []):
-        if r.get("kind") != "python":
-            continue
-        p = plan.path(r["function"].rsplit(":", 1)[0])
-        if not p.exists():
-            out.append(Drift("FTC507", str(p), {"reward": r["name"], "what": "is missing"}))
-        elif sha256_file(p) != r["sha256"]:
-            out.append(Drift("FTC507", str(p), {"reward": r["name"], "what": "changed"}))
-    return out
+    """python reward files against the sha256 the lock holds (the check is the rewards module's own)."""
+    from ftc.compiler.rewards import check_drift
+
+    try:
+        check_drift(plan.settings["train"].get("grpo", {}).get("rewards", []), plan.recipe_dir)
+    except FtcError as err:
+        return [Drift(err.code, err.file or str(plan.recipe_file), dict(err.fields))]
+    return []
 
 
 def drift(plan: Plan) -> list[Drift]:

@@ -52,8 +52,8 @@ RULES: dict[str, Rule] = {
              "keep the lock where `ftc compile -o` wrote it (its paths are relative to the recipe), or compile again: `ftc compile RECIPE -o {lock}`"),
         Rule("FTC506", "tokenizer {file} differs from the one the plan was compiled with ({changed} changed)",
              "the token ids in the artifacts came from the old tokenizer: recompile with `ftc compile {recipe} -o {lock}`"),
-        Rule("FTC507", "python reward file {file} of reward {reward!r} {what} since the plan was compiled",
-             "the lock holds the sha256 of the file that was reviewed: recompile with `ftc compile {recipe} -o {lock}`"),
+        Rule("FTC507", "python reward drift: {problems}",
+             "the lock holds the sha256 of the reward file that was reviewed: recompile the recipe so it records the file you mean to run (`ftc compile RECIPE -o LOCK`)"),
         Rule("FTC600", "cannot load tokenizer {name!r}: {reason}", "offline? point model.tokenizer at a local folder: --set model.tokenizer=PATH"),
         Rule("FTC601", "{reason}", "{hint}"),  # tokenization / masking problem
         Rule("FTC700", "{reason}", "{hint}"),  # ftc run / infer / eval / export: a problem the user can fix

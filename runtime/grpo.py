@@ -33,12 +33,13 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Sequence
 
+from ftc.compiler.rewards import reward_from_dict
 from ftc.compiler.schedule import check_grpo_batch
 from ftc.errors import FtcError
 from ftc.runtime.metrics import StopFlag, TokenCounter, callbacks as run_callbacks, read_metrics
 from ftc.runtime import memory_plan
 from ftc.runtime.model import load_tokenizer, model_setup, run_error
-from ftc.runtime.rewards import build_reward_funcs, reward_from_dict, reward_weights
+from ftc.runtime.rewards_trl import build_reward_funcs, reward_weights
 from ftc.runtime.trainer_args import (checked_config, common_facts, open_run_folder, refuse_changes, reset_metrics,
                                       training_arguments)
 

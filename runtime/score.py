@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from ftc.errors import FtcError
-from ftc.runtime.rewards import build_reward_funcs
+from ftc.runtime.rewards_trl import build_reward_funcs, reward_weights
 
 _LINE_HINT = 'each line is one JSON object: {"row_id": ..., "completion": "..."} (completion: a string or a list of chat messages)'
 _SKIP = ("prompt", "completion", "completions", "prompts")
@@ -56,7 +56,7 @@ def score_rows(
     scores = [func(prompts=prompts, completions=texts, **kwargs) if samples else [] for func in funcs]
 
     names = [d["name"] for d in resolved]
-    weights = [float(d["weight"]) for d in resolved]
+    weights = reward_weights(resolved)  # as GRPOConfig(reward_weights=...) gets them
     detail, totals = [], []
     for i, (row, j, _) in enumerate(samples):
         per = {name: _finite(scores[k][i]) for k, name in enumerate(names)}

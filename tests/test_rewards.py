@@ -5,21 +5,17 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
 from ftc.errors import FtcError
-from ftc.runtime.rewards import (
-    REWARD_SCHEMA,
-    build_reward_funcs,
-    check_drift,
-    check_rewards,
-    completion_text,
-    reward_weights,
-)
+from ftc.compiler.rewards import REWARD_SCHEMA, check_drift, check_rewards
+from ftc.runtime.rewards_trl import build_reward_funcs, completion_text, reward_weights
 
-from conftest import SHARED  # noqa: E402
+from conftest import ROOT, SHARED  # noqa: E402
 
 GSM8K = SHARED / "data" / "gsm8k" / "train.jsonl"
 FIELDS = {"question", "answer", "answer_number"}
@@ -400,6 +396,29 @@ def test_python_reward_returning_garbage_is_an_error(tmp_path):
     (f,) = build_reward_funcs(python_reward(tmp_path, source, "rewards.py:r"), tmp_path)
     with pytest.raises(FtcError, match=r"returned 'yes'"):
         f(prompts=["q"], completions=["a"])
+
+
+def test_compiler_checks_rewards_without_importing_the_runtime(tmp_path):
+    """The compiler never imports the runtime: resolving rewards (a python one included)
+    and checking their drift loads no ftc.runtime module, and no reward module of the
+    compiler imports one, not even inside a function."""
+    (tmp_path / "rewards.py").write_text(REWARD_PY, encoding="utf-8")
+    code = (
+        "import sys\nfrom pathlib import Path\n"
+        "from ftc.compiler.rewards import check_drift, check_rewards\n"
+        f"d = Path({str(tmp_path)!r})\n"
+        "r = check_rewards([{'kind': 'python', 'function': 'rewards.py:has_number'}, {'kind': 'length', 'max': 9}],\n"
+        "                  fields={'answer_number'}, allow_python=True, recipe_dir=d)\n"
+        "check_drift(r, d)\n"
+        "print(','.join(sorted(m for m in sys.modules if m.startswith('ftc.runtime'))))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == ""
+    modules = sorted((ROOT / "compiler").glob("reward*.py"))
+    assert len(modules) >= 2
+    for module in modules:
+        text = module.read_text(encoding="utf-8")
+        assert not re.search(r"^\s*(from\s+ftc\.runtime|import\s+ftc\.runtime|from\s+ftc\s+import\s+runtime)", text, re.M), module
 
 
 # --------------------------------------------------------------------------- the schema fragment

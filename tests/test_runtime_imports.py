@@ -14,7 +14,7 @@ def test_runtime_modules_import_without_the_training_stack():
         "import sys\n"
         "import ftc.runtime.sft, ftc.runtime.infer, ftc.runtime.export, ftc.runtime.evaluate\n"
         "import ftc.runtime.report, ftc.runtime.metrics, ftc.runtime.model, ftc.runtime.data, ftc.runtime.fixtures\n"
-        "import ftc.runtime.grpo, ftc.runtime.run, ftc.runtime.verify, ftc.runtime.launch, ftc.runtime.rewards\n"
+        "import ftc.runtime.grpo, ftc.runtime.run, ftc.runtime.verify, ftc.runtime.launch, ftc.runtime.rewards_trl\n"
         f"print(','.join(m for m in {HEAVY!r} if m in sys.modules))\n"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

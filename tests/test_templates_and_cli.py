@@ -126,11 +126,23 @@ def test_schema_command_and_recipes_validate(cli):
         jsonschema.validate(recipe, schema)
 
 
-def test_reward_schema_in_recipe_schema_matches_code():
-    from ftc.compiler.recipe import schema
-    from ftc.runtime.rewards import REWARD_SCHEMA
+def test_reward_checks_read_the_reward_schema_that_ftc_schema_prints(cli, tmp_path):
+    """The reward fragment is defined once, in recipe.schema.json: what `ftc schema` prints
+    is what the compiler checks rewards with, and its defaults are what the lock records."""
+    from ftc.compiler.rewards import KINDS, REWARD_SCHEMA, check_rewards
 
-    assert schema()["$defs"]["reward"] == json.loads(json.dumps({k: v for k, v in REWARD_SCHEMA.items() if k != "$schema"}))
+    code, out, _ = cli("schema")
+    assert code == 0
+    fragment = json.loads(out)["$defs"]["reward"]
+    assert fragment == REWARD_SCHEMA
+    assert KINDS == tuple(fragment["properties"]["kind"]["enum"])
+    declared = [{"kind": "regex", "pattern": "x"}, {"kind": "answer", "pattern": "(x)", "field": "f", "compare": "numeric"},
+                {"kind": "length", "max": 9}, {"kind": "contains", "text": "t"}]
+    resolved = check_rewards(declared, fields={"f"}, allow_python=False, recipe_dir=tmp_path)
+    props = fragment["properties"]
+    filled = {(d["kind"], k): v for spec, d in zip(declared, resolved) for k, v in d.items() if k not in spec}
+    stated = {(kind, k): props[k]["default"] for kind, k in filled if "default" in props[k]}
+    assert stated and all(filled[key] == value for key, value in stated.items()), (filled, stated)
 
 
 def test_lock_checks_and_diff(cli, tmp_path):
