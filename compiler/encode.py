@@ -251,7 +251,7 @@ def _check_apart(backend: Any, own: Rows, alone: Rows, joint: Rows, row_ids: pa.
         "FTC601",
         reason=f"row {row_ids[bad].as_py()}: the tokenizer merges the prompt's end ({p[-_EXAMPLE_CHARS:]!r}) with the "
         f"completion's start ({c[:_EXAMPLE_CHARS]!r}), and encoded apart they decode to "
-        f"{apart[bad][len(p) - _EXAMPLE_CHARS:][:2 * _EXAMPLE_CHARS]!r}, not the row's text",
+        f"{apart[bad][max(len(p) - _EXAMPLE_CHARS, 0):][:2 * _EXAMPLE_CHARS]!r}, not the row's text",
         hint="end the prompt at a token boundary (e.g. with a newline, or without a trailing space, which then "
         "starts the completion), so that the prompt's ids are the start of the row's ids",
     )

@@ -167,3 +167,40 @@ def test_a_chat_template_whose_generation_prompt_differs_is_counted(tmp_path):
     (w,) = res.warnings
     assert (w["kind"], w["rows"], w["of"], w["example"]["row_id"]) == (CHAT_PROMPT, 2, 2, "r0")
     assert w["example"]["training"] != w["example"]["inference"]
+
+
+@pytest.mark.skipif(not QWEN.is_dir(), reason=f"real tokenizer not found at {QWEN}")
+def test_a_messages_recipe_feeds_inference_the_training_prefix(cli, tmp_path, shared):
+    """Chat templates (the recipe's turns, or a field of turns): the request's prompt ids are
+    the start of the training row, exactly, row by row; Qwen's template ends the prompt at its
+    own boundary ("<|im_start|>assistant\\n"), so nothing is counted."""
+    lines = DEMO_ROWS.read_text(encoding="utf-8").splitlines()[:12]
+    (tmp_path / "rows.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    turns = [{"role": "system", "content": "Solve it."}, {"role": "user", "content": "{{ question }}"},
+             {"role": "assistant", "content": "{{ answer }}"}]
+    recipe = write_recipe(tmp_path, {
+        "sources": {"q": {"path": "rows.jsonl", "columns": {"question": "question", "answer": "answer"}}},
+        "template": {"format": "messages", "messages": turns}, "model": {"name": "m", "tokenizer": str(QWEN)}})
+    code, _, err = cli("compile", recipe, "-o", tmp_path / "plan.lock", "-q")
+    assert code == 0, err
+    lock, pairs = compiled_rows(tmp_path / "plan.lock")
+    tok, _ = load_tokenizer(str(QWEN))
+    assert "warnings" not in lock["tokens"] and len(pairs) == 12
+    for data, t in pairs:
+        prompt, ids = prompt_of_request(lock, {"question": data["question"]}, tok)
+        assert prompt == data["messages"][:2] and ids == prompt_part(t["input_ids"], t["labels"])
+
+    src = tmp_path / "chats.json"  # 40 real tool-call conversations
+    src.write_text(json.dumps(json.loads((shared / "data/sharegpt/glaive_toolcall_en_demo.json").read_text())[:40]))
+    recipe = write_recipe(tmp_path, {
+        "sources": {"g": {"path": str(src), "columns": {"messages": {"from": "conversations", "roles": {
+            "human": "user", "gpt": "assistant", "function_call": "assistant", "observation": "tool"}}}}},
+        "template": {"format": "messages", "messages": {"field": "messages"}}, "model": {"name": "m", "tokenizer": str(QWEN)}},
+        name="chat.json")
+    code, _, err = cli("compile", recipe, "-o", tmp_path / "chat.lock", "-q")
+    assert code == 0, err
+    lock, pairs = compiled_rows(tmp_path / "chat.lock")
+    assert "warnings" not in lock["tokens"] and pairs
+    for data, t in pairs:  # a request gives the conversation; its final assistant turn is the reference reply
+        prompt, ids = prompt_of_request(lock, {"messages": data["messages"]}, tok)
+        assert prompt == chat_prompt(data["messages"]) and t["input_ids"][: len(ids)] == ids, t["row_id"]
