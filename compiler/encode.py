@@ -46,7 +46,7 @@ _CHUNKS, _MIN_CHUNK = 8, 1024  # plain-text encode pipeline: ~8 chunks, none tin
 _EXAMPLE_CHARS = 16  # how much of a prompt's end / a completion's start a warning quotes
 
 __all__ = ["IGNORE", "FORMATS", "OVERLONG", "MERGE", "CHAT_PROMPT", "TokenizeResult", "tokenize", "encode_prompt",
-           "prompt_of_request"]
+           "chat_prompt", "prompt_of_request"]
 
 
 @dataclass(frozen=True)
