@@ -276,14 +276,15 @@ def rebuild(plan: Plan) -> Compiled:
 def _tokenize(recipe: Recipe, splits: dict[str, pa.Table], cache: Path, write: bool) -> dict:
     """Tokenize every split, plan packing, write the token artifacts; the facts for the lock."""
     from ftc.compiler import pack
-    from ftc.compiler.tokenize import load_tokenizer, tokenize
+    from ftc.compiler.encode import tokenize
+    from ftc.compiler.tokenizer import load_tokenizer
 
     model, train = recipe.data["model"], recipe.data["train"]
     tok, info = load_tokenizer(tokenizer_location(recipe), model.get("tokenizer_revision"))
     fmt = recipe.data["template"]["format"]
     max_len = model["max_seq_length"]
     packing = train["packing"] and train["method"] == "sft"
-    stats, arts, stages, lengths, pack_facts, tables = {}, {}, [], {}, {}, {}
+    stats, arts, stages, lengths, pack_facts, tables, warnings = {}, {}, [], {}, {}, {}, []
     train_sequences = splits["train"].num_rows
     for split, table in splits.items():
         if table.num_rows == 0:
@@ -291,6 +292,7 @@ def _tokenize(recipe: Recipe, splits: dict[str, pa.Table], cache: Path, write: b
         res = tokenize(table, fmt, tok, max_seq_length=max_len, overlong=train["overlong"],
                        completion_only_loss=train["completion_only_loss"], assistant_only_loss=train["assistant_only_loss"])
         stages.append(Stage(f"tokenize ({split})", table.num_rows, res.table.num_rows, dict(res.dropped)).to_lock())
+        warnings += [{"split": split, **w} for w in res.warnings]
         if res.table.num_rows == 0:
             from ftc.errors import FtcError
 
@@ -323,18 +325,20 @@ def _tokenize(recipe: Recipe, splits: dict[str, pa.Table], cache: Path, write: b
         "packing": pack_facts.get("train"),
         "packing_by_split": pack_facts or None,
     }
+    if warnings:  # only when there are any, so plans without one keep their hash
+        lock["warnings"] = warnings
     return {"lock": lock, "artifacts": arts, "stages": stages, "lengths": lengths, "info": info, "tables": tables,
             "train_sequences": train_sequences, "max_len": max_len}
 
 
 def _write_reports(tokens: dict, lock_path: Path) -> None:
     """The length histogram and the data report, beside the lock."""
-    from ftc.compiler.tokenize import data_report_md, length_histogram_png
+    from ftc.compiler.views import data_report_md, length_histogram_png
 
     stem = lock_path.with_suffix("")
     lock_path.parent.mkdir(parents=True, exist_ok=True)
     length_histogram_png(tokens["lengths"], f"{stem}.lengths.png", tokens["max_len"])
     dropped = {st["stage"][len("tokenize ("):-1]: st["dropped"] for st in tokens["stages"]}
     report = data_report_md(tokens["lock"]["stats"], tokens["info"], tokens["lock"]["packing"], dropped_by_split=dropped,
-                            histogram=Path(f"{stem}.lengths.png").name)
+                            histogram=Path(f"{stem}.lengths.png").name, warnings=tokens["lock"].get("warnings"))
     Path(f"{stem}.report.md").write_text(report, encoding="utf-8")

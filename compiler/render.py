@@ -170,3 +170,63 @@ def chat_arrow(roles: list[str], contents: list[list[str]]) -> pa.Array:
     content_col = pa.array([contents[j][i] for i in range(n) for j in range(k)], pa.string())
     structs = pa.StructArray.from_arrays([role_col, content_col], names=["role", "content"])
     return pa.ListArray.from_arrays(pa.array([i * k for i in range(n + 1)], pa.int32()), structs)
+
+
+# ---------------------------------------------------------------- a request at inference
+
+def prompt_fields(lock: dict) -> list[str]:
+    """The fields an inference request must give: the variables of the prompt-side templates."""
+    names: set[str] = set()
+    for jp, t in lock["templates"].items():
+        if _prompt_side(jp, lock["settings"]["template"]):
+            names |= variables(Template(t["name"], t["text"]))
+    return sorted(names)
+
+
+def _last_assistant(turns: list[dict]) -> int | None:
+    return max((k for k, m in enumerate(turns) if m["role"] == "assistant"), default=None)
+
+
+def _prompt_side(json_path: str, spec: dict) -> bool:
+    """Whether a template renders part of the prompt: not the completion, nor the last assistant turn or later."""
+    if json_path == "template.completion":
+        return False
+    msgs = spec.get("messages")
+    if json_path.startswith("template.messages[") and isinstance(msgs, list):
+        i = int(json_path.split("[")[1].split("]")[0])
+        last = _last_assistant(msgs)
+        return i < (last if last is not None else len(msgs))
+    return True
+
+
+def request_prompt(lock: dict, request: dict) -> str | list[dict]:
+    """A request's prompt, rendered with the very templates the plan trained on: the text
+    of a plain prompt, or the chat turns before the reply (a ``messages`` field's final
+    assistant turn, if given, is the reference reply and is left out)."""
+    spec = lock["settings"]["template"]
+    fmt = spec["format"]
+    missing = [f for f in prompt_fields(lock) if f not in request]
+    if missing:
+        raise FtcError("FTC700", reason=f"the request lacks {', '.join(missing)}",
+                       hint=f"give a JSON object with the fields {', '.join(prompt_fields(lock))}")
+
+    def one(jp: str) -> str:
+        t = lock["templates"][jp]
+        return render_rows(Template(t["name"], t["text"]), [dict(request)])[0]
+
+    if fmt in ("prompt_completion", "prompt") and isinstance(spec["prompt"], list):
+        return [{"role": m["role"], "content": one(f"template.prompt[{i}].content")} for i, m in enumerate(spec["prompt"])]
+    if fmt in ("prompt_completion", "prompt"):
+        return one("template.prompt")
+    if fmt == "text":
+        return one("template.text")
+    if isinstance(spec["messages"], dict):  # the turns come from a field
+        key = spec["messages"]["field"]
+        turns = request.get(key, request.get("messages"))
+        if not isinstance(turns, list) or not turns:
+            raise FtcError("FTC700", reason=f"the request gives no turns in {key!r}",
+                           hint=f'give {{"{key}": [{{"role": "user", "content": "..."}}]}}')
+        return list(turns[:-1]) if turns[-1].get("role") == "assistant" else list(turns)
+    last = _last_assistant(spec["messages"])
+    return [{"role": m["role"], "content": one(f"template.messages[{i}].content")}
+            for i, m in enumerate(spec["messages"][: last if last is not None else len(spec["messages"])])]

@@ -39,6 +39,12 @@ def compile_summary(lock: dict, lock_path: str) -> str:
                 f"tokens[{split}]: {st['tokens']:,} tokens, {st['supervised_tokens']:,} trained; length p50 {st['length_p50']}, "
                 f"p99 {st['length_p99']}, max {st['length_max']}; truncated {st['truncated']}, dropped {st['dropped']}"
             )
+        if tok.get("warnings"):
+            from ftc.compiler.views import warning_lines
+
+            for w in tok["warnings"]:
+                first, *more = warning_lines(w)
+                out += [f"warning: {first}"] + [f"  {m}" for m in more]
         if tok.get("packing"):
             p = tok["packing"]
             out.append(f"packing: {p['sequences']:,} packed sequences of {p['capacity']} tokens, efficiency {p['efficiency']:.1%}")

@@ -26,6 +26,9 @@ def add_runtime_parsers(sub) -> None:
     s.add_argument("--max-new-tokens", type=int, default=256)
     s.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
     s.add_argument("--top-p", type=float, default=1.0)
+    s.add_argument("--dry-run", action="store_true",
+                   help="print each request's prompt and its exact token ids (the training ids), load no weights")
+    s.add_argument("--json", action="store_true", help="with --dry-run: one JSON object a line, {prompt, prompt_ids}")
 
     s = sub.add_parser("eval", help="eval loss and perplexity of a run on its plan's eval split")
     s.add_argument("run_dir")
@@ -89,12 +92,23 @@ def _requests(arg: str | None) -> list[dict] | None:
 
 
 def cmd_infer(args) -> int:
-    from ftc.runtime.run import infer, prompt_fields, run_lock
+    from ftc.compiler.render import prompt_fields
+    from ftc.runtime.run import infer, run_lock
+
+    if args.json and not args.dry_run:
+        from ftc.errors import FtcError
+
+        raise FtcError("FTC700", reason="--json is the output of --dry-run", hint="add --dry-run, or leave out --json")
+
+    def run(reqs: list[dict]) -> None:
+        if args.dry_run:
+            _dry_run(args.run_dir, reqs, as_json=args.json)
+        else:
+            infer(args.run_dir, reqs, max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p)
 
     reqs = _requests(args.input)
-    kw = dict(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p)
     if reqs is not None:
-        infer(args.run_dir, reqs, **kw)
+        run(reqs)
         return 0
     fields = prompt_fields(run_lock(Path(args.run_dir)))
     print(f"fields: {', '.join(fields)}; type {'the ' + fields[0] if len(fields) == 1 else 'a JSON object'} a line, Ctrl-D to end",
@@ -102,9 +116,22 @@ def cmd_infer(args) -> int:
     for line in sys.stdin:
         if not line.strip():
             continue
-        req = {fields[0]: line.rstrip("\n")} if len(fields) == 1 else _requests(line)[0]
-        infer(args.run_dir, [req], **kw)
+        run([{fields[0]: line.rstrip("\n")} if len(fields) == 1 else _requests(line)[0]])
     return 0
+
+
+def _dry_run(run_dir: str, reqs: list[dict], *, as_json: bool) -> None:
+    """What the model would be fed, per request and in order: the prompt and its exact ids. No weights load."""
+    from ftc.runtime.run import encode_requests
+
+    tok, encoded = encode_requests(Path(run_dir), reqs)
+    for n, (prompt, ids) in enumerate(encoded, 1):
+        if as_json:
+            print(json.dumps({"prompt": prompt, "prompt_ids": ids}, ensure_ascii=False))
+            continue
+        print(f"── request {n}: {len(ids)} prompt tokens, as the model reads them")
+        print(tok.backend_tokenizer.decode(ids, skip_special_tokens=False))
+        print(f"ids: {ids}\n")
 
 
 def cmd_eval(args) -> int:
@@ -224,7 +251,8 @@ def cmd_preview(args) -> int:
 def _preview_tokens(args, lock, rows, tok_table) -> int:
     """The exact tokens each row trains on: masked spans vs trained spans."""
     from ftc.compiler.compile import tokenizer_location_of_lock
-    from ftc.compiler.tokenize import load_tokenizer, show_tokens
+    from ftc.compiler.tokenizer import load_tokenizer
+    from ftc.compiler.views import show_tokens
 
     import pyarrow as pa
     import pyarrow.compute as pc

@@ -1,8 +1,8 @@
 """Generate with a trained run: the base model the run used, plus its adapter.
 
 Formatting a prompt is not done here: `ftc infer` renders it with the plan's own template
-and tokenizes it the way compile did (train/inference skew is a classic silent bug), then
-hands the token ids to `generate`.
+and encodes it with the compiler's `encode_prompt`, the very function that made the training
+ids (train/inference skew is a classic silent bug), then hands the token ids to `generate`.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
-from ftc.runtime.model import load_base_model, run_error
+from ftc.runtime.model import load_base_model, load_tokenizer, run_error
 
 
 @dataclass(frozen=True)
@@ -51,7 +51,6 @@ def load_trained(run_dir: Path, *, device: str | None = None, quantized: bool = 
     """Base model + the run's adapter, ready to generate."""
     import torch
     from peft import PeftModel
-    from transformers import AutoTokenizer
 
     run_dir = Path(run_dir)
     facts = read_run(run_dir)
@@ -62,7 +61,7 @@ def load_trained(run_dir: Path, *, device: str | None = None, quantized: bool = 
     if not getattr(base, "is_loaded_in_4bit", False):
         model = model.to(device)
     model.eval()
-    tokenizer = AutoTokenizer.from_pretrained(str(run_dir))
+    tokenizer = load_tokenizer(str(run_dir))
     return Trained(model, tokenizer, facts)
 
 

@@ -220,15 +220,13 @@ def model_setup(backend: str) -> Any:
     return hf_setup
 
 
-def load_tokenizer(path: str) -> Any:
-    """The tokenizer the compiler used, as a transformers tokenizer (the Trainer wants one
-    to save next to the adapter; we never tokenize with it here)."""
-    from transformers import AutoTokenizer
+def load_tokenizer(path: str, revision: str | None = None) -> Any:
+    """The tokenizer the compiler used, through the compiler's one loader (`ftc.compiler.tokenizer`),
+    with a pad token: the Trainer's collator pads with it, and a tokenizer without one pads with
+    eos. (Only here, not in the compiler's loader: the lock records the tokenizer's own pad id.)"""
+    from ftc.compiler.tokenizer import load_tokenizer as load
 
-    try:
-        tok = AutoTokenizer.from_pretrained(path)
-    except (OSError, ValueError) as err:
-        raise run_error(f"cannot load tokenizer {path!r}: {err}", "point model.tokenizer at the local folder the plan was compiled with") from err
+    tok, _ = load(path, revision)
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
     return tok

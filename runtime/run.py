@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
+from typing import Any
 
 from ftc.compiler.lock import Plan, canonical
 from ftc.errors import FtcError
@@ -143,72 +144,47 @@ def run_lock(run_dir: Path) -> dict:
     return run_plan_of(run_dir).lock
 
 
-def prompt_fields(lock: dict) -> list[str]:
-    """The fields a request must give: the variables of the prompt-side templates."""
-    from ftc.compiler import render
+def plan_tokenizer(run_dir: Path, lock: dict) -> Any:
+    """The tokenizer the plan was compiled with (not the copy saved in the run folder), through
+    the compiler's one loader, refused if it changed since: its ids must be the training ids.
 
-    names: set[str] = set()
-    for jp, t in lock["templates"].items():
-        if _prompt_side(jp, lock):
-            names |= render.variables(render.Template(t["name"], t["text"]))
-    return sorted(names)
+    This is the one place a run folder's lock finds its tokenizer: the lock's paths are
+    relative to where it was compiled, which run.json records (`lock`)."""
+    from ftc.compiler.compile import tokenizer_location_of_lock
+    from ftc.compiler.tokenizer import load_tokenizer
+
+    facts = Path(run_dir) / "run.json"
+    compiled_at = json.loads(facts.read_text(encoding="utf-8")).get("lock") if facts.exists() else None
+    lock_file = compiled_at if compiled_at and Path(compiled_at).exists() else Path(run_dir) / RUN_LOCK
+    location = tokenizer_location_of_lock(lock, lock_file)
+    tok, info = load_tokenizer(location, lock["settings"]["model"].get("tokenizer_revision"))
+    recorded = lock.get("tokens", {}).get("tokenizer", {}).get("fingerprint")
+    if recorded and info.fingerprint != recorded:
+        changed = sorted(k for k in set(recorded) | set(info.fingerprint) if recorded.get(k) != info.fingerprint.get(k))
+        raise FtcError("FTC700", reason=f"the tokenizer {location} changed since the plan was compiled ({', '.join(changed)})",
+                       hint="inference must encode prompts as training did: restore that tokenizer, or recompile and retrain")
+    return tok
 
 
-def _prompt_side(json_path: str, lock: dict) -> bool:
-    if json_path == "template.completion":
-        return False
-    msgs = lock["settings"]["template"].get("messages")
-    if json_path.startswith("template.messages[") and isinstance(msgs, list):
-        i = int(json_path.split("[")[1].split("]")[0])
-        return msgs[i]["role"] != "assistant" and i < max((k for k, m in enumerate(msgs) if m["role"] == "assistant"), default=len(msgs))
-    return True
+def encode_requests(run_dir: Path, requests: list[dict]) -> tuple[Any, list[tuple[str | list[dict], list[int]]]]:
+    """(the plan's tokenizer, [(prompt, prompt ids) per request, in order]): the plan's templates
+    and `encode_prompt`, exactly as training made its prompt part. No model is loaded."""
+    from ftc.compiler.encode import prompt_of_request
 
-
-def format_request(lock: dict, request: dict, tokenizer) -> list[int]:
-    """Prompt token ids for `request`, rendered with the very templates the plan trained on."""
-    from ftc.compiler import render
-
-    spec = lock["settings"]["template"]
-    fmt = spec["format"]
-    missing = [f for f in prompt_fields(lock) if f not in request]
-    if missing:
-        raise FtcError("FTC700", reason=f"the request lacks {', '.join(missing)}",
-                       hint=f"give a JSON object with the fields {', '.join(prompt_fields(lock))}")
-
-    def one(jp: str) -> str:
-        t = lock["templates"][jp]
-        return render.render_rows(render.Template(t["name"], t["text"]), [dict(request)])[0]
-
-    if fmt in ("prompt_completion", "prompt") and isinstance(spec["prompt"], list):
-        chat = [{"role": m["role"], "content": one(f"template.prompt[{i}].content")} for i, m in enumerate(spec["prompt"])]
-        return list(tokenizer.apply_chat_template(chat, add_generation_prompt=True, tokenize=True, return_dict=False))
-    if fmt in ("prompt_completion", "prompt"):
-        return tokenizer(one("template.prompt"), add_special_tokens=False)["input_ids"]
-    if fmt == "messages":
-        if isinstance(spec["messages"], dict):
-            chat = request[spec["messages"]["field"]] if spec["messages"]["field"] in request else request.get("messages")
-            if chat and chat[-1]["role"] == "assistant":
-                chat = chat[:-1]
-        else:
-            chat = []
-            for i, m in enumerate(spec["messages"]):
-                if m["role"] == "assistant" and i == max(k for k, x in enumerate(spec["messages"]) if x["role"] == "assistant"):
-                    break
-                chat.append({"role": m["role"], "content": one(f"template.messages[{i}].content")})
-        return list(tokenizer.apply_chat_template(chat, add_generation_prompt=True, tokenize=True, return_dict=False))
-    return tokenizer(request.get("text", ""), add_special_tokens=False)["input_ids"]
+    lock = run_lock(Path(run_dir))
+    tok = plan_tokenizer(Path(run_dir), lock)
+    return tok, [prompt_of_request(lock, req, tok) for req in requests]
 
 
 def infer(run_dir: str, requests: list[dict], *, max_new_tokens: int, temperature: float, top_p: float,
           stream: bool = True, seed: int | None = 0) -> list[str]:
     from ftc.runtime.infer import generate, load_trained, text_streamer
 
+    _, encoded = encode_requests(Path(run_dir), requests)  # a bad request is refused before the weights load
     trained = load_trained(Path(run_dir))
-    lock = run_lock(Path(run_dir))
-    tok = trained.tokenizer
+    tok = trained.tokenizer  # the run folder's copy: decoding, eos and pad
     outs = []
-    for req in requests:
-        ids = format_request(lock, req, tok)
+    for _, ids in encoded:
         new = generate(trained.model, ids, max_new_tokens=max_new_tokens, do_sample=temperature > 0,
                        temperature=temperature or 1.0, top_p=top_p, seed=seed, eos_token_id=tok.eos_token_id,
                        pad_token_id=tok.pad_token_id, streamer=text_streamer(tok) if stream else None)

@@ -51,6 +51,10 @@ def test_run_trains_writes_outputs_and_infers(cli, demo, tmp_path, capsys):
     assert PeftModel is not None
     code, stdout, err = cli("infer", out, "--input", json.dumps({"question": "What is 2 + 2?"}), "--max-new-tokens", "5")
     assert code == 0, err
+    rows = artifact_rows(lock)  # what --dry-run prints is what training saw, row by row and in order
+    shown = dry_run(cli, out, [{"question": d["question"]} for d, _ in rows], tmp_path)
+    assert [s["prompt"] for s in shown] == [d["prompt"] for d, _ in rows]
+    assert [s["prompt_ids"] for s in shown] == [prompt_part(t["input_ids"], t["labels"]) for _, t in rows]
     code, stdout, err = cli("eval", out)
     assert code == 0, err
     assert f"eval: loss {facts['eval']['loss']:.4f}" in stdout  # the same figure the run recorded
@@ -69,21 +73,46 @@ def test_run_trains_writes_outputs_and_infers(cli, demo, tmp_path, capsys):
     assert not (tmp_path / "fresh" / "run.json").exists()
 
 
-def test_infer_uses_the_training_template(cli, demo, tmp_path):
-    """The prompt ids at inference are exactly the trained prompt's ids."""
-    from transformers import AutoTokenizer
+def prompt_part(input_ids: list[int], labels: list[int]) -> list[int]:
+    n = next((i for i, lab in enumerate(labels) if lab != -100), len(labels))
+    return input_ids[:n]
 
-    from ftc.runtime.run import format_request
+
+def artifact_rows(lock_path: Path, split: str = "train") -> list[tuple[dict, dict]]:
+    """(data row, token row) pairs of a compiled split, in the token artifact's order."""
+    import pyarrow.parquet as pq
+
+    lock = json.loads(lock_path.read_text())
+    data = {r["row_id"]: r for r in pq.read_table(lock_path.parent / lock["artifacts"]["data"][split]["path"]).to_pylist()}
+    return [(data[t["row_id"]], t) for t in pq.read_table(lock_path.parent / lock["artifacts"]["tokens"][split]["path"]).to_pylist()]
+
+
+def dry_run(cli, run_dir: Path, requests: list[dict], tmp_path: Path) -> list[dict]:
+    """`ftc infer RUN --input FILE --dry-run --json`: one {prompt, prompt_ids} a line, in order."""
+    file = tmp_path / "requests.jsonl"
+    file.write_text("".join(json.dumps(r) + "\n" for r in requests), encoding="utf-8")
+    code, out, err = cli("infer", run_dir, "--input", file, "--dry-run", "--json")
+    assert code == 0, err
+    return [json.loads(line) for line in out.splitlines()]
+
+
+def test_infer_feeds_the_training_prompt_ids(cli, demo):
+    """The prompt ids at inference are exactly the trained prompt part's ids, row by row."""
+    from ftc.compiler.encode import prompt_of_request
+    from ftc.runtime.run import plan_tokenizer
 
     lock_path = compile_demo(cli, demo)
     lock = json.loads(lock_path.read_text())
-    tok = AutoTokenizer.from_pretrained(str(demo / "demo" / "tokenizer"))
-    row = lock["samples"]["train"][0]
-    import pyarrow.parquet as pq
-
-    data = {r["row_id"]: r for r in pq.read_table(lock_path.parent / lock["artifacts"]["data"]["train"]["path"]).to_pylist()}
-    ids = format_request(lock, {"question": data[row["row_id"]]["question"]}, tok)
-    assert tok.decode(ids) == row["prompt"]
+    run = demo / "run"  # a run folder's lock finds the tokenizer through run.json's `lock`
+    run.mkdir()
+    shutil.copy(lock_path, run / "plan.lock")
+    (run / "run.json").write_text(json.dumps({"lock": str(lock_path)}))
+    tok = plan_tokenizer(run, lock)
+    rows = artifact_rows(lock_path) + artifact_rows(lock_path, "eval")
+    assert len(rows) == 64
+    for data, t in rows:
+        _, ids = prompt_of_request(lock, {"question": data["question"]}, tok)
+        assert ids == prompt_part(t["input_ids"], t["labels"]), t["row_id"]
 
 
 def test_changed_source_is_refused(cli, demo, tmp_path):
@@ -137,3 +166,41 @@ def test_missing_artifact_with_missing_source_is_refused(cli, demo, tmp_path):
     (demo / "demo" / "gsm8k_64.jsonl").unlink()
     code, _, err = cli("run", lock, "--output", tmp_path / "r")
     assert code == 2 and "gsm8k_64.jsonl" in err and "missing" in err and "ftc compile" in err
+
+
+def test_dry_run_feeds_the_bos_that_training_put_in_the_prompt(cli, tmp_path):
+    """A Llama-style tokenizer adds a BOS: compile puts it in every row's prompt part, and
+    `ftc infer --dry-run` of a trained run feeds the very same ids, BOS first."""
+    from test_encode_prompt import bos_recipe
+
+    recipe = bos_recipe(tmp_path / "proj", rows=4)
+    lock = tmp_path / "proj" / "plan.lock"
+    code, _, err = cli("compile", recipe, "-o", lock, "-q", "--set", "split.eval=0")
+    assert code == 0, err
+    code, _, err = cli("run", lock, "--output", tmp_path / "run", "--max-steps", "1")
+    assert code == 0, err
+    rows = artifact_rows(lock)
+    shown = dry_run(cli, tmp_path / "run", [{"question": d["question"]} for d, _ in rows], tmp_path)
+    assert [s["prompt_ids"] for s in shown] == [prompt_part(t["input_ids"], t["labels"]) for _, t in rows]
+    assert all(s["prompt_ids"][0] == 0 and s["prompt_ids"].count(0) == 1 for s in shown)  # the BOS, once
+
+
+def test_dry_run_refuses_a_tokenizer_changed_since_compile_and_json_alone(cli, tmp_path):
+    from test_encode_prompt import bos_recipe
+
+    recipe = bos_recipe(tmp_path / "proj", rows=4)
+    lock = tmp_path / "proj" / "plan.lock"
+    code, _, err = cli("compile", recipe, "-o", lock, "-q", "--set", "split.eval=0")
+    assert code == 0, err
+    run = tmp_path / "run"
+    run.mkdir()
+    shutil.copy(lock, run / "plan.lock")
+    (run / "run.json").write_text(json.dumps({"lock": str(lock)}))
+    code, _, err = cli("infer", run, "--input", json.dumps({"question": "2 + 2?"}), "--json")
+    assert code == 2 and "--json is the output of --dry-run" in err
+    code, out, err = cli("infer", run, "--input", json.dumps({"question": "2 + 2?"}), "--dry-run")
+    assert code == 0 and "── request 1:" in out and "Question: 2 + 2?" in out and "ids: [0, " in out
+    config = tmp_path / "proj" / "bos" / "tokenizer_config.json"
+    config.write_text(config.read_text().replace('"model_max_length": 512', '"model_max_length": 513'))
+    code, _, err = cli("infer", run, "--input", json.dumps({"question": "2 + 2?"}), "--dry-run", "--json")
+    assert code == 2 and "changed since the plan was compiled (tokenizer_config.json)" in err and "Traceback" not in err

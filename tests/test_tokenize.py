@@ -16,16 +16,10 @@ from pathlib import Path
 import pyarrow as pa
 import pytest
 
-from ftc.compiler import tokenize as tkz
-from ftc.compiler.tokenize import (
-    IGNORE,
-    TokenizerInfo,
-    data_report_md,
-    length_histogram_png,
-    load_tokenizer,
-    show_tokens,
-    tokenize,
-)
+from ftc.compiler import encode as enc
+from ftc.compiler.encode import IGNORE, MERGE, encode_prompt, tokenize
+from ftc.compiler.tokenizer import TokenizerInfo, fingerprint, load_tokenizer
+from ftc.compiler.views import data_report_md, length_histogram_png, show_tokens
 from ftc.errors import FtcError
 
 from conftest import SHARED, TOKENIZER as QWEN  # noqa: E402
@@ -104,7 +98,7 @@ def _table(**cols) -> pa.Table:
     return pa.table({"row_id": [f"r{i}" for i in range(n)], **cols})
 
 
-def _rows(result: tkz.TokenizeResult) -> list[dict]:
+def _rows(result: enc.TokenizeResult) -> list[dict]:
     return result.table.to_pylist()
 
 
@@ -156,41 +150,88 @@ def test_medical_gb18030_labels_are_exactly_the_answer_plus_eos(qwen):
     _assert_completion_only(tok, [MEDICAL.format(ask=r["ask"]) for r in rows], [r["answer"] for r in rows])
 
 
+def _prompt_part(row: dict) -> list[int]:
+    """The leading ids whose labels are masked: what the row holds of its prompt."""
+    n = next((i for i, lab in enumerate(row["labels"]) if lab != IGNORE), len(row["labels"]))
+    return row["input_ids"][:n]
+
+
 @needs_shared
-def test_byte_arithmetic_matches_the_offset_fallback_on_real_data(qwen, monkeypatch):
+def test_prompt_part_is_encode_prompt_on_real_data(qwen):
+    """Every row's masked prompt part is exactly encode_prompt of its prompt (what inference
+    feeds), merged rows included; the warning counts exactly the rows whose joint encoding
+    does not start with the prompt's own ids (the oracle: the tokenizer's own encode)."""
     tok, _ = qwen
+    backend = tok.backend_tokenizer
     rows = _medical_rows()[:300]
     records = json.loads((DATA / "alpaca" / "alpaca_en_demo.json").read_text(encoding="utf-8"))[:300]
-    prompts = [MEDICAL.format(ask=r["ask"]) for r in rows] + [ALPACA.format(**r) for r in records] + ["我", "ab "]
-    completions = [r["answer"] for r in rows] + [r["output"] for r in records] + ["们是朋友", " c"]
-    table = _table(prompt=prompts, completion=completions)
-    fast = tokenize(table, "prompt_completion", tok, max_seq_length=4096)
-    byte_table = tkz._token_bytes(tok)
-    monkeypatch.setattr(tkz, "_token_bytes", lambda tok: None)  # as for a tokenizer that is not byte-level
-    slow = tokenize(table, "prompt_completion", tok, max_seq_length=4096)
-    assert fast.table.equals(slow.table)
-    wrong = byte_table.copy()
-    wrong[::7] += 1  # rows using these ids no longer add up: they must take the offset fallback
-    monkeypatch.setattr(tkz, "_token_bytes", lambda tok: wrong)
-    mixed = tokenize(table, "prompt_completion", tok, max_seq_length=4096)
-    assert mixed.table.equals(fast.table)
+    prompts = [MEDICAL.format(ask=r["ask"]) for r in rows] + [ALPACA.format(**r) for r in records] + ["我", "ab ", "回答:\n"]
+    completions = [r["answer"] for r in rows] + [r["output"] for r in records] + ["们是朋友", "c", "\n好"]
+    res = tokenize(_table(prompt=prompts, completion=completions), "prompt_completion", tok, max_seq_length=4096)
+    out = _rows(res)
+    assert len(out) == len(prompts)
+    for row, prompt, completion in zip(out, prompts, completions):
+        assert _prompt_part(row) == encode_prompt(tok, prompt), row["row_id"]
+        assert _decode(tok, _trained(row)) == completion + EOS, row["row_id"]
+    own = [backend.encode(p, add_special_tokens=False).ids for p in prompts]
+    joint = [backend.encode(p + c, add_special_tokens=False).ids for p, c in zip(prompts, completions)]
+    merging = [f"r{i}" for i, (o, j) in enumerate(zip(own, joint)) if j[: len(o)] != o]
+    assert merging[-3:] == [f"r{len(prompts) - 3}", f"r{len(prompts) - 2}", f"r{len(prompts) - 1}"]
+    (warning,) = res.warnings
+    assert warning["kind"] == MERGE and warning["rows"] == len(merging) and warning["of"] == len(prompts)
+    assert warning["example"]["row_id"] == merging[0]
+    natural = [r for r in out if r["row_id"] not in merging]  # the tokens the text has in one piece
+    assert all(r["input_ids"][:-1] == joint[int(r["row_id"][1:])] for r in natural)
 
 
 @needs_shared
-def test_bpe_merge_across_the_boundary_counts_as_completion(qwen):
+def test_bpe_merge_across_the_boundary_encodes_the_parts_apart_and_is_counted(qwen):
     tok, _ = qwen
     backend = tok.backend_tokenizer
     prompt, completion = "今天天气很好，我", "们去公园散步吧"
     whole = backend.encode(prompt + completion, add_special_tokens=False).ids
-    apart = backend.encode(prompt, add_special_tokens=False).ids + backend.encode(completion, add_special_tokens=False).ids
-    assert len(whole) < len(apart), "the test needs a merge across the boundary (我们 is one token)"
-    row = _rows(tokenize(_table(prompt=[prompt], completion=[completion]), "prompt_completion", tok, max_seq_length=64))[0]
-    assert row["input_ids"] == whole + [tok.eos_token_id]  # tokenized as one text, as in training
-    straddle = next(i for i in range(len(whole)) if len(_decode(tok, whole[: i + 1])) > len(prompt))
-    assert _decode(tok, [whole[straddle]]) == "我们"
-    assert row["labels"][:straddle] == [IGNORE] * straddle
-    assert row["labels"][straddle:] == row["input_ids"][straddle:]
-    assert _decode(tok, _trained(row)) == "我" + completion + EOS
+    own = backend.encode(prompt, add_special_tokens=False).ids
+    alone = backend.encode(completion, add_special_tokens=False).ids
+    assert whole[: len(own)] != own, "the test needs a merge across the boundary (我们 is one token)"
+    res = tokenize(_table(prompt=[prompt], completion=[completion]), "prompt_completion", tok, max_seq_length=64)
+    row = _rows(res)[0]
+    assert row["input_ids"] == own + alone + [tok.eos_token_id]  # what inference feeds, then the completion
+    assert row["labels"] == [IGNORE] * len(own) + alone + [tok.eos_token_id]
+    assert res.warnings == [{
+        "kind": MERGE, "rows": 1, "of": 1,
+        "example": {"row_id": "r0", "prompt_end": prompt, "completion_start": completion,
+                    "joint": ["，", "我们"], "apart": ["，", "我", "们"]},
+    }]
+
+
+def test_prompt_ending_at_a_token_boundary_keeps_the_joint_tokens_and_warns_nothing(tiny):
+    backend = tiny.backend_tokenizer
+    res = tokenize(_table(prompt=["hello", "the quick"], completion=[" world", " brown fox"]), "prompt_completion",
+                   tiny, max_seq_length=64)
+    assert res.warnings == []
+    for row, text in zip(_rows(res), ["hello world", "the quick brown fox"]):
+        assert row["input_ids"] == backend.encode(text, add_special_tokens=False).ids + [tiny.eos_token_id]
+
+
+def test_a_tokenizer_that_garbles_parts_encoded_apart_is_refused(tmp_path):
+    """Metaspace puts a "▁" before every text it encodes: a completion encoded on its own
+    would gain a space, so a prompt that ends inside a token is an error, not a silent change."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tk = Tokenizer(models.BPE(unk_token="<unk>"))
+    tk.pre_tokenizer = pre_tokenizers.Metaspace()
+    tk.decoder = decoders.Metaspace()
+    tk.train_from_iterator(["hello world, hello there"] * 10, trainers.BpeTrainer(
+        vocab_size=200, special_tokens=["<unk>", EOS], show_progress=False))
+    PreTrainedTokenizerFast(tokenizer_object=tk, eos_token=EOS, unk_token="<unk>").save_pretrained(str(tmp_path))
+    tok, _ = load_tokenizer(str(tmp_path))
+    ok = tokenize(_table(prompt=["hello"], completion=[" world"]), "prompt_completion", tok, max_seq_length=64)
+    assert ok.warnings == []
+    with pytest.raises(FtcError) as err:
+        tokenize(_table(prompt=["hello", "hello "], completion=[" world", "world"]), "prompt_completion", tok,
+                 max_seq_length=64)
+    assert err.value.code == "FTC601" and "row r1" in err.value.message and "token boundary" in err.value.hint
 
 
 @needs_shared
@@ -234,6 +275,11 @@ def test_fingerprint_follows_the_tokenizer_bytes(qwen, tmp_path):
     _, changed = load_tokenizer(str(copy))
     assert changed.fingerprint["tokenizer.json"] != info.fingerprint["tokenizer.json"]
     assert changed.fingerprint["tokenizer_config.json"] == info.fingerprint["tokenizer_config.json"]
+    assert fingerprint(str(copy)) == changed.fingerprint  # the cheap check ftc run makes: the same value
+    (copy / "chat_template.jinja").write_text("{{ messages[0]['content'] }}", encoding="utf-8")
+    _, templated = load_tokenizer(str(copy))  # transformers prefers the .jinja file: so does the fingerprint
+    assert templated.fingerprint["chat_template"] != changed.fingerprint["chat_template"]
+    assert fingerprint(str(copy)) == templated.fingerprint and "chat_template.jinja" in templated.fingerprint
 
 
 # --------------------------------------------------------------------------- formats and policies
@@ -283,10 +329,13 @@ def test_completion_only_loss_off_trains_the_prompt_too(tiny):
 def test_bos_from_the_post_processor_is_kept_and_masked(tmp_path):
     tok, _ = load_tokenizer(str(_save_tiny(tmp_path / "bos", chat_template=None, bos=True)))
     bos = tok.convert_tokens_to_ids("<s>")
-    row = _rows(tokenize(_table(prompt=["hello "], completion=["world"]), "prompt_completion", tok, max_seq_length=64))[0]
+    res = tokenize(_table(prompt=["hello "], completion=["world"]), "prompt_completion", tok, max_seq_length=64)
+    row = _rows(res)[0]
     assert row["input_ids"][0] == bos and row["input_ids"].count(bos) == 1 and row["labels"][0] == IGNORE
+    assert _prompt_part(row) == encode_prompt(tok, "hello ") == tok("hello ")["input_ids"]  # the BOS, as inference
     assert _decode(tok, row["input_ids"][1:]) == f"hello world{EOS}"
-    assert _decode(tok, _trained(row)) == f" world{EOS}"  # " world" straddles: counted as completion
+    assert _decode(tok, _trained(row)) == f"world{EOS}"  # "hello " + "world" merge: the parts are encoded apart
+    assert [w["rows"] for w in res.warnings] == [1]
 
 
 def test_overlong_truncate_keeps_the_first_tokens(tiny):

@@ -34,7 +34,7 @@ SRC = SHARED / "data/medical/IM_内科/内科5000-6000_part1.csv"
 TOKENIZER = SHARED / "tokenizers/qwen2.5-bpe"
 REPEAT = 13  # 3,822 rows x 13 = 49,686 rows
 ROUNDS = 5
-CHUNKS = 8  # as ftc.compiler.tokenize._CHUNKS
+CHUNKS = 8  # as ftc.compiler.encode._CHUNKS
 PROMPT = "你是一个专业的医疗助手。请根据患者的问题提供专业、准确的回答。\n\n### 问题:\n{}\n\n### 回答:\n"
 
 pytestmark = pytest.mark.skipif(
@@ -49,7 +49,7 @@ _NAMES = ("ftc", "encode_batch_fast", "encode_batch_fast_chunked", "datasets_map
 def corpus():
     import pyarrow as pa
 
-    from ftc.compiler.tokenize import load_tokenizer
+    from ftc.compiler.tokenizer import load_tokenizer
 
     rows = list(csv.DictReader(io.StringIO(SRC.read_bytes().decode("gb18030"))))
     prompts = [PROMPT.format(r["ask"]) for r in rows] * REPEAT
@@ -80,7 +80,7 @@ def _run(benchmark, capsys, name: str, fn, corpus: dict):
 
 
 def test_ftc_tokenize(benchmark, capsys, corpus):
-    from ftc.compiler.tokenize import tokenize
+    from ftc.compiler.encode import tokenize
 
     res = _run(
         benchmark, capsys, "ftc",
