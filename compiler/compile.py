@@ -253,11 +253,6 @@ def tokenizer_location(recipe: Recipe) -> str:
     return str(local) if local.is_dir() else name
 
 
-def tokenizer_location_of_lock(lock: dict, lock_file: str | Path) -> str:
-    """The tokenizer a lock was compiled with, found through the Plan view's one path rule."""
-    return Plan(lock, Path(os.path.abspath(lock_file))).tokenizer_location
-
-
 def rebuild(plan: Plan) -> Compiled:
     """Recompile the plan's recipe (with the lock's own overrides) into the artifact cache, without
     writing the lock; refused when the recipe no longer gives the same plan."""

@@ -64,13 +64,12 @@ def tokenizer_drift(plan: Plan) -> Drift | None:
     recorded = plan.lock.get("tokens", {}).get("tokenizer")
     if not recorded:
         return None
-    from ftc.compiler.tokenize import load_tokenizer
+    from ftc.compiler.tokenizer import fingerprint
 
     location = plan.tokenizer_location
-    _, info = load_tokenizer(location, recorded.get("revision"))
-    if info.fingerprint != recorded["fingerprint"]:
-        changed = sorted(k for k in set(info.fingerprint) | set(recorded["fingerprint"])
-                         if info.fingerprint.get(k) != recorded["fingerprint"].get(k))
+    now = fingerprint(location, recorded.get("revision"))
+    if now != recorded["fingerprint"]:
+        changed = sorted(k for k in set(now) | set(recorded["fingerprint"]) if now.get(k) != recorded["fingerprint"].get(k))
         return Drift("FTC506", location, {"changed": ", ".join(changed)})
     return None
 

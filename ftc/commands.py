@@ -250,7 +250,7 @@ def cmd_preview(args) -> int:
 
 def _preview_tokens(args, lock, rows, tok_table) -> int:
     """The exact tokens each row trains on: masked spans vs trained spans."""
-    from ftc.compiler.compile import tokenizer_location_of_lock
+    from ftc.compiler.lock import Plan
     from ftc.compiler.tokenizer import load_tokenizer
     from ftc.compiler.views import show_tokens
 
@@ -262,7 +262,7 @@ def _preview_tokens(args, lock, rows, tok_table) -> int:
     picked = tok_table.filter(pc.is_in(tok_table["row_id"], value_set=wanted))
     by_id = {r["row_id"]: r for r in picked.select(["row_id", "input_ids", "labels"]).to_pylist()}
     lock_file = args.target if not args.target.endswith(".json") else str(Path(args.target).parent / "plan.lock")
-    tok, _ = load_tokenizer(tokenizer_location_of_lock(lock, lock_file))
+    tok, _ = load_tokenizer(Plan(lock, Path(lock_file).absolute()).tokenizer_location)
     color = sys.stdout.isatty() and not args.json
     for r in rows:
         t = by_id.get(r["row_id"])

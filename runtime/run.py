@@ -144,25 +144,17 @@ def run_lock(run_dir: Path) -> dict:
     return run_plan_of(run_dir).lock
 
 
-def plan_tokenizer(run_dir: Path, lock: dict) -> Any:
+def plan_tokenizer(run_dir: Path) -> Any:
     """The tokenizer the plan was compiled with (not the copy saved in the run folder), through
-    the compiler's one loader, refused if it changed since: its ids must be the training ids.
-
-    This is the one place a run folder's lock finds its tokenizer: the lock's paths are
-    relative to where it was compiled, which run.json records (`lock`)."""
-    from ftc.compiler.compile import tokenizer_location_of_lock
+    the compiler's one loader, refused if it changed since: its ids must be the training ids."""
+    from ftc.compiler.inputs import tokenizer_drift
     from ftc.compiler.tokenizer import load_tokenizer
 
-    facts = Path(run_dir) / "run.json"
-    compiled_at = json.loads(facts.read_text(encoding="utf-8")).get("lock") if facts.exists() else None
-    lock_file = compiled_at if compiled_at and Path(compiled_at).exists() else Path(run_dir) / RUN_LOCK
-    location = tokenizer_location_of_lock(lock, lock_file)
-    tok, info = load_tokenizer(location, lock["settings"]["model"].get("tokenizer_revision"))
-    recorded = lock.get("tokens", {}).get("tokenizer", {}).get("fingerprint")
-    if recorded and info.fingerprint != recorded:
-        changed = sorted(k for k in set(recorded) | set(info.fingerprint) if recorded.get(k) != info.fingerprint.get(k))
-        raise FtcError("FTC700", reason=f"the tokenizer {location} changed since the plan was compiled ({', '.join(changed)})",
-                       hint="inference must encode prompts as training did: restore that tokenizer, or recompile and retrain")
+    plan = run_plan_of(Path(run_dir))
+    changed = tokenizer_drift(plan)
+    if changed:
+        raise changed.error(plan)
+    tok, _ = load_tokenizer(plan.tokenizer_location, plan.settings["model"].get("tokenizer_revision"))
     return tok
 
 
@@ -172,7 +164,7 @@ def encode_requests(run_dir: Path, requests: list[dict]) -> tuple[Any, list[tupl
     from ftc.compiler.encode import prompt_of_request
 
     lock = run_lock(Path(run_dir))
-    tok = plan_tokenizer(Path(run_dir), lock)
+    tok = plan_tokenizer(Path(run_dir))
     return tok, [prompt_of_request(lock, req, tok) for req in requests]
 
 

@@ -103,11 +103,12 @@ def test_infer_feeds_the_training_prompt_ids(cli, demo):
 
     lock_path = compile_demo(cli, demo)
     lock = json.loads(lock_path.read_text())
-    run = demo / "run"  # a run folder's lock finds the tokenizer through run.json's `lock`
-    run.mkdir()
-    shutil.copy(lock_path, run / "plan.lock")
-    (run / "run.json").write_text(json.dumps({"lock": str(lock_path)}))
-    tok = plan_tokenizer(run, lock)
+    from ftc.compiler.lock import Plan, canonical
+
+    run = demo / "elsewhere" / "run"  # a run folder's copy of the lock, anchored there as `ftc run` writes it
+    run.mkdir(parents=True)
+    (run / "plan.lock").write_text(canonical(Plan.load(lock_path).anchored_at(run / "plan.lock")))
+    tok = plan_tokenizer(run)
     rows = artifact_rows(lock_path) + artifact_rows(lock_path, "eval")
     assert len(rows) == 64
     for data, t in rows:
@@ -192,10 +193,11 @@ def test_dry_run_refuses_a_tokenizer_changed_since_compile_and_json_alone(cli, t
     lock = tmp_path / "proj" / "plan.lock"
     code, _, err = cli("compile", recipe, "-o", lock, "-q", "--set", "split.eval=0")
     assert code == 0, err
+    from ftc.compiler.lock import Plan, canonical
+
     run = tmp_path / "run"
     run.mkdir()
-    shutil.copy(lock, run / "plan.lock")
-    (run / "run.json").write_text(json.dumps({"lock": str(lock)}))
+    (run / "plan.lock").write_text(canonical(Plan.load(lock).anchored_at(run / "plan.lock")))
     code, _, err = cli("infer", run, "--input", json.dumps({"question": "2 + 2?"}), "--json")
     assert code == 2 and "--json is the output of --dry-run" in err
     code, out, err = cli("infer", run, "--input", json.dumps({"question": "2 + 2?"}), "--dry-run")
@@ -203,4 +205,4 @@ def test_dry_run_refuses_a_tokenizer_changed_since_compile_and_json_alone(cli, t
     config = tmp_path / "proj" / "bos" / "tokenizer_config.json"
     config.write_text(config.read_text().replace('"model_max_length": 512', '"model_max_length": 513'))
     code, _, err = cli("infer", run, "--input", json.dumps({"question": "2 + 2?"}), "--dry-run", "--json")
-    assert code == 2 and "changed since the plan was compiled (tokenizer_config.json)" in err and "Traceback" not in err
+    assert code == 2 and "FTC506" in err and "(tokenizer_config.json changed)" in err and "Traceback" not in err
