@@ -9,6 +9,10 @@ reads. Order is decided where it is observed: a window orders by its key, then
 ``_ord`` (source, file, line), and rows leave DuckDB only through ``Normalizer.read``,
 which returns them in ``_ord`` order. Tables materialized between steps are not sorted:
 nothing reads their physical order.
+
+User expressions are evaluated when their step runs, over every row the step sees, so
+a value that fails (a CAST of 'abc') is reported at that step with its row, not later
+at whatever query happened to touch the column first.
 """
 
 from __future__ import annotations
@@ -90,6 +94,7 @@ class Normalizer:
         return {r[0]: r[1] for r in self.x(f"DESCRIBE {t}").fetchall()}
 
     def _sql(self, sql: str, where: str, expr: str, t: str):
+        """Bind-time errors of a recipe expression: syntax, names, types, disabled functions."""
         import duckdb
 
         try:
@@ -98,6 +103,37 @@ class Normalizer:
             msg = str(e).splitlines()[0]
             raise FtcError("FTC300", file=self.file, path=where, where=where, reason=msg, expr=expr,
                            fields=", ".join(self.fields(t))) from None
+
+    def _run(self, sql: str, path: str, step: str, expr: str, t: str, evaluated: str | None = None) -> "_Rows":
+        """Execute ``sql``, which evaluates ``evaluated`` (the user's ``expr`` as the step
+        wraps it) over every row of ``t``; it bound already.
+
+        A failure now is a value the expression cannot take (a CAST of 'abc', a bad
+        date): the error names the step and the first such row in source order.
+        """
+        import duckdb
+
+        try:
+            return self.x(sql)
+        except duckdb.Error as e:
+            msg = str(e).splitlines()[0]
+            row = self._failing_row(t, evaluated or expr)
+            raise FtcError("FTC305", file=self.file, path=path, step=step, expr=expr, reason=msg,
+                           row=f"row {row}" if row else "a row (which one could not be found)") from None
+
+    def _failing_row(self, t: str, expr: str) -> str | None:
+        """row_id of the first row (in ``_ord`` order) where ``expr`` raises.
+
+        ``try(x IS NULL)`` is NULL exactly where evaluating ``x`` raised: ``IS NULL``
+        itself is never NULL.
+        """
+        import duckdb
+
+        try:
+            hit = self.x(f"SELECT row_id FROM {t} WHERE try((({expr})) IS NULL) IS NULL ORDER BY _ord LIMIT 1").fetchone()
+        except duckdb.Error:  # try() refuses some expressions (aggregates, subqueries)
+            return None
+        return hit[0] if hit else None
 
     def _check_fields(self, t: str, names: list[str], where: str) -> None:
         known = self.fields(t)
@@ -141,6 +177,9 @@ class Normalizer:
         names = [c for c, ty in types.items() if ty == "VARCHAR" and c not in INTERNAL] if arg is True else arg
         if arg is not True:
             self._check_fields(t, names, where)
+            for c in names:
+                if types[c] != "VARCHAR":
+                    raise FtcError("FTC304", file=self.file, path=f"{where}.strip", field=c, type=types[c])
         if not names:
             return t
         # Trim only values that start or end with whitespace: most rows are clean, and
@@ -179,8 +218,11 @@ class Normalizer:
         label = arg.get("name") or expr
         # A subquery boundary keeps the expression an expression, not a statement.
         cond = f"coalesce(({expr})::BOOLEAN, false)"
-        self._sql(f"SELECT count(*) FROM {t} WHERE {cond}", where, expr, t)
-        return self._replace(t, f"SELECT * FROM {t} WHERE {cond}", f"{where}: filter", reason=f"filter: {label}")
+        path = f"{where}.filter"
+        self._sql(f"SELECT count(*) FROM {t} WHERE {cond} LIMIT 0", path, expr, t)
+        kept = self._run(f"SELECT count(*) FROM {t} WHERE {cond}", path, "filter", expr, t, cond).fetchone()[0]
+        return self._replace(t, f"SELECT * FROM {t} WHERE {cond}", f"{where}: filter",
+                             reason=f"filter: {label}", rows_out=kept)
 
     def _step_dedup(self, t, arg, where):
         self._check_fields(t, arg, where)
@@ -191,8 +233,13 @@ class Normalizer:
     def _step_derive(self, t, arg, where):
         existing = set(self.types(t))
         for name, expr in arg.items():
-            path = f"{where}.{name}"
-            self._sql(f"SELECT ({expr}) FROM {t} LIMIT 0", path, expr, t)
+            path = f"{where}.{name}"  # the stage's label
+            jp = f"{where}.derive.{name}"
+            self._sql(f"SELECT ({expr}) FROM {t} LIMIT 0", jp, expr, t)
+            # The view is lazy and a count skips unused columns: evaluate the expression
+            # on every row now (hash() keeps the optimizer from dropping it), so a value
+            # it cannot take is reported here, with its row.
+            self._run(f"SELECT max(hash(({expr}))) FROM {t}", jp, f"derive of {name!r}", expr, t)
             sel = f"SELECT * REPLACE (({expr}) AS {q(name)}) FROM {t}" if name in existing else f"SELECT *, ({expr}) AS {q(name)} FROM {t}"
             t = self._replace(t, sel, f"{path}: derive")
             existing.add(name)
@@ -252,6 +299,10 @@ class Normalizer:
     # -- whole-dataset steps
     def mix(self, tables: dict[str, str], mix: dict) -> str:
         """Union the sources, each cut to its declared count or weight share."""
+        for n in mix:
+            if n not in tables:
+                raise FtcError("FTC306", file=self.file, path=f"mix.{n}", name=n, sources=", ".join(tables),
+                               suggest=did_you_mean(n, tables))
         counts = {n: self.count(t) for n, t in tables.items()}
         take = dict(counts)
         weights = {n: m["weight"] for n, m in mix.items() if "weight" in m}
