@@ -178,13 +178,28 @@ def _render_split(norm: Normalizer, t: str, spec: dict, templates, types, render
             sql_cols[key] = e
         else:
             jinja_cols[key] = templates[jp]
-    keep = ", ".join(f'"{c}"' for c in types if c not in INTERNAL and c not in sql_cols and c not in jinja_cols)
-    select = ", ".join(["row_id"] + ([keep] if keep else []) + [f"{e} AS \"{k}\"" for k, e in sql_cols.items()])
-    # Tables are kept in _ord order (DuckDB preserves insertion order; steps that use
-    # windows sort explicitly), so no sort is needed here.
-    table = norm.arrow(f"SELECT {select} FROM {t}")
+    from ftc.compiler.normalize import q
+
+    fields = [c for c in types if c not in INTERNAL]
+    outputs = set(sql_cols) | set(jinja_cols)
+    cols = ["row_id"] + [q(c) for c in fields if c not in outputs] + [f"{e} AS {q(k)}" for k, e in sql_cols.items()]
+    # Jinja reads every field, also one an output column replaces: those come along under a
+    # hidden name in the same query, so each rendered text is made from its own row (a
+    # second query could return the rows in another order).
+    hidden: dict[str, str] = {}
+    if jinja_cols:
+        for c in fields:
+            if c in outputs:
+                h = f"_in_{c}"
+                while h in types:
+                    h = "_" + h
+                hidden[c] = h
+                cols.append(f"{q(c)} AS {q(h)}")
+    table = norm.read(t, ", ".join(cols))
     if jinja_cols and table.num_rows:
-        rows = norm.arrow(f"SELECT * EXCLUDE (_source, _file, _row, _ord) FROM {t}").to_pylist()
+        inputs = table.select(["row_id"] + [hidden.get(c, c) for c in fields]).rename_columns(["row_id"] + fields)
+        table = table.drop_columns(list(hidden.values()))
+        rows = inputs.to_pylist()
         for key, tpl in jinja_cols.items():
             if isinstance(tpl, list):
                 contents = [render.render_rows(tp, rows) for _, tp in tpl]
@@ -193,6 +208,7 @@ def _render_split(norm: Normalizer, t: str, spec: dict, templates, types, render
                 col = pa.array(render.render_rows(tpl, rows), pa.string())
             table = table.append_column(key, col)
     elif jinja_cols:
+        table = table.drop_columns(list(hidden.values()))
         for key in jinja_cols:
             table = table.append_column(key, pa.array([], pa.string()))
     return table
@@ -201,17 +217,25 @@ def _render_split(norm: Normalizer, t: str, spec: dict, templates, types, render
 def _write_parquet(table: pa.Table, cache: Path, split: str, recipe_dir: Path, write: bool) -> dict:
     """Content-addressed Parquet: the file name carries its own sha256.
 
-    DuckDB writes it (row groups encoded in parallel, about twice pyarrow's speed
-    here) from its own connection, which only ever sees this Arrow table, never a
-    recipe's SQL. Row order is kept and the bytes are the same on every run.
+    DuckDB writes it (row groups encoded in parallel) from its own connection, which
+    only ever sees this Arrow table, never a recipe's SQL. The bytes are the same on
+    every run (tests/test_determinism.py) because both things they depend on are fixed
+    here: the row order, since the query is a bare scan of one Arrow table and
+    ``preserve_insertion_order`` (set, not left to a default) makes COPY write a scan's
+    batches in their order (an ORDER BY would pin the same order at twice the cost);
+    and the row groups, which DuckDB cuts at batch boundaries, so the table is handed
+    over in batches of 2,048 rows whatever chunks it arrived in (DuckDB's result
+    chunks vary from run to run).
     """
     import duckdb
 
     cache.mkdir(parents=True, exist_ok=True)
     tmp = cache / f".{split}-{os.getpid()}.parquet.tmp"
-    con = duckdb.connect(":memory:", config={"threads": 2})
+    con = duckdb.connect(":memory:", config={"threads": 2, "preserve_insertion_order": True})
     try:
-        con.register("artifact", table)
+        batch = 2048  # divides ROW_GROUP_SIZE
+        batches = [b for i in range(0, table.num_rows, batch) for b in table.slice(i, batch).combine_chunks().to_batches()]
+        con.register("artifact", pa.Table.from_batches(batches, table.schema))
         con.execute(f"COPY (SELECT * FROM artifact) TO '{str(tmp).replace(chr(39), chr(39) * 2)}' "
                     "(FORMAT parquet, COMPRESSION zstd, ROW_GROUP_SIZE 65536)").fetchall()
     finally:

@@ -1,8 +1,18 @@
 """Normalization as DuckDB SQL over Arrow: clean, filter, dedup, derive, mix, split.
 
 Every step is one set-based query. Each records rows in, rows out, and the rows it
-dropped under a reason, so nothing disappears silently. Row order is carried in
-``_ord`` and restored explicitly; DuckDB is free to reorder in between.
+dropped under a reason, so nothing disappears silently.
+
+Between steps rows are a set: DuckDB reorders freely (a constant IN-list becomes a hash
+join, scans run in parallel over Arrow batches), so no step may rely on the order it
+reads. Order is decided where it is observed: a window orders by its key, then
+``_ord`` (source, file, line), and rows leave DuckDB only through ``Normalizer.read``,
+which returns them in ``_ord`` order. Tables materialized between steps are not sorted:
+nothing reads their physical order.
+
+User expressions are evaluated when their step runs, over every row the step sees, so
+a value that fails (a CAST of 'abc') is reported at that step with its row, not later
+at whatever query happened to touch the column first.
 """
 
 from __future__ import annotations
@@ -84,6 +94,7 @@ class Normalizer:
         return {r[0]: r[1] for r in self.x(f"DESCRIBE {t}").fetchall()}
 
     def _sql(self, sql: str, where: str, expr: str, t: str):
+        """Bind-time errors of a recipe expression: syntax, names, types, disabled functions."""
         import duckdb
 
         try:
@@ -92,6 +103,37 @@ class Normalizer:
             msg = str(e).splitlines()[0]
             raise FtcError("FTC300", file=self.file, path=where, where=where, reason=msg, expr=expr,
                            fields=", ".join(self.fields(t))) from None
+
+    def _run(self, sql: str, path: str, step: str, expr: str, t: str, evaluated: str | None = None) -> "_Rows":
+        """Execute ``sql``, which evaluates ``evaluated`` (the user's ``expr`` as the step
+        wraps it) over every row of ``t``; it bound already.
+
+        A failure now is a value the expression cannot take (a CAST of 'abc', a bad
+        date): the error names the step and the first such row in source order.
+        """
+        import duckdb
+
+        try:
+            return self.x(sql)
+        except duckdb.Error as e:
+            msg = str(e).splitlines()[0]
+            row = self._failing_row(t, evaluated or expr)
+            raise FtcError("FTC305", file=self.file, path=path, step=step, expr=expr, reason=msg,
+                           row=f"row {row}" if row else "a row (which one could not be found)") from None
+
+    def _failing_row(self, t: str, expr: str) -> str | None:
+        """row_id of the first row (in ``_ord`` order) where ``expr`` raises.
+
+        ``try(x IS NULL)`` is NULL exactly where evaluating ``x`` raised: ``IS NULL``
+        itself is never NULL.
+        """
+        import duckdb
+
+        try:
+            hit = self.x(f"SELECT row_id FROM {t} WHERE try((({expr})) IS NULL) IS NULL ORDER BY _ord LIMIT 1").fetchone()
+        except duckdb.Error:  # try() refuses some expressions (aggregates, subqueries)
+            return None
+        return hit[0] if hit else None
 
     def _check_fields(self, t: str, names: list[str], where: str) -> None:
         known = self.fields(t)
@@ -107,7 +149,8 @@ class Normalizer:
 
         Row-wise steps become views: the chain runs once, when the split materializes
         it, and counting a view only touches the columns its filters read. Steps that
-        use windows (dedup, sample n, limit, mix) are materialized in ``_ord`` order.
+        use windows (dedup, sample n, limit, mix) are materialized; their windows break
+        ties by ``_ord``.
         """
         new = self._tmp()
         rows_in = self.count(t)
@@ -134,14 +177,19 @@ class Normalizer:
         names = [c for c, ty in types.items() if ty == "VARCHAR" and c not in INTERNAL] if arg is True else arg
         if arg is not True:
             self._check_fields(t, names, where)
+            for c in names:
+                if types[c] != "VARCHAR":
+                    raise FtcError("FTC304", file=self.file, path=f"{where}.strip", field=c, type=types[c])
         if not names:
             return t
         # Trim only values that start or end with whitespace: most rows are clean, and
         # looking at two characters is much cheaper than trimming (or a regex over) the text.
-        ws = "[" + ", ".join(lit(c) for c in WHITESPACE) + "]"
+        # contains() on one string, not list_contains() on a list: DuckDB turns a
+        # constant list into a hash join, which is slower and scrambles the row order.
+        ws = lit(WHITESPACE)
         repl = ", ".join(
-            f"CASE WHEN list_contains({ws}, left({q(c)}, 1)) OR list_contains({ws}, right({q(c)}, 1)) "
-            f"THEN trim({q(c)}, {lit(WHITESPACE)}) ELSE {q(c)} END AS {q(c)}"
+            f"CASE WHEN contains({ws}, left({q(c)}, 1)) OR contains({ws}, right({q(c)}, 1)) "
+            f"THEN trim({q(c)}, {ws}) ELSE {q(c)} END AS {q(c)}"
             for c in names
         )
         return self._replace(t, f"SELECT * REPLACE ({repl}) FROM {t}", f"{where}: strip")
@@ -169,21 +217,29 @@ class Normalizer:
         expr = arg["where"]
         label = arg.get("name") or expr
         # A subquery boundary keeps the expression an expression, not a statement.
-        self._sql(f"SELECT count(*) FROM {t} WHERE coalesce(({expr})::BOOLEAN, false)", where, expr, t)
-        return self._replace(t, f"SELECT * FROM {t} WHERE coalesce(({expr})::BOOLEAN, false)", f"{where}: filter",
-                             reason=f"filter: {label}")
+        cond = f"coalesce(({expr})::BOOLEAN, false)"
+        path = f"{where}.filter"
+        self._sql(f"SELECT count(*) FROM {t} WHERE {cond} LIMIT 0", path, expr, t)
+        kept = self._run(f"SELECT count(*) FROM {t} WHERE {cond}", path, "filter", expr, t, cond).fetchone()[0]
+        return self._replace(t, f"SELECT * FROM {t} WHERE {cond}", f"{where}: filter",
+                             reason=f"filter: {label}", rows_out=kept)
 
     def _step_dedup(self, t, arg, where):
         self._check_fields(t, arg, where)
         keys = ", ".join(q(c) for c in arg)
-        return self._replace(t, f"SELECT * FROM {t} QUALIFY row_number() OVER (PARTITION BY {keys} ORDER BY _ord) = 1 ORDER BY _ord",
+        return self._replace(t, f"SELECT * FROM {t} QUALIFY row_number() OVER (PARTITION BY {keys} ORDER BY _ord) = 1",
                              f"{where}: dedup", reason=f"duplicate ({', '.join(arg)})", window=True)
 
     def _step_derive(self, t, arg, where):
         existing = set(self.types(t))
         for name, expr in arg.items():
-            path = f"{where}.{name}"
-            self._sql(f"SELECT ({expr}) FROM {t} LIMIT 0", path, expr, t)
+            path = f"{where}.{name}"  # the stage's label
+            jp = f"{where}.derive.{name}"
+            self._sql(f"SELECT ({expr}) FROM {t} LIMIT 0", jp, expr, t)
+            # The view is lazy and a count skips unused columns: evaluate the expression
+            # on every row now (hash() keeps the optimizer from dropping it), so a value
+            # it cannot take is reported here, with its row.
+            self._run(f"SELECT max(hash(({expr}))) FROM {t}", jp, f"derive of {name!r}", expr, t)
             sel = f"SELECT * REPLACE (({expr}) AS {q(name)}) FROM {t}" if name in existing else f"SELECT *, ({expr}) AS {q(name)} FROM {t}"
             t = self._replace(t, sel, f"{path}: derive")
             existing.add(name)
@@ -232,17 +288,21 @@ class Normalizer:
     def _step_sample(self, t, arg, where):
         h = f"md5({lit(arg['seed'])} || ':' || row_id)"
         if "n" in arg:
-            sel = f"SELECT * FROM {t} QUALIFY row_number() OVER (ORDER BY {h}) <= {int(arg['n'])} ORDER BY _ord"
+            sel = f"SELECT * FROM {t} QUALIFY row_number() OVER (ORDER BY {h}, _ord) <= {int(arg['n'])}"
         else:
             sel = f"SELECT * FROM {t} WHERE {_unit(h)} < {float(arg['fraction'])!r}"
         return self._replace(t, sel, f"{where}: sample", reason="sample: not selected", window="n" in arg)
 
     def _step_limit(self, t, arg, where):
-        return self._replace(t, f"SELECT * FROM {t} QUALIFY row_number() OVER (ORDER BY _ord) <= {int(arg)} ORDER BY _ord", f"{where}: limit", reason=f"beyond limit {int(arg)}", window=True)
+        return self._replace(t, f"SELECT * FROM {t} QUALIFY row_number() OVER (ORDER BY _ord) <= {int(arg)}", f"{where}: limit", reason=f"beyond limit {int(arg)}", window=True)
 
     # -- whole-dataset steps
     def mix(self, tables: dict[str, str], mix: dict) -> str:
         """Union the sources, each cut to its declared count or weight share."""
+        for n in mix:
+            if n not in tables:
+                raise FtcError("FTC306", file=self.file, path=f"mix.{n}", name=n, sources=", ".join(tables),
+                               suggest=did_you_mean(n, tables))
         counts = {n: self.count(t) for n, t in tables.items()}
         take = dict(counts)
         weights = {n: m["weight"] for n, m in mix.items() if "weight" in m}
@@ -258,11 +318,11 @@ class Normalizer:
         for n, t in tables.items():
             if take[n] < counts[n]:
                 h = "md5('mix:' || row_id)"
-                sel = f"SELECT * FROM {t} QUALIFY row_number() OVER (ORDER BY {h}) <= {take[n]} ORDER BY _ord"
+                sel = f"SELECT * FROM {t} QUALIFY row_number() OVER (ORDER BY {h}, _ord) <= {take[n]}"
                 t = self._replace(t, sel, f"mix.{n}", {f"mix: beyond {n}'s share": counts[n] - take[n]}, window=True)
             parts.append(f"SELECT * FROM {t}")
         out = self._tmp()
-        self.x(f"CREATE TABLE {out} AS SELECT * FROM (" + " UNION ALL BY NAME ".join(parts) + ") ORDER BY _ord")
+        self.x(f"CREATE TABLE {out} AS " + " UNION ALL BY NAME ".join(parts))
         return out
 
     def split(self, t: str, split: dict, default_key: list[str]) -> tuple[str, str]:
@@ -279,8 +339,8 @@ class Normalizer:
             self.x(f"CREATE VIEW {final} AS SELECT *, {is_eval} AS _eval FROM {t}")
             sides = dict(self.x(f"SELECT _eval, count(*) FROM {final} GROUP BY 1").fetchall())
             self._counts[train], self._counts[evl] = sides.get(False, 0), sides.get(True, 0)
-        else:  # a count needs a window: materialize once, in _ord order
-            self.x(f"CREATE TABLE {final} AS SELECT *, row_number() OVER (ORDER BY {h}, _ord) <= {int(ev)} AS _eval FROM {t} ORDER BY _ord")
+        else:  # a count needs a window: materialize once
+            self.x(f"CREATE TABLE {final} AS SELECT *, row_number() OVER (ORDER BY {h}, _ord) <= {int(ev)} AS _eval FROM {t}")
         self.x(f"CREATE VIEW {train} AS SELECT * EXCLUDE (_eval) FROM {final} WHERE NOT _eval")
         self.x(f"CREATE VIEW {evl} AS SELECT * EXCLUDE (_eval) FROM {final} WHERE _eval")
         n_eval = self.count(evl)
@@ -288,6 +348,22 @@ class Normalizer:
         if rows - n_eval == 0:
             raise FtcError("FTC302", file=self.file, stage="split", counts=f"all {rows} rows went to eval")
         return train, evl
+
+    def read(self, t: str, select: str) -> pa.Table:
+        """Rows of ``t`` out of DuckDB, in ``_ord`` (source) order: the one way rows leave it.
+
+        The order is checked and, where DuckDB returned another, restored in Arrow: an
+        ORDER BY would sort the whole payload (half a second for 200k rows of text),
+        while checking ``_ord`` costs a millisecond and the rows mostly come back sorted.
+        """
+        import pyarrow.compute as pc
+
+        table = self.arrow(f"SELECT {select}, _ord FROM {t}")
+        ord_ = table.column("_ord").combine_chunks()
+        n = len(ord_)
+        if n > 1 and not pc.all(pc.less(ord_.slice(0, n - 1), ord_.slice(1))).as_py():
+            table = table.take(pc.sort_indices(ord_))
+        return table.drop_columns(["_ord"])
 
     def arrow(self, sql: str) -> pa.Table:
         rel = self.con.sql(sql)

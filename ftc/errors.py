@@ -40,6 +40,13 @@ RULES: dict[str, Rule] = {
         Rule("FTC301", "{where}: unknown field {field!r}", "known fields: {fields}{suggest}"),
         Rule("FTC302", "no rows left after {stage}", "{counts}; relax that step or check the input"),
         Rule("FTC303", "invalid regex in {where}: {reason}", "Python/RE2-style regex; escape backslashes in JSON (\"\\\\d\")"),
+        Rule("FTC304", "strip applies to text fields; {field!r} is {type}",
+             "name only text fields, or write \"strip\": true to strip every text field; "
+             "to strip it as text, derive a text copy first: {{\"derive\": {{\"{field}\": \"{field}::VARCHAR\"}}}}"),
+        Rule("FTC305", "{step} failed on {row}: {reason}\n  expression: {expr}",
+             "fix that value in the data, or let the expression yield NULL instead of failing "
+             "(TRY_CAST(x AS INTEGER), try(expr)) and drop those rows with a filter"),
+        Rule("FTC306", "mix names an unknown source {name!r}", "mix keys are source names: {sources}{suggest}"),
         Rule("FTC400", "template {template} line {line}: {reason}", "fix the Jinja syntax"),
         Rule("FTC401", "template {template} line {line}, row {row}: {reason}", "available fields: {fields}"),
         Rule("FTC402", "template {template}: {reason}", "{hint}"),

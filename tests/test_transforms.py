@@ -120,3 +120,48 @@ def test_unknown_field_and_bad_regex(cli, tmp_path):
 def test_empty_result_names_the_stage(cli, tmp_path):
     err = fail(cli, tmp_path, ROWS, [{"filter": {"where": "q = 'nope'", "name": "nothing"}}])
     assert "no rows left after transforms[0]: filter" in err and "filter: nothing: 5" in err
+
+
+def test_mix_naming_an_unknown_source(cli, tmp_path):
+    for name in ("alpha", "beta"):
+        (tmp_path / f"{name}.jsonl").write_text("".join(json.dumps({"q": f"{name}{i}", "a": "x"}) + "\n" for i in range(5)))
+    r = write_recipe(tmp_path, {"sources": {"alpha": {"path": "alpha.jsonl"}, "beta": {"path": "beta.jsonl"}},
+                                "mix": {"alpah": {"count": 3}}, "template": TPL})
+    code, _, err = cli("compile", r, "-o", tmp_path / "p.lock")
+    assert code == 2 and "Traceback" not in err
+    assert "FTC306" in err and "at mix.alpah" in err and "unknown source 'alpah'" in err
+    assert "alpha, beta" in err and "did you mean 'alpha'?" in err
+
+
+def test_strip_names_a_non_text_field(cli, tmp_path):
+    rows = [{"q": " x ", "a": "y", "n": 1}, {"q": "z", "a": "w", "n": 2}]
+    err = fail(cli, tmp_path, rows, [{"strip": ["q", "n"]}])
+    assert "FTC304" in err and "at transforms[0].strip" in err and "'n' is BIGINT" in err and '"strip": true' in err
+    lock, data = run(cli, tmp_path, rows, [{"strip": True}])  # strip: true skips the non-text fields
+    assert [(r["q"], r["n"]) for r in data] == [("x", 1), ("z", 2)]
+
+
+BAD_ROW = [{"q": "1", "a": "x"}, {"q": "2", "a": "x"}, {"q": "abc", "a": "x"}, {"q": "4", "a": "x"}]
+
+
+def test_derive_failing_on_one_row_names_the_step_and_the_row(cli, tmp_path):
+    # The derived column is read by nothing later: a lazy view would never evaluate it,
+    # or fail at whatever step touched it first; the error is the derive's, with its row.
+    err = fail(cli, tmp_path, BAD_ROW, [{"derive": {"n": "CAST(q AS INTEGER)"}}])
+    assert "FTC305" in err and "at transforms[0].derive.n" in err and "derive of 'n' failed on row s:d.jsonl:3" in err
+    assert "Could not convert string 'abc' to INT32" in err and "expression: CAST(q AS INTEGER)" in err
+    assert "TRY_CAST" in err
+    # after a filter, the row is still found (rows are numbered by file line, not by position)
+    err = fail(cli, tmp_path, BAD_ROW, [{"filter": "q <> '2'"}, {"derive": {"n": "CAST(q AS INTEGER) + 1"}}, {"filter": "n > 0"}])
+    assert "at transforms[1].derive.n" in err and "failed on row s:d.jsonl:3" in err
+    lock, data = run(cli, tmp_path, BAD_ROW, [{"derive": {"n": "TRY_CAST(q AS INTEGER)"}}, {"filter": "n IS NOT NULL"}])
+    assert [r["n"] for r in data] == [1, 2, 4]
+
+
+def test_filter_failing_on_one_row_names_the_step_and_the_row(cli, tmp_path):
+    err = fail(cli, tmp_path, BAD_ROW, [{"filter": {"where": "q::INTEGER > 1", "name": "big"}}])
+    assert "FTC305" in err and "at transforms[0].filter" in err and "filter failed on row s:d.jsonl:3" in err
+    assert "expression: q::INTEGER > 1" in err
+    # a value that is not a truth value fails in the step's own cast, and is found too ('1' is true)
+    err = fail(cli, tmp_path, BAD_ROW, [{"filter": "q"}])
+    assert "FTC305" in err and "failed on row s:d.jsonl:2" in err and "to BOOL" in err
