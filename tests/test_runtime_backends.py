@@ -113,6 +113,33 @@ def test_an_error_in_the_unsloth_process_is_the_users_error(tmp_path, monkeypatc
         unsloth_process.train_in_child(plan, **kwargs)
 
 
+def test_the_unsloth_child_runs_the_same_skeleton_from_the_lock(tmp_path, monkeypatch, capfd):
+    """The real hand-off, end to end on the CPU: the child process reads the request, loads the
+    verified lock, runs the run skeleton (folder, data, memory plan) up to unsloth's model setup,
+    which refuses without CUDA; that FtcError reaches the parent as the user's error. The
+    `unsloth` package cannot run here, so a stand-in module of that name is put on the child's
+    path (its import must only come first)."""
+    if torch.cuda.is_available():
+        pytest.skip("with CUDA the setup would go on to load the model with the stand-in")
+    from ftc.runtime import unsloth_process
+
+    write_jsonl(tmp_path / "s.jsonl", [{"t": f"row {i}"} for i in range(4)])
+    plan = compile_plan(tmp_path, {"name": "t", "sources": {"s": {"path": "s.jsonl"}},
+                                   "template": {"format": "text", "text": "{{ t }}"},
+                                   "model": {"name": "tiny", "tokenizer": str(DEMO_TOKENIZER)}})
+    (tmp_path / "stand_in").mkdir()
+    (tmp_path / "stand_in" / "unsloth.py").write_text("FastLanguageModel = None  # stand-in: the real package needs CUDA\n")
+    monkeypatch.setenv("PYTHONPATH", str(tmp_path / "stand_in"))
+    with pytest.raises(FtcError, match="--backend unsloth needs a CUDA GPU"):
+        unsloth_process.train_in_child(plan, output_dir=tmp_path / "run", resume=False, max_steps_override=1,
+                                       backend_reason="asked for")
+    said = capfd.readouterr().err
+    assert "ftc: unsloth imported in" in said  # the stand-in was imported first, in the child
+    assert "ftc: gradient checkpointing" in said  # the skeleton's memory plan ran there, before the model setup
+    assert not (tmp_path / "run" / "metrics.jsonl").exists()  # stopped before training
+    assert json.loads((tmp_path / "run" / unsloth_process.ERROR).read_text())["code"] == "FTC700"
+
+
 def test_a_config_class_that_changes_the_plan_is_refused(tmp_path):
     """unsloth's GRPOConfig may reset per_device_train_batch_size to num_generations; a config
     class that rewrites a plan setting must stop the run, not train another batch."""
