@@ -33,11 +33,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ftc.compiler.lock import Plan
 from ftc.errors import FtcError
 from ftc.runtime.grpo_batch import check_grpo_batch  # moving to ftc.compiler.schedule
 from ftc.runtime.metrics import TokenCounter, read_metrics
 from ftc.runtime.model import ModelSetup, run_error
 from ftc.runtime.rewards import build_reward_funcs, reward_from_dict, reward_weights
+from ftc.runtime.session import Finished
 
 __all__ = ["METHOD", "check_grpo_batch"]  # compiler/compile.py imports check_grpo_batch from here today
 
@@ -66,7 +68,7 @@ class GRPO:
     can_split_batch = False  # a batch is a group of completions (see check_grpo_batch)
     log_all_scalars = True  # rewards, completions, kl, clipping
 
-    def prepare(self, plan: Any, train: dict, *, tokenizer: Any, world_size: int) -> PromptData:
+    def prepare(self, plan: Plan, train: dict, *, tokenizer: Any, world_size: int) -> PromptData:
         grpo = train["grpo"]
         check_grpo_batch(train, world_size=world_size)
         resolved = list(grpo["rewards"])
@@ -119,7 +121,7 @@ class GRPO:
     def flops(self, model: Any, data: PromptData, *, device: str) -> None:
         return None  # generation dominates a GRPO step; the training FLOPs alone would misstate MFU
 
-    def finish(self, run: Any) -> dict:
+    def finish(self, run: Finished) -> dict:
         data, args = run.data, run.trainer.args
         metrics = read_metrics(run.metrics_path)
         steps = [m for m in metrics if "reward" in m]
@@ -162,7 +164,7 @@ class GRPO:
                      "rewards": {n: evals[-1].get(f"eval_rewards/{n}/mean") for n in names}} if evals else {},
         }
 
-    def report_sections(self, run: Any, facts: dict) -> list[str]:
+    def report_sections(self, run: Finished, facts: dict) -> list[str]:
         names = [d["name"] for d in run.data.rewards]
         return [_reward_report(run.output_dir, facts, read_metrics(run.metrics_path), names)]
 

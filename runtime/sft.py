@@ -21,9 +21,11 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from ftc.compiler.lock import Plan
 from ftc.runtime import token_data
 from ftc.runtime.metrics import TokenCounter
 from ftc.runtime.model import ModelSetup, run_error
+from ftc.runtime.session import Finished
 
 
 @dataclass(frozen=True)
@@ -46,7 +48,7 @@ class SFT:
     can_split_batch = True  # rows are independent: any micro-batch cut gives the same step
     log_all_scalars = False
 
-    def prepare(self, plan: Any, train: dict, *, tokenizer: Any, world_size: int) -> TokenData:
+    def prepare(self, plan: Plan, train: dict, *, tokenizer: Any, world_size: int) -> TokenData:
         import pyarrow.compute as pc
 
         train_path, eval_path = plan.artifact("tokens", "train"), plan.artifact("tokens", "eval")
@@ -93,7 +95,7 @@ class SFT:
 
         return flops_facts(model, data.train_table.column("length").to_pylist(), device=device)
 
-    def finish(self, run: Any) -> dict:
+    def finish(self, run: Finished) -> dict:
         data, state = run.data, run.trainer.state
         eval_facts: dict = {}
         if data.eval_table is not None and not run.interrupted:
@@ -116,7 +118,7 @@ class SFT:
             "eval": eval_facts,
         }
 
-    def report_sections(self, run: Any, facts: dict) -> list[str]:
+    def report_sections(self, run: Finished, facts: dict) -> list[str]:
         return []
 
 
