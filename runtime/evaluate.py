@@ -50,7 +50,7 @@ def eval_loss(model: Any, tokens: Path, *, pad_token_id: int, batch_size: int = 
     """{"loss", "perplexity", "tokens", "sequences"} of `model` on the artifact `tokens`."""
     import torch
 
-    from ftc.runtime.data import collator, read_tokens, to_items
+    from ftc.runtime.token_data import collator, read_tokens, to_items
 
     table = read_tokens(Path(tokens))
     items = to_items(table).to_pylist()

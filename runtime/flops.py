@@ -83,3 +83,23 @@ def model_flops(model: Any, context: float) -> dict:
         "d_attn": d_attn,
         "mean_causal_context": round(context, 2),
     }
+
+
+def flops_facts(model: Any, lengths: Iterable[int], *, device: str) -> dict:
+    """run.json's "flops": FLOPs per token of `model` over sequences of `lengths`, and the GPU's peak (for MFU)."""
+    flops = model_flops(model, mean_causal_context(lengths))
+    if device == "cuda":
+        import torch
+
+        name = torch.cuda.get_device_name(0)
+        flops["peak_flops"] = peak_flops(name)
+        measured = flops["peak_flops"] and ("H200" in name or "H100" in name)
+        flops["peak_note"] = f"dense bf16 of {name}" + (" (measured on the lent H200)" if measured else "")
+    return flops
+
+
+def mfu(tokens: int, seconds: float, flops: dict) -> float | None:
+    """Model FLOPs utilization: real tokens per second x FLOPs per token over the peak; None without a peak."""
+    if seconds <= 0 or not flops.get("peak_flops"):
+        return None
+    return round(tokens / seconds * flops["flops_per_token"] / flops["peak_flops"], 4)

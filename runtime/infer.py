@@ -37,7 +37,7 @@ def load_base_for_run(facts: dict, *, quantized: bool = True) -> Any:
     settings = dict(facts["settings"]["model"])
     if not quantized:
         settings["load_in_4bit"] = False
-    loaded = load_base_model(settings, seed=int(facts["settings"]["train"].get("seed", 3407)))
+    loaded = load_base_model(settings, seed=facts["settings"]["train"]["seed"])
     expected = facts["model"].get("fingerprint", "")
     if loaded.random_init and expected and loaded.fingerprint != expected:
         raise run_error(

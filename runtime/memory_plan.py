@@ -153,14 +153,14 @@ def advise(config: Any, *, gpu_gib: float | None, tokens_per_item: int, micro_ba
 
 
 def plan_memory(model: dict, lora: dict, train: dict, *, tokens_per_item: int, backend: str, can_split: bool = True) -> dict:
-    """advise() for this machine and the plan's sections, before the model loads (the
+    """advise() for this machine and the plan's resolved sections, before the model loads (the
     backend needs the answer to load it). The model's shape comes from its config.json;
     when that cannot be read, "auto" keeps checkpointing on and the plan's split.
     `can_split=False` (GRPO, whose batch is a group of completions) keeps the plan's split."""
-    checkpointing = train.get("gradient_checkpointing", "auto")
-    split = train.get("micro_batch", "auto") if can_split else "plan"
-    micro = int(train.get("per_device_train_batch_size", 2))
-    accum = int(train.get("gradient_accumulation_steps", 1))
+    checkpointing = train["gradient_checkpointing"]
+    split = train["micro_batch"] if can_split else "plan"
+    micro = train["per_device_train_batch_size"]
+    accum = train["gradient_accumulation_steps"]
     gpu_gib = None
     try:
         import torch
@@ -171,7 +171,7 @@ def plan_memory(model: dict, lora: dict, train: dict, *, tokens_per_item: int, b
         pass
     from ftc.runtime.model import model_config, resolve_dtype
 
-    dtype_bytes = 4 if resolve_dtype(model.get("dtype", "auto"), "cuda" if gpu_gib else "cpu") == "float32" else 2
+    dtype_bytes = 4 if resolve_dtype(model["dtype"], "cuda" if gpu_gib else "cpu") == "float32" else 2
     try:
         config = model_config(model)
     except Exception as err:  # noqa: BLE001  (loading the model reports the real problem next)
@@ -183,8 +183,8 @@ def plan_memory(model: dict, lora: dict, train: dict, *, tokens_per_item: int, b
                 "reason": f"the model's config could not be read ({type(err).__name__}), so no estimate: the plan's split"
                           + ("; auto keeps checkpointing on" if checkpointing == "auto" else "")}
     out = advise(config, gpu_gib=gpu_gib, tokens_per_item=tokens_per_item, micro_batch=micro, accumulation=accum,
-                 checkpointing=checkpointing, split=split, lora_r=int(lora.get("r", 16)),
-                 lora_targets=lora.get("target_modules", "all-linear"), load_in_4bit=bool(model.get("load_in_4bit", False)),
+                 checkpointing=checkpointing, split=split, lora_r=lora["r"],
+                 lora_targets=lora["target_modules"], load_in_4bit=model["load_in_4bit"],
                  backend=backend, ram_gib=None if gpu_gib else _ram_gib(), dtype_bytes=dtype_bytes)
     if not can_split:
         out["reason"] += "; GRPO keeps the plan's split (a batch is a group of completions)"

@@ -1,8 +1,10 @@
 """Load the base model the plan names, and describe the LoRA adapter to put on it.
 
 The `model` and `lora` dicts are the resolved recipe sections (`compiler/recipe.schema.json`
-`$defs.model` / `$defs.lora`, every default filled in); their keys are passed straight to
-transformers and PEFT, like torchtune's config keys are constructor arguments.
+`$defs.model` / `$defs.lora`, every default filled in by the compiler's resolver); their keys
+are passed straight to transformers and PEFT, like torchtune's config keys are constructor
+arguments. They are read as the resolver stored them, never re-defaulted here: a key the
+resolver always writes is indexed (a missing one is a broken lock, and says so).
 
 torch, transformers and peft are imported inside the functions: the CLI imports this module
 to wire commands and must start without paying for them.
@@ -88,15 +90,15 @@ def load_base_model(model: dict, *, seed: int, device: str | None = None) -> Loa
     import transformers
 
     device = device or device_kind()
-    dtype_name = resolve_dtype(model.get("dtype", "auto"), device)
+    dtype_name = resolve_dtype(model["dtype"], device)
     dtype = getattr(torch, dtype_name)
     name = model["name"]
-    common = {"trust_remote_code": bool(model.get("trust_remote_code", False)), "attn_implementation": "sdpa"}
-    if model.get("revision"):
+    common = {"trust_remote_code": model["trust_remote_code"], "attn_implementation": "sdpa"}
+    if model["revision"]:
         common["revision"] = model["revision"]
 
-    if model.get("init", "pretrained") == "random":
-        if model.get("load_in_4bit"):
+    if model["init"] == "random":
+        if model["load_in_4bit"]:
             raise run_error("model.load_in_4bit with model.init=random", "4-bit quantization needs trained weights; drop one of the two")
         try:
             config = model_config(model)  # config.json plus the plan's model.config overrides
@@ -120,7 +122,7 @@ def load_base_model(model: dict, *, seed: int, device: str | None = None) -> Loa
         return LoadedModel(built, dtype_name, device, True, fingerprint, built.num_parameters())
 
     kwargs: dict[str, Any] = {**common, "dtype": dtype}
-    if model.get("load_in_4bit"):
+    if model["load_in_4bit"]:
         if device != "cuda":
             raise run_error("model.load_in_4bit needs a CUDA GPU (bitsandbytes)", "run on a GPU machine, or set model.load_in_4bit=false")
         try:
@@ -146,12 +148,12 @@ def model_config(model: dict) -> Any:
     overrides for init=random), read without loading any weights."""
     import transformers
 
-    kwargs: dict[str, Any] = {"trust_remote_code": bool(model.get("trust_remote_code", False))}
-    if model.get("revision"):
+    kwargs: dict[str, Any] = {"trust_remote_code": model["trust_remote_code"]}
+    if model["revision"]:
         kwargs["revision"] = model["revision"]
     config = transformers.AutoConfig.from_pretrained(model["name"], **kwargs)
-    if model.get("init", "pretrained") == "random":
-        config = _override_config(config, model.get("config") or {})
+    if model["init"] == "random":
+        config = _override_config(config, model["config"])
     return config
 
 
@@ -167,14 +169,14 @@ def _override_config(config: Any, overrides: dict) -> Any:
 def lora_kwargs(lora: dict) -> dict[str, Any]:
     """The resolved `lora` section as LoRA keywords (LoraConfig's own names; unsloth's
     get_peft_model takes the same), so both backends read the plan the same way."""
-    target = lora.get("target_modules", "all-linear")
+    target = lora["target_modules"]
     return dict(
-        r=int(lora.get("r", 16)),
-        lora_alpha=float(lora.get("lora_alpha", 16)),
-        lora_dropout=float(lora.get("lora_dropout", 0.0)),
+        r=int(lora["r"]),
+        lora_alpha=float(lora["lora_alpha"]),
+        lora_dropout=float(lora["lora_dropout"]),
         target_modules=target if isinstance(target, str) else list(target),
-        bias=lora.get("bias", "none"),
-        use_rslora=bool(lora.get("use_rslora", False)),
+        bias=lora["bias"],
+        use_rslora=bool(lora["use_rslora"]),
     )
 
 
@@ -187,7 +189,7 @@ def lora_config(lora: dict) -> Any:
 
 @dataclass(frozen=True)
 class ModelSetup:
-    """What a backend hands a trainer (SFT or GRPO): the model and how to train it.
+    """What a backend (backend_hf.py, backend_unsloth.py) hands the run skeleton: the model and how to train it.
 
     `loaded.model` is the base model when `peft_config` is given (the trainer adds LoRA, the
     hf backend) or a model that already carries its adapters (unsloth's get_peft_model).
@@ -201,23 +203,6 @@ class ModelSetup:
     trainer_overrides: dict = field(default_factory=dict)  # SFTConfig/GRPOConfig fields the backend decides
     packed_lengths_key: str | None = None  # the forward kwarg that takes packed rows' lengths, if any
     facts: dict = field(default_factory=dict)  # extra run.json facts under "backend_facts"
-
-
-def hf_setup(model: dict, lora: dict, train: dict, *, seed: int, output_dir: Path, tokenizer_path: str) -> ModelSetup:
-    """transformers + PEFT: the base model as the plan names it; TRL adds the LoRA adapter."""
-    loaded = load_base_model(model, seed=seed)
-    attention = loaded.model.config._attn_implementation
-    return ModelSetup(loaded=loaded, peft_config=lora_config(lora), backend="hf", attention=attention,
-                      packing_safe=attention in PACKING_SAFE_ATTENTION)
-
-
-def model_setup(backend: str) -> Any:
-    """The ModelSetup function of a backend: hf_setup, or unsloth's (inside its own process)."""
-    if backend == "unsloth":
-        from ftc.runtime.unsloth_backend import unsloth_setup
-
-        return unsloth_setup
-    return hf_setup
 
 
 def load_tokenizer(path: str, revision: str | None = None) -> Any:

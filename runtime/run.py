@@ -1,7 +1,7 @@
 """`ftc run` and the commands on a run folder (infer, eval, export), top to bottom.
 
-run: verify the plan -> choose the backend -> guard the output folder -> train -> record.
-The trainers (sft.py, grpo.py) take the lock's settings as they are.
+run: verify the plan -> choose the backend -> guard the output folder -> the run skeleton
+(session.py) with the plan's method (methods.py), here or in the unsloth process.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ RUN_LOCK = "plan.lock"  # a copy of the plan, kept in the run folder
 
 def choose_backend(asked: str, *, world_size: int = 1) -> tuple[str, str]:
     """(backend, why). unsloth needs CUDA and the unsloth package and runs SFT or GRPO on one
-    GPU in its own process (runtime/unsloth_backend.py); hf runs anywhere. `auto` takes unsloth
+    GPU in its own process (runtime/unsloth_process.py); hf runs anywhere. `auto` takes unsloth
     when it can run, since it is the faster one there, else hf, and says why."""
     import importlib.util
 
@@ -64,7 +64,7 @@ def guard_output(out: Path, plan: Plan, resume: bool) -> None:
 
 def run_plan(lock_path: str, *, output: str | None = None, resume: bool = False, backend: str = "auto",
              max_steps: int | None = None) -> dict:
-    from ftc.runtime.launch import finish_distributed, per_rank_accumulation, world
+    from ftc.runtime.launch import finish_distributed, world
 
     plan = verify(lock_path)
     rank, world_size = world()
@@ -76,57 +76,26 @@ def run_plan(lock_path: str, *, output: str | None = None, resume: bool = False,
     guard_output(out, plan, resume)
     if resume and not (out / "checkpoints").is_dir():
         raise FtcError("FTC700", reason=f"--resume: {out} has no checkpoint", hint="run without --resume to start from step 0")
-    settings = plan.lock["settings"]
-    # the warmup as the lock's schedule resolved it (whole steps), again against --max-steps when given
-    from ftc.compiler.schedule import run_warmup_steps
-
-    warmup = run_warmup_steps(plan.lock["schedule"], settings["train"], max_steps)
-    train = {**per_rank_accumulation(settings["train"], world_size), "warmup_steps": warmup}
     if rank == 0:
         out.mkdir(parents=True, exist_ok=True)
         # the run folder's copy of the plan, re-anchored there: infer/eval/export resolve every path from it
         (out / RUN_LOCK).write_text(canonical(plan.anchored_at(out / RUN_LOCK)), encoding="utf-8")
-    model = {**settings["model"], "name": plan.model_location}
-    tokenizer = plan.tokenizer_location
     print(f"ftc: plan {plan.plan_hash[:12]} verified; backend {chosen} ({why}); output {out}", file=sys.stderr)
     if plan.rebuilt:
         print(f"ftc: rebuilt from the sources: {', '.join(plan.rebuilt)}", file=sys.stderr)
-    method = settings["train"]["method"]
-    common = dict(model=model, lora=settings["lora"], train=train, tokenizer_path=tokenizer, output_dir=out, resume=resume,
-                  plan_hash=plan.plan_hash, max_steps_override=max_steps, name=plan.name)
-    if method == "grpo":  # prompts, generated for and scored
-        common.update(train_data=plan.artifact("data", "train"), eval_data=plan.artifact("data", "eval"),
-                      recipe_dir=plan.recipe_dir)
-    else:  # token rows, masked and packed by the compiler
-        common.update(train_tokens=plan.artifact("tokens", "train"), eval_tokens=plan.artifact("tokens", "eval"))
     if chosen == "unsloth":  # its own process: unsloth must be imported first and patches TRL
-        from ftc.runtime.unsloth_backend import train_in_subprocess
+        from ftc.runtime.unsloth_process import train_in_child
 
-        facts = train_in_subprocess(method, **common)
-    elif method == "grpo":
-        from ftc.runtime.grpo import train_grpo
-
-        facts = train_grpo(**common)
+        facts = train_in_child(plan, output_dir=out, resume=resume, max_steps_override=max_steps, backend_reason=why)
     else:
-        from ftc.runtime.sft import train_sft
+        from ftc.runtime.methods import method_for
+        from ftc.runtime.session import run_method
 
-        facts = train_sft(**common)
+        facts = run_method(method_for(plan.method), plan, output_dir=out, resume=resume, backend="hf", backend_reason=why,
+                           max_steps_override=max_steps, world_size=world_size)
     finish_distributed()
     if rank != 0 or not facts:
-        return {}  # rank 0 writes and reports
-    per_gpu = facts.get("throughput_tokens_per_second")
-    facts["distributed"] = {
-        "world_size": world_size,
-        "gradient_accumulation_steps_per_rank": train["gradient_accumulation_steps"],
-        "global_batch": settings["train"]["per_device_train_batch_size"] * settings["train"]["gradient_accumulation_steps"],
-        "tokens_per_second_per_gpu": per_gpu,  # measured on rank 0's shard
-        "tokens_per_second_total": per_gpu * world_size if per_gpu else None,  # rank 0's rate x world size
-    }
-    facts["backend"] = chosen
-    facts["backend_reason"] = why
-    facts["lock"] = str(plan.lock_path)
-    facts["rebuilt_artifacts"] = list(plan.rebuilt)
-    (out / "run.json").write_text(json.dumps(facts, indent=2, sort_keys=True, default=str) + "\n")
+        return {}  # rank 0 wrote run.json and the report
     return {**facts, "output_dir": str(out)}
 
 

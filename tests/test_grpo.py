@@ -1,4 +1,4 @@
-"""`train_grpo` on the CPU, like `ftc run` would call it for the GSM8K GRPO recipe.
+"""GRPO through the run skeleton on the CPU, like `ftc run` calls it for the GSM8K GRPO recipe.
 
 The user's day: the shipped recipe, cut to 16 real GSM8K rows and shrunk with --set-style
 overrides (a tiny random-init Qwen2, 2 generations of 16 tokens, 3 steps), compiled by the
@@ -6,7 +6,8 @@ real compiler; then one GRPO run (module fixture) whose folder is checked: per-r
 of the declared rewards in metrics.jsonl, the KL with beta > 0, prompts cut to
 max_prompt_length, an adapter PEFT loads and that training moved, run.json and the report.
 The refusals (batch vs num_generations, a reward field the data lacks, overlong prompts)
-fail before any model is built.
+fail before any model is built: at compile time where the compiler can tell, and again in
+the runtime for a lock that says otherwise (one written by an ftc that did not check).
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ import pytest
 
 torch = pytest.importorskip("torch")
 pytest.importorskip("trl")
+
+from fixtures import compile_plan, train, write_tiny_model_dir  # noqa: E402
 
 from ftc.errors import FtcError  # noqa: E402
 
@@ -46,38 +49,32 @@ OVERRIDES = [
 ]
 
 
-def compile_gsm8k(folder: Path, *extra: str) -> dict:
-    """The shipped GSM8K GRPO recipe with 16 rows, compiled like `ftc compile --set ...`."""
-    from ftc.compiler.compile import compile_recipe
-    from ftc.compiler.recipe import load_recipe
-    from ftc.runtime.fixtures import write_tiny_model_dir
-
+def compile_gsm8k(folder: Path, *extra: str):
+    """The shipped GSM8K GRPO recipe with 16 rows, compiled like `ftc compile --set ...`; the verified Plan."""
     recipe = json.loads((ROOT / "recipes" / "gsm8k_grpo.json").read_text())
     recipe.pop("$schema")
     recipe["sources"]["gsm8k"]["path"] = str(GSM8K)
     recipe["template"]["prompt"][0]["content"]["file"] = str(ROOT / "templates" / "gsm8k_system.jinja")
     recipe["transforms"].append({"limit": 16})
-    path = folder / "gsm8k_grpo.json"
-    path.write_text(json.dumps(recipe, ensure_ascii=False))
     tiny = write_tiny_model_dir(folder / "tiny")
     overrides = [f"model.name={tiny}", f"model.tokenizer={TOKENIZER}", *OVERRIDES, *extra]
-    compiled = compile_recipe(load_recipe(path, overrides), folder / "plan.lock", tokenize=False)
-    return compiled.lock
+    return compile_plan(folder, recipe, *overrides, tokenize=False)
 
 
-def run(folder: Path, lock: dict, out: str = "run", *, resume: bool = False, callbacks=(), **train_overrides) -> tuple[dict, Path]:
-    from ftc.runtime.grpo import train_grpo
+def changed_lock(plan, name: str, **train):
+    """The plan with `train` settings changed and the lock resealed beside it: what a lock from an
+    ftc that did not check (or a hand edit, resealed) hands the runtime."""
+    from ftc.compiler.lock import Plan, write_lock
 
-    s = lock["settings"]
-    data = lock["artifacts"]["data"]
-    train = {**s["train"], **train_overrides}
-    facts = train_grpo(
-        train_data=folder / data["train"]["path"], eval_data=folder / data["eval"]["path"],
-        model=s["model"], lora=s["lora"], train=train, tokenizer_path=s["model"]["tokenizer"],
-        output_dir=folder / out, recipe_dir=folder, plan_hash=lock["plan_hash"], name="gsm8k-tiny",
-        resume=resume, extra_callbacks=callbacks, show_progress=False,
-    )
-    return facts, folder / out
+    doc = json.loads(json.dumps(plan.lock))
+    doc["settings"]["train"].update(train)
+    path = plan.lock_path.with_name(name)
+    write_lock(doc, path)
+    return Plan.load(path)
+
+
+def run(folder: Path, plan, out: str = "run", **kwargs) -> tuple[dict, Path]:
+    return train(plan, folder / out, **kwargs), folder / out
 
 
 def interrupt_at(step: int):
@@ -115,9 +112,9 @@ def compiled(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def trained(compiled):
-    folder, lock = compiled
-    facts, out = run(folder, lock)
-    return facts, out, lock
+    folder, plan = compiled
+    facts, out = run(folder, plan)
+    return facts, out, plan.lock
 
 
 @needs_shared
@@ -202,17 +199,20 @@ def test_run_folder_matches_an_sft_run(trained):
 
 @needs_shared
 def test_batch_that_splits_a_prompt_group_is_refused_before_loading(compiled, tmp_path):
-    folder, lock = compiled
-    with pytest.raises(FtcError) as err:
-        run(folder, lock, out="bad-batch", per_device_train_batch_size=3)
-    assert err.value.code == "FTC105" and err.value.path == "train.per_device_train_batch_size"
-    assert "not a multiple of train.grpo.num_generations (2)" in str(err.value)
-    assert "set per_device_train_batch_size to 4" in err.value.hint
+    folder, plan = compiled
+    with pytest.raises(FtcError) as at_compile:
+        compile_gsm8k(tmp_path, "train.per_device_train_batch_size=3")
+    with pytest.raises(FtcError) as at_run:
+        run(folder, changed_lock(plan, "bad-batch.lock", per_device_train_batch_size=3), out="bad-batch")
+    for err in (at_compile, at_run):
+        assert err.value.code == "FTC105" and err.value.path == "train.per_device_train_batch_size"
+        assert "not a multiple of train.grpo.num_generations (2)" in str(err.value)
+        assert "set per_device_train_batch_size to 4" in err.value.hint
     assert not (folder / "bad-batch" / "checkpoints").exists()
 
 
 def test_batch_arithmetic_counts_accumulation_and_processes():
-    from ftc.runtime.grpo import check_grpo_batch
+    from ftc.compiler.schedule import check_grpo_batch
 
     grpo = {"num_generations": 8}
     check_grpo_batch({"per_device_train_batch_size": 8, "gradient_accumulation_steps": 1, "grpo": grpo})
@@ -223,21 +223,25 @@ def test_batch_arithmetic_counts_accumulation_and_processes():
 
 
 @needs_shared
-def test_reward_field_missing_from_the_data_is_refused(compiled):
-    folder, lock = compiled
-    grpo = dict(lock["settings"]["train"]["grpo"])
+def test_reward_field_missing_from_the_data_is_refused(compiled, tmp_path):
+    folder, plan = compiled
+    grpo = dict(plan.settings["train"]["grpo"])
     grpo["rewards"] = [*grpo["rewards"][:1], {**grpo["rewards"][0], "name": "gold", "field": "gold_answer"}]
-    with pytest.raises(FtcError) as err:
-        run(folder, lock, out="bad-field", grpo=grpo)
-    assert err.value.path == "train.grpo.rewards[1]" and "gold_answer" in str(err.value)
-    assert "answer_number" in str(err.value)  # the fields it does have
+    with pytest.raises(FtcError) as at_compile:
+        compile_gsm8k(tmp_path, "train.grpo.rewards=" + json.dumps(grpo["rewards"]))
+    with pytest.raises(FtcError) as at_run:
+        run(folder, changed_lock(plan, "bad-field.lock", grpo=grpo), out="bad-field")
+    for err in (at_compile, at_run):
+        assert err.value.path.startswith("train.grpo.rewards[1]") and "gold_answer" in str(err.value)
+        assert "answer_number" in str(err.value)  # the fields it does have
 
 
 @needs_shared
-def test_overlong_prompts_can_be_an_error(compiled):
-    folder, lock = compiled
-    with pytest.raises(Exception, match=r"12 of 12 prompts .* longer than train.grpo.max_prompt_length \(48 tokens\)"):
-        run(folder, lock, out="overlong", overlong="error")
+def test_overlong_prompts_can_be_an_error(tmp_path):
+    plan = compile_gsm8k(tmp_path, "train.overlong=error")
+    with pytest.raises(FtcError, match=r"12 of 12 prompts .* longer than train.grpo.max_prompt_length \(48 tokens\)"):
+        run(tmp_path, plan, out="overlong")
+    assert not (tmp_path / "overlong" / "checkpoints").exists()
 
 
 @needs_shared
@@ -247,11 +251,11 @@ def test_interrupted_and_resumed_run_ends_where_a_straight_run_ends(compiled):
 
     from ftc.runtime.metrics import read_metrics
 
-    folder, lock = compiled
-    straight, _ = run(folder, lock, out="straight", max_steps=2, save_steps=100)
-    cut, _ = run(folder, lock, out="cut", max_steps=2, save_steps=100, callbacks=[interrupt_at(1)])
+    folder, plan = compiled
+    straight, _ = run(folder, plan, out="straight", max_steps_override=2)
+    cut, _ = run(folder, plan, out="cut", max_steps_override=2, extra_callbacks=[interrupt_at(1)])
     assert cut["train"]["interrupted"] and cut["train"]["global_step"] == 1
-    resumed, _ = run(folder, lock, out="cut", max_steps=2, save_steps=100, resume=True)
+    resumed, _ = run(folder, plan, out="cut", max_steps_override=2, resume=True)
     assert resumed["train"]["resumed_from_step"] == 1 and resumed["train"]["global_step"] == 2
 
     def per_step(out: str) -> list[float]:

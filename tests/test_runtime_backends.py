@@ -15,7 +15,11 @@ from types import SimpleNamespace
 
 import pytest
 
+from fixtures import compile_plan, resolved, write_jsonl
+
 from ftc.errors import FtcError
+
+from conftest import DEMO_TOKENIZER
 
 torch = pytest.importorskip("torch")
 
@@ -66,7 +70,7 @@ def test_unsloth_by_name_is_refused_with_the_reason(machine):
 
 
 def test_child_environment_is_offline_and_caches_under_the_run(tmp_path):
-    from ftc.runtime.unsloth_backend import child_env
+    from ftc.runtime.unsloth_process import child_env
 
     env = child_env(tmp_path / "run", base={"PATH": "/bin"})
     assert env["HF_HUB_OFFLINE"] == "1" and env["UNSLOTH_DISABLE_STATISTICS"] == "1"
@@ -76,30 +80,64 @@ def test_child_environment_is_offline_and_caches_under_the_run(tmp_path):
 
 
 def test_an_error_in_the_unsloth_process_is_the_users_error(tmp_path, monkeypatch):
-    """The child writes its FtcError to unsloth_error.json; the parent raises the same one."""
-    from ftc.runtime import unsloth_backend
+    """The request names the verified lock (the child reads the same Plan); the child writes its
+    FtcError to unsloth_error.json and the parent raises the same one."""
+    from ftc.compiler.lock import Plan
+    from ftc.runtime import unsloth_process
 
+    write_jsonl(tmp_path / "s.jsonl", [{"t": f"row {i}"} for i in range(4)])
+    plan = compile_plan(tmp_path, {"name": "t", "sources": {"s": {"path": "s.jsonl"}},
+                                   "template": {"format": "text", "text": "{{ t }}"},
+                                   "model": {"name": "tiny", "tokenizer": str(DEMO_TOKENIZER)}})
     seen = {}
 
     def fake_run(cmd, env):
         seen["cmd"], seen["env"] = cmd, env
         request = json.loads(Path(cmd[-1]).read_text())
-        assert request["method"] == "grpo"
-        assert request["kwargs"]["train_data"] == str(tmp_path / "t.parquet") and request["kwargs"]["max_steps_override"] == 3
-        (tmp_path / "run" / unsloth_backend.ERROR).write_text(json.dumps(
+        assert Plan.load(request["lock"]).plan_hash == plan.plan_hash and request["max_steps_override"] == 3
+        assert request["backend_reason"] == "asked for" and request["resume"] is False
+        (tmp_path / "run" / unsloth_process.ERROR).write_text(json.dumps(
             {"code": "FTC700", "file": None, "path": None, "fields": {"reason": "model x is missing", "hint": "fix it"}}))
         return subprocess.CompletedProcess(cmd, 2)
 
-    monkeypatch.setattr(unsloth_backend.subprocess, "run", fake_run)
+    kwargs = dict(output_dir=tmp_path / "run", resume=False, max_steps_override=3, backend_reason="asked for")
+    monkeypatch.setattr(unsloth_process.subprocess, "run", fake_run)
     with pytest.raises(FtcError) as err:
-        unsloth_backend.train_in_subprocess("grpo", train_data=tmp_path / "t.parquet", output_dir=tmp_path / "run", max_steps_override=3)
+        unsloth_process.train_in_child(plan, **kwargs)
     assert err.value.code == "FTC700" and "model x is missing" in str(err.value)
-    assert seen["cmd"][:3] == [sys.executable, "-m", "ftc.runtime.unsloth_backend"]
+    assert seen["cmd"][:3] == [sys.executable, "-m", "ftc.runtime.unsloth_process"]
     assert seen["env"]["UNSLOTH_COMPILE_LOCATION"].endswith("run/unsloth_compiled_cache")
 
-    monkeypatch.setattr(unsloth_backend.subprocess, "run", lambda cmd, env: subprocess.CompletedProcess(cmd, 1))
+    monkeypatch.setattr(unsloth_process.subprocess, "run", lambda cmd, env: subprocess.CompletedProcess(cmd, 1))
     with pytest.raises(FtcError, match="exited with code 1"):
-        unsloth_backend.train_in_subprocess("sft", train_tokens=tmp_path / "t.parquet", output_dir=tmp_path / "run")
+        unsloth_process.train_in_child(plan, **kwargs)
+
+
+def test_the_unsloth_child_runs_the_same_skeleton_from_the_lock(tmp_path, monkeypatch, capfd):
+    """The real hand-off, end to end on the CPU: the child process reads the request, loads the
+    verified lock, runs the run skeleton (folder, data, memory plan) up to unsloth's model setup,
+    which refuses without CUDA; that FtcError reaches the parent as the user's error. The
+    `unsloth` package cannot run here, so a stand-in module of that name is put on the child's
+    path (its import must only come first)."""
+    if torch.cuda.is_available():
+        pytest.skip("with CUDA the setup would go on to load the model with the stand-in")
+    from ftc.runtime import unsloth_process
+
+    write_jsonl(tmp_path / "s.jsonl", [{"t": f"row {i}"} for i in range(4)])
+    plan = compile_plan(tmp_path, {"name": "t", "sources": {"s": {"path": "s.jsonl"}},
+                                   "template": {"format": "text", "text": "{{ t }}"},
+                                   "model": {"name": "tiny", "tokenizer": str(DEMO_TOKENIZER)}})
+    (tmp_path / "stand_in").mkdir()
+    (tmp_path / "stand_in" / "unsloth.py").write_text("FastLanguageModel = None  # stand-in: the real package needs CUDA\n")
+    monkeypatch.setenv("PYTHONPATH", str(tmp_path / "stand_in"))
+    with pytest.raises(FtcError, match="--backend unsloth needs a CUDA GPU"):
+        unsloth_process.train_in_child(plan, output_dir=tmp_path / "run", resume=False, max_steps_override=1,
+                                       backend_reason="asked for")
+    said = capfd.readouterr().err
+    assert "ftc: unsloth imported in" in said  # the stand-in was imported first, in the child
+    assert "ftc: gradient checkpointing" in said  # the skeleton's memory plan ran there, before the model setup
+    assert not (tmp_path / "run" / "metrics.jsonl").exists()  # stopped before training
+    assert json.loads((tmp_path / "run" / unsloth_process.ERROR).read_text())["code"] == "FTC700"
 
 
 def test_a_config_class_that_changes_the_plan_is_refused(tmp_path):
@@ -107,10 +145,11 @@ def test_a_config_class_that_changes_the_plan_is_refused(tmp_path):
     class that rewrites a plan setting must stop the run, not train another batch."""
     from trl import GRPOConfig
 
-    from ftc.runtime.trainer_args import checked_config, config_changes, refuse_changes, training_arguments
+    from ftc.runtime.trainer_config import checked_config, config_changes, refuse_changes, training_arguments
 
-    kwargs = training_arguments({"per_device_train_batch_size": 4, "gradient_accumulation_steps": 2, "lr_scheduler_type": "cosine",
-                                 "optim": "adamw_torch"}, checkpoints=tmp_path, max_steps=3, dtype="float32", device="cpu",
+    train = resolved({"name": "m"}, train={"per_device_train_batch_size": 4, "gradient_accumulation_steps": 2,
+                                            "lr_scheduler_type": "cosine"})["train"]
+    kwargs = training_arguments(train, warmup_steps=1, checkpoints=tmp_path, max_steps=3, dtype="float32", device="cpu",
                                 eval_steps=None)
     kwargs.update(num_generations=8, max_completion_length=16, use_vllm=False)
     config = checked_config(GRPOConfig, kwargs)  # TRL's own class keeps every value (enums compared by value)
@@ -130,7 +169,7 @@ def test_a_config_class_that_changes_the_plan_is_refused(tmp_path):
 
 
 def test_the_unsloth_module_imports_nothing_heavy_at_import():
-    code = "import sys, ftc.runtime.unsloth_backend, ftc.runtime.flops, ftc.runtime.memory_plan\n" \
+    code = "import sys, ftc.runtime.unsloth_process, ftc.runtime.backend_unsloth, ftc.runtime.flops, ftc.runtime.memory_plan\n" \
            "print([m for m in ('torch', 'transformers', 'trl', 'peft', 'unsloth') if m in sys.modules])"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
@@ -218,16 +257,19 @@ def test_plan_memory_reads_the_shape_from_the_models_config(tmp_path):
     from ftc.runtime.memory_plan import plan_memory
 
     Qwen2Config(**{k: v for k, v in vars(QWEN7B).items()}).save_pretrained(tmp_path / "m")
-    lora = {"r": 16, "target_modules": "all-linear"}
-    train = {"per_device_train_batch_size": 2, "gradient_accumulation_steps": 4}
-    plan = plan_memory({"name": str(tmp_path / "m")}, lora, train, tokens_per_item=2048, backend="hf")
+    def sections(**model):
+        s = resolved(model, lora={"r": 16, "target_modules": "all-linear"},
+                     train={"per_device_train_batch_size": 2, "gradient_accumulation_steps": 4})
+        return s["model"], s["lora"], s["train"]
+
+    plan = plan_memory(*sections(name=str(tmp_path / "m")), tokens_per_item=2048, backend="hf")
     assert plan["setting"] == {"gradient_checkpointing": "auto", "micro_batch": "auto"}
     assert plan["estimate"]["weights_gib"] > 13  # 7B in bf16
-    smaller = plan_memory({"name": str(tmp_path / "m"), "init": "random", "config": {"num_hidden_layers": 2}}, lora, train,
+    smaller = plan_memory(*sections(name=str(tmp_path / "m"), init="random", config={"num_hidden_layers": 2}),
                           tokens_per_item=2048, backend="hf")
     assert smaller["estimate"]["weights_gib"] < plan["estimate"]["weights_gib"]
-    missing = plan_memory({"name": str(tmp_path / "nothing")}, lora, train, tokens_per_item=2048, backend="hf")
+    missing = plan_memory(*sections(name=str(tmp_path / "nothing")), tokens_per_item=2048, backend="hf")
     assert missing["used"] == {"gradient_checkpointing": True, "per_device_train_batch_size": 2, "gradient_accumulation_steps": 4}
     assert "could not be read" in missing["reason"]
-    grpo = plan_memory({"name": str(tmp_path / "m")}, lora, train, tokens_per_item=768, backend="hf", can_split=False)
+    grpo = plan_memory(*sections(name=str(tmp_path / "m")), tokens_per_item=768, backend="hf", can_split=False)
     assert grpo["setting"]["micro_batch"] == "plan" and "GRPO keeps the plan's split" in grpo["reason"]

@@ -4,6 +4,12 @@ A packed, padding-free batch (one row, position_ids restarting per sequence, no
 attention_mask) must give each sequence exactly the logits and per-token losses it gets
 when run alone. The control case (the same tokens without restarting positions) must
 differ, so the comparison can fail.
+
+These tests check the attention kernel and the collator themselves, so the three sequences
+are laid out by hand (arbitrary ids, known lengths and masks) and written as a token artifact
+with `write_token_artifact`; the same for the artifact-contract checks, which need artifacts
+the compiler never writes. Training on packs the real compiler planned is covered by
+tests/test_runtime_resume.py and tests/test_run.py.
 """
 
 from __future__ import annotations
@@ -15,8 +21,9 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("trl")
 
-from ftc.runtime import data as token_data  # noqa: E402
-from ftc.runtime.fixtures import write_token_artifact, write_tiny_model_dir  # noqa: E402
+from fixtures import resolved, write_token_artifact, write_tiny_model_dir  # noqa: E402
+
+from ftc.runtime import token_data  # noqa: E402
 from ftc.runtime.model import load_base_model  # noqa: E402
 
 SEQS = [  # (input_ids, labels): prompt masked, completion trained; lengths 7, 5, 9
@@ -29,7 +36,7 @@ SEQS = [  # (input_ids, labels): prompt masked, completion trained; lengths 7, 5
 @pytest.fixture(scope="module")
 def model(tmp_path_factory):
     folder = write_tiny_model_dir(tmp_path_factory.mktemp("tiny"))
-    loaded = load_base_model({"name": str(folder), "init": "random", "dtype": "float32"}, seed=0)
+    loaded = load_base_model(resolved({"name": str(folder), "init": "random", "dtype": "float32"})["model"], seed=0)
     loaded.model.config.use_cache = False  # as in training: a cache hides the packed layout
     # float64 so that equality can be asserted to 1e-9: in float32 the masked-sdpa and causal-sdpa
     # kernels round differently (about 4e-6 relative here), which a loose tolerance would blur

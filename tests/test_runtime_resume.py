@@ -1,7 +1,7 @@
 """Ctrl-C and --resume: a run interrupted at step 2 and resumed to step 4 must end exactly
 where a straight 4-step run ends (same data order, optimizer, scheduler and RNG states).
 
-The data is packed (padding-free batches) and LoRA dropout is on, so the data order and
+The ten rows are compiled and packed by the real compiler (padding-free batches) and LoRA dropout is on, so the data order and
 the restored RNG both matter. The interrupt is a real SIGINT, raised from inside the
 training loop the way a terminal's Ctrl-C arrives.
 """
@@ -17,7 +17,7 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("trl")
 
-from ftc.runtime.fixtures import Example, encode, greedy_packs, write_tiny_model_dir, write_token_artifact  # noqa: E402
+from fixtures import compile_plan, train, write_jsonl, write_tiny_model_dir  # noqa: E402
 
 from conftest import TOKENIZER  # noqa: E402
 
@@ -27,29 +27,25 @@ pytestmark = pytest.mark.skipif(
 
 WORDS = ["apple", "river", "stone", "cloud", "tiger", "piano", "lemon", "glass", "ocean", "maple"]
 MAX_LEN = 48
+RECIPE = {
+    "name": "resume",
+    "sources": {"say": {"path": "say.jsonl"}},
+    "template": {"format": "prompt_completion", "prompt": "Say {{ word }} twice:", "completion": " {{ word }} {{ word }}."},
+    "model": {"name": "tiny", "init": "random", "tokenizer": str(TOKENIZER), "max_seq_length": MAX_LEN, "dtype": "float32"},
+    "lora": {"r": 8, "lora_alpha": 16, "lora_dropout": 0.1, "target_modules": ["q_proj", "v_proj", "down_proj"]},
+    "train": {"learning_rate": 5e-3, "per_device_train_batch_size": 1, "gradient_accumulation_steps": 2, "max_steps": 4,
+              "warmup_steps": 1, "lr_scheduler_type": "cosine", "seed": 11, "logging_steps": 1, "save_steps": 100,
+              "gradient_checkpointing": True, "packing": True},
+}
 
 
-def artifact(tmp: Path) -> Path:
-    from tokenizers import Tokenizer
-
-    tok = Tokenizer.from_file(str(TOKENIZER / "tokenizer.json"))
-    eos = tok.token_to_id("<|im_end|>")
-    data = [encode(tok, Example(f"Say {w} twice:", f" {w} {w}."), eos) for w in WORDS]
-    return write_token_artifact(tmp / "train.parquet", data, packs=greedy_packs([len(ids) for ids, _ in data], MAX_LEN))
-
-
-def train(tmp: Path, art: Path, out: str, *, resume: bool = False, callbacks=()) -> dict:
-    from ftc.runtime.sft import train_sft
-
-    return train_sft(
-        train_tokens=art, eval_tokens=None,
-        model={"name": str(tmp / "tiny"), "init": "random", "max_seq_length": MAX_LEN, "dtype": "float32"},
-        lora={"r": 8, "lora_alpha": 16, "lora_dropout": 0.1, "target_modules": ["q_proj", "v_proj", "down_proj"]},
-        train={"learning_rate": 5e-3, "per_device_train_batch_size": 1, "gradient_accumulation_steps": 2, "max_steps": 4,
-               "warmup_steps": 1, "lr_scheduler_type": "cosine", "seed": 11, "logging_steps": 1, "save_steps": 100,
-               "gradient_checkpointing": True},
-        tokenizer_path=str(TOKENIZER), output_dir=tmp / out, resume=resume, extra_callbacks=callbacks, show_progress=False,
-    )
+@pytest.fixture(scope="module")
+def plan(tmp_path_factory):
+    """The ten rows compiled and packed (into sequences of at most 48 tokens) by the real compiler."""
+    folder = tmp_path_factory.mktemp("resume")
+    write_jsonl(folder / "say.jsonl", [{"word": w} for w in WORDS])
+    write_tiny_model_dir(folder / "tiny")
+    return compile_plan(folder, RECIPE)
 
 
 def interrupt_at(step: int):
@@ -73,19 +69,18 @@ def metrics(path: Path) -> list[dict]:
     return [json.loads(line) for line in (path / "metrics.jsonl").read_text().splitlines()]
 
 
-def test_interrupted_and_resumed_run_ends_where_a_straight_run_ends(tmp_path: Path):
-    write_tiny_model_dir(tmp_path / "tiny")
-    art = artifact(tmp_path)
+def test_interrupted_and_resumed_run_ends_where_a_straight_run_ends(plan, tmp_path: Path):
+    assert plan.schedule["warmup_steps"] == 1  # the lock's resolved warmup is what the trainer gets
 
-    straight = train(tmp_path, art, "straight")
+    straight = train(plan, tmp_path / "straight")
     assert straight["train"]["global_step"] == 4 and not straight["train"]["interrupted"]
 
-    stopped = train(tmp_path, art, "resumed", callbacks=[interrupt_at(2)])
+    stopped = train(plan, tmp_path / "resumed", extra_callbacks=[interrupt_at(2)])
     assert stopped["train"]["interrupted"] and stopped["train"]["global_step"] == 2
     assert stopped["checkpoint"] == "checkpoints/checkpoint-2"
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handler restored
 
-    resumed = train(tmp_path, art, "resumed", resume=True)
+    resumed = train(plan, tmp_path / "resumed", resume=True)
     assert resumed["train"]["resumed_from_step"] == 2 and resumed["train"]["global_step"] == 4
 
     a, b = adapter(tmp_path / "straight"), adapter(tmp_path / "resumed")
@@ -96,20 +91,21 @@ def test_interrupted_and_resumed_run_ends_where_a_straight_run_ends(tmp_path: Pa
     ma, mb = metrics(tmp_path / "straight"), metrics(tmp_path / "resumed")
     assert [m["step"] for m in mb] == [1, 2, 3, 4]  # each step logged once across both sessions
     assert [m["loss"] for m in mb] == pytest.approx([m["loss"] for m in ma], rel=1e-5)
+    # the lock's warmup (1 step) reached the scheduler: step 1 trains at rate 0, step 2 at the full
+    # rate (without warmup step 1 would train at the full rate), then the cosine decays
+    assert [m["learning_rate"] for m in ma[:3]] == pytest.approx([0.0, 5e-3, 3.75e-3])
 
     # packed, padding-free: every slot the model computed is a real token
     assert resumed["tokens"]["real"] == resumed["tokens"]["slots"] > 0
-    assert resumed["data"]["train"]["packed"] and resumed["tokens"]["pack_fill"] <= 1
+    assert resumed["data"]["train"]["packed"] and resumed["data"]["train"]["sequences"] < len(WORDS)
+    assert resumed["tokens"]["pack_fill"] <= 1
 
 
-def test_resume_without_a_checkpoint_and_reuse_of_a_folder_are_refused(tmp_path: Path):
+def test_resume_without_a_checkpoint_and_reuse_of_a_folder_are_refused(plan, tmp_path: Path):
     from ftc.errors import FtcError
-    from ftc.runtime.sft import train_sft
 
     with pytest.raises(FtcError, match="no checkpoint"):
-        train_sft(train_tokens=tmp_path / "none.parquet", eval_tokens=None, model={"name": "x"}, lora={}, train={},
-                  tokenizer_path="x", output_dir=tmp_path / "out", resume=True)
+        train(plan, tmp_path / "out", resume=True)
     (tmp_path / "out" / "checkpoints" / "checkpoint-2").mkdir(parents=True)
     with pytest.raises(FtcError, match="already holds checkpoints"):
-        train_sft(train_tokens=tmp_path / "none.parquet", eval_tokens=None, model={"name": "x"}, lora={}, train={},
-                  tokenizer_path="x", output_dir=tmp_path / "out")
+        train(plan, tmp_path / "out")

@@ -144,7 +144,7 @@ def test_plans_the_trainer_would_misread_are_refused(tmp_path):
 def test_the_run_gets_whole_warmup_steps(tmp_path):
     pytest.importorskip("transformers")
     from ftc.compiler.schedule import derive_schedule, run_warmup_steps
-    from ftc.runtime.trainer_args import training_arguments
+    from ftc.runtime.trainer_config import training_arguments
 
     train = sft(max_steps=250, warmup_ratio=0.1)
     sched = derive_schedule(train, 1000)
@@ -152,9 +152,12 @@ def test_the_run_gets_whole_warmup_steps(tmp_path):
     assert run_warmup_steps(sched, train, 3) == 1  # `ftc run --max-steps 3`: the ratio of that budget
     assert run_warmup_steps(sched, train, -1) == 13  # by epochs: 125 steps
     args = dict(checkpoints=tmp_path, max_steps=3, dtype="float32", device="cpu", eval_steps=None)
-    assert training_arguments({**train, "warmup_steps": 25}, **args)["warmup_steps"] == 25
-    with pytest.raises(FtcError, match="warmup_ratio reached the trainer unresolved"):
-        training_arguments(train, **args)
+    from ftc.compiler.recipe import load_recipe
+
+    (tmp_path / "d.jsonl").write_text('{"q": "a", "a": "b"}\n')
+    resolved = load_recipe(write_recipe(tmp_path, {"sources": {"s": {"path": "d.jsonl"}}, "template": {"format": "prompt_completion", "prompt": "{{ q }}", "completion": "{{ a }}"},
+                                                   "train": {"max_steps": 250, "warmup_ratio": 0.1}})).data["train"]
+    assert training_arguments(resolved, warmup_steps=run_warmup_steps(sched, train), **args)["warmup_steps"] == 25
 
 
 # ---------------------------------------------------------------- against the Trainer
