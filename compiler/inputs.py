@@ -23,6 +23,7 @@ class Drift:
     code: str  # FTC504 source, FTC505 recipe not found, FTC506 tokenizer, FTC507 python reward
     file: str | None  # what changed, as a path (or a hub id)
     fields: dict = field(default_factory=dict)
+    missing: bool = False  # absent, not changed: harmless while the artifacts are intact, fatal for a rebuild
 
     def error(self, plan: Plan) -> FtcError:
         return FtcError(self.code, file=self.file, **{"recipe": plan.recipe_file, "lock": plan.lock_path, **self.fields})
@@ -39,7 +40,7 @@ def sha256_file(path: Path) -> str:
 def recipe_drift(plan: Plan) -> Drift | None:
     file = plan.recipe_file
     if not file.exists():
-        return Drift("FTC505", str(file), {"recipe_rel": plan.lock["recipe"]["path"]})
+        return Drift("FTC505", str(file), {"recipe_rel": plan.lock["recipe"]["path"]}, missing=True)
     if sha256_file(file) != plan.lock["recipe"]["sha256"]:
         return Drift("FTC504", str(file), {"what": "the recipe was edited"})
     return None
@@ -53,7 +54,8 @@ def source_drift(plan: Plan) -> list[Drift]:
         for f in entries:
             p = plan.path(f["path"])
             if not p.exists():
-                out.append(Drift("FTC504", str(p), {"what": "the file is missing"}))
+                out.append(Drift("FTC504", str(p), {"what": "the file is missing and the artifacts must be rebuilt"},
+                                 missing=True))
             elif ("bytes" in f and p.stat().st_size != f["bytes"]) or sha256_file(p) != f["sha256"]:
                 out.append(Drift("FTC504", str(p), {"what": "its sha256 differs from the lock's"}))
     return out
@@ -86,7 +88,10 @@ def reward_drift(plan: Plan) -> list[Drift]:
 
 
 def drift(plan: Plan) -> list[Drift]:
-    """Every input of the plan that is not what the lock recorded (empty: all match)."""
+    """Every input of the plan that is not what the lock recorded (empty: all match). A missing
+    input is listed with `missing=True`: the caller decides whether it needs it (a rebuild does;
+    a run on intact, content-addressed artifacts does not: a GPU box may hold the lock and the
+    artifacts without the raw data)."""
     found = [d for d in (recipe_drift(plan),) if d]
     if found:
         return found  # without the recipe's folder nothing else can be found

@@ -20,12 +20,18 @@ from ftc.errors import FtcError
 
 def verify(lock_path: str | Path) -> Plan:
     plan = Plan.load(lock_path)
-    changed = drift(plan)
-    if changed:
+    found = drift(plan)
+    changed = [d for d in found if not d.missing]
+    if changed:  # an input that is there but is not the one the lock fingerprints: never train on it
         raise changed[0].error(plan)
     damaged = [(kind, split, art) for kind, split, art in plan.artifacts() if not _intact(plan.path(art["path"]), art["sha256"])]
     if not damaged:
+        if found:
+            print(f"ftc: not here, so not re-checked: {', '.join(d.file or '?' for d in found)}; the artifacts match "
+                  "the lock's sha256", file=sys.stderr)
         return plan
+    if found:  # a rebuild needs every input
+        raise found[0].error(plan)
     from ftc.compiler.compile import rebuild
 
     print(f"ftc: artifacts missing from the cache; rebuilding them from {plan.recipe_file}", file=sys.stderr)

@@ -96,3 +96,25 @@ def test_qlora_on_the_hf_backend(project, tmp_path):
     facts = json.loads((run / "run.json").read_text())
     assert facts["model"]["load_in_4bit"] is True and facts["memory_plan"]["estimate"]["weights_gib"] >= 0
     assert len(losses(run)) == 4 and (run / "adapter_model.safetensors").exists()
+
+
+@needs_unsloth
+def test_unsloth_runs_grpo_through_the_same_skeleton(project):
+    """A few GRPO steps of a tiny prompt plan on each backend: both finish, log the declared reward, save the
+    adapter, and keep the reviewed batch (unsloth's GRPO config may not change it, FTC refuses that)."""
+    recipe = json.loads((project / "demo.json").read_text())
+    recipe.update(name="demo_grpo", template={"format": "prompt", "prompt": "Question: {{ question }}\nAnswer:"})
+    recipe["train"] = {"method": "grpo", "learning_rate": 1e-4, "per_device_train_batch_size": 4, "gradient_accumulation_steps": 1,
+                       "max_steps": 3, "logging_steps": 1, "seed": 0,
+                       "grpo": {"num_generations": 4, "max_prompt_length": 128, "max_completion_length": 8,
+                                "rewards": [{"kind": "regex", "name": "digit", "pattern": "[0-9]"}]}}
+    (project / "grpo.json").write_text(json.dumps(recipe))
+    lock = project / "grpo.lock"
+    ftc("compile", project / "grpo.json", "-o", lock, "-q", "--set", "model.dtype=bfloat16", cwd=project)
+    for backend in ("hf", "unsloth"):
+        run = project / f"grpo-{backend}"
+        ftc("run", lock, "--backend", backend, "--output", run, cwd=project)
+        facts = json.loads((run / "run.json").read_text())
+        assert facts["backend"] == backend and facts["method"] == "grpo" and facts["train"]["global_step"] == 3
+        assert facts["grpo"]["num_generations"] == 4 and facts["grpo"]["rewards"][0]["name"] == "digit"
+        assert (run / "adapter_model.safetensors").exists()

@@ -93,3 +93,16 @@ def test_a_changed_hf_data_file_is_refused(cli, tmp_path):
     assert code == 2 and "Traceback" not in err
     assert "d.jsonl" in err and "sha256 differs" in err
     assert not (tmp_path / "r").exists()
+
+
+def test_intact_artifacts_train_without_the_raw_data_but_a_rebuild_needs_it(cli, demo, tmp_path):
+    """A GPU box may hold the lock and its content-addressed artifacts without the sources: nothing can
+    drift there unseen (the artifacts' sha256 is checked); a rebuild, though, needs every input."""
+    compile_to(cli, demo / "demo.json", demo / "plan.lock")
+    (demo / "demo" / "gsm8k_64.jsonl").unlink()
+    code, _, err = cli("run", demo / "plan.lock", "--output", tmp_path / "r", "--max-steps", "1")
+    assert code == 0, err
+    assert "not here, so not re-checked" in err and "gsm8k_64.jsonl" in err
+    shutil.rmtree(demo / ".ftc")
+    code, _, err = cli("run", demo / "plan.lock", "--output", tmp_path / "r2")
+    assert code == 2 and "FTC504" in err and "gsm8k_64.jsonl" in err and "missing" in err
