@@ -150,11 +150,7 @@ def _strings(table: pa.Table, column: str, row_ids: pa.Array) -> pa.Array:
     arr = table.column(column).combine_chunks() if table.num_rows else pa.array([], pa.string())
     if arr.null_count:
         bad = row_ids.filter(arr.is_null())[0].as_py()
-        raise FtcError(
-            "FTC601",
-            reason=f"row {bad}: {column} is null ({arr.null_count} rows)",
-            hint="filter empty rows in the recipe (filter/clean) before tokenization",
-        )
+        raise FtcError("FTC604", row=bad, column=column, count=arr.null_count)
     return arr.cast(pa.string())
 
 
@@ -247,14 +243,8 @@ def _check_apart(backend: Any, own: Rows, alone: Rows, joint: Rows, row_ids: pa.
     if bad is None:
         return
     p, c = prompt[bad].as_py(), completion[bad].as_py()
-    raise FtcError(
-        "FTC601",
-        reason=f"row {row_ids[bad].as_py()}: the tokenizer merges the prompt's end ({p[-_EXAMPLE_CHARS:]!r}) with the "
-        f"completion's start ({c[:_EXAMPLE_CHARS]!r}), and encoded apart they decode to "
-        f"{apart[bad][max(len(p) - _EXAMPLE_CHARS, 0):][:2 * _EXAMPLE_CHARS]!r}, not the row's text",
-        hint="end the prompt at a token boundary (e.g. with a newline, or without a trailing space, which then "
-        "starts the completion), so that the prompt's ids are the start of the row's ids",
-    )
+    raise FtcError("FTC605", row=row_ids[bad].as_py(), prompt_end=p[-_EXAMPLE_CHARS:], completion_start=c[:_EXAMPLE_CHARS],
+                   apart=apart[bad][max(len(p) - _EXAMPLE_CHARS, 0):][:2 * _EXAMPLE_CHARS])
 
 
 def _merge_warning(backend: Any, own: Rows, joint: Rows, alone: Rows, merged: np.ndarray, row_ids: pa.Array,
@@ -322,13 +312,7 @@ def _encode_chat(
 ) -> Rows:
     """Apply the chat template (batched); train what ``{% generation %}`` marks, if ``masked``."""
     if masked and not has_generation_markers(tok):
-        raise FtcError(
-            "FTC601",
-            reason=f"{what} needs a chat template with {{% generation %}} markers around assistant turns, "
-            f"and the template of {tok.name_or_path!r} has none",
-            hint=f"use a chat template that marks assistant turns with {{% generation %}}...{{% endgeneration %}}, "
-            f"or train on all tokens: --set train.{what}=false",
-        )
+        raise FtcError("FTC606", setting=what, tokenizer=tok.name_or_path)
     id_lists: list[list[int]] = []
     mask_lists: list[list[int]] = []
     for lo in range(0, len(chats), _CHAT_BATCH):
@@ -344,11 +328,7 @@ def _encode_chat(
         except Exception as err:  # noqa: BLE001 - name the first row that fails
             bad = _first_failing_chat(tok, batch, generation_prompt)
             rid = row_ids[lo + bad].as_py() if bad is not None else "?"
-            raise FtcError(
-                "FTC601",
-                reason=f"row {rid}: the chat template failed: {err}",
-                hint="check the row's roles and contents against the model's chat template",
-            ) from err
+            raise FtcError("FTC607", row=rid, reason=err) from err
         id_lists.extend(out["input_ids"])
         if masked:
             mask_lists.extend(out["assistant_masks"])

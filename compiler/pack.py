@@ -30,11 +30,7 @@ def pack_bfd(lengths: Sequence[int], capacity: int) -> list[list[int]]:
         raise ValueError("capacity must be positive")
     for i, n in enumerate(lengths):
         if n > capacity:
-            raise FtcError(
-                "FTC601",
-                reason=f"row {i} has {n} tokens, more than the packing capacity {capacity}",
-                hint="tokenize with max_seq_length <= the packing capacity (train.overlong truncates or drops)",
-            )
+            raise FtcError("FTC603", row=i, tokens=n, capacity=capacity)
         if n < 0:
             raise ValueError(f"negative length {n} at index {i}")
     order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))

@@ -31,7 +31,8 @@ class ReadResult:
     malformed_example: str = ""
 
 
-def candidates(encoding: str | list[str]) -> list[str]:
+def candidates(encoding: str | list[str], file: str, source: str) -> list[str]:
+    """The codecs to try, in order, by their canonical names (``file`` and ``source`` name an unknown one)."""
     if encoding == "auto":
         return list(AUTO)
     names = [encoding] if isinstance(encoding, str) else list(encoding)
@@ -40,7 +41,7 @@ def candidates(encoding: str | list[str]) -> list[str]:
         try:
             out.append(codecs.lookup(n).name.replace("_", "-"))
         except LookupError:
-            raise FtcError("FTC105", reason=f"unknown encoding {n!r}", hint="use a Python codec name such as utf-8, gb18030, big5, latin-1, or \"auto\"") from None
+            raise FtcError("FTC208", file=file, path=f"sources.{source}.encoding", encoding=n, source=source) from None
     return out
 
 
@@ -158,7 +159,7 @@ def read_file(data: bytes, fmt: str, encoding, delimiter: str | None, file: str,
     """
     if fmt == "parquet":
         return read_parquet(data, file, source)
-    tried = candidates(encoding)
+    tried = candidates(encoding, file, source)
     for enc in tried:
         if enc == "utf-8" and undecodable_offset(data, enc) is not None:
             continue

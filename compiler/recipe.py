@@ -150,9 +150,8 @@ def validate(data: dict, file: str) -> None:
         err, key = unknown
         allowed = sorted(err.schema.get("properties", {}))
         path = json_path(list(err.absolute_path) + [key])
-        dym = did_you_mean(key, allowed).lstrip("; ")
-        hint = (dym + " " if dym else "") + (f"allowed keys here: {', '.join(allowed)}" if allowed else "no keys are allowed here")
-        raise FtcError("FTC103", file=file, path=path, key=key, hint=hint)
+        raise FtcError("FTC103", file=file, path=path, key=key, allowed=", ".join(allowed) or "(none)",
+                       suggest=did_you_mean(key, allowed))
     err = best_match(errors)
     while err.context:  # descend into oneOf/anyOf to the most specific branch
         err = best_match(err.context)
@@ -218,8 +217,7 @@ def resolve(data: dict, file: str) -> dict:
     split.setdefault("eval", 0)
     split.setdefault("seed", 0)
     if split["eval"] >= 1 and split["eval"] != int(split["eval"]):
-        raise FtcError("FTC105", file=file, path="split.eval", reason="split.eval must be a share below 1 or a whole row count",
-                       hint="use e.g. 0.05 (5%) or 200 (rows)")
+        raise FtcError("FTC106", file=file, path="split.eval", value=split["eval"])
     model = {**_defaults(defs["model"]), **out.get("model", {})}
     if "name" not in model:
         raise FtcError("FTC102", file=file, path="model", reason="'name' is required", hint="the base model: a hub id or a local folder")
@@ -234,22 +232,18 @@ def resolve(data: dict, file: str) -> dict:
     train.setdefault("completion_only_loss", fmt == "prompt_completion")
     train.setdefault("assistant_only_loss", fmt == "messages")
     if "warmup_steps" in train and "warmup_ratio" in train:  # one would be ignored; the schedule resolves either
-        raise FtcError("FTC105", file=file, path="train.warmup_ratio", reason="train.warmup_steps and train.warmup_ratio are both set",
-                       hint="keep one: warmup_steps (a step count) or warmup_ratio (a share of the total steps)")
+        raise FtcError("FTC107", file=file, path="train.warmup_ratio", steps=train["warmup_steps"], ratio=train["warmup_ratio"])
     train.setdefault("warmup_ratio", 0.0)
     train.setdefault("eval_steps", None)
     if train["method"] == "grpo":
         train["grpo"] = {**_defaults(defs["train"]["properties"]["grpo"]), **train.get("grpo", {})}
         train["grpo"].setdefault("rewards", [])
         if fmt != "prompt":
-            raise FtcError("FTC105", file=file, path="template.format",
-                           reason=f"GRPO trains on prompts; template.format is {fmt!r}",
-                           hint='use "format": "prompt" (completions are generated and scored by the rewards)')
+            raise FtcError("FTC108", file=file, path="template.format", format=fmt)
     else:
         train.pop("grpo", None)
         if fmt == "prompt":
-            raise FtcError("FTC105", file=file, path="template.format", reason="format 'prompt' has nothing to learn with SFT",
-                           hint="use prompt_completion, messages or text, or set train.method to grpo")
+            raise FtcError("FTC109", file=file, path="template.format")
     out["train"] = train
     out["output"] = {"cache_dir": ".ftc", **out.get("output", {})}
     _check_template_keys(out["template"], file)
@@ -274,9 +268,7 @@ def _check_template_keys(tpl: dict, file: str) -> None:
     want = _TEMPLATE_KEYS[tpl["format"]]
     have = set(tpl) - {"format"}
     for k in sorted(want - have):
-        raise FtcError("FTC105", file=file, path=f"template.{k}", reason=f"format {tpl['format']!r} needs template.{k}",
-                       hint=f"add \"{k}\": an inline Jinja string or {{\"file\": \"templates/....jinja\"}}")
+        raise FtcError("FTC403", file=file, path=f"template.{k}", format=tpl["format"], key=k)
     for k in sorted(have - want):
-        raise FtcError("FTC105", file=file, path=f"template.{k}", reason=f"format {tpl['format']!r} does not use template.{k}",
-                       hint=f"format {tpl['format']!r} takes: {', '.join(sorted(want))}")
+        raise FtcError("FTC404", file=file, path=f"template.{k}", format=tpl["format"], key=k, keys=", ".join(sorted(want)))
 

@@ -49,7 +49,7 @@ def load_template(spec, recipe_dir: Path, json_path: str, recipe_file: str) -> T
         return Template(spec["file"], p.read_text(encoding="utf-8"))
     except OSError as e:
         raise FtcError("FTC402", file=recipe_file, path=f"{json_path}.file", template=spec["file"],
-                       reason=e.strerror or str(e), hint="template files are relative to the recipe file") from None
+                       reason=e.strerror or str(e), base=recipe_dir) from None
 
 
 def compile_template(t: Template):
@@ -207,8 +207,7 @@ def request_prompt(lock: dict, request: dict) -> str | list[dict]:
     fmt = spec["format"]
     missing = [f for f in prompt_fields(lock) if f not in request]
     if missing:
-        raise FtcError("FTC700", reason=f"the request lacks {', '.join(missing)}",
-                       hint=f"give a JSON object with the fields {', '.join(prompt_fields(lock))}")
+        raise FtcError("FTC706", missing=", ".join(missing), fields=", ".join(prompt_fields(lock)))
 
     def one(jp: str) -> str:
         t = lock["templates"][jp]
@@ -224,8 +223,7 @@ def request_prompt(lock: dict, request: dict) -> str | list[dict]:
         key = spec["messages"]["field"]
         turns = request.get(key, request.get("messages"))
         if not isinstance(turns, list) or not turns:
-            raise FtcError("FTC700", reason=f"the request gives no turns in {key!r}",
-                           hint=f'give {{"{key}": [{{"role": "user", "content": "..."}}]}}')
+            raise FtcError("FTC707", key=key)
         return list(turns[:-1]) if turns[-1].get("role") == "assistant" else list(turns)
     last = _last_assistant(spec["messages"])
     return [{"role": m["role"], "content": one(f"template.messages[{i}].content")}

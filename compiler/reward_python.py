@@ -41,37 +41,30 @@ def read_python_reward(function: str, recipe_dir: Path, fields: set[str], allow_
 
     ``path`` is the JSON path of the ``function`` key, for the errors."""
     if not allow_python:
-        raise FtcError("FTC105", file=file, path=path,
-                       reason=f"reward runs Python ({function}), and the recipe does not allow Python",
-                       hint="if you trust that file, set train.grpo.allow_python: true; "
-                            "or declare the reward as regex, answer, length or contains")
+        raise FtcError("FTC130", file=file, path=path, function=function)
     m = FUNCTION_RE.match(function)
     if not m:
-        raise FtcError("FTC105", file=file, path=path, reason=f"cannot read {function!r} as FILE.py:function",
-                       hint="write the file's path relative to the recipe, a colon, and the function, e.g. rewards.py:my_reward")
+        raise FtcError("FTC131", file=file, path=path, function=function)
     rel = PurePosixPath(m["file"].replace("\\", "/"))
     if rel.is_absolute() or re.match(r"^[A-Za-z]:", str(rel)):
-        raise FtcError("FTC105", file=file, path=path, reason=f"{m['file']} is an absolute path",
-                       hint="give the path relative to the recipe folder, so the lock works on another machine")
+        raise FtcError("FTC132", file=file, path=path, reward_file=m["file"])
     source_file = Path(recipe_dir) / rel
     try:
         source = source_file.read_bytes()
     except OSError as e:
-        raise FtcError("FTC105", file=file, path=path, reason=f"cannot read reward file {rel} ({e.strerror})",
-                       hint=f"the path is relative to the recipe folder: {recipe_dir}") from None
+        raise FtcError("FTC133", file=file, path=path, reward_file=rel, reason=e.strerror or str(e),
+                       recipe_dir=Path(recipe_dir).absolute()) from None
     try:
         tree = ast.parse(source, filename=str(rel))
     except SyntaxError as e:
-        raise FtcError("FTC105", file=file, path=path, reason=f"{rel} line {e.lineno}: {e.msg}",
-                       hint="fix the Python syntax") from None
+        raise FtcError("FTC134", file=file, path=path, reward_file=rel, line=e.lineno, reason=e.msg) from None
     defs = {n.name: n for n in tree.body if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))}
     fn = defs.get(m["attr"])
     if fn is None:
-        raise FtcError("FTC105", file=file, path=path, reason=f"{rel} defines no top-level function {m['attr']!r}",
-                       hint=f"functions defined there: {', '.join(sorted(defs)) or '(none)'}{did_you_mean(m['attr'], defs)}")
+        raise FtcError("FTC135", file=file, path=path, reward_file=rel, function=m["attr"],
+                       defined=", ".join(sorted(defs)) or "(none)", suggest=did_you_mean(m["attr"], defs))
     if isinstance(fn, ast.AsyncFunctionDef):
-        raise FtcError("FTC105", file=file, path=path, reason=f"{rel}:{fn.name} is async",
-                       hint="write it as a plain def")
+        raise FtcError("FTC136", file=file, path=path, reward_file=rel, function=fn.name)
     return PythonFunction(function=f"{rel.as_posix()}:{fn.name}", name=fn.name,
                           sha256=hashlib.sha256(source).hexdigest(), args=_python_args(fn, rel, fields, path, file))
 
@@ -83,8 +76,7 @@ def _python_args(fn: ast.FunctionDef, rel: PurePosixPath, fields: set[str], path
     a = fn.args
     positional = [p.arg for p in (*a.posonlyargs, *a.args)]
     if not positional:
-        raise FtcError("FTC105", file=file, path=path, reason=f"{rel}:{fn.name} takes no completion parameter",
-                       hint=f"define it as def {fn.name}(completion, **fields) -> float")
+        raise FtcError("FTC137", file=file, path=path, reward_file=rel, function=fn.name)
     named = positional[1:] + [p.arg for p in a.kwonlyargs]
     for arg in named:
         if arg != "prompt" and arg not in fields:

@@ -217,8 +217,7 @@ def check_rewards(
     a changed default. Raises FtcError at the first problem, with its JSON path.
     """
     if not specs:
-        raise FtcError("FTC105", file=file, path=ROOT, reason="GRPO needs at least one reward",
-                       hint=f"declare one, e.g. {_EXAMPLES['answer']}")
+        raise FtcError("FTC120", file=file, path=ROOT, example=_EXAMPLES["answer"])
     rewards = [_resolve(i, spec, fields, allow_python, Path(recipe_dir), file) for i, spec in enumerate(specs)]
     return [r.to_dict() for r in _name_rewards(specs, rewards, file)]
 
@@ -227,22 +226,21 @@ def _resolve(i: int, spec: Mapping[str, Any], fields: set[str], allow_python: bo
              file: str | None) -> Reward:
     at = f"{ROOT}[{i}]"
     if not isinstance(spec, Mapping):
-        raise FtcError("FTC105", file=file, path=at, reason=f"a reward is a JSON object, not {type(spec).__name__}",
-                       hint=f"e.g. {_EXAMPLES['regex']}")
+        raise FtcError("FTC121", file=file, path=at, type=type(spec).__name__, example=_EXAMPLES["regex"])
     kind = spec.get("kind")
+    if kind is None:
+        raise FtcError("FTC122", file=file, path=f"{at}.kind", kinds=", ".join(KINDS))
     if kind not in KINDS:
-        what = "has no 'kind'" if kind is None else f"has unknown kind {kind!r}"
-        raise FtcError("FTC105", file=file, path=f"{at}.kind", reason=f"reward {what}",
-                       hint=f"kind is one of: {', '.join(KINDS)}" + (did_you_mean(str(kind), KINDS) if kind else ""))
+        raise FtcError("FTC123", file=file, path=f"{at}.kind", kind=kind, kinds=", ".join(KINDS),
+                       suggest=did_you_mean(str(kind), KINDS))
     allowed, required = _KEYS[kind]
     for key in spec:
         if key not in allowed:
-            raise FtcError("FTC103", file=file, path=f"{at}.{key}", key=key,
-                           hint=f"{kind} rewards take: {', '.join(allowed)}{did_you_mean(key, allowed)}")
+            raise FtcError("FTC103", file=file, path=f"{at}.{key}", key=key, allowed=", ".join(allowed),
+                           suggest=did_you_mean(key, allowed))
     for key in required:
         if key not in spec:
-            raise FtcError("FTC105", file=file, path=at, reason=f"{kind} reward needs {key!r}",
-                           hint=f"e.g. {_EXAMPLES[kind]}")
+            raise FtcError("FTC124", file=file, path=at, kind=kind, key=key, example=_EXAMPLES[kind])
     _check_types(spec, at, file)
 
     name = spec.get("name", "")  # filled in by _name_rewards when not declared
@@ -255,25 +253,20 @@ def _resolve(i: int, spec: Mapping[str, Any], fields: set[str], allow_python: bo
     if kind == "answer":
         rx = _compile(spec["pattern"], f"{at}.pattern", file)
         if rx.groups < 1:
-            raise FtcError("FTC105", file=file, path=f"{at}.pattern",
-                           reason=f"answer pattern has no group to extract the answer with: {spec['pattern']}",
-                           hint="put parentheses around the answer part, e.g. 最终答案[:：]\\s*(-?[\\d,.]+)")
+            raise FtcError("FTC126", file=file, path=f"{at}.pattern", pattern=spec["pattern"])
         check_field(spec["field"], fields, f"{at}.field", "answer reward", file)
         numeric = own["compare"] == "numeric"
         if not numeric and "tolerance" in spec:
-            raise FtcError("FTC105", file=file, path=f"{at}.tolerance", reason="tolerance only applies to compare \"numeric\"",
-                           hint="set \"compare\": \"numeric\", or drop tolerance")
+            raise FtcError("FTC127", file=file, path=f"{at}.tolerance", compare=own["compare"])
         # remove's default depends on compare, so the schema states it in words only
         return AnswerReward(name=name, weight=weight, **{**own, "remove": spec.get("remove", "," if numeric else ""),
                                                          "tolerance": float(own["tolerance"]) if numeric else None})
     if kind == "length":
         lo, hi = own["min"], own["max"]
         if "min" not in spec and hi is None:
-            raise FtcError("FTC105", file=file, path=at, reason="length reward needs min, max or both",
-                           hint=f"e.g. {_EXAMPLES['length']}")
+            raise FtcError("FTC125", file=file, path=at, example=_EXAMPLES["length"])
         if hi is not None and hi < lo:
-            raise FtcError("FTC105", file=file, path=f"{at}.max", reason=f"max ({hi}) is below min ({lo})",
-                           hint="max and min are character counts with min <= max")
+            raise FtcError("FTC128", file=file, path=f"{at}.max", max=hi, min=lo)
         return LengthReward(name=name, weight=weight, **own)
     if kind == "contains":
         text = own["text"]
@@ -310,9 +303,8 @@ def _name_rewards(specs: Sequence[Mapping[str, Any]], rewards: list[Reward], fil
     for i, spec in enumerate(specs):
         if "name" in spec:
             if spec["name"] in taken:
-                raise FtcError("FTC105", file=file, path=f"{ROOT}[{i}].name",
-                               reason=f"reward name {spec['name']!r} is also used by {ROOT}[{taken[spec['name']]}]",
-                               hint="names label the logged metrics rewards/<name>/mean; give each reward its own")
+                raise FtcError("FTC129", file=file, path=f"{ROOT}[{i}].name", name=spec["name"],
+                               other=f"{ROOT}[{taken[spec['name']]}]")
             taken[spec["name"]] = i
     out = []
     for i, (spec, reward) in enumerate(zip(specs, rewards)):

@@ -115,12 +115,8 @@ def finish(rows: Rows, row_ids: pa.Array, fmt: str, *, max_seq_length: int, over
     n_long = int(long.sum())
     if n_long and overlong == "error":
         first = int(np.flatnonzero(long)[0])
-        raise FtcError(
-            "FTC601",
-            reason=f"row {row_ids[first].as_py()} is {int(rows.lens[first])} tokens, longer than "
-            f"max_seq_length {max_seq_length} ({n_long} rows are)",
-            hint="raise model.max_seq_length, or set train.overlong to \"truncate\" or \"drop\"",
-        )
+        raise FtcError("FTC602", row=row_ids[first].as_py(), tokens=int(rows.lens[first]), max_seq_length=max_seq_length,
+                       count=n_long)
     kept = np.arange(len(rows.lens))  # original row numbers still present
     trained_before = rows.per_row_count(rows.labels != IGNORE)
     if n_long and overlong == "drop":

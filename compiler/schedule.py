@@ -52,15 +52,9 @@ def check_grpo_batch(train: dict, *, world_size: int = 1, file: str | None = Non
     generation = batch * accum * world_size
     if generation % g == 0:
         return
-    procs = f" x {world_size} processes" if world_size > 1 else ""
-    up = -(-batch // g) * g
-    raise FtcError(
-        "FTC105", file=file, path="train.per_device_train_batch_size",
-        reason=f"per_device_train_batch_size {batch} x gradient_accumulation_steps {accum}{procs} = {generation} completions "
-               f"per generation, which is not a multiple of train.grpo.num_generations ({g})",
-        hint=f"in GRPO a batch counts completions, {g} per prompt: set per_device_train_batch_size to {up} "
-             f"(or another multiple of {g}), or lower num_generations to a divisor of {generation}",
-    )
+    raise FtcError("FTC111", file=file, path="train.per_device_train_batch_size", batch=batch, accumulation=accum,
+                   processes=f" x {world_size} processes" if world_size > 1 else "", completions=generation,
+                   generations=g, batch_up=-(-batch // g) * g)
 
 
 def steps_per_epoch(batches: int, accumulation: int) -> int:
@@ -104,12 +98,8 @@ def _grpo_batches(train: dict, prompts: int, file: str | None) -> tuple[int, dic
     generation_batch = batch * per_generation  # completions generated at once (one process)
     prompts_per_generation = generation_batch // g
     if 0 < prompts < prompts_per_generation:
-        raise FtcError(
-            "FTC105", file=file, path="train.per_device_train_batch_size",
-            reason=f"the train split has {prompts} prompts, fewer than one generation batch takes "
-                   f"({generation_batch} completions = {prompts_per_generation} prompts x {g} generations): no step would train",
-            hint="use more rows, or a smaller per_device_train_batch_size x gradient_accumulation_steps or num_generations",
-        )
+        raise FtcError("FTC112", file=file, path="train.per_device_train_batch_size", prompts=prompts,
+                       completions=generation_batch, per_generation=prompts_per_generation, generations=g)
     used = prompts // prompts_per_generation * prompts_per_generation
     sampler = used * g * iterations * per_generation  # RepeatSampler.__len__
     batches = math.ceil(sampler / (batch * per_generation))  # the dataloader's batch: batch x steps_per_generation
@@ -131,9 +121,7 @@ def derive_schedule(train: dict, train_items: int, *, file: str | None = None) -
     Raises FtcError for a plan that cannot train as written; records as `warnings` what
     trains but is likely a mistake (a warmup longer than the training)."""
     if train["max_steps"] == 0:
-        raise FtcError("FTC105", file=file, path="train.max_steps",
-                       reason="train.max_steps 0 trains no step (the Trainer would still take one)",
-                       hint="use -1 to train num_train_epochs, or a positive number of optimizer steps")
+        raise FtcError("FTC110", file=file, path="train.max_steps")
     method = train["method"]
     batch, accum = int(train["per_device_train_batch_size"]), int(train["gradient_accumulation_steps"])
     extra: dict = {}

@@ -175,12 +175,10 @@ def map_columns(table: pa.Table, columns: dict | None, captured: dict, file: str
                 raise FtcError("FTC203", file=file, path=path, wanted=alts, field=fname,
                                available=", ".join(table.column_names) or "(none)", suggest=suggest)
             if fname in captured:
-                raise FtcError("FTC105", file=file, path=path,
-                               reason=f"field {fname!r} is both the column {col!r} and a path capture of sources.{source}.captures",
-                               hint="rename the capture group or the field, so each field has one origin")
+                raise FtcError("FTC209", file=file, path=path, field=fname, column=col, source=source)
             chosen[fname] = col
             arr = table.column(col)
-            out[fname] = convert_turns(arr, conv, file, source, fname) if conv else arr
+            out[fname] = convert_turns(arr, conv, file, source, fname, col) if conv else arr
     for k, v in captured.items():
         if k not in out:
             out[k] = pa.array([v] * n, pa.string())
@@ -188,19 +186,18 @@ def map_columns(table: pa.Table, columns: dict | None, captured: dict, file: str
     return pa.table(out) if out else pa.table({"_empty": pa.nulls(n)}).drop(["_empty"]), chosen
 
 
-def convert_turns(arr: pa.ChunkedArray, conv: dict, file: str, source: str, fname: str) -> pa.Array:
+def convert_turns(arr: pa.ChunkedArray, conv: dict, file: str, source: str, fname: str, column: str) -> pa.Array:
     """ShareGPT turns ``[{from, value}]`` -> ``[{role, content}]`` through the role map."""
     arr = arr.combine_chunks()
     if not pa.types.is_list(arr.type) or not pa.types.is_struct(arr.type.value_type):
-        raise FtcError("FTC105", file=file, path=f"sources.{source}.columns.{fname}",
-                       reason=f"column is {arr.type}, not a list of turns", hint="map a list of objects such as ShareGPT 'conversations'")
+        raise FtcError("FTC210", file=file, path=f"sources.{source}.columns.{fname}", column=column, type=arr.type)
     rk, ck = conv.get("role_key", "from"), conv.get("content_key", "value")
     turns = arr.flatten()
     names = [turns.type.field(i).name for i in range(turns.type.num_fields)]
     for k in (rk, ck):
         if k not in names:
-            raise FtcError("FTC105", file=file, path=f"sources.{source}.columns.{fname}",
-                           reason=f"turns have no key {k!r} (keys: {', '.join(names)})", hint="set role_key / content_key")
+            raise FtcError("FTC211", file=file, path=f"sources.{source}.columns.{fname}", column=column, key=k,
+                           keys=", ".join(names), source=source, field=fname)
     raw_roles = turns.field(rk)
     roles_map = conv["roles"]
     keys = pa.array(list(roles_map), pa.string())

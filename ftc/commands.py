@@ -76,6 +76,9 @@ def cmd_run(args) -> int:
     return 0
 
 
+_JSON_KINDS = {list: "an array", str: "a string", int: "a number", float: "a number", bool: "a boolean", type(None): "null"}
+
+
 def _requests(arg: str | None) -> list[dict] | None:
     from ftc.errors import FtcError
 
@@ -85,9 +88,10 @@ def _requests(arg: str | None) -> list[dict] | None:
     try:
         items = [json.loads(l) for l in text.splitlines() if l.strip()] if Path(arg).is_file() else [json.loads(text)]
     except json.JSONDecodeError as e:
-        raise FtcError("FTC700", reason=f"--input is not JSON: {e.msg}", hint='e.g. --input \'{"question": "..."}\'') from None
-    if not all(isinstance(i, dict) for i in items):
-        raise FtcError("FTC700", reason="--input must be a JSON object (or JSON lines of objects)", hint="give the prompt fields by name")
+        raise FtcError("FTC701", reason=e.msg) from None
+    bad = [i for i in items if not isinstance(i, dict)]
+    if bad or not items:
+        raise FtcError("FTC702", got=_JSON_KINDS.get(type(bad[0]), "a JSON value") if bad else "no JSON at all")
     return items
 
 
@@ -98,7 +102,7 @@ def cmd_infer(args) -> int:
     if args.json and not args.dry_run:
         from ftc.errors import FtcError
 
-        raise FtcError("FTC700", reason="--json is the output of --dry-run", hint="add --dry-run, or leave out --json")
+        raise FtcError("FTC703")
 
     def run(reqs: list[dict]) -> None:
         if args.dry_run:
@@ -145,7 +149,7 @@ def cmd_eval(args) -> int:
     plan = verify(Path(args.run_dir) / RUN_LOCK)
     tokens = plan.artifact("tokens", args.split)
     if tokens is None:
-        raise FtcError("FTC700", reason=f"the plan has no {args.split} split", hint="set split.eval in the recipe and recompile")
+        raise FtcError("FTC704", file=args.run_dir, split=args.split)
     trained = load_trained(Path(args.run_dir))
     res = eval_loss(trained.model, tokens, pad_token_id=trained.tokenizer.pad_token_id or 0)
     print(f"{args.split}: loss {res['loss']:.4f}, perplexity {res['perplexity']:.3f} over {res['tokens']:,} tokens ({res['sequences']} sequences)")
@@ -169,7 +173,7 @@ def cmd_score(args) -> int:
     if not rewards:
         from ftc.errors import FtcError
 
-        raise FtcError("FTC105", file=args.lock, reason="the plan declares no rewards", hint="declare train.grpo.rewards in the recipe")
+        raise FtcError("FTC705", file=args.lock)
     result = score_file(rewards, table.to_pylist(), Path(args.completions), Plan.load(args.lock).recipe_dir)
     print(format_summary(result))
     return 0
@@ -226,8 +230,7 @@ def load_split(target: str, split: str, overrides: list[str], tokens: bool = Fal
     def artifact(kind: str):
         path = plan.artifact(kind, split)
         if path is None:
-            raise FtcError("FTC105", file=target, reason=f"the plan has no {split} {kind}",
-                           hint="set split.eval in the recipe" if split == "eval" else "recompile the recipe")
+            raise FtcError("FTC704", file=target, split=split)
         if not path.exists():
             raise FtcError("FTC503", file=str(path), recipe=lock["recipe"]["path"])
         return pq.read_table(path)

@@ -8,26 +8,89 @@ The CLI prints them without a traceback and exits with status 2.
 from __future__ import annotations
 
 import difflib
+import string
 from dataclasses import dataclass
 from typing import Iterable
 
 
 @dataclass(frozen=True)
 class Rule:
+    """One diagnostic: its code, and what it says as templates the call site fills with values.
+
+    A call site passes facts (a field name, a count, a row), never prose, so the wording of
+    each error lives here once; tests/test_errors.py checks that every call site passes the
+    fields its rule's templates name."""
+
     code: str
     message: str  # str.format template
     hint: str = ""  # str.format template
+
+    def fields(self) -> set[str]:
+        """The names the message and hint templates use (``file`` and ``path`` included)."""
+        return {name.split(".")[0].split("[")[0] for text in (self.message, self.hint)
+                for _, name, _, _ in string.Formatter().parse(text) if name}
 
 
 RULES: dict[str, Rule] = {
     r.code: r
     for r in [
+        # ---- 1xx the recipe: reading, the schema, settings that contradict each other
         Rule("FTC100", "cannot read recipe: {reason}", "check the path; recipes are JSON files"),
         Rule("FTC101", "recipe is not valid JSON: {reason}", "fix the JSON syntax at line {line}, column {col}"),
-        Rule("FTC102", "{reason}", "{hint}"),  # schema violation (message built from jsonschema)
-        Rule("FTC103", "unknown key {key!r}", "{hint}"),
+        # Generic on purpose: a formatter for what jsonschema reports (required, type, enum, ...);
+        # the hint is the schema's own description of the key, so the schema stays the one source.
+        Rule("FTC102", "{reason}", "{hint}"),
+        Rule("FTC103", "unknown key {key!r}", "keys allowed here: {allowed}{suggest}"),
         Rule("FTC104", "bad --set {arg!r}: {reason}", "write --set KEY=VALUE with KEY a dotted path, e.g. train.learning_rate=1e-4"),
-        Rule("FTC105", "{reason}", "{hint}"),  # semantic recipe error (cross-field)
+        # Pass-through, kept only for the runtime (runtime/score.py, grpo.py, rewards_trl.py) until its
+        # pass gives each of those a rule of its own; the compiler and the CLI no longer raise it.
+        Rule("FTC105", "{reason}", "{hint}"),
+        Rule("FTC106", "split.eval is {value}: neither a share below 1 nor a whole row count",
+             "use e.g. 0.05 (5% of the rows) or 200 (rows)"),
+        Rule("FTC107", "train.warmup_steps ({steps}) and train.warmup_ratio ({ratio}) are both set, and one would be ignored",
+             "keep one: warmup_steps (a step count) or warmup_ratio (a share of the total steps)"),
+        Rule("FTC108", "GRPO trains on prompts; template.format is {format!r}",
+             "use \"format\": \"prompt\" (completions are generated and scored by the rewards)"),
+        Rule("FTC109", "format \"prompt\" has nothing to learn with SFT (a prompt row has no completion)",
+             "use prompt_completion, messages or text, or set train.method to \"grpo\""),
+        # -- 11x the schedule: batch and step arithmetic (compiler/schedule.py)
+        Rule("FTC110", "train.max_steps 0 trains no step (the Trainer would still take one)",
+             "use -1 to train num_train_epochs, or a positive number of optimizer steps"),
+        Rule("FTC111", "per_device_train_batch_size {batch} x gradient_accumulation_steps {accumulation}{processes} = "
+                       "{completions} completions per generation, which is not a multiple of train.grpo.num_generations ({generations})",
+             "in GRPO a batch counts completions, {generations} per prompt: set per_device_train_batch_size to {batch_up} "
+             "(or another multiple of {generations}), or lower num_generations to a divisor of {completions}"),
+        Rule("FTC112", "the train split has {prompts} prompts, fewer than one generation batch takes ({completions} completions = "
+                       "{per_generation} prompts x {generations} generations): no step would train",
+             "use more rows, or a smaller per_device_train_batch_size x gradient_accumulation_steps or num_generations"),
+        # -- 12x GRPO rewards (compiler/rewards.py)
+        Rule("FTC120", "GRPO needs at least one reward", "declare one in train.grpo.rewards, e.g. {example}"),
+        Rule("FTC121", "a reward is a JSON object, not {type}", "e.g. {example}"),
+        Rule("FTC122", "reward has no 'kind'", "kind is one of: {kinds}"),
+        Rule("FTC123", "unknown reward kind {kind!r}", "kind is one of: {kinds}{suggest}"),
+        Rule("FTC124", "{kind} reward needs {key!r}", "e.g. {example}"),
+        Rule("FTC125", "length reward needs min, max or both", "e.g. {example}"),
+        Rule("FTC126", "answer pattern has no group to extract the answer with: {pattern}",
+             "put parentheses around the answer part, e.g. 最终答案[:：]\\s*(-?[\\d,.]+)"),
+        Rule("FTC127", "tolerance only applies to compare \"numeric\" (this reward compares {compare!r})",
+             "set \"compare\": \"numeric\", or drop tolerance"),
+        Rule("FTC128", "max ({max}) is below min ({min})", "max and min are character counts with min <= max"),
+        Rule("FTC129", "reward name {name!r} is also used by {other}",
+             "names label the logged metrics rewards/<name>/mean; give each reward its own"),
+        # -- 13x python rewards, checked by parsing the file, never by running it (compiler/reward_python.py)
+        Rule("FTC130", "reward runs Python ({function}), and the recipe does not allow Python",
+             "if you trust that file, set train.grpo.allow_python: true; or declare the reward as regex, answer, length or contains"),
+        Rule("FTC131", "cannot read {function!r} as FILE.py:function",
+             "write the file's path relative to the recipe, a colon, and the function, e.g. rewards.py:my_reward"),
+        Rule("FTC132", "reward file {reward_file} is an absolute path",
+             "give the path relative to the recipe folder, so the lock works on another machine"),
+        Rule("FTC133", "cannot read reward file {reward_file} ({reason})", "the path is relative to the recipe folder: {recipe_dir}"),
+        Rule("FTC134", "reward file {reward_file} line {line}: {reason}", "fix the Python syntax"),
+        Rule("FTC135", "{reward_file} defines no top-level function {function!r}", "functions defined there: {defined}{suggest}"),
+        Rule("FTC136", "{reward_file}:{function} is async", "write it as a plain def"),
+        Rule("FTC137", "{reward_file}:{function} takes no completion parameter",
+             "define it as def {function}(completion, **fields) -> float"),
+        # ---- 2xx sources: files, formats, encodings, columns
         Rule("FTC200", "no files match {pattern!r}", "check sources.{source}.path; it is relative to the recipe file ({base})"),
         Rule("FTC201", "cannot decode {file}: {detail}", "declare the file's encoding in sources.{source}.encoding (e.g. \"gb18030\") or fix the file"),
         Rule("FTC202", "cannot parse {file} as {format}: {reason}", "declare sources.{source}.format, or fix the file"),
@@ -36,6 +99,15 @@ RULES: dict[str, Rule] = {
         Rule("FTC205", "cannot load Hugging Face dataset {name!r}: {reason}", "check sources.{source}.name/config/split/revision; offline, point 'path' at a local copy instead"),
         Rule("FTC206", "{file} row {row}: role {role!r} is not in sources.{source}.columns.{field}.roles", "add it to the role map, e.g. \"{role}\": \"assistant\" (mapped roles: {mapped})"),
         Rule("FTC207", "unknown format {format!r} for {file}", "declare sources.{source}.format as one of csv, tsv, json, jsonl, parquet"),
+        Rule("FTC208", "unknown encoding {encoding!r}",
+             "set sources.{source}.encoding to a Python codec name such as utf-8, gb18030, big5, latin-1, or to \"auto\""),
+        Rule("FTC209", "field {field!r} is both the column {column!r} and a path capture of sources.{source}.captures",
+             "rename the capture group or the field, so each field has one origin"),
+        Rule("FTC210", "column {column!r} is {type}, not a list of turns",
+             "map a column that holds a list of objects, such as ShareGPT 'conversations'"),
+        Rule("FTC211", "the turns of column {column!r} have no key {key!r} (their keys: {keys})",
+             "set sources.{source}.columns.{field}.role_key and content_key to the turns' keys (defaults: \"from\", \"value\")"),
+        # ---- 3xx transforms (DuckDB steps)
         Rule("FTC300", "SQL error in {where}: {reason}\n  expression: {expr}", "expressions are DuckDB SQL over the fields: {fields}"),
         Rule("FTC301", "{where}: unknown field {field!r}", "known fields: {fields}{suggest}"),
         Rule("FTC302", "no rows left after {stage}", "{counts}; relax that step or check the input"),
@@ -47,9 +119,14 @@ RULES: dict[str, Rule] = {
              "fix that value in the data, or let the expression yield NULL instead of failing "
              "(TRY_CAST(x AS INTEGER), try(expr)) and drop those rows with a filter"),
         Rule("FTC306", "mix names an unknown source {name!r}", "mix keys are source names: {sources}{suggest}"),
+        # ---- 4xx templates (Jinja, and the template section of the recipe)
         Rule("FTC400", "template {template} line {line}: {reason}", "fix the Jinja syntax"),
         Rule("FTC401", "template {template} line {line}, row {row}: {reason}", "available fields: {fields}"),
-        Rule("FTC402", "template {template}: {reason}", "{hint}"),
+        Rule("FTC402", "cannot read template file {template}: {reason}", "template files are relative to the recipe file's folder ({base})"),
+        Rule("FTC403", "format {format!r} needs template.{key}",
+             "add \"{key}\": an inline Jinja string or {{\"file\": \"templates/....jinja\"}}"),
+        Rule("FTC404", "format {format!r} does not use template.{key}", "format {format!r} takes: {keys}"),
+        # ---- 5xx the lock and the inputs it fingerprints
         Rule("FTC500", "cannot read lock {file}: {reason}", "compile one with `ftc compile RECIPE -o {file}`"),
         Rule("FTC501", "{file} was written by ftc {version}, newer than this ftc {ours}", "upgrade ftc, or recompile the recipe with this version"),
         Rule("FTC502", "{file}: plan_hash does not match its content (the lock was edited by hand)", "recompile the recipe instead of editing the lock"),
@@ -61,9 +138,39 @@ RULES: dict[str, Rule] = {
              "the token ids in the artifacts came from the old tokenizer: recompile with `ftc compile {recipe} -o {lock}`"),
         Rule("FTC507", "python reward drift: {problems}",
              "the lock holds the sha256 of the reward file that was reviewed: recompile the recipe so it records the file you mean to run (`ftc compile RECIPE -o LOCK`)"),
+        # ---- 6xx the tokenizer and tokenization
         Rule("FTC600", "cannot load tokenizer {name!r}: {reason}", "offline? point model.tokenizer at a local folder: --set model.tokenizer=PATH"),
-        Rule("FTC601", "{reason}", "{hint}"),  # tokenization / masking problem
-        Rule("FTC700", "{reason}", "{hint}"),  # ftc run / infer / eval / export: a problem the user can fix
+        # Pass-through, kept only for the runtime (runtime/data.py, grpo.py: artifacts that break the
+        # compiler's contract) until its pass; the compiler no longer raises it.
+        Rule("FTC601", "{reason}", "{hint}"),
+        Rule("FTC602", "row {row} is {tokens} tokens, longer than max_seq_length {max_seq_length} ({count} rows are)",
+             "raise model.max_seq_length, or set train.overlong to \"truncate\" or \"drop\""),
+        Rule("FTC603", "row {row} has {tokens} tokens, more than the packing capacity {capacity}",
+             "tokenize with max_seq_length <= the packing capacity (train.overlong truncates or drops)"),
+        Rule("FTC604", "row {row}: {column} is null ({count} rows are)",
+             "filter empty rows in the recipe (filter/clean) before tokenization"),
+        Rule("FTC605", "row {row}: the tokenizer merges the prompt's end ({prompt_end!r}) with the completion's start "
+                       "({completion_start!r}), and encoded apart they decode to {apart!r}, not the row's text",
+             "end the prompt at a token boundary (e.g. with a newline, or without a trailing space, which then "
+             "starts the completion), so that the prompt's ids are the start of the row's ids"),
+        Rule("FTC606", "train.{setting} needs a chat template with {{% generation %}} markers around assistant turns, "
+                       "and the template of {tokenizer!r} has none",
+             "use a chat template that marks assistant turns with {{% generation %}}...{{% endgeneration %}}, "
+             "or train on all tokens: --set train.{setting}=false"),
+        Rule("FTC607", "row {row}: the chat template failed: {reason}",
+             "check the row's roles and contents against the model's chat template"),
+        # ---- 7xx ftc run / infer / eval / score / export
+        # Pass-through, kept only for the runtime until its pass (runtime/run.py, launch.py, model.py, ...).
+        Rule("FTC700", "{reason}", "{hint}"),
+        Rule("FTC701", "--input is not JSON: {reason}", "e.g. --input '{{\"question\": \"...\"}}', or a file of JSON lines"),
+        Rule("FTC702", "--input must be a JSON object (or a file of JSON lines, one object each); it gives {got}",
+             "give the prompt fields by name, e.g. --input '{{\"question\": \"...\"}}'"),
+        Rule("FTC703", "--json is the output of --dry-run", "add --dry-run, or leave out --json"),
+        Rule("FTC704", "the plan has no {split} split",
+             "set split.eval in the recipe (a share such as 0.05, or a row count) and recompile"),
+        Rule("FTC705", "the plan declares no rewards to score with", "declare train.grpo.rewards in the recipe and recompile"),
+        Rule("FTC706", "the request lacks {missing}", "give a JSON object with the fields {fields}"),
+        Rule("FTC707", "the request gives no turns in {key!r}", "give {{\"{key}\": [{{\"role\": \"user\", \"content\": \"...\"}}]}}"),
     ]
 }
 

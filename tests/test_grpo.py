@@ -205,7 +205,7 @@ def test_batch_that_splits_a_prompt_group_is_refused_before_loading(compiled, tm
     with pytest.raises(FtcError) as at_run:
         run(folder, changed_lock(plan, "bad-batch.lock", per_device_train_batch_size=3), out="bad-batch")
     for err in (at_compile, at_run):
-        assert err.value.code == "FTC105" and err.value.path == "train.per_device_train_batch_size"
+        assert err.value.code == "FTC111" and err.value.path == "train.per_device_train_batch_size"
         assert "not a multiple of train.grpo.num_generations (2)" in str(err.value)
         assert "set per_device_train_batch_size to 4" in err.value.hint
     assert not (folder / "bad-batch" / "checkpoints").exists()

@@ -59,7 +59,8 @@ def test_edge_cases():
     assert pack_bfd([0, 8], 8) == [[0, 1]]
     with pytest.raises(FtcError) as err:
         pack_bfd([3, 9], 8)
-    assert err.value.code == "FTC601" and "row 1 has 9 tokens, more than the packing capacity 8" in str(err.value)
+    assert err.value.code == "FTC603" and "row 1 has 9 tokens, more than the packing capacity 8" in err.value.message
+    assert "max_seq_length <= the packing capacity" in err.value.hint
     with pytest.raises(ValueError):
         pack_bfd([1], 0)
 

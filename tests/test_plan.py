@@ -91,7 +91,7 @@ def test_a_changed_hf_data_file_is_refused(cli, tmp_path):
     (tmp_path / "d.jsonl").write_text((tmp_path / "d.jsonl").read_text().replace("a3", "b3"))
     code, _, err = cli("run", tmp_path / "plan.lock", "--output", tmp_path / "r")
     assert code == 2 and "Traceback" not in err
-    assert "d.jsonl" in err and "sha256 differs" in err
+    assert "FTC504" in err and "d.jsonl" in err and "sha256 differs" in err
     assert not (tmp_path / "r").exists()
 
 

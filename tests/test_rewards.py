@@ -15,7 +15,7 @@ from ftc.errors import FtcError
 from ftc.compiler.rewards import REWARD_SCHEMA, check_drift, check_rewards
 from ftc.runtime.rewards_trl import build_reward_funcs, completion_text, reward_weights
 
-from conftest import ROOT, SHARED  # noqa: E402
+from conftest import ROOT, SHARED, write_recipe  # noqa: E402
 
 GSM8K = SHARED / "data" / "gsm8k" / "train.jsonl"
 FIELDS = {"question", "answer", "answer_number"}
@@ -263,7 +263,9 @@ def test_bad_regex_shows_the_regex_where_and_that_python_re_runs_it():
 
 def test_answer_pattern_needs_a_group():
     err = raises([{"kind": "answer", "pattern": r"最终答案: \d+", "field": "answer_number"}])
-    assert err.path == "train.grpo.rewards[0].pattern" and "no group" in str(err)
+    assert err.code == "FTC126" and err.path == "train.grpo.rewards[0].pattern"
+    assert "answer pattern has no group to extract the answer with: 最终答案: \\d+" in err.message
+    assert "put parentheses around the answer part" in err.hint
 
 
 def test_unknown_dataset_field_suggests_the_right_one():
@@ -278,21 +280,31 @@ def test_unknown_dataset_field_suggests_the_right_one():
 def test_python_reward_needs_allow_python(tmp_path):
     (tmp_path / "rewards.py").write_text("def my_reward(completion):\n    return 1.0\n")
     err = raises([{"kind": "python", "function": "rewards.py:my_reward"}], recipe_dir=tmp_path)
-    assert err.code == "FTC105"
+    assert err.code == "FTC130"
     assert err.path == "train.grpo.rewards[0].function"
-    assert "does not allow Python" in str(err) and "train.grpo.allow_python: true" in str(err)
+    assert "reward runs Python (rewards.py:my_reward), and the recipe does not allow Python" in err.message
+    assert "train.grpo.allow_python: true" in err.hint
 
 
 def test_unknown_kind_and_key_and_missing_key():
+    """The recipe schema catches these first in a recipe; check_rewards says the same to any other caller."""
+    err = raises(["answer"])
+    assert err.code == "FTC121" and err.path == "train.grpo.rewards[0]" and "a reward is a JSON object, not str" in err.message
+    assert '"kind": "regex"' in err.hint
+    err = raises([{"pattern": "x"}])
+    assert err.code == "FTC122" and err.path == "train.grpo.rewards[0].kind" and "reward has no 'kind'" in err.message
+    assert err.hint == "kind is one of: regex, answer, length, contains, python"
     err = raises([{"kind": "regexp", "pattern": "x"}])
-    assert err.path == "train.grpo.rewards[0].kind" and "did you mean 'regex'?" in str(err)
+    assert err.code == "FTC123" and err.path == "train.grpo.rewards[0].kind" and "unknown reward kind 'regexp'" in err.message
+    assert "did you mean 'regex'?" in err.hint
     err = raises([{"kind": "regex", "patern": "x"}])
     assert err.code == "FTC103" and err.path == "train.grpo.rewards[0].patern"
     assert "did you mean 'pattern'?" in str(err)
     err = raises([{"kind": "contains", "text": "x", "pattern": "y"}])  # a key of another kind
-    assert err.code == "FTC103" and "contains rewards take: kind, name, weight, text" in str(err)
+    assert err.code == "FTC103" and err.hint == "keys allowed here: kind, name, weight, text, mode, negate, ignore_case"
     err = raises([{"kind": "answer", "pattern": "(x)"}])
-    assert err.path == "train.grpo.rewards[0]" and "answer reward needs 'field'" in str(err)
+    assert err.code == "FTC124" and err.path == "train.grpo.rewards[0]" and "answer reward needs 'field'" in err.message
+    assert err.hint.startswith('e.g. {"kind": "answer"')
 
 
 def test_types_and_ranges_come_from_the_schema():
@@ -303,13 +315,21 @@ def test_types_and_ranges_come_from_the_schema():
 
 
 def test_semantic_checks_of_length_answer_and_names():
-    assert "max (5) is below min (10)" in str(raises([{"kind": "length", "min": 10, "max": 5}]))
-    assert "needs min, max or both" in str(raises([{"kind": "length"}]))
+    err = raises([{"kind": "length", "min": 10, "max": 5}])
+    assert err.code == "FTC128" and err.path == "train.grpo.rewards[0].max" and "max (5) is below min (10)" in err.message
+    assert "min <= max" in err.hint
+    err = raises([{"kind": "length"}])
+    assert err.code == "FTC125" and "length reward needs min, max or both" in err.message and '"kind": "length"' in err.hint
     err = raises([{"kind": "answer", "pattern": "(x)", "field": "answer", "tolerance": 0.1}])
-    assert err.path == "train.grpo.rewards[0].tolerance" and 'compare "numeric"' in str(err)
+    assert err.code == "FTC127" and err.path == "train.grpo.rewards[0].tolerance"
+    assert 'tolerance only applies to compare "numeric" (this reward compares \'exact\')' in err.message
+    assert 'set "compare": "numeric", or drop tolerance' in err.hint
     err = raises([{"kind": "regex", "pattern": "a", "name": "fmt"}, {"kind": "regex", "pattern": "b", "name": "fmt"}])
-    assert err.path == "train.grpo.rewards[1].name" and "also used by train.grpo.rewards[0]" in str(err)
-    assert raises([]).path == "train.grpo.rewards"
+    assert err.code == "FTC129" and err.path == "train.grpo.rewards[1].name"
+    assert "reward name 'fmt' is also used by train.grpo.rewards[0]" in err.message and "rewards/<name>/mean" in err.hint
+    err = raises([])
+    assert err.code == "FTC120" and err.path == "train.grpo.rewards" and "GRPO needs at least one reward" in err.message
+    assert err.hint.startswith('declare one in train.grpo.rewards, e.g. {"kind": "answer"')
 
 
 # --------------------------------------------------------------------------- python rewards
@@ -349,7 +369,7 @@ def test_python_reward_file_changed_after_compile_is_drift(tmp_path):
     (tmp_path / "rewards.py").write_text(REWARD_PY.replace("float(", "2 * float("), encoding="utf-8")
     with pytest.raises(FtcError) as info:
         check_drift(resolved, tmp_path)
-    assert "rewards.py changed" in str(info.value) and "has_number" in str(info.value)
+    assert info.value.code == "FTC507" and "rewards.py changed" in str(info.value) and "has_number" in str(info.value)
     assert "ftc compile" in info.value.hint
     with pytest.raises(FtcError, match="drift"):  # the changed code never runs
         build_reward_funcs(resolved, tmp_path)
@@ -384,11 +404,52 @@ def test_python_kwargs_receive_every_field_and_the_prompt(tmp_path):
 def test_python_missing_file_and_function(tmp_path):
     (tmp_path / "rewards.py").write_text(REWARD_PY)
     err = raises([{"kind": "python", "function": "reward.py:has_number"}], allow_python=True, recipe_dir=tmp_path)
-    assert "cannot read reward file reward.py" in str(err) and str(tmp_path) in str(err)
+    assert err.code == "FTC133" and err.path == "train.grpo.rewards[0].function"
+    assert "cannot read reward file reward.py (No such file or directory)" in err.message
+    assert err.hint == f"the path is relative to the recipe folder: {tmp_path}"
     err = raises([{"kind": "python", "function": "rewards.py:has_numbr"}], allow_python=True, recipe_dir=tmp_path)
-    assert "defines no top-level function 'has_numbr'" in str(err) and "did you mean 'has_number'?" in str(err)
+    assert err.code == "FTC135" and "rewards.py defines no top-level function 'has_numbr'" in err.message
+    assert err.hint == "functions defined there: has_number, helper; did you mean 'has_number'?"
     err = raises([{"kind": "python", "function": "rewards:has_number"}], allow_python=True, recipe_dir=tmp_path)
-    assert "FILE.py:function" in str(err)
+    assert err.code == "FTC131" and "cannot read 'rewards:has_number' as FILE.py:function" in err.message
+    assert "e.g. rewards.py:my_reward" in err.hint
+    err = raises([{"kind": "python", "function": "/abs/rewards.py:has_number"}], allow_python=True, recipe_dir=tmp_path)
+    assert err.code == "FTC132" and "reward file /abs/rewards.py is an absolute path" in err.message
+    assert "relative to the recipe folder" in err.hint
+
+
+@pytest.mark.parametrize("source,code,message,hint", [
+    ("def r(completion:\n    return 1\n", "FTC134", "reward file rewards.py line 1: ", "fix the Python syntax"),
+    ("async def r(completion):\n    return 1.0\n", "FTC136", "rewards.py:r is async", "write it as a plain def"),
+    ("def r():\n    return 1.0\n", "FTC137", "rewards.py:r takes no completion parameter",
+     "define it as def r(completion, **fields) -> float"),
+])
+def test_python_reward_file_that_cannot_score_is_refused(tmp_path, source, code, message, hint):
+    (tmp_path / "rewards.py").write_text(source, encoding="utf-8")
+    err = raises([{"kind": "python", "function": "rewards.py:r"}], allow_python=True, recipe_dir=tmp_path)
+    assert err.code == code and err.path == "train.grpo.rewards[0].function"
+    assert message in err.message and err.hint == hint
+
+
+@pytest.mark.parametrize("grpo,code,words", [
+    ({}, "FTC120", ["at train.grpo.rewards: GRPO needs at least one reward", "declare one in train.grpo.rewards"]),
+    ({"rewards": [{"kind": "python", "function": "rewards.py:r"}]}, "FTC130",
+     ["at train.grpo.rewards[0].function: reward runs Python (rewards.py:r)", "train.grpo.allow_python: true"]),
+    ({"allow_python": True, "rewards": [{"kind": "python", "function": "rewards.py:has_numbr"}]}, "FTC135",
+     ["rewards.py defines no top-level function 'has_numbr'", "did you mean 'has_number'?"]),
+    ({"rewards": [{"kind": "answer", "pattern": "=(.*)", "field": "answer_number", "tolerance": 1}]}, "FTC127",
+     ["at train.grpo.rewards[0].tolerance: tolerance only applies", 'set "compare": "numeric"']),
+])
+def test_a_recipes_bad_reward_is_an_error_of_ftc_compile(cli, tmp_path, grpo, code, words):
+    """Through the CLI: exit 2, the recipe file and JSON path, the rule's message and hint, no traceback."""
+    (tmp_path / "d.jsonl").write_text('{"question": "1+1?", "answer_number": "2"}\n', encoding="utf-8")
+    (tmp_path / "rewards.py").write_text(REWARD_PY, encoding="utf-8")
+    recipe = write_recipe(tmp_path, {"sources": {"s": {"path": "d.jsonl"}},
+                                     "template": {"format": "prompt", "prompt": "{{ question }}"},
+                                     "train": {"method": "grpo", "grpo": grpo}})
+    status, _, err = cli("compile", recipe, "-o", tmp_path / "p.lock")
+    assert status == 2 and "Traceback" not in err
+    assert err.startswith(f"error[{code}]: {recipe}: ") and all(w in err for w in words), err
 
 
 def test_python_reward_returning_garbage_is_an_error(tmp_path):

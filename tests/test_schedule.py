@@ -89,9 +89,10 @@ def test_fewer_prompts_than_one_generation_batch_are_refused():
 
     with pytest.raises(FtcError) as err:
         derive_schedule(grpo(4, per_device_train_batch_size=8, gradient_accumulation_steps=2), 3)
-    assert err.value.code == "FTC105" and "3 prompts, fewer than one generation batch takes (16 completions = 4 prompts" in str(err.value)
-    with pytest.raises(FtcError, match="not a multiple of train.grpo.num_generations"):
+    assert err.value.code == "FTC112" and "3 prompts, fewer than one generation batch takes (16 completions = 4 prompts" in str(err.value)
+    with pytest.raises(FtcError, match="not a multiple of train.grpo.num_generations") as err:
         derive_schedule(grpo(4, per_device_train_batch_size=3, gradient_accumulation_steps=1), 30)
+    assert err.value.code == "FTC111" and "set per_device_train_batch_size to 4 (or another multiple of 4)" in err.value.hint
 
 
 def test_warmup_is_whole_steps_rounded_as_the_trainer_rounds_a_ratio():
@@ -129,16 +130,28 @@ def test_warmup_longer_than_training_is_a_warning_in_the_lock_and_the_summary(cl
     assert "2 total steps (0.3333 epochs), 5 warmup steps" in out  # 2 steps of 2 rows, of 12
 
 
-def test_plans_the_trainer_would_misread_are_refused(tmp_path):
-    from ftc.compiler.recipe import load_recipe
-    from ftc.compiler.schedule import derive_schedule
+def _batch_of_3(recipe: dict) -> dict:
+    recipe["train"]["per_device_train_batch_size"], recipe["train"]["gradient_accumulation_steps"] = 3, 1
+    return recipe
 
-    with pytest.raises(FtcError, match="max_steps 0 trains no step") as err:
-        derive_schedule(sft(max_steps=0), 10)
-    assert err.value.path == "train.max_steps"
-    recipe = write_recipe(tmp_path, sft_recipe(rows=12, warmup={"warmup_steps": 2, "warmup_ratio": 0.1}))
-    with pytest.raises(FtcError, match="warmup_steps and train.warmup_ratio are both set"):
-        load_recipe(recipe)
+
+@pytest.mark.parametrize("recipe,code,words", [
+    (lambda: sft_recipe(rows=12, max_steps=0), "FTC110",
+     ["at train.max_steps: train.max_steps 0 trains no step", "hint: use -1 to train num_train_epochs"]),
+    (lambda: sft_recipe(rows=12, warmup={"warmup_steps": 2, "warmup_ratio": 0.1}), "FTC107",
+     ["at train.warmup_ratio: train.warmup_steps (2) and train.warmup_ratio (0.1) are both set", "hint: keep one"]),
+    (lambda: _batch_of_3(grpo_recipe(rows=7)), "FTC111",
+     ["at train.per_device_train_batch_size: per_device_train_batch_size 3 x gradient_accumulation_steps 1 = 3 completions "
+      "per generation, which is not a multiple of train.grpo.num_generations (2)", "set per_device_train_batch_size to 4"]),
+    (lambda: grpo_recipe(rows=1), "FTC112",
+     ["the train split has 1 prompts, fewer than one generation batch takes (4 completions = 2 prompts x 2 generations)",
+      "hint: use more rows"]),
+])
+def test_plans_the_trainer_would_misread_are_refused(cli, tmp_path, recipe, code, words):
+    path = write_recipe(tmp_path, recipe())
+    status, _, err = cli("compile", path, "-o", tmp_path / "plan.lock")
+    assert status == 2 and "Traceback" not in err
+    assert err.startswith(f"error[{code}]: {path}: ") and all(w in err for w in words), err
 
 
 def test_the_run_gets_whole_warmup_steps(tmp_path):

@@ -74,14 +74,14 @@ def test_missing_column_lists_columns_and_closest(cli, tmp_path):
     r = write_recipe(tmp_path, {"sources": {"s": {"path": "d.csv", "columns": {"q": ["question", "问题"], "a": "answer"}}}, "template": TPL})
     code, _, err = cli("compile", r, "-o", tmp_path / "x.lock")
     assert code == 2
-    assert "d.csv" in err and "sources.s.columns.q" in err
+    assert "FTC203" in err and "d.csv" in err and "sources.s.columns.q" in err
     assert "available columns: questoin, answer" in err and "did you mean 'questoin'" in err
 
 
 def test_empty_glob_and_missing_file(cli, tmp_path):
     r = write_recipe(tmp_path, {"sources": {"s": {"path": "nothing/*.csv"}}, "template": TPL})
     code, _, err = cli("compile", r, "-o", tmp_path / "x.lock")
-    assert code == 2 and "no files match 'nothing/*.csv'" in err and "sources.s.path" in err
+    assert code == 2 and "FTC200" in err and "no files match 'nothing/*.csv'" in err and "sources.s.path" in err
 
 
 def test_capture_must_match_every_file(cli, tmp_path):
@@ -118,7 +118,7 @@ def test_bad_jsonl_line_is_named(cli, tmp_path):
     (tmp_path / "a.jsonl").write_text('{"q": "1", "a": "x"}\n{"q": oops}\n')
     r = write_recipe(tmp_path, {"sources": {"s": {"path": "a.jsonl"}}, "template": TPL})
     code, _, err = cli("compile", r, "-o", tmp_path / "x.lock")
-    assert code == 2 and "a.jsonl" in err and "line 2" in err
+    assert code == 2 and "FTC202" in err and "a.jsonl" in err and "line 2" in err
 
 
 def test_sharegpt_roles_map_to_messages(cli, tmp_path, shared):
@@ -143,7 +143,7 @@ def test_sharegpt_unmapped_role_is_an_error(cli, tmp_path, shared):
               "template": {"format": "messages", "messages": {"field": "messages"}}}
     r = write_recipe(tmp_path, recipe)
     code, _, err = cli("compile", r, "-o", tmp_path / "x.lock")
-    assert code == 2 and "role 'function_call'" in err and "row 1" in err and "add it to the role map" in err
+    assert code == 2 and "FTC206" in err and "role 'function_call'" in err and "row 1" in err and "add it to the role map" in err
 
 
 def test_hf_dataset_source_with_local_file(cli, tmp_path):
@@ -180,4 +180,35 @@ def test_ambiguous_mapping_is_an_error(cli, tmp_path):
                                 "columns": {"department": "department", "q": "q", "a": "a"}}}, "template": TPL}
     r = write_recipe(tmp_path, recipe)
     code, _, err = cli("compile", r, "-o", tmp_path / "x.lock")
-    assert code == 2 and "sources.s.columns.department" in err and "both the column 'department' and a path capture" in err
+    assert code == 2 and "FTC209" in err and "sources.s.columns.department" in err
+    assert "field 'department' is both the column 'department' and a path capture of sources.s.captures" in err
+    assert "rename the capture group or the field" in err and "Traceback" not in err
+
+
+def _source_error(cli, tmp_path, source: dict, template: dict = TPL) -> str:
+    r = write_recipe(tmp_path, {"sources": {"s": source}, "template": template})
+    code, _, err = cli("compile", r, "-o", tmp_path / "x.lock")
+    assert code == 2 and "Traceback" not in err
+    return err
+
+
+def test_unknown_encoding_is_named_with_its_key(cli, tmp_path):
+    (tmp_path / "d.csv").write_text("q,a\nx,y\n", encoding="utf-8")
+    err = _source_error(cli, tmp_path, {"path": "d.csv", "encoding": ["utf-8", "utf-9"]})
+    assert err.startswith("error[FTC208]: d.csv: at sources.s.encoding: unknown encoding 'utf-9'")
+    assert "set sources.s.encoding to a Python codec name such as utf-8, gb18030" in err
+
+
+def test_turns_column_that_is_not_a_list_of_turns(cli, tmp_path):
+    chat = {"format": "messages", "messages": {"field": "messages"}}
+    (tmp_path / "flat.jsonl").write_text(json.dumps({"conversations": "hello"}) + "\n", encoding="utf-8")
+    err = _source_error(cli, tmp_path, {"path": "flat.jsonl", "columns": {"messages": {
+        "from": "conversations", "roles": {"human": "user"}}}}, chat)
+    assert err.startswith("error[FTC210]: flat.jsonl: at sources.s.columns.messages: column 'conversations' is string, not a list of turns")
+    assert "ShareGPT 'conversations'" in err
+    (tmp_path / "keys.jsonl").write_text(json.dumps({"conversations": [{"speaker": "human", "text": "hi"}]}) + "\n",
+                                         encoding="utf-8")
+    err = _source_error(cli, tmp_path, {"path": "keys.jsonl", "columns": {"messages": {
+        "from": "conversations", "roles": {"human": "user"}}}}, chat)
+    assert "error[FTC211]: keys.jsonl: at sources.s.columns.messages: the turns of column 'conversations' have no key 'from'" in err
+    assert "(their keys: speaker, text)" in err and "set sources.s.columns.messages.role_key and content_key" in err

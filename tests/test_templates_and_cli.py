@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 import pyarrow as pa
+import pytest
 
 from conftest import NEEDS_SHARED, ROOT, write_recipe
 
@@ -85,7 +86,7 @@ def test_alpaca_lowered_equals_jinja_on_real_rows(tmp_path):
 def test_unknown_keys_get_did_you_mean(cli, tmp_path):
     r = make(tmp_path, {"format": "text", "text": "{{ q }}"}, transforms=[{"dedupe": ["q"]}])
     err = err_of(cli, r)
-    assert "FTC103" in err and "at transforms[0].dedupe" in err and "did you mean 'dedup'" in err
+    assert "FTC103" in err and "at transforms[0].dedupe" in err and "did you mean 'dedup'" in err and "keys allowed here: " in err
     r.write_text(json.dumps({"name": "t", "sourcse": {}, "template": {"format": "text", "text": "x"}}))
     err = err_of(cli, r)
     assert "unknown key 'sourcse'" in err and "did you mean 'sources'" in err
@@ -97,7 +98,25 @@ def test_schema_type_and_required_errors(cli, tmp_path):
     assert "FTC102" in err and "train.learning_rate" in err and "expected number" in err
     r = make(tmp_path, {"format": "prompt_completion", "prompt": "{{ q }}"})
     err = err_of(cli, r)
-    assert "template.completion" in err and "needs template.completion" in err
+    assert "FTC403" in err and "at template.completion: format 'prompt_completion' needs template.completion" in err
+    assert 'an inline Jinja string or {"file": "templates/....jinja"}' in err
+
+
+@pytest.mark.parametrize("patch,code,words", [
+    ({"split": {"eval": 1.5}}, "FTC106",
+     ["at split.eval: split.eval is 1.5: neither a share below 1 nor a whole row count", "hint: use e.g. 0.05"]),
+    ({"train": {"method": "grpo"}}, "FTC108",
+     ["at template.format: GRPO trains on prompts; template.format is 'text'", 'hint: use "format": "prompt"']),
+    ({"template": {"format": "prompt", "prompt": "{{ q }}"}}, "FTC109",
+     ['at template.format: format "prompt" has nothing to learn with SFT', 'or set train.method to "grpo"']),
+    ({"template": {"format": "text", "text": "{{ q }}", "prompt": "{{ q }}"}}, "FTC404",
+     ["at template.prompt: format 'text' does not use template.prompt", "hint: format 'text' takes: text"]),
+])
+def test_settings_that_contradict_each_other(cli, tmp_path, patch, code, words):
+    template = patch.pop("template", {"format": "text", "text": "{{ q }}"})
+    r = make(tmp_path, template, **patch)
+    err = err_of(cli, r)
+    assert err.startswith(f"error[{code}]: {r}: ") and all(w in err for w in words), err
 
 
 def test_bad_json_names_line(cli, tmp_path):
@@ -232,3 +251,57 @@ def test_more_bad_inputs_are_named(cli, tmp_path):
     bad.write_text("{not json")
     code, _, err = cli("diff", bad, bad)
     assert code == 2 and "FTC500" in err and "bad.lock" in err and "ftc compile" in err
+
+
+def _run_folder(cli, tmp_path, template, rows=None, *sets) -> tuple:
+    """A compiled plan and its lock in a folder of its own, as `ftc run` leaves it (no weights:
+    the commands below refuse before any would load)."""
+    from ftc.compiler.lock import Plan, canonical
+
+    lock = tmp_path / "p.lock"
+    code, _, err = cli("compile", make(tmp_path, template, rows), "-o", lock, "-q", *sets)
+    assert code == 0, err
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "plan.lock").write_text(canonical(Plan.load(lock).anchored_at(run / "plan.lock")))
+    return run, lock
+
+
+def refused(cli, *args) -> str:
+    code, _, err = cli(*args)
+    assert code == 2 and "Traceback" not in err, err
+    return err
+
+
+def test_infer_eval_score_and_preview_name_the_bad_input(cli, tmp_path):
+    from ftc.compiler.lock import Plan
+
+    run, lock = _run_folder(cli, tmp_path, {"format": "prompt_completion", "prompt": "Q: {{ q }}\nA: ", "completion": "{{ a }}"})
+    err = refused(cli, "infer", run, "--input", "{oops", "--dry-run")
+    assert err.startswith("error[FTC701]: --input is not JSON: Expecting property name") and """--input '{"question": "..."}'""" in err
+    err = refused(cli, "infer", run, "--input", "[1, 2]", "--dry-run")
+    assert err.startswith("error[FTC702]: --input must be a JSON object") and "it gives an array" in err
+    assert "give the prompt fields by name" in err
+    err = refused(cli, "infer", run, "--input", '{"q": "x"}', "--json")
+    assert err.startswith("error[FTC703]: --json is the output of --dry-run") and "add --dry-run, or leave out --json" in err
+    err = refused(cli, "infer", run, "--input", '{"question": "x"}', "--dry-run")
+    assert err.startswith("error[FTC706]: the request lacks q") and "give a JSON object with the fields q" in err
+    for args in (["eval", run], ["preview", lock, "--split", "eval"]):  # split.eval is 0: no eval split
+        err = refused(cli, *args)
+        assert err.startswith("error[FTC704]: ") and "the plan has no eval split" in err and "set split.eval in the recipe" in err
+    (tmp_path / "c.jsonl").write_text('{"row_id": "x", "completion": "y"}\n')
+    err = refused(cli, "score", lock, "--completions", tmp_path / "c.jsonl", "--split", "train")
+    assert err.startswith(f"error[FTC705]: {lock}: the plan declares no rewards to score with")
+    assert "declare train.grpo.rewards in the recipe" in err
+    Plan.load(lock).artifact("data", "train").unlink()  # an artifact removed after compile
+    err = refused(cli, "preview", lock)
+    assert err.startswith("error[FTC503]: artifact ") and "is missing or changed" in err and "ftc compile" in err
+
+
+def test_infer_request_without_turns_for_a_chat_plan(cli, tmp_path):
+    chats = [{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]}] * 2
+    run, _ = _run_folder(cli, tmp_path, {"format": "messages", "messages": {"field": "messages"}}, chats,
+                         "--set", "train.assistant_only_loss=false")
+    err = refused(cli, "infer", run, "--input", '{"messages": []}', "--dry-run")
+    assert err.startswith("error[FTC707]: the request gives no turns in 'messages'")
+    assert """give {"messages": [{"role": "user", "content": "..."}]}""" in err

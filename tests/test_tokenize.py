@@ -231,7 +231,8 @@ def test_a_tokenizer_that_garbles_parts_encoded_apart_is_refused(tmp_path):
     with pytest.raises(FtcError) as err:
         tokenize(_table(prompt=["hello", "hello "], completion=[" world", "world"]), "prompt_completion", tok,
                  max_seq_length=64)
-    assert err.value.code == "FTC601" and "row r1" in err.value.message and "token boundary" in err.value.hint
+    assert err.value.code == "FTC605" and "token boundary" in err.value.hint
+    assert err.value.message.startswith("row r1: the tokenizer merges the prompt's end ('hello ') with the completion's start ('world')")
 
 
 @needs_shared
@@ -361,8 +362,8 @@ def test_overlong_error_names_the_row_and_its_length(tiny):
     n = len(_rows(tokenize(_table(text=[long]), "text", tiny, max_seq_length=10_000))[0]["input_ids"])
     with pytest.raises(FtcError) as err:
         tokenize(_table(text=["hello", long]), "text", tiny, max_seq_length=8, overlong="error")
-    assert err.value.code == "FTC601"
-    assert f"row r1 is {n} tokens, longer than max_seq_length 8" in str(err.value)
+    assert err.value.code == "FTC602"
+    assert f"row r1 is {n} tokens, longer than max_seq_length 8 (1 rows are)" in str(err.value)
     assert "train.overlong" in err.value.hint
 
 
@@ -373,14 +374,14 @@ def test_truncation_that_leaves_no_completion_drops_the_row(tiny):
     assert res.dropped == {"no trained tokens left after truncation to 6": 1}
 
 
-def test_chat_without_generation_markers_and_assistant_only_is_ftc601(tmp_path):
+def test_chat_without_generation_markers_and_assistant_only_is_ftc606(tmp_path):
     tok, info = load_tokenizer(str(_save_tiny(tmp_path / "plain", chat_template=CHATML_NO_MARKERS)))
     assert not info.has_generation_markers
     chats = [[{"role": "user", "content": "hello"}, {"role": "assistant", "content": "world"}]]
     with pytest.raises(FtcError) as err:
         tokenize(_table(messages=chats), "messages", tok, max_seq_length=64)
-    assert err.value.code == "FTC601"
-    assert "assistant_only_loss needs a chat template with {% generation %} markers" in err.value.message
+    assert err.value.code == "FTC606"
+    assert "train.assistant_only_loss needs a chat template with {% generation %} markers" in err.value.message
     assert "--set train.assistant_only_loss=false" in err.value.hint
     row = _rows(tokenize(_table(messages=chats), "messages", tok, max_seq_length=64, assistant_only_loss=False))[0]
     assert row["labels"] == row["input_ids"] and _decode(tok, row["input_ids"]).startswith("<|im_start|>user\nhello")
@@ -413,10 +414,25 @@ def test_prompt_format_trains_nothing_and_keeps_the_generation_prompt(tiny):
     assert empty["input_ids"] == [] and empty["length"] == 0  # no eos on prompts: generation continues them
 
 
-def test_null_text_is_ftc601_naming_the_row(tiny):
+def test_null_text_is_ftc604_naming_the_row(tiny):
     with pytest.raises(FtcError) as err:
         tokenize(_table(text=["hello", None]), "text", tiny, max_seq_length=64)
-    assert err.value.code == "FTC601" and "row r1: text is null" in err.value.message
+    assert err.value.code == "FTC604" and "row r1: text is null (1 rows are)" in err.value.message
+    assert "filter empty rows" in err.value.hint
+
+
+def test_a_chat_template_that_fails_names_the_row(tmp_path):
+    """A template that refuses a row (here: a tool turn) is the row's error, not a traceback."""
+    loop = "{%- for message in messages -%}"
+    refuse = "{%- if message['role'] == 'tool' -%}{{ raise_exception('no tool turns') }}{%- endif -%}"
+    template = CHATML.replace(loop, loop + refuse, 1)
+    tok, _ = load_tokenizer(str(_save_tiny(tmp_path / "strict", chat_template=template)))
+    chats = [[{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}],
+             [{"role": "tool", "content": "x"}, {"role": "assistant", "content": "b"}]]
+    with pytest.raises(FtcError) as err:
+        tokenize(_table(messages=chats), "messages", tok, max_seq_length=64)
+    assert err.value.code == "FTC607" and err.value.message == "row r1: the chat template failed: no tool turns"
+    assert "roles and contents" in err.value.hint
 
 
 def test_empty_table(tiny):

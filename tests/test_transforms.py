@@ -119,7 +119,7 @@ def test_unknown_field_and_bad_regex(cli, tmp_path):
 
 def test_empty_result_names_the_stage(cli, tmp_path):
     err = fail(cli, tmp_path, ROWS, [{"filter": {"where": "q = 'nope'", "name": "nothing"}}])
-    assert "no rows left after transforms[0]: filter" in err and "filter: nothing: 5" in err
+    assert "FTC302" in err and "no rows left after transforms[0]: filter" in err and "filter: nothing: 5" in err
 
 
 def test_mix_naming_an_unknown_source(cli, tmp_path):
