@@ -90,9 +90,10 @@ def prepare(args) -> None:
                             split="plan" if extra else "auto", lora_r=16, lora_targets=TARGETS, load_in_4bit=q, backend="unsloth")
             plans[lock.name] = {"sets": sets, "expected_on_h200": memory["used"], "reason": memory["reason"]}
     (BENCH / "plans.json").write_text(json.dumps(plans, indent=1))
-    lock = json.loads((BENCH / f"medical-{args.shapes[0]}.lock").read_text())
-    arts = sorted({os.path.normpath(os.path.relpath((BENCH / a["path"]).resolve(), ROOT))
-                   for v in lock["artifacts"].values() for a in v.values()})
+    from ftc.compiler.lock import Plan  # a lock's paths are relative to its recipe: the Plan view resolves them
+
+    view = Plan.load(BENCH / f"medical-{args.shapes[0]}.lock")
+    arts = sorted({os.path.relpath(view.path(a["path"]), ROOT) for _, _, a in view.artifacts()})
     print(json.dumps({"carry": [".whl", ".bench", *arts], "plans": plans}, indent=1))
 
 
@@ -354,8 +355,11 @@ def run_all(args) -> None:
     lock = BENCH / f"medical-{shape}.lock"
     lock_q = BENCH / f"medical-{shape}-q.lock"
     lock_2x4 = BENCH / f"medical-{shape}-2x4.lock"
-    plan = json.loads(lock.read_text())
-    arts = {k: {s: (BENCH / a["path"]).resolve() for s, a in v.items()} for k, v in plan["artifacts"].items()}
+    from ftc.compiler.lock import Plan  # a lock's paths are relative to its recipe: the Plan view resolves them
+
+    view = Plan.load(lock)
+    plan = view.lock
+    arts = {k: {s: view.artifact(k, s) for s in v} for k, v in plan["artifacts"].items()}
     checkpointing = plan["settings"]["train"]["gradient_checkpointing"] is True  # "auto" is off on the H200 (memory_plan)
     flops = flops_per_token(shape, arts["tokens"]["train"])
     results: dict = {"shape": shape, "config": SHAPES[shape], "flops": flops, "peak_flops": PEAK, "variants": {},

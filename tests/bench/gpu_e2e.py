@@ -67,9 +67,10 @@ def prepare(args) -> None:
         for s in COMMON + sets:
             cmd += ["--set", s]
         subprocess.run(cmd, cwd=ROOT, check=True)
-        plan = json.loads(lock.read_text())
-        artifacts = sorted(os.path.normpath(os.path.relpath((lock.parent / a["path"]).resolve(), ROOT))
-                           for v in plan["artifacts"].values() for a in v.values())
+        from ftc.compiler.lock import Plan  # a lock's paths are relative to its recipe: the Plan view resolves them
+
+        view = Plan.load(lock)
+        artifacts = sorted(os.path.relpath(view.path(a["path"]), ROOT) for _, _, a in view.artifacts())
         print(f"{name}: {lock.relative_to(ROOT)} needs {', '.join(artifacts)}")
     print(json.dumps({"carry": sorted(carry)}, indent=1))
 
