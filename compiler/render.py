@@ -207,7 +207,7 @@ def request_prompt(lock: dict, request: dict) -> str | list[dict]:
     fmt = spec["format"]
     missing = [f for f in prompt_fields(lock) if f not in request]
     if missing:
-        raise FtcError("FTC706", missing=", ".join(missing), fields=", ".join(prompt_fields(lock)))
+        raise FtcError("FTC775", missing=", ".join(missing), fields=", ".join(prompt_fields(lock)))
 
     def one(jp: str) -> str:
         t = lock["templates"][jp]
@@ -223,7 +223,7 @@ def request_prompt(lock: dict, request: dict) -> str | list[dict]:
         key = spec["messages"]["field"]
         turns = request.get(key, request.get("messages"))
         if not isinstance(turns, list) or not turns:
-            raise FtcError("FTC707", key=key)
+            raise FtcError("FTC776", key=key)
         return list(turns[:-1]) if turns[-1].get("role") == "assistant" else list(turns)
     last = _last_assistant(spec["messages"])
     return [{"role": m["role"], "content": one(f"template.messages[{i}].content")}

@@ -88,10 +88,10 @@ def _requests(arg: str | None) -> list[dict] | None:
     try:
         items = [json.loads(l) for l in text.splitlines() if l.strip()] if Path(arg).is_file() else [json.loads(text)]
     except json.JSONDecodeError as e:
-        raise FtcError("FTC701", reason=e.msg) from None
+        raise FtcError("FTC770", reason=e.msg) from None
     bad = [i for i in items if not isinstance(i, dict)]
     if bad or not items:
-        raise FtcError("FTC702", got=_JSON_KINDS.get(type(bad[0]), "a JSON value") if bad else "no JSON at all")
+        raise FtcError("FTC771", got=_JSON_KINDS.get(type(bad[0]), "a JSON value") if bad else "no JSON at all")
     return items
 
 
@@ -102,7 +102,7 @@ def cmd_infer(args) -> int:
     if args.json and not args.dry_run:
         from ftc.errors import FtcError
 
-        raise FtcError("FTC703")
+        raise FtcError("FTC772")
 
     def run(reqs: list[dict]) -> None:
         if args.dry_run:
@@ -149,7 +149,7 @@ def cmd_eval(args) -> int:
     plan = verify(Path(args.run_dir) / RUN_LOCK)
     tokens = plan.artifact("tokens", args.split)
     if tokens is None:
-        raise FtcError("FTC704", file=args.run_dir, split=args.split)
+        raise FtcError("FTC773", file=args.run_dir, split=args.split)
     trained = load_trained(Path(args.run_dir))
     res = eval_loss(trained.model, tokens, pad_token_id=trained.tokenizer.pad_token_id or 0)
     print(f"{args.split}: loss {res['loss']:.4f}, perplexity {res['perplexity']:.3f} over {res['tokens']:,} tokens ({res['sequences']} sequences)")
@@ -173,7 +173,7 @@ def cmd_score(args) -> int:
     if not rewards:
         from ftc.errors import FtcError
 
-        raise FtcError("FTC705", file=args.lock)
+        raise FtcError("FTC774", file=args.lock)
     result = score_file(rewards, table.to_pylist(), Path(args.completions), Plan.load(args.lock).recipe_dir)
     print(format_summary(result))
     return 0
@@ -230,7 +230,7 @@ def load_split(target: str, split: str, overrides: list[str], tokens: bool = Fal
     def artifact(kind: str):
         path = plan.artifact(kind, split)
         if path is None:
-            raise FtcError("FTC704", file=target, split=split)
+            raise FtcError("FTC773", file=target, split=split)
         if not path.exists():
             raise FtcError("FTC503", file=str(path), recipe=lock["recipe"]["path"])
         return pq.read_table(path)

@@ -42,9 +42,6 @@ RULES: dict[str, Rule] = {
         Rule("FTC102", "{reason}", "{hint}"),
         Rule("FTC103", "unknown key {key!r}", "keys allowed here: {allowed}{suggest}"),
         Rule("FTC104", "bad --set {arg!r}: {reason}", "write --set KEY=VALUE with KEY a dotted path, e.g. train.learning_rate=1e-4"),
-        # Pass-through, kept only for the runtime (runtime/score.py, grpo.py, rewards_trl.py) until its
-        # pass gives each of those a rule of its own; the compiler and the CLI no longer raise it.
-        Rule("FTC105", "{reason}", "{hint}"),
         Rule("FTC106", "split.eval is {value}: neither a share below 1 nor a whole row count",
              "use e.g. 0.05 (5% of the rows) or 200 (rows)"),
         Rule("FTC107", "train.warmup_steps ({steps}) and train.warmup_ratio ({ratio}) are both set, and one would be ignored",
@@ -140,9 +137,6 @@ RULES: dict[str, Rule] = {
              "the lock holds the sha256 of the reward file that was reviewed: recompile the recipe so it records the file you mean to run (`ftc compile RECIPE -o LOCK`)"),
         # ---- 6xx the tokenizer and tokenization
         Rule("FTC600", "cannot load tokenizer {name!r}: {reason}", "offline? point model.tokenizer at a local folder: --set model.tokenizer=PATH"),
-        # Pass-through, kept only for the runtime (runtime/data.py, grpo.py: artifacts that break the
-        # compiler's contract) until its pass; the compiler no longer raises it.
-        Rule("FTC601", "{reason}", "{hint}"),
         Rule("FTC602", "row {row} is {tokens} tokens, longer than max_seq_length {max_seq_length} ({count} rows are)",
              "raise model.max_seq_length, or set train.overlong to \"truncate\" or \"drop\""),
         Rule("FTC603", "row {row} has {tokens} tokens, more than the packing capacity {capacity}",
@@ -160,17 +154,91 @@ RULES: dict[str, Rule] = {
         Rule("FTC607", "row {row}: the chat template failed: {reason}",
              "check the row's roles and contents against the model's chat template"),
         # ---- 7xx ftc run / infer / eval / score / export
-        # Pass-through, kept only for the runtime until its pass (runtime/run.py, launch.py, model.py, ...).
-        Rule("FTC700", "{reason}", "{hint}"),
-        Rule("FTC701", "--input is not JSON: {reason}", "e.g. --input '{{\"question\": \"...\"}}', or a file of JSON lines"),
-        Rule("FTC702", "--input must be a JSON object (or a file of JSON lines, one object each); it gives {got}",
+        # 77x: the CLI's own inputs to infer / eval / score / preview
+        Rule("FTC770", "--input is not JSON: {reason}", "e.g. --input '{{\"question\": \"...\"}}', or a file of JSON lines"),
+        Rule("FTC771", "--input must be a JSON object (or a file of JSON lines, one object each); it gives {got}",
              "give the prompt fields by name, e.g. --input '{{\"question\": \"...\"}}'"),
-        Rule("FTC703", "--json is the output of --dry-run", "add --dry-run, or leave out --json"),
-        Rule("FTC704", "the plan has no {split} split",
+        Rule("FTC772", "--json is the output of --dry-run", "add --dry-run, or leave out --json"),
+        Rule("FTC773", "the plan has no {split} split",
              "set split.eval in the recipe (a share such as 0.05, or a row count) and recompile"),
-        Rule("FTC705", "the plan declares no rewards to score with", "declare train.grpo.rewards in the recipe and recompile"),
-        Rule("FTC706", "the request lacks {missing}", "give a JSON object with the fields {fields}"),
-        Rule("FTC707", "the request gives no turns in {key!r}", "give {{\"{key}\": [{{\"role\": \"user\", \"content\": \"...\"}}]}}"),
+        Rule("FTC774", "the plan declares no rewards to score with", "declare train.grpo.rewards in the recipe and recompile"),
+        Rule("FTC775", "the request lacks {missing}", "give a JSON object with the fields {fields}"),
+        Rule("FTC776", "the request gives no turns in {key!r}", "give {{\"{key}\": [{{\"role\": \"user\", \"content\": \"...\"}}]}}"),
+        # ---- ftc run / infer / eval / export / score (runtime/): one rule per thing that goes wrong there
+        # 70x: the run folder, the backend and the method
+        Rule("FTC701", "--backend unsloth needs {missing}", "use --backend hf (transformers + peft + trl), which runs on the CPU too"),
+        Rule("FTC702", "the unsloth backend runs on one GPU in this build, and this run has {world_size} processes",
+             "use --backend hf for several GPUs (DDP), or run on one GPU"),
+        Rule("FTC703", "the unsloth training process exited with code {returncode} (its output is above)",
+             "fix what it printed, or run the same plan with --backend hf"),
+        Rule("FTC704", "{folder} holds the run of another plan ({other}; this one is {ours})",
+             "choose another --output folder, or remove that run"),
+        Rule("FTC705", "{folder} is not empty and holds no ftc run", "choose an empty or new --output folder"),
+        Rule("FTC706", "--resume: no checkpoint in {folder}", "run without --resume to start training from step 0"),
+        Rule("FTC707", "{folder} already holds checkpoints of a run", "continue it with --resume, or choose another --output folder"),
+        Rule("FTC708", "{folder} is not a run folder: it has no {missing}", "point at the output folder of `ftc run`"),
+        Rule("FTC709", "train.method {method!r} has no trainer in this ftc", "recompile the recipe with a method this ftc trains ({methods})"),
+        # 71x: the model
+        Rule("FTC710", "4-bit quantization needs trained weights, and model.init is random",
+             "drop one of the two: --set model.load_in_4bit=false, or model.init=pretrained"),
+        Rule("FTC711", "cannot read the config of model {name!r}: {reason}",
+             "model.init=random builds the model from model.name's config.json: point model.name at a folder (or hub id) that has one"),
+        Rule("FTC712", "model.load_in_4bit needs {missing}",
+             "4-bit loading runs through bitsandbytes on a CUDA GPU: run where both are (pip install bitsandbytes), or set model.load_in_4bit=false"),
+        Rule("FTC713", "cannot load model {name!r} with {loader}: {reason}",
+             "offline? point model.name at a local folder; a typo in a hub id looks the same"),
+        Rule("FTC714", "the random-init base rebuilt from its config and seed (weights {got}) is not the one this adapter was trained on ({expected})",
+             "use the same torch version as the run (see run.json versions), or retrain"),
+        Rule("FTC715", "token id {token_id} in {file} is outside the model's vocabulary ({vocab} ids)",
+             "the plan was compiled with another tokenizer than this model's (or model.config shrank vocab_size): "
+             "compile with the model's tokenizer"),
+        # 72x: the compiled artifacts the trainer reads (a broken contract: the compiler or a hand edit)
+        Rule("FTC720", "the {kind} artifact lacks the column(s) {missing}; it has {columns}",
+             "recompile the plan: the {kind} artifact does not follow the compiler's contract"),
+        Rule("FTC721", "the {kind} artifact has no rows", "recompile the plan: the {kind} artifact does not follow the compiler's contract"),
+        Rule("FTC722", "row {row}: {ids} input_ids, {labels} labels and length {length} disagree",
+             "recompile the plan: the token artifact does not follow the compiler's contract"),
+        Rule("FTC723", "row {row} has no tokens", "recompile the plan: the token artifact does not follow the compiler's contract"),
+        Rule("FTC724", "row {row}: a trained label differs from its input id (labels equal input_ids, unshifted, or are -100)",
+             "recompile the plan: the token artifact does not follow the compiler's contract"),
+        Rule("FTC725", "{what} has {tokens} tokens, more than model.max_seq_length={limit}",
+             "recompile the plan: the token artifact does not follow the compiler's contract"),
+        Rule("FTC726", "the plan has no token artifact for SFT to train on", "recompile the recipe (ftc compile tokenizes)"),
+        # 73x: the trainer's config against the plan
+        Rule("FTC730", "{who} changed the plan's settings: {changes}",
+             "this backend does not train the plan as written: use --backend hf, or change the recipe to values this backend keeps"),
+        Rule("FTC731", "packing with attention {attention!r}, which would let packed rows attend to each other",
+             "use sdpa or flash-attention, or set train.packing=false"),
+        # 74x: ftc score's completions file
+        Rule("FTC740", "cannot read completions: {reason}", 'each line is one JSON object: {{"row_id": ..., "completion": "..."}} (completion: a string or a list of chat messages)'),
+        Rule("FTC741", "no completions in the file", 'each line is one JSON object: {{"row_id": ..., "completion": "..."}} (completion: a string or a list of chat messages)'),
+        Rule("FTC742", "line {line}: not valid JSON: {reason} (column {col})", 'each line is one JSON object: {{"row_id": ..., "completion": "..."}} (completion: a string or a list of chat messages)'),
+        Rule("FTC743", "line {line}: expected a JSON object, got {type}", 'each line is one JSON object: {{"row_id": ..., "completion": "..."}} (completion: a string or a list of chat messages)'),
+        Rule("FTC744", "line {line}: missing {missing} (keys: {keys})", 'each line is one JSON object: {{"row_id": ..., "completion": "..."}} (completion: a string or a list of chat messages)'),
+        Rule("FTC745", "line {line}: row_id must be a string or an integer, not {value}", 'each line is one JSON object: {{"row_id": ..., "completion": "..."}} (completion: a string or a list of chat messages)'),
+        Rule("FTC746", "{where}: completion must be a string or a list of chat messages, not {type}", 'each line is one JSON object: {{"row_id": ..., "completion": "..."}} (completion: a string or a list of chat messages)'),
+        Rule("FTC747", "{count} completion row_id(s) are not rows of this split: {ids}",
+             "score completions of the same plan and split (--split); its row ids look like {examples}"),
+        # 75x: GRPO and its rewards at run time
+        Rule("FTC750", "GRPO needs at least one reward, and the plan declares none",
+             'declare one, e.g. {{"kind": "regex", "pattern": "</reasoning>"}}, and recompile'),
+        Rule("FTC751", "reward {name!r} reads field(s) {fields}, which {artifact} does not have (it has: {columns})",
+             "recompile the plan so the data keeps the fields the rewards read"),
+        Rule("FTC752", "reward {name!r} needs dataset column(s) {fields}, which the trainer did not pass (it passed: {passed})",
+             "the GRPO dataset must keep the fields rewards read; recompile the plan"),
+        Rule("FTC753", "python reward {name!r} ({function}) returned {value}", "return a float (or None when the completion cannot be judged)"),
+        Rule("FTC754", "{over} of {total} prompts in {artifact} are longer than train.grpo.max_prompt_length ({limit} tokens); "
+             "the longest, row {row}, has {longest}", "raise train.grpo.max_prompt_length, or set train.overlong to truncate or drop"),
+        Rule("FTC755", "all {total} prompts in {artifact} are longer than train.grpo.max_prompt_length ({limit} tokens): "
+             "train.overlong=drop leaves none", "raise train.grpo.max_prompt_length"),
+        Rule("FTC756", "GRPOTrainer of trl {version} has no _tokenize_prompts, so train.grpo.max_prompt_length cannot be applied",
+             "use trl 1.15 or 1.16 (see README, Versions)"),
+        # 76x: several processes
+        Rule("FTC760", "the plan's global batch ({batch} x {accumulation} accumulation = {total}) cannot be split evenly over {world_size} processes",
+             "use a number of processes that divides gradient_accumulation_steps ({accumulation}), or recompile with "
+             "--set train.gradient_accumulation_steps=<a multiple of {world_size}>"),
+        Rule("FTC761", "--nnodes {nnodes} needs --rdzv-endpoint HOST:PORT",
+             "give every host the same endpoint (the first host's address and a free port)"),
     ]
 }
 

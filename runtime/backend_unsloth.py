@@ -29,7 +29,8 @@ import os
 from pathlib import Path
 from typing import Any
 
-from ftc.runtime.model import LoadedModel, ModelSetup, load_base_model, lora_kwargs, resolve_dtype, run_error
+from ftc.errors import FtcError
+from ftc.runtime.model import LoadedModel, ModelSetup, load_base_model, lora_kwargs, resolve_dtype
 
 RANDOM_BASE = "random_base"
 
@@ -43,7 +44,7 @@ def unsloth_setup(model: dict, lora: dict, train: dict, *, seed: int, output_dir
     from unsloth import FastLanguageModel
 
     if not torch.cuda.is_available():
-        raise run_error("--backend unsloth needs a CUDA GPU", "use --backend hf, which runs on the CPU too")
+        raise FtcError("FTC701", missing="a CUDA GPU")
     dtype_name = resolve_dtype(model["dtype"], "cuda")
     name, random_init, fingerprint, random_base = model["name"], model["init"] == "random", "", None
     if random_init:
@@ -68,8 +69,7 @@ def unsloth_setup(model: dict, lora: dict, train: dict, *, seed: int, output_dir
             **kwargs,
         )
     except (OSError, RuntimeError, ValueError) as err:  # unsloth wraps a missing model in a RuntimeError
-        raise run_error(f"cannot load model {name!r} with unsloth: {str(err).strip()}",
-                        "offline? point model.name at a local folder; a typo in a hub id looks the same") from err
+        raise FtcError("FTC713", path="model.name", name=name, loader="unsloth", reason=str(err).strip()) from err
     peft_model = FastLanguageModel.get_peft_model(
         base,
         **lora_kwargs(lora),

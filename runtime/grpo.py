@@ -38,7 +38,7 @@ from ftc.compiler.rewards import reward_from_dict
 from ftc.compiler.schedule import check_grpo_batch
 from ftc.errors import FtcError
 from ftc.runtime.metrics import TokenCounter, read_metrics
-from ftc.runtime.model import ModelSetup, run_error
+from ftc.runtime.model import ModelSetup
 from ftc.runtime.rewards_trl import build_reward_funcs, reward_weights
 from ftc.runtime.session import Finished
 
@@ -74,8 +74,7 @@ class GRPO:
         check_grpo_batch(train, world_size=world_size)
         resolved = list(grpo["rewards"])
         if not resolved:
-            raise FtcError("FTC105", path="train.grpo.rewards", reason="GRPO needs at least one reward, and the plan declares none",
-                           hint='declare one, e.g. {"kind": "regex", "pattern": "</reasoning>"}, and recompile')
+            raise FtcError("FTC750", path="train.grpo.rewards")
         reward_funcs = build_reward_funcs(resolved, plan.recipe_dir)
         train_path, eval_path = plan.artifact("data", "train"), plan.artifact("data", "eval")
         max_prompt, overlong = grpo["max_prompt_length"], train["overlong"]
@@ -181,16 +180,15 @@ def _read_prompts(path: Path, resolved: list[dict], tokenizer: Any, max_prompt: 
 
     table = pq.read_table(path)
     missing = [c for c in REQUIRED if c not in table.column_names]
-    if missing or table.num_rows == 0:
-        raise FtcError("FTC601", file=str(path), reason=f"missing columns {missing}" if missing else "no rows",
-                       hint="recompile the plan: the prompt artifact does not follow the compiler's contract")
+    if missing:
+        raise FtcError("FTC720", file=str(path), kind="prompt", missing=", ".join(missing), columns=", ".join(table.column_names))
+    if table.num_rows == 0:
+        raise FtcError("FTC721", file=str(path), kind="prompt")
     for i, d in enumerate(resolved):
         lacking = [f for f in reward_from_dict(d).fields() if f not in table.column_names]
         if lacking:
-            raise FtcError("FTC105", path=f"train.grpo.rewards[{i}]",
-                           reason=f"reward {d['name']!r} reads field(s) {', '.join(lacking)}, which {path.name} does not have "
-                                  f"(it has: {', '.join(table.column_names)})",
-                           hint="recompile the plan so the data keeps the fields the rewards read")
+            raise FtcError("FTC751", path=f"train.grpo.rewards[{i}]", name=d["name"], fields=", ".join(lacking),
+                           artifact=path.name, columns=", ".join(table.column_names))
     prompts = table.column("prompt").to_pylist()
     if isinstance(prompts[0], list):  # chat turns: TRL applies the chat template, so measure with it
         ids = tokenizer.apply_chat_template(prompts, add_generation_prompt=True, tokenize=True, return_dict=True)["input_ids"]
@@ -204,14 +202,14 @@ def _read_prompts(path: Path, resolved: list[dict], tokenizer: Any, max_prompt: 
         worst = max(over, key=lambda i: lengths[i])
         what = f"{len(over)} of {len(lengths)} prompts in {path.name} are longer than train.grpo.max_prompt_length ({max_prompt} tokens)"
         if overlong == "error":
-            raise run_error(f"{what}; the longest, row {table.column('row_id')[worst]}, has {lengths[worst]}",
-                            "raise train.grpo.max_prompt_length, or set train.overlong to truncate or drop")
+            raise FtcError("FTC754", path="train.overlong", over=len(over), total=len(lengths), artifact=path.name, limit=max_prompt,
+                           row=str(table.column("row_id")[worst].as_py()), longest=lengths[worst])
         if overlong == "drop":
             keep = pa.array([n <= max_prompt for n in lengths])
             table = table.filter(keep)
             facts["dropped"] = len(over)
             if table.num_rows == 0:
-                raise run_error(f"{what}: none is left", "raise train.grpo.max_prompt_length")
+                raise FtcError("FTC755", path="train.overlong", total=len(lengths), artifact=path.name, limit=max_prompt)
         print(f"ftc: {what}; {'dropped' if overlong == 'drop' else 'their first tokens are cut (kept: the last ' + str(max_prompt) + ')'}",
               file=sys.stderr)
     return table, facts
@@ -224,16 +222,20 @@ def _dataset(table: Any) -> Any:
     return datasets.Dataset(table)
 
 
-def _trainer_class(max_prompt_length: int) -> type:
-    """GRPOTrainer that cuts prompts to max_prompt_length (TRL 1.x no longer does) and
-    counts the tokens of every batch it trains on."""
-    from trl import GRPOTrainer
+def _trainer_class(max_prompt_length: int, base: type | None = None) -> type:
+    """GRPOTrainer (or `base`, a class that stands for it) that cuts prompts to max_prompt_length
+    (TRL 1.x no longer does) and counts the tokens of every batch it trains on. FTC756 when the
+    class has no `_tokenize_prompts` to cut them in (another TRL than the README's)."""
+    if base is None:
+        from trl import GRPOTrainer
 
-    if not hasattr(GRPOTrainer, "_tokenize_prompts"):
-        raise run_error("this TRL version's GRPOTrainer has no _tokenize_prompts, so max_prompt_length cannot be applied",
-                        "use trl 1.15 or 1.16 (see README, Versions)")
+        base = GRPOTrainer
+    if not hasattr(base, "_tokenize_prompts"):
+        from importlib.metadata import version
 
-    class FtcGRPOTrainer(GRPOTrainer):
+        raise FtcError("FTC756", version=version("trl"))
+
+    class FtcGRPOTrainer(base):
         token_counter: TokenCounter | None = None
 
         def _tokenize_prompts(self, prompts):

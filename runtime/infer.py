@@ -13,7 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
-from ftc.runtime.model import load_base_model, load_tokenizer, run_error
+from ftc.errors import FtcError
+from ftc.runtime.model import load_base_model, load_tokenizer
 
 
 @dataclass(frozen=True)
@@ -26,7 +27,7 @@ class Trained:
 def read_run(run_dir: Path) -> dict:
     path = Path(run_dir) / "run.json"
     if not path.exists():
-        raise run_error(f"{run_dir} has no run.json", "point at the output folder of `ftc run`")
+        raise FtcError("FTC708", folder=str(run_dir), missing=path.name)
     return json.loads(path.read_text())
 
 
@@ -40,10 +41,7 @@ def load_base_for_run(facts: dict, *, quantized: bool = True) -> Any:
     loaded = load_base_model(settings, seed=facts["settings"]["train"]["seed"])
     expected = facts["model"].get("fingerprint", "")
     if loaded.random_init and expected and loaded.fingerprint != expected:
-        raise run_error(
-            "the random-init base rebuilt from config and seed differs from the one this adapter was trained on",
-            "use the same torch version as the run (see run.json versions), or retrain",
-        )
+        raise FtcError("FTC714", got=loaded.fingerprint[:12], expected=expected[:12])
     return loaded.model
 
 

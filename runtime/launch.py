@@ -30,12 +30,7 @@ def per_rank_accumulation(train: dict, world_size: int) -> dict:
         return train
     if ga % world_size:
         bs = train["per_device_train_batch_size"]
-        raise FtcError(
-            "FTC700",
-            reason=f"the plan's global batch ({bs} x {ga} accumulation = {bs * ga}) cannot be split evenly over {world_size} processes",
-            hint=f"use a number of GPUs that divides gradient_accumulation_steps ({ga}), or recompile with "
-                 f"--set train.gradient_accumulation_steps=<a multiple of {world_size}>",
-        )
+        raise FtcError("FTC760", batch=bs, accumulation=ga, total=bs * ga, world_size=world_size)
     return {**train, "gradient_accumulation_steps": ga // world_size}
 
 
@@ -44,8 +39,7 @@ def torchrun_command(argv: list[str], *, gpus: int, nnodes: int, node_rank: int,
     cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={gpus}"]
     if nnodes > 1:
         if not rdzv_endpoint:
-            raise FtcError("FTC700", reason="--nnodes > 1 needs --rdzv-endpoint HOST:PORT",
-                           hint="give every host the same endpoint (the first host's address and a free port)")
+            raise FtcError("FTC761", nnodes=nnodes)
         cmd += [f"--nnodes={nnodes}", f"--node-rank={node_rank}", "--rdzv-backend=c10d", f"--rdzv-endpoint={rdzv_endpoint}"]
     else:
         cmd += ["--standalone"]

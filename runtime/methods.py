@@ -6,18 +6,17 @@ A new method (DPO, ...) is a module with its `METHOD` and one line here; the run
 
 from __future__ import annotations
 
+import importlib
 from typing import Any
 
 from ftc.errors import FtcError
 
+# train.method -> the module holding its METHOD (imported on demand: each pulls in its own TRL trainer)
+MODULES = {"sft": "ftc.runtime.sft", "grpo": "ftc.runtime.grpo"}
+
 
 def method_for(name: str) -> Any:
-    """The `Method` of train.method `name` (imported on demand: each pulls in its own TRL trainer)."""
-    if name == "sft":
-        from ftc.runtime.sft import METHOD
-    elif name == "grpo":
-        from ftc.runtime.grpo import METHOD
-    else:
-        raise FtcError("FTC700", reason=f"train.method {name!r} has no trainer in this ftc",
-                       hint="recompile the recipe with a method this ftc trains (sft, grpo)")
-    return METHOD
+    """The `Method` of train.method `name`; FTC709 for a method this ftc has no trainer for."""
+    if name not in MODULES:
+        raise FtcError("FTC709", path="train.method", method=name, methods=", ".join(MODULES))
+    return importlib.import_module(MODULES[name]).METHOD

@@ -18,18 +18,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ftc.errors import FtcError
+
 # Attention paths that honour sequence boundaries in a packed row: transformers' mask
 # builders (`masking_utils`) turn restarting position_ids into a block-diagonal causal mask
 # for these when no 2D attention_mask and no cache is given; flash-attention reads them
 # as varlen boundaries. Any other (custom) kernel would let packed rows see each other.
 PACKING_SAFE_ATTENTION = frozenset({"sdpa", "eager", "flex_attention", "flash_attention_2", "flash_attention_3"})
-
-
-def run_error(reason: str, hint: str) -> Exception:
-    """A problem of `ftc run` / infer / eval / export that a person can fix (FTC700)."""
-    from ftc.errors import FtcError
-
-    return FtcError("FTC700", reason=reason, hint=hint)
 
 
 @dataclass(frozen=True)
@@ -99,11 +94,11 @@ def load_base_model(model: dict, *, seed: int, device: str | None = None) -> Loa
 
     if model["init"] == "random":
         if model["load_in_4bit"]:
-            raise run_error("model.load_in_4bit with model.init=random", "4-bit quantization needs trained weights; drop one of the two")
+            raise FtcError("FTC710", path="model.load_in_4bit")
         try:
             config = model_config(model)  # config.json plus the plan's model.config overrides
         except (OSError, ValueError) as err:
-            raise run_error(f"cannot read the config of model {name!r}: {err}", "model.init=random needs model.name to be a folder (or hub id) with a config.json") from err
+            raise FtcError("FTC711", path="model.name", name=name, reason=str(err).strip()) from err
         print(
             f"ftc: WARNING model.init=random: {config.model_type} built from {name}'s config with RANDOM weights "
             f"(seed {seed}); this is not a pretrained model",
@@ -124,11 +119,11 @@ def load_base_model(model: dict, *, seed: int, device: str | None = None) -> Loa
     kwargs: dict[str, Any] = {**common, "dtype": dtype}
     if model["load_in_4bit"]:
         if device != "cuda":
-            raise run_error("model.load_in_4bit needs a CUDA GPU (bitsandbytes)", "run on a GPU machine, or set model.load_in_4bit=false")
+            raise FtcError("FTC712", missing="a CUDA GPU (bitsandbytes runs there)")
         try:
             import bitsandbytes  # noqa: F401
         except ImportError as err:
-            raise run_error("model.load_in_4bit needs the bitsandbytes package", "pip install bitsandbytes, or set model.load_in_4bit=false") from err
+            raise FtcError("FTC712", missing="the bitsandbytes package") from err
         kwargs["quantization_config"] = transformers.BitsAndBytesConfig(
             load_in_4bit=True,
             bnb_4bit_quant_type="nf4",
@@ -139,7 +134,7 @@ def load_base_model(model: dict, *, seed: int, device: str | None = None) -> Loa
     try:
         loaded = transformers.AutoModelForCausalLM.from_pretrained(name, **kwargs)
     except OSError as err:
-        raise run_error(f"cannot load model {name!r}: {err}", "offline? point model.name at a local folder; a typo in a hub id looks the same") from err
+        raise FtcError("FTC713", path="model.name", name=name, loader="transformers", reason=str(err).strip()) from err
     return LoadedModel(loaded, dtype_name, device, False, "", loaded.num_parameters())
 
 

@@ -42,9 +42,8 @@ def _trl_func(reward: Reward, recipe_dir: Path) -> Callable[..., list[float | No
     def reward_func(prompts: Sequence[Any] | None = None, completions: Sequence[Any] = (), **kwargs: Any) -> list[float | None]:
         missing = [f for f in needed if f not in kwargs]
         if missing:
-            raise FtcError("FTC105", path=ROOT, reason=f"reward {reward.name!r} needs dataset column(s) {', '.join(missing)}, "
-                           f"which the trainer did not pass (it passed: {', '.join(sorted(_columns(kwargs))) or 'none'})",
-                           hint="the GRPO dataset must keep the fields rewards read; recompile the plan")
+            raise FtcError("FTC752", path=ROOT, name=reward.name, fields=", ".join(missing),
+                           passed=", ".join(sorted(_columns(kwargs))) or "none")
         out = []
         for i, completion in enumerate(completions):
             row = {f: kwargs[f][i] for f in needed}
@@ -104,8 +103,7 @@ def _load_python(reward: PythonReward, recipe_dir: Path) -> Callable[[str, Mappi
             return float(value)
         if isinstance(value, float):  # nan: TRL's own "no score"
             return None
-        raise FtcError("FTC105", path=ROOT, reason=f"python reward {reward.name!r} ({reward.function}) returned {value!r}",
-                       hint="return a float (or None when the completion cannot be judged)")
+        raise FtcError("FTC753", path=ROOT, name=reward.name, function=reward.function, value=repr(value))
 
     return score
 

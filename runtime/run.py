@@ -21,7 +21,8 @@ RUN_LOCK = "plan.lock"  # a copy of the plan, kept in the run folder
 def choose_backend(asked: str, *, world_size: int = 1) -> tuple[str, str]:
     """(backend, why). unsloth needs CUDA and the unsloth package and runs SFT or GRPO on one
     GPU in its own process (runtime/unsloth_process.py); hf runs anywhere. `auto` takes unsloth
-    when it can run, since it is the faster one there, else hf, and says why."""
+    when it can run, since it is the faster one there, else hf, and says why; unsloth asked for
+    by name where it cannot run (FTC701) or with several processes (FTC702) is refused."""
     import importlib.util
 
     has_unsloth = importlib.util.find_spec("unsloth") is not None
@@ -33,8 +34,9 @@ def choose_backend(asked: str, *, world_size: int = 1) -> tuple[str, str]:
     if asked == "unsloth":
         if not cuda or not has_unsloth:
             missing = " and ".join(x for x, ok in (("a CUDA GPU", cuda), ("the unsloth package", has_unsloth)) if not ok)
-            raise FtcError("FTC700", reason=f"--backend unsloth needs {missing}",
-                           hint="use --backend hf (transformers + peft + trl), which runs on the CPU too")
+            raise FtcError("FTC701", missing=missing)
+        if world_size > 1:
+            raise FtcError("FTC702", world_size=world_size)
         return "unsloth", "asked for with --backend unsloth"
     if not cuda:
         return "hf", "auto: no CUDA GPU"
@@ -55,11 +57,9 @@ def guard_output(out: Path, plan: Plan, resume: bool) -> None:
     if kept.exists():
         other = json.loads(kept.read_text(encoding="utf-8")).get("plan_hash", "")
         if other != plan.plan_hash:
-            raise FtcError("FTC700", reason=f"{out} holds the run of another plan ({other[:12]}, this one is {plan.plan_hash[:12]})",
-                           hint="choose another --output folder, or remove that run")
+            raise FtcError("FTC704", folder=str(out), other=other[:12] or "no plan_hash", ours=plan.plan_hash[:12])
     elif out.exists() and any(out.iterdir()) and not resume:
-        raise FtcError("FTC700", reason=f"{out} is not empty and holds no ftc run",
-                       hint="choose an empty or new --output folder")
+        raise FtcError("FTC705", folder=str(out))
 
 
 def run_plan(lock_path: str, *, output: str | None = None, resume: bool = False, backend: str = "auto",
@@ -69,13 +69,10 @@ def run_plan(lock_path: str, *, output: str | None = None, resume: bool = False,
     plan = verify(lock_path)
     rank, world_size = world()
     chosen, why = choose_backend(backend, world_size=world_size)
-    if world_size > 1 and chosen == "unsloth":
-        raise FtcError("FTC700", reason="the unsloth backend runs on one GPU in this build",
-                       hint="use --backend hf for several GPUs (DDP), or run on one GPU")
     out = run_dir_for(plan, output)
     guard_output(out, plan, resume)
     if resume and not (out / "checkpoints").is_dir():
-        raise FtcError("FTC700", reason=f"--resume: {out} has no checkpoint", hint="run without --resume to start from step 0")
+        raise FtcError("FTC706", folder=str(out / "checkpoints"))
     if rank == 0:
         out.mkdir(parents=True, exist_ok=True)
         # the run folder's copy of the plan, re-anchored there: infer/eval/export resolve every path from it
@@ -105,7 +102,7 @@ def run_plan_of(run_dir: Path) -> Plan:
     """The plan a run folder trained on (its own copy of the lock, anchored at the folder)."""
     p = Path(run_dir) / RUN_LOCK
     if not p.exists():
-        raise FtcError("FTC700", reason=f"{run_dir} has no {RUN_LOCK}", hint="point at the output folder of `ftc run`")
+        raise FtcError("FTC708", folder=str(run_dir), missing=RUN_LOCK)
     return Plan.load(p)
 
 

@@ -22,7 +22,6 @@ from typing import Any, Mapping, Sequence
 from ftc.errors import FtcError
 from ftc.runtime.rewards_trl import build_reward_funcs, reward_weights
 
-_LINE_HINT = 'each line is one JSON object: {"row_id": ..., "completion": "..."} (completion: a string or a list of chat messages)'
 _SKIP = ("prompt", "completion", "completions", "prompts")
 
 
@@ -45,7 +44,7 @@ def score_rows(
 
     samples: list[tuple[Mapping[str, Any], int, Any]] = []
     for key, value in completions.items():
-        for j, completion in enumerate(_samples(value)):
+        for j, completion in enumerate(_samples(key, value)):
             samples.append((by_id[str(key)], j, completion))
 
     funcs = build_reward_funcs(resolved, Path(recipe_dir))
@@ -108,7 +107,7 @@ def read_completions(path: Path) -> dict[str, list[Any]]:
         text = Path(path).read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as e:
         reason = e.strerror if isinstance(e, OSError) else f"not UTF-8 ({e.reason} at byte {e.start})"
-        raise FtcError("FTC105", file=str(path), reason=f"cannot read completions: {reason}", hint=_LINE_HINT) from None
+        raise FtcError("FTC740", file=str(path), reason=reason) from None
     out: dict[str, list[Any]] = {}
     for n, line in enumerate(text.splitlines(), start=1):
         if not line.strip():
@@ -116,20 +115,20 @@ def read_completions(path: Path) -> dict[str, list[Any]]:
         try:
             obj = json.loads(line)
         except json.JSONDecodeError as e:
-            raise _bad_line(path, n, f"not valid JSON: {e.msg} (column {e.colno})") from None
+            raise FtcError("FTC742", file=str(path), line=n, reason=e.msg, col=e.colno) from None
         if not isinstance(obj, dict):
-            raise _bad_line(path, n, f"expected a JSON object, got {type(obj).__name__}")
+            raise FtcError("FTC743", file=str(path), line=n, type=type(obj).__name__)
         missing = [k for k in ("row_id", "completion") if k not in obj]
         if missing:
-            raise _bad_line(path, n, f"missing {' and '.join(map(repr, missing))} (keys: {', '.join(obj) or 'none'})")
+            raise FtcError("FTC744", file=str(path), line=n, missing=" and ".join(map(repr, missing)), keys=", ".join(obj) or "none")
         rid, completion = obj["row_id"], obj["completion"]
         if not isinstance(rid, (str, int)) or isinstance(rid, bool):
-            raise _bad_line(path, n, f"row_id must be a string or an integer, not {json.dumps(rid)}")
+            raise FtcError("FTC745", file=str(path), line=n, value=json.dumps(rid))
         if not _is_completion(completion):
-            raise _bad_line(path, n, f"completion must be a string or a list of chat messages, not {type(completion).__name__}")
+            raise FtcError("FTC746", file=str(path), where=f"line {n}", type=type(completion).__name__)
         out.setdefault(str(rid), []).append(completion)
     if not out:
-        raise FtcError("FTC105", file=str(path), reason="no completions in the file", hint=_LINE_HINT)
+        raise FtcError("FTC741", file=str(path))
     return out
 
 
@@ -154,14 +153,13 @@ def format_summary(result: Mapping[str, Any]) -> str:
     return "\n".join(out)
 
 
-def _samples(value: Any) -> list[Any]:
+def _samples(key: Any, value: Any) -> list[Any]:
     """One completion (a string, or one chat as a list of messages) or a list of them."""
     if isinstance(value, (str, Mapping)) or (isinstance(value, list) and value and all(isinstance(m, Mapping) for m in value)):
         return [value]
     if isinstance(value, (list, tuple)):
         return list(value)
-    raise FtcError("FTC105", reason=f"a completion is a string or a list of chat messages, not {type(value).__name__}",
-                   hint=_LINE_HINT)
+    raise FtcError("FTC746", where=f"row_id {str(key)!r}", type=type(value).__name__)
 
 
 def _is_completion(value: Any) -> bool:
@@ -171,12 +169,7 @@ def _is_completion(value: Any) -> bool:
 def _unknown_ids(unknown: Sequence[Any], known: Any, file: str | None) -> FtcError:
     some = ", ".join(repr(str(k)) for k in list(unknown)[:5]) + (", ..." if len(unknown) > 5 else "")
     example = ", ".join(repr(k) for k in sorted(known)[:3]) or "(the split has no rows)"
-    return FtcError("FTC105", file=file, reason=f"{len(unknown)} completion row_id(s) are not rows of this split: {some}",
-                    hint=f"score completions of the same plan and split (--split); its row ids look like {example}")
-
-
-def _bad_line(path: Path, n: int, reason: str) -> FtcError:
-    return FtcError("FTC105", file=str(path), reason=f"line {n}: {reason}", hint=_LINE_HINT)
+    return FtcError("FTC747", file=file, count=len(unknown), ids=some, examples=example)
 
 
 def _finite(x: Any) -> float | None:

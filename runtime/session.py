@@ -37,13 +37,14 @@ from typing import Any, Callable, Protocol, Sequence
 
 from ftc.compiler.lock import Plan
 from ftc.compiler.schedule import run_warmup_steps
+from ftc.errors import FtcError
 from ftc.runtime import memory_plan
 from ftc.runtime.facts import (checkpoint_step, device_name, distributed_facts, finished_times, model_facts, peak_memory,
                                relative, token_facts, train_facts, versions)
 from ftc.runtime.flops import mfu
 from ftc.runtime.launch import per_rank_accumulation, world
 from ftc.runtime.metrics import StopFlag, TokenCounter, callbacks as run_callbacks, read_metrics, truncate_metrics
-from ftc.runtime.model import ModelSetup, load_tokenizer, run_error
+from ftc.runtime.model import ModelSetup, load_tokenizer
 from ftc.runtime.trainer_config import checked_config, refuse_changes, training_arguments
 
 CHECKPOINTS = "checkpoints"
@@ -260,9 +261,9 @@ def open_run_folder(output_dir: Path, *, resume: bool) -> RunFolder:
     checkpoints = root / CHECKPOINTS
     last = _last_checkpoint(checkpoints)
     if resume and last is None:
-        raise run_error(f"--resume: no checkpoint in {checkpoints}", "run without --resume to start training from step 0")
+        raise FtcError("FTC706", folder=str(checkpoints))
     if not resume and last is not None:
-        raise run_error(f"{root} already holds checkpoints of a run", "continue it with --resume, or choose another output folder")
+        raise FtcError("FTC707", folder=str(root))
     return RunFolder(root, checkpoints, root / "metrics.jsonl", last, checkpoint_step(last) if resume else None,
                      world()[0] == 0)
 

@@ -24,7 +24,8 @@ from typing import Any
 from ftc.compiler.lock import Plan
 from ftc.runtime import token_data
 from ftc.runtime.metrics import TokenCounter
-from ftc.runtime.model import ModelSetup, run_error
+from ftc.errors import FtcError
+from ftc.runtime.model import ModelSetup
 from ftc.runtime.session import Finished
 
 
@@ -53,7 +54,7 @@ class SFT:
 
         train_path, eval_path = plan.artifact("tokens", "train"), plan.artifact("tokens", "eval")
         if train_path is None:
-            raise run_error("the plan has no token artifact for SFT to train on", "recompile the recipe (ftc compile tokenizes)")
+            raise FtcError("FTC726", file=str(plan.lock_path))
         max_len = plan.settings["model"]["max_seq_length"]
         train_table = token_data.read_tokens(train_path, max_seq_length=max_len)
         eval_table = token_data.read_tokens(eval_path, max_seq_length=max_len) if eval_path else None
@@ -72,11 +73,9 @@ class SFT:
         vocab = base.get_input_embeddings().num_embeddings
         top = token_data.max_token_id(data.train_table)
         if top >= vocab:
-            raise run_error(f"token id {top} in {data.train_path} is outside the model's vocabulary ({vocab})",
-                            "the plan was compiled with another tokenizer than this model's; compile with the model's tokenizer")
+            raise FtcError("FTC715", file=str(data.train_path), token_id=top, vocab=vocab)
         if data.packed and not setup.packing_safe:
-            raise run_error(f"packing with attention {setup.attention!r}, which would let packed rows attend to each other",
-                            "use sdpa or flash-attention, or set train.packing=false")
+            raise FtcError("FTC731", path="train.packing", attention=setup.attention)
         base.config.use_cache = False  # a cache disables transformers' packed-sequence masks
 
     def config(self, train: dict, data: TokenData) -> tuple[type, dict]:

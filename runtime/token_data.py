@@ -23,6 +23,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from ftc.errors import FtcError
+
 REQUIRED = ("row_id", "input_ids", "labels", "length")
 
 
@@ -38,25 +40,20 @@ class TokenStats:
     packed: bool
 
 
-def _artifact_error(path: Path, reason: str) -> Exception:
-    from ftc.errors import FtcError
-
-    return FtcError("FTC601", file=str(path), reason=reason, hint="recompile the plan: the token artifact does not follow the compiler's contract")
-
-
 def read_tokens(path: Path, *, max_seq_length: int | None = None) -> pa.Table:
     """Read and check the artifact: the columns, lengths and labels the trainer relies on.
 
     Checks are vectorized (the artifact can hold millions of tokens) and catch a compiler
-    that drifted from the contract before hours of GPU time are spent on it.
+    that drifted from the contract before hours of GPU time are spent on it (FTC720-FTC725).
     """
     path = Path(path)
     table = pq.read_table(path)
     missing = [c for c in REQUIRED if c not in table.column_names]
     if missing:
-        raise _artifact_error(path, f"missing columns {missing}; it has {table.column_names}")
+        raise FtcError("FTC720", file=str(path), kind="token", missing=", ".join(missing), columns=", ".join(table.column_names))
     if table.num_rows == 0:
-        raise _artifact_error(path, "no rows")
+        raise FtcError("FTC721", file=str(path), kind="token")
+    row_id = table.column("row_id")
     ids = table.column("input_ids").combine_chunks()
     labels = table.column("labels").combine_chunks()
     n_ids = pc.list_value_length(ids).to_numpy(zero_copy_only=False)
@@ -64,18 +61,23 @@ def read_tokens(path: Path, *, max_seq_length: int | None = None) -> pa.Table:
     declared = table.column("length").to_numpy()
     if not (np.array_equal(n_ids, n_labels) and np.array_equal(n_ids, declared)):
         bad = int(np.flatnonzero((n_ids != n_labels) | (n_ids != declared))[0])
-        raise _artifact_error(path, f"row {table.column('row_id')[bad]}: input_ids, labels and length disagree")
+        raise FtcError("FTC722", file=str(path), row=str(row_id[bad].as_py()), ids=int(n_ids[bad]), labels=int(n_labels[bad]),
+                       length=int(declared[bad]))
     if (n_ids == 0).any():
-        raise _artifact_error(path, "a row has no tokens")
+        raise FtcError("FTC723", file=str(path), row=str(row_id[int(np.flatnonzero(n_ids == 0)[0])].as_py()))
     flat_ids = ids.flatten().to_numpy()
     flat_labels = labels.flatten().to_numpy()
-    trained = flat_labels != -100
-    if (flat_labels[trained] != flat_ids[trained]).any():
-        raise _artifact_error(path, "labels must equal input_ids (unshifted) or be -100")
+    wrong = (flat_labels != -100) & (flat_labels != flat_ids)
+    if wrong.any():
+        row = int(np.searchsorted(np.cumsum(n_ids), int(np.flatnonzero(wrong)[0]), side="right"))  # the token's row
+        raise FtcError("FTC724", file=str(path), row=str(row_id[row].as_py()))
     if max_seq_length is not None:
-        lengths = _pack_lengths(table) if "pack" in table.column_names else n_ids
-        if lengths.max() > max_seq_length:
-            raise _artifact_error(path, f"a sequence has {int(lengths.max())} tokens, more than model.max_seq_length={max_seq_length}")
+        packed = "pack" in table.column_names
+        lengths = _pack_lengths(table) if packed else n_ids
+        worst = int(lengths.argmax())
+        if lengths[worst] > max_seq_length:
+            what = f"pack {np.unique(table.column('pack').to_numpy())[worst]}" if packed else f"row {row_id[worst].as_py()}"
+            raise FtcError("FTC725", file=str(path), what=what, tokens=int(lengths[worst]), limit=max_seq_length)
     return table
 
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from ftc.runtime.model import run_error
+from ftc.errors import FtcError
 
 
 def training_arguments(train: dict, *, warmup_steps: int, checkpoints: Path, max_steps: int, dtype: str, device: str,
@@ -73,7 +73,7 @@ def checked_config(cls: type, kwargs: dict[str, Any]) -> Any:
 
 
 def refuse_changes(config: Any, kwargs: dict[str, Any], *, who: str) -> None:
-    """FTC700 when `config` holds another value than `kwargs` for a setting of the plan.
+    """FTC730 when `config` holds another value than `kwargs` for a setting of the plan.
 
     unsloth replaces TRL's configs and trainers with its own, which adjust settings on the way
     (for GRPO it may reset per_device_train_batch_size to num_generations). The lock is the
@@ -82,9 +82,7 @@ def refuse_changes(config: Any, kwargs: dict[str, Any], *, who: str) -> None:
     __init__, which may rewrite its args."""
     changed = config_changes(config, kwargs)
     if changed:
-        raise run_error(f"{who} changed the plan's settings: {'; '.join(changed)}",
-                        "this backend does not train the plan as written: use --backend hf, or change the recipe to "
-                        "values this backend keeps")
+        raise FtcError("FTC730", who=who, changes="; ".join(changed))
 
 
 def config_changes(config: Any, kwargs: dict[str, Any]) -> list[str]:

@@ -66,8 +66,7 @@ def train_in_child(plan: Any, *, output_dir: Path, resume: bool, max_steps_overr
         e = json.loads((out / ERROR).read_text())
         raise FtcError(e["code"], file=e["file"], path=e["path"], **e["fields"])
     if proc.returncode != 0:
-        raise FtcError("FTC700", reason=f"the unsloth training process exited with code {proc.returncode} (its output is above)",
-                       hint="fix what it printed, or run the same plan with --backend hf")
+        raise FtcError("FTC703", returncode=proc.returncode)
     return json.loads((out / "run.json").read_text())
 
 
@@ -97,10 +96,16 @@ def main(argv: list[str]) -> int:
         run_method(method_for(plan.method), plan, output_dir=out, resume=request["resume"], backend="unsloth",
                    backend_reason=request["backend_reason"], max_steps_override=request["max_steps_override"], world_size=1)
     except FtcError as e:
-        fields = {k: (v if isinstance(v, (str, int, float, bool)) or v is None else str(v)) for k, v in e.fields.items()}
-        (out / ERROR).write_text(json.dumps({"code": e.code, "file": e.file, "path": e.path, "fields": fields}))
+        write_error(out, e)
         return 2
     return 0
+
+
+def write_error(output_dir: Path, err: FtcError) -> None:
+    """The child's FtcError as the parent re-raises it: the rule's code, where, and its fields
+    (a field that is not a JSON scalar travels as its str(), which is what the message shows)."""
+    fields = {k: (v if isinstance(v, (str, int, float, bool)) or v is None else str(v)) for k, v in err.fields.items()}
+    (Path(output_dir) / ERROR).write_text(json.dumps({"code": err.code, "file": err.file, "path": err.path, "fields": fields}))
 
 
 if __name__ == "__main__":

@@ -22,12 +22,28 @@ def test_per_rank_accumulation_keeps_the_global_batch():
     assert per_rank_accumulation(train, 1) is train
     with pytest.raises(FtcError) as e:
         per_rank_accumulation(train, 3)
-    assert "cannot be split evenly over 3 processes" in str(e.value) and "16" in str(e.value)
+    assert e.value.code == "FTC760" and "(2 x 8 accumulation = 16) cannot be split evenly over 3 processes" in str(e.value)
+    assert "<a multiple of 3>" in e.value.hint
     cmd = torchrun_command(["run", "p.lock"], gpus=8, nnodes=2, node_rank=1, rdzv_endpoint="10.0.0.1:29500")
     assert cmd[1:] == ["-m", "torch.distributed.run", "--nproc-per-node=8", "--nnodes=2", "--node-rank=1",
                        "--rdzv-backend=c10d", "--rdzv-endpoint=10.0.0.1:29500", "-m", "ftc", "run", "p.lock"]
-    with pytest.raises(FtcError):
+    with pytest.raises(FtcError) as e:
         torchrun_command([], gpus=8, nnodes=2, node_rank=0, rdzv_endpoint=None)
+    assert e.value.code == "FTC761" and "--nnodes 2 needs --rdzv-endpoint HOST:PORT" in str(e.value)
+
+
+def test_several_processes_are_refused_before_any_starts(cli, tmp_path):
+    """`ftc run --gpus/--nnodes` checks the plan before launching torchrun: nothing starts."""
+    shutil.copytree(ROOT / "recipes" / "demo", tmp_path / "demo")
+    shutil.copy(ROOT / "recipes" / "demo.json", tmp_path / "demo.json")
+    lock = tmp_path / "plan.lock"
+    code, _, err = cli("compile", tmp_path / "demo.json", "-o", lock, "-q", "--set", "train.gradient_accumulation_steps=2")
+    assert code == 0, err
+    code, _, err = cli("run", lock, "--gpus", "3", "--output", tmp_path / "r3")
+    assert code == 2 and "error[FTC760]" in err and "cannot be split evenly over 3 processes" in err and "Traceback" not in err
+    code, _, err = cli("run", lock, "--nnodes", "2", "--output", tmp_path / "r2")
+    assert code == 2 and "error[FTC761]" in err and "--rdzv-endpoint" in err and "Traceback" not in err
+    assert not (tmp_path / "r3").exists() and not (tmp_path / "r2").exists()
 
 
 @pytest.mark.slow
@@ -38,8 +54,6 @@ def test_two_processes_shard_the_data_and_keep_the_global_batch(cli, tmp_path):
     code, _, err = cli("compile", tmp_path / "demo.json", "-o", lock, "-q", "--set", "train.gradient_accumulation_steps=2",
                        "--set", "train.logging_steps=1")
     assert code == 0, err
-    code, _, err = cli("run", lock, "--gpus", "3", "--output", tmp_path / "r3")
-    assert code == 2 and "cannot be split evenly over 3 processes" in err
     facts = {}
     for n in (1, 2):
         code, _, err = cli("run", lock, "--gpus", str(n), "--max-steps", "2", "--output", tmp_path / f"r{n}")

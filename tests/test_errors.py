@@ -20,14 +20,8 @@ TESTS = ROOT / "tests"
 # Rules that still pass their wording through ({reason} / {hint}) instead of stating it:
 PASS_THROUGH = {
     "FTC102": "a formatter for jsonschema's messages; the hint is the schema's own description of the key",
-    # The runtime still fills these in per call site; its pass gives each call its own rule
-    # (runtime/ was being rewritten when the compiler and the CLI got theirs).
-    "FTC105": "runtime/score.py, grpo.py, rewards_trl.py",
-    "FTC601": "runtime/token_data.py, grpo.py",
-    "FTC700": "runtime/ (run.py, launch.py, model.py, session.py, unsloth_process.py, ...)",
 }
-# Codes no test names yet: only the runtime's pass-through ones, which the runtime pass covers.
-UNTESTED_UNTIL_THE_RUNTIME_PASS = {"FTC105", "FTC601", "FTC700"}
+
 # FtcError calls whose code is not a literal, and why their fields are right anyway.
 DYNAMIC_CALLS = {
     ("compiler/inputs.py", "Drift.error"): "the Drift(CODE, file, {fields}) constructions are read below",
@@ -107,15 +101,12 @@ def test_every_call_site_passes_exactly_the_fields_of_its_rule():
 def test_every_rule_is_named_by_a_test():
     texts = {p.name: p.read_text(encoding="utf-8") for p in TESTS.glob("test_*.py") if p.name != Path(__file__).name}
     untested = sorted(code for code in RULES if not any(re.search(rf"\b{code}\b", t) for t in texts.values()))
-    assert untested == sorted(c for c in untested if c in UNTESTED_UNTIL_THE_RUNTIME_PASS)
+    assert untested == []
 
 
-def test_pass_through_rules_are_the_listed_ones_and_only_the_runtime_raises_them():
+def test_the_only_pass_through_rule_is_the_schema_formatter():
     generic = {code for code, r in RULES.items() if "{reason}" == r.message or "{hint}" == r.hint}
     assert generic == set(PASS_THROUGH)
-    for file, line, code, _, _ in CALLS:
-        if code in PASS_THROUGH and code != "FTC102":
-            assert file.startswith("runtime/"), f"{file}:{line} raises the pass-through {code}: give it a rule"
 
 
 def test_templates_are_well_formed():

@@ -234,14 +234,63 @@ def test_reward_field_missing_from_the_data_is_refused(compiled, tmp_path):
     for err in (at_compile, at_run):
         assert err.value.path.startswith("train.grpo.rewards[1]") and "gold_answer" in str(err.value)
         assert "answer_number" in str(err.value)  # the fields it does have
+    assert at_run.value.code == "FTC751" and "reward 'gold' reads field(s) gold_answer, which" in str(at_run.value)
+    assert not (folder / "bad-field" / "checkpoints").exists()
+
+
+@needs_shared
+def test_a_lock_without_rewards_is_refused_before_loading(compiled):
+    folder, plan = compiled
+    grpo = {**plan.settings["train"]["grpo"], "rewards": []}
+    with pytest.raises(FtcError) as err:
+        run(folder, changed_lock(plan, "no-rewards.lock", grpo=grpo), out="no-rewards")
+    assert err.value.code == "FTC750" and err.value.path == "train.grpo.rewards"
+    assert "GRPO needs at least one reward, and the plan declares none" in str(err.value) and '"kind": "regex"' in err.value.hint
+
+
+@needs_shared
+def test_a_prompt_artifact_without_prompts_is_refused(compiled, tmp_path):
+    import pyarrow.parquet as pq
+
+    from ftc.runtime.grpo import _read_prompts
+
+    folder, plan = compiled
+    path = tmp_path / "prompts.parquet"
+    pq.write_table(pq.read_table(plan.artifact("data", "train")).drop_columns(["prompt"]), path)
+    with pytest.raises(FtcError) as err:
+        _read_prompts(path, list(plan.settings["train"]["grpo"]["rewards"]), None, PROMPT_LIMIT, "error")
+    assert err.value.code == "FTC720" and "the prompt artifact lacks the column(s) prompt; it has row_id" in str(err.value)
+
+
+def test_a_grpo_trainer_without_prompt_tokenizing_is_refused():
+    """A TRL whose GRPOTrainer has no `_tokenize_prompts` cannot apply max_prompt_length: the
+    trainer class is refused (shown here with TRL's own base Trainer, which has none)."""
+    from transformers import Trainer
+
+    from ftc.runtime.grpo import _trainer_class
+
+    assert _trainer_class(PROMPT_LIMIT).__mro__[1].__name__ == "GRPOTrainer"  # this TRL has it
+    with pytest.raises(FtcError) as err:
+        _trainer_class(PROMPT_LIMIT, base=Trainer)
+    assert err.value.code == "FTC756" and "has no _tokenize_prompts" in str(err.value) and "trl 1.1" in err.value.hint
 
 
 @needs_shared
 def test_overlong_prompts_can_be_an_error(tmp_path):
     plan = compile_gsm8k(tmp_path, "train.overlong=error")
-    with pytest.raises(FtcError, match=r"12 of 12 prompts .* longer than train.grpo.max_prompt_length \(48 tokens\)"):
+    with pytest.raises(FtcError, match=r"12 of 12 prompts .* longer than train.grpo.max_prompt_length \(48 tokens\)") as err:
         run(tmp_path, plan, out="overlong")
+    assert err.value.code == "FTC754" and "the longest, row " in str(err.value) and "train.overlong" in err.value.hint
     assert not (tmp_path / "overlong" / "checkpoints").exists()
+
+
+@needs_shared
+def test_overlong_drop_that_leaves_no_prompt_is_refused(tmp_path):
+    plan = compile_gsm8k(tmp_path, "train.overlong=drop")
+    with pytest.raises(FtcError) as err:
+        run(tmp_path, plan, out="dropped")
+    assert err.value.code == "FTC755" and "all 12 prompts" in str(err.value) and "train.overlong=drop leaves none" in str(err.value)
+    assert not (tmp_path / "dropped" / "checkpoints").exists()
 
 
 @needs_shared

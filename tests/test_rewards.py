@@ -188,8 +188,9 @@ def test_trl_grpo_trainer_calculates_these_rewards(tmp_path):
 
 
 def test_a_missing_dataset_column_is_named(funcs):
-    with pytest.raises(FtcError, match=r"needs dataset column\(s\) answer_number.*it passed: question"):
+    with pytest.raises(FtcError, match=r"needs dataset column\(s\) answer_number.*it passed: question") as err:
         funcs["correct"](prompts=["q"], completions=["最终答案: 1"], question=["q"])
+    assert err.value.code == "FTC752" and "reward 'correct'" in str(err.value) and "recompile" in err.value.hint
 
 
 # --------------------------------------------------------------------------- the other kinds
@@ -455,8 +456,9 @@ def test_a_recipes_bad_reward_is_an_error_of_ftc_compile(cli, tmp_path, grpo, co
 def test_python_reward_returning_garbage_is_an_error(tmp_path):
     source = "def r(completion):\n    return 'yes'\n"
     (f,) = build_reward_funcs(python_reward(tmp_path, source, "rewards.py:r"), tmp_path)
-    with pytest.raises(FtcError, match=r"returned 'yes'"):
+    with pytest.raises(FtcError, match=r"python reward 'r' \(rewards.py:r\) returned 'yes'") as err:
         f(prompts=["q"], completions=["a"])
+    assert err.value.code == "FTC753" and "return a float" in err.value.hint
 
 
 def test_compiler_checks_rewards_without_importing_the_runtime(tmp_path):

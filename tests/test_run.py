@@ -23,6 +23,13 @@ def demo(tmp_path) -> Path:
     return proj
 
 
+def refused(cli, code: str, *args) -> str:
+    """`ftc ARGS` fails the way a person's mistake should: exit 2, error[CODE], no traceback; its stderr."""
+    rc, _, err = cli(*args)
+    assert rc == 2 and f"error[{code}]" in err and "Traceback" not in err, err
+    return err
+
+
 def compile_demo(cli, proj: Path, *sets: str) -> Path:
     lock = proj / "plan.lock"
     args = ["compile", proj / "demo.json", "-o", lock, "-q", "--set", "transforms.2.extract.required=false"]
@@ -66,11 +73,17 @@ def test_run_trains_writes_outputs_and_infers(cli, demo, tmp_path, capsys):
     assert merged.config.model_type == "qwen2" and (tmp_path / "merged" / "model.safetensors").exists()
     # the same run folder refuses a different plan, and a resume without checkpoints is refused
     other = compile_demo(cli, demo, "train.learning_rate=1e-3")
-    code, _, err = cli("run", other, "--output", out)
-    assert code == 2 and "holds the run of another plan" in err
-    code, _, err = cli("run", lock, "--output", tmp_path / "fresh", "--resume")
-    assert code == 2 and "no checkpoint" in err
+    err = refused(cli, "FTC704", "run", other, "--output", out)
+    assert "holds the run of another plan" in err and json.loads(other.read_text())["plan_hash"][:12] in err
+    err = refused(cli, "FTC706", "run", lock, "--output", tmp_path / "fresh", "--resume")
+    assert "--resume: no checkpoint in" in err and "without --resume" in err
     assert not (tmp_path / "fresh" / "run.json").exists()
+    # a random-init base that rebuilds to other weights than the adapter was trained on is refused
+    doc = json.loads((out / "run.json").read_text())
+    doc["model"]["fingerprint"] = "0" * 64
+    (out / "run.json").write_text(json.dumps(doc))
+    err = refused(cli, "FTC714", "infer", out, "--input", json.dumps({"question": "2 + 2?"}), "--max-new-tokens", "1")
+    assert "is not the one this adapter was trained on (000000000000)" in err and "torch version" in err
 
 
 def prompt_part(input_ids: list[int], labels: list[int]) -> list[int]:
@@ -147,8 +160,8 @@ def test_tampered_and_newer_locks_are_refused(cli, demo, tmp_path):
 
 def test_missing_model_is_a_clear_error(cli, demo, tmp_path):
     lock = compile_demo(cli, demo, "model.name=no/such-model", "model.init=pretrained")
-    code, _, err = cli("run", lock, "--output", tmp_path / "r")
-    assert code == 2 and "no/such-model" in err and "Traceback" not in err
+    err = refused(cli, "FTC713", "run", lock, "--output", tmp_path / "r")
+    assert "at model.name: cannot load model" in err and "no/such-model" in err and "with transformers" in err
 
 
 def test_unsloth_backend_without_cuda_is_a_clear_error(cli, demo, tmp_path):
@@ -157,8 +170,8 @@ def test_unsloth_backend_without_cuda_is_a_clear_error(cli, demo, tmp_path):
     if torch.cuda.is_available():
         pytest.skip("this machine has CUDA")
     lock = compile_demo(cli, demo)
-    code, _, err = cli("run", lock, "--output", tmp_path / "r", "--backend", "unsloth")
-    assert code == 2 and "--backend unsloth needs a CUDA GPU" in err
+    err = refused(cli, "FTC701", "run", lock, "--output", tmp_path / "r", "--backend", "unsloth")
+    assert "--backend unsloth needs a CUDA GPU" in err and "use --backend hf" in err
 
 
 def test_missing_artifact_with_missing_source_is_refused(cli, demo, tmp_path):
@@ -206,3 +219,55 @@ def test_dry_run_refuses_a_tokenizer_changed_since_compile_and_json_alone(cli, t
     config.write_text(config.read_text().replace('"model_max_length": 512', '"model_max_length": 513'))
     code, _, err = cli("infer", run, "--input", json.dumps({"question": "2 + 2?"}), "--dry-run", "--json")
     assert code == 2 and "FTC506" in err and "(tokenizer_config.json changed)" in err and "Traceback" not in err
+
+
+# ---------------------------------------------------------------- refusals before any training step
+
+
+def test_an_output_folder_that_holds_something_else_is_refused(cli, demo, tmp_path):
+    lock = compile_demo(cli, demo)
+    (tmp_path / "r").mkdir()
+    (tmp_path / "r" / "notes.txt").write_text("mine")
+    err = refused(cli, "FTC705", "run", lock, "--output", tmp_path / "r")
+    assert "is not empty and holds no ftc run" in err and "--output" in err
+    assert sorted(p.name for p in (tmp_path / "r").iterdir()) == ["notes.txt"]
+
+
+def test_a_folder_that_is_not_a_run_is_named_as_such(cli, tmp_path):
+    (tmp_path / "empty").mkdir()
+    for args in (("infer", tmp_path / "empty", "--input", json.dumps({"question": "2 + 2?"})), ("eval", tmp_path / "empty")):
+        err = refused(cli, "FTC708", *args)
+        assert "is not a run folder: it has no plan.lock" in err and "output folder of `ftc run`" in err
+    err = refused(cli, "FTC708", "export", tmp_path / "empty", "--merged", tmp_path / "merged")
+    assert "it has no run.json" in err and not (tmp_path / "merged").exists()
+
+
+def test_4bit_with_a_random_init_model_is_refused(cli, demo, tmp_path):
+    lock = compile_demo(cli, demo, "model.load_in_4bit=true")  # the demo's model is init=random
+    err = refused(cli, "FTC710", "run", lock, "--output", tmp_path / "r")
+    assert "at model.load_in_4bit: 4-bit quantization needs trained weights" in err and "model.init=pretrained" in err
+    assert not (tmp_path / "r" / "checkpoints").exists()
+
+
+def test_4bit_without_a_gpu_is_refused(cli, demo, tmp_path):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    lock = compile_demo(cli, demo, "model.init=pretrained", "model.load_in_4bit=true")
+    err = refused(cli, "FTC712", "run", lock, "--output", tmp_path / "r")
+    assert "model.load_in_4bit needs a CUDA GPU" in err and "model.load_in_4bit=false" in err
+
+
+def test_a_random_init_model_without_a_config_is_refused(cli, demo, tmp_path):
+    (demo / "no-config").mkdir()
+    lock = compile_demo(cli, demo, "model.name=no-config")
+    err = refused(cli, "FTC711", "run", lock, "--output", tmp_path / "r")
+    assert "at model.name: cannot read the config of model" in err and "no-config" in err and "config.json" in err
+
+
+def test_token_ids_outside_the_models_vocabulary_are_refused(cli, demo, tmp_path):
+    lock = compile_demo(cli, demo, 'model.config={"initializer_range": 0.2, "vocab_size": 64}')
+    err = refused(cli, "FTC715", "run", lock, "--output", tmp_path / "r")
+    assert "is outside the model's vocabulary (64 ids)" in err and "tokens" in err and "tokenizer" in err
+    assert not (tmp_path / "r" / "checkpoints").exists()

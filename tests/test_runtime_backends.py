@@ -59,12 +59,20 @@ def test_unsloth_by_name_is_refused_with_the_reason(machine):
     from ftc.runtime.run import choose_backend
 
     machine(False, True)
-    with pytest.raises(FtcError, match="needs a CUDA GPU"):
+    with pytest.raises(FtcError, match="--backend unsloth needs a CUDA GPU") as err:
         choose_backend("unsloth")
+    assert err.value.code == "FTC701" and "--backend hf" in err.value.hint
+    machine(False, False)
+    with pytest.raises(FtcError, match="needs a CUDA GPU and the unsloth package") as err:
+        choose_backend("unsloth")
+    assert err.value.code == "FTC701"
     machine(True, False)
     with pytest.raises(FtcError, match="needs the unsloth package"):
         choose_backend("unsloth")
     machine(True, True)
+    with pytest.raises(FtcError, match="runs on one GPU in this build, and this run has 2 processes") as err:
+        choose_backend("unsloth", world_size=2)  # `ftc run --gpus 2 --backend unsloth`
+    assert err.value.code == "FTC702" and "--backend hf" in err.value.hint
     assert choose_backend("unsloth") == ("unsloth", "asked for with --backend unsloth")
     assert choose_backend("hf") == ("hf", "asked for with --backend hf")
 
@@ -81,7 +89,7 @@ def test_child_environment_is_offline_and_caches_under_the_run(tmp_path):
 
 def test_an_error_in_the_unsloth_process_is_the_users_error(tmp_path, monkeypatch):
     """The request names the verified lock (the child reads the same Plan); the child writes its
-    FtcError to unsloth_error.json and the parent raises the same one."""
+    FtcError to unsloth_error.json and the parent raises the same one: same rule, same text."""
     from ftc.compiler.lock import Plan
     from ftc.runtime import unsloth_process
 
@@ -90,27 +98,30 @@ def test_an_error_in_the_unsloth_process_is_the_users_error(tmp_path, monkeypatc
                                    "template": {"format": "text", "text": "{{ t }}"},
                                    "model": {"name": "tiny", "tokenizer": str(DEMO_TOKENIZER)}})
     seen = {}
+    # what the child raises when unsloth cannot load the model (backend_unsloth.unsloth_setup)
+    raised = FtcError("FTC713", path="model.name", name="x/y", loader="unsloth", reason="x/y is not a local folder")
 
     def fake_run(cmd, env):
         seen["cmd"], seen["env"] = cmd, env
         request = json.loads(Path(cmd[-1]).read_text())
         assert Plan.load(request["lock"]).plan_hash == plan.plan_hash and request["max_steps_override"] == 3
         assert request["backend_reason"] == "asked for" and request["resume"] is False
-        (tmp_path / "run" / unsloth_process.ERROR).write_text(json.dumps(
-            {"code": "FTC700", "file": None, "path": None, "fields": {"reason": "model x is missing", "hint": "fix it"}}))
+        unsloth_process.write_error(tmp_path / "run", raised)  # as the child's main does
         return subprocess.CompletedProcess(cmd, 2)
 
     kwargs = dict(output_dir=tmp_path / "run", resume=False, max_steps_override=3, backend_reason="asked for")
     monkeypatch.setattr(unsloth_process.subprocess, "run", fake_run)
     with pytest.raises(FtcError) as err:
         unsloth_process.train_in_child(plan, **kwargs)
-    assert err.value.code == "FTC700" and "model x is missing" in str(err.value)
+    assert err.value.code == "FTC713" and err.value.path == "model.name" and str(err.value) == str(raised)
+    assert "cannot load model 'x/y' with unsloth: x/y is not a local folder" in str(err.value)
     assert seen["cmd"][:3] == [sys.executable, "-m", "ftc.runtime.unsloth_process"]
     assert seen["env"]["UNSLOTH_COMPILE_LOCATION"].endswith("run/unsloth_compiled_cache")
 
     monkeypatch.setattr(unsloth_process.subprocess, "run", lambda cmd, env: subprocess.CompletedProcess(cmd, 1))
-    with pytest.raises(FtcError, match="exited with code 1"):
+    with pytest.raises(FtcError, match="exited with code 1") as err:
         unsloth_process.train_in_child(plan, **kwargs)
+    assert err.value.code == "FTC703" and "--backend hf" in err.value.hint
 
 
 def test_the_unsloth_child_runs_the_same_skeleton_from_the_lock(tmp_path, monkeypatch, capfd):
@@ -137,7 +148,7 @@ def test_the_unsloth_child_runs_the_same_skeleton_from_the_lock(tmp_path, monkey
     assert "ftc: unsloth imported in" in said  # the stand-in was imported first, in the child
     assert "ftc: gradient checkpointing" in said  # the skeleton's memory plan ran there, before the model setup
     assert not (tmp_path / "run" / "metrics.jsonl").exists()  # stopped before training
-    assert json.loads((tmp_path / "run" / unsloth_process.ERROR).read_text())["code"] == "FTC700"
+    assert json.loads((tmp_path / "run" / unsloth_process.ERROR).read_text())["code"] == "FTC701"
 
 
 def test_a_config_class_that_changes_the_plan_is_refused(tmp_path):
@@ -162,7 +173,7 @@ def test_a_config_class_that_changes_the_plan_is_refused(tmp_path):
 
     with pytest.raises(FtcError, match=r"per_device_train_batch_size: 4 -> 8") as err:
         checked_config(Rewriting, kwargs)
-    assert err.value.code == "FTC700" and "--backend hf" in str(err.value)
+    assert err.value.code == "FTC730" and "--backend hf" in str(err.value)
     config.gradient_accumulation_steps = 1  # a trainer's __init__ rewriting its args
     with pytest.raises(FtcError, match=r"gradient_accumulation_steps: 2 -> 1"):
         refuse_changes(config, kwargs, who="SomeTrainer")

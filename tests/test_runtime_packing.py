@@ -160,11 +160,27 @@ def test_items_group_rows_by_pack_in_artifact_order(tmp_path: Path):
 
 
 def test_artifact_contract_is_checked(tmp_path: Path):
+    import pyarrow.parquet as pq
+
     from ftc.errors import FtcError
 
-    bad_labels = write_token_artifact(tmp_path / "a.parquet", [([1, 2, 3], [2, 3, -100])])
-    with pytest.raises(FtcError, match="labels must equal input_ids"):
-        token_data.read_tokens(bad_labels)
-    too_long = write_token_artifact(tmp_path / "b.parquet", [([1] * 5, [1] * 5), ([2] * 5, [2] * 5)], packs=[0, 0])
-    with pytest.raises(FtcError, match="more than model.max_seq_length=8"):
-        token_data.read_tokens(too_long, max_seq_length=8)
+    def refused(path: Path, code: str, says: str, **kwargs) -> None:
+        with pytest.raises(FtcError) as err:
+            token_data.read_tokens(path, **kwargs)
+        assert err.value.code == code and err.value.file == str(path) and says in str(err.value), str(err.value)
+        assert "recompile the plan" in err.value.hint
+
+    good = [([5, 6], [-100, 6])]
+    no_labels = write_token_artifact(tmp_path / "c.parquet", good)
+    pq.write_table(pq.read_table(no_labels).drop_columns(["labels", "length"]), no_labels)
+    refused(no_labels, "FTC720", "the token artifact lacks the column(s) labels, length; it has row_id, input_ids")
+    refused(write_token_artifact(tmp_path / "d.parquet", []), "FTC721", "the token artifact has no rows")
+    refused(write_token_artifact(tmp_path / "e.parquet", [*good, ([1, 2, 3], [1, 2])]), "FTC722",
+            "row r1: 3 input_ids, 2 labels and length 3 disagree")
+    refused(write_token_artifact(tmp_path / "f.parquet", [*good, ([], [])]), "FTC723", "row r1 has no tokens")
+    refused(write_token_artifact(tmp_path / "a.parquet", [*good, ([1, 2, 3], [2, 3, -100])]), "FTC724",
+            "row r1: a trained label differs from its input id")
+    too_long = write_token_artifact(tmp_path / "b.parquet", [([1] * 5, [1] * 5), ([2] * 5, [2] * 5), ([3], [3])], packs=[1, 1, 0])
+    refused(too_long, "FTC725", "pack 1 has 10 tokens, more than model.max_seq_length=8", max_seq_length=8)
+    refused(write_token_artifact(tmp_path / "g.parquet", [*good, ([1] * 9, [1] * 9)]), "FTC725",
+            "row r1 has 9 tokens, more than model.max_seq_length=8", max_seq_length=8)

@@ -104,8 +104,10 @@ def test_interrupted_and_resumed_run_ends_where_a_straight_run_ends(plan, tmp_pa
 def test_resume_without_a_checkpoint_and_reuse_of_a_folder_are_refused(plan, tmp_path: Path):
     from ftc.errors import FtcError
 
-    with pytest.raises(FtcError, match="no checkpoint"):
+    with pytest.raises(FtcError, match="--resume: no checkpoint in") as err:
         train(plan, tmp_path / "out", resume=True)
+    assert err.value.code == "FTC706" and "without --resume" in err.value.hint
     (tmp_path / "out" / "checkpoints" / "checkpoint-2").mkdir(parents=True)
-    with pytest.raises(FtcError, match="already holds checkpoints"):
+    with pytest.raises(FtcError, match="already holds checkpoints of a run") as err:
         train(plan, tmp_path / "out")
+    assert err.value.code == "FTC707" and "--resume" in err.value.hint

@@ -11,7 +11,7 @@ from ftc.errors import FtcError
 from ftc.compiler.rewards import check_rewards
 from ftc.runtime.score import format_summary, read_completions, score_file, score_rows
 
-from conftest import SHARED  # noqa: E402
+from conftest import SHARED, write_recipe  # noqa: E402
 
 GSM8K = SHARED / "data" / "gsm8k" / "train.jsonl"
 FIELDS = {"question", "answer", "answer_number"}
@@ -101,23 +101,29 @@ def test_bad_json_line_names_its_line(tmp_path, resolved, rows):
     path = write_jsonl(tmp_path / "c.jsonl", [{"row_id": "r0", "completion": "x"}, "", '{"row_id": "r1", "completion": "x"'])
     with pytest.raises(FtcError) as info:
         score_file(resolved, rows, path, tmp_path)
-    assert info.value.file == str(path)
+    assert info.value.file == str(path) and info.value.code == "FTC742"
     assert "line 3: not valid JSON" in str(info.value)
     assert '{"row_id": ..., "completion": "..."}' in info.value.hint
 
 
-@pytest.mark.parametrize("line, says", [
-    ('["r0", "x"]', "line 1: expected a JSON object, got list"),
-    ('{"row_id": "r0"}', "line 1: missing 'completion' (keys: row_id)"),
-    ('{"id": "r0", "text": "x"}', "line 1: missing 'row_id' and 'completion'"),
-    ('{"row_id": "r0", "completion": 7}', "line 1: completion must be a string or a list of chat messages, not int"),
-    ('{"row_id": null, "completion": "x"}', "line 1: row_id must be a string or an integer, not null"),
+@pytest.mark.parametrize("line, code, says", [
+    ('["r0", "x"]', "FTC743", "line 1: expected a JSON object, got list"),
+    ('{"row_id": "r0"}', "FTC744", "line 1: missing 'completion' (keys: row_id)"),
+    ('{"id": "r0", "text": "x"}', "FTC744", "line 1: missing 'row_id' and 'completion'"),
+    ('{"row_id": "r0", "completion": 7}', "FTC746", "line 1: completion must be a string or a list of chat messages, not int"),
+    ('{"row_id": null, "completion": "x"}', "FTC745", "line 1: row_id must be a string or an integer, not null"),
 ])
-def test_malformed_lines(tmp_path, line, says):
+def test_malformed_lines(tmp_path, line, code, says):
     path = write_jsonl(tmp_path / "c.jsonl", [line])
     with pytest.raises(FtcError) as info:
         read_completions(path)
-    assert says in str(info.value)
+    assert info.value.code == code and says in str(info.value) and '"completion"' in info.value.hint
+
+
+def test_a_completion_given_in_code_is_checked_too(tmp_path, resolved, rows):
+    with pytest.raises(FtcError) as info:
+        score_rows(resolved, rows, {"r0": 7}, tmp_path)
+    assert info.value.code == "FTC746" and "row_id 'r0': completion must be a string or a list of chat messages, not int" in str(info.value)
 
 
 def test_unknown_row_ids_are_an_error_with_examples(tmp_path, resolved, rows):
@@ -125,12 +131,34 @@ def test_unknown_row_ids_are_an_error_with_examples(tmp_path, resolved, rows):
     with pytest.raises(FtcError) as info:
         score_file(resolved, rows, path, tmp_path)
     text = str(info.value)
-    assert "1 completion row_id(s) are not rows of this split: 'train-17'" in text
+    assert info.value.code == "FTC747" and "1 completion row_id(s) are not rows of this split: 'train-17'" in text
     assert "--split" in text and "'r0'" in text
 
 
 def test_empty_and_missing_files(tmp_path):
-    with pytest.raises(FtcError, match="no completions in the file"):
+    with pytest.raises(FtcError, match="no completions in the file") as info:
         read_completions(write_jsonl(tmp_path / "empty.jsonl", [""]))
-    with pytest.raises(FtcError, match="cannot read completions"):
+    assert info.value.code == "FTC741"
+    with pytest.raises(FtcError, match="cannot read completions: No such file") as info:
         read_completions(tmp_path / "absent.jsonl")
+    assert info.value.code == "FTC740"
+
+
+@pytest.mark.parametrize("lines, code, says", [
+    (None, "FTC740", "cannot read completions: No such file or directory"),
+    ([""], "FTC741", "c.jsonl: no completions in the file"),
+    (['{"row_id": "x", "completion": "a"', ], "FTC742", "c.jsonl: line 1: not valid JSON"),
+    ([{"row_id": "nope", "completion": "a"}], "FTC747", "1 completion row_id(s) are not rows of this split: 'nope'"),
+])
+def test_ftc_score_refuses_a_bad_completions_file(cli, tmp_path, lines, code, says):
+    """`ftc score` on a compiled GRPO plan: each bad file is exit 2 with its own rule, no traceback."""
+    write_jsonl(tmp_path / "s.jsonl", [{"q": f"question {i}?"} for i in range(24)])
+    recipe = write_recipe(tmp_path, {"sources": {"s": {"path": "s.jsonl"}}, "template": {"format": "prompt", "prompt": "{{ q }}"},
+                                     "split": {"eval": 4}, "train": {"method": "grpo", "grpo": {"rewards": [{"kind": "regex", "pattern": "x"}]}}})
+    code_, _, err = cli("compile", recipe, "-o", tmp_path / "plan.lock", "-q")
+    assert code_ == 0, err
+    completions = tmp_path / "c.jsonl"
+    if lines is not None:
+        write_jsonl(completions, lines)
+    rc, _, err = cli("score", tmp_path / "plan.lock", "--completions", completions)
+    assert rc == 2 and f"error[{code}]" in err and says in err and "Traceback" not in err, err

@@ -278,20 +278,20 @@ def test_infer_eval_score_and_preview_name_the_bad_input(cli, tmp_path):
 
     run, lock = _run_folder(cli, tmp_path, {"format": "prompt_completion", "prompt": "Q: {{ q }}\nA: ", "completion": "{{ a }}"})
     err = refused(cli, "infer", run, "--input", "{oops", "--dry-run")
-    assert err.startswith("error[FTC701]: --input is not JSON: Expecting property name") and """--input '{"question": "..."}'""" in err
+    assert err.startswith("error[FTC770]: --input is not JSON: Expecting property name") and """--input '{"question": "..."}'""" in err
     err = refused(cli, "infer", run, "--input", "[1, 2]", "--dry-run")
-    assert err.startswith("error[FTC702]: --input must be a JSON object") and "it gives an array" in err
+    assert err.startswith("error[FTC771]: --input must be a JSON object") and "it gives an array" in err
     assert "give the prompt fields by name" in err
     err = refused(cli, "infer", run, "--input", '{"q": "x"}', "--json")
-    assert err.startswith("error[FTC703]: --json is the output of --dry-run") and "add --dry-run, or leave out --json" in err
+    assert err.startswith("error[FTC772]: --json is the output of --dry-run") and "add --dry-run, or leave out --json" in err
     err = refused(cli, "infer", run, "--input", '{"question": "x"}', "--dry-run")
-    assert err.startswith("error[FTC706]: the request lacks q") and "give a JSON object with the fields q" in err
+    assert err.startswith("error[FTC775]: the request lacks q") and "give a JSON object with the fields q" in err
     for args in (["eval", run], ["preview", lock, "--split", "eval"]):  # split.eval is 0: no eval split
         err = refused(cli, *args)
-        assert err.startswith("error[FTC704]: ") and "the plan has no eval split" in err and "set split.eval in the recipe" in err
+        assert err.startswith("error[FTC773]: ") and "the plan has no eval split" in err and "set split.eval in the recipe" in err
     (tmp_path / "c.jsonl").write_text('{"row_id": "x", "completion": "y"}\n')
     err = refused(cli, "score", lock, "--completions", tmp_path / "c.jsonl", "--split", "train")
-    assert err.startswith(f"error[FTC705]: {lock}: the plan declares no rewards to score with")
+    assert err.startswith(f"error[FTC774]: {lock}: the plan declares no rewards to score with")
     assert "declare train.grpo.rewards in the recipe" in err
     Plan.load(lock).artifact("data", "train").unlink()  # an artifact removed after compile
     err = refused(cli, "preview", lock)
@@ -303,5 +303,5 @@ def test_infer_request_without_turns_for_a_chat_plan(cli, tmp_path):
     run, _ = _run_folder(cli, tmp_path, {"format": "messages", "messages": {"field": "messages"}}, chats,
                          "--set", "train.assistant_only_loss=false")
     err = refused(cli, "infer", run, "--input", '{"messages": []}', "--dry-run")
-    assert err.startswith("error[FTC707]: the request gives no turns in 'messages'")
+    assert err.startswith("error[FTC776]: the request gives no turns in 'messages'")
     assert """give {"messages": [{"role": "user", "content": "..."}]}""" in err
