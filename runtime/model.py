@@ -15,7 +15,6 @@ from __future__ import annotations
 import hashlib
 import sys
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from ftc.errors import FtcError

@@ -27,6 +27,17 @@ def shared() -> Path:
     return SHARED
 
 
+@pytest.fixture
+def demo(tmp_path) -> Path:
+    """A copy of the shipped demo (recipe, data slice, tokenizer, tiny model config) to compile and change."""
+    import shutil
+
+    proj = tmp_path / "proj"
+    shutil.copytree(ROOT / "recipes" / "demo", proj / "demo")
+    shutil.copy(ROOT / "recipes" / "demo.json", proj / "demo.json")
+    return proj
+
+
 def write_recipe(folder: Path, recipe: dict, name: str = "recipe.json") -> Path:
     base = {"name": "t", "model": {"name": "tiny", "tokenizer": str(DEMO_TOKENIZER)}}
     p = folder / name

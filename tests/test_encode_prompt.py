@@ -42,14 +42,6 @@ def compiled_rows(lock_path: Path) -> tuple[dict, list[tuple[dict, dict]]]:
     return lock, pairs
 
 
-@pytest.fixture
-def demo(tmp_path) -> Path:
-    proj = tmp_path / "proj"
-    shutil.copytree(ROOT / "recipes" / "demo", proj / "demo")
-    shutil.copy(ROOT / "recipes" / "demo.json", proj / "demo.json")
-    return proj
-
-
 def compile_demo(cli, proj: Path, *args: str, name: str = "plan.lock") -> tuple[Path, str]:
     lock = proj / name
     code, out, err = cli("compile", proj / "demo.json", "-o", lock, "--set", "transforms.2.extract.required=false", *args)

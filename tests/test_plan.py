@@ -9,17 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT, write_recipe
+from conftest import write_recipe
 
 pytest.importorskip("torch")
-
-
-@pytest.fixture
-def demo(tmp_path) -> Path:
-    proj = tmp_path / "proj"
-    shutil.copytree(ROOT / "recipes" / "demo", proj / "demo")
-    shutil.copy(ROOT / "recipes" / "demo.json", proj / "demo.json")
-    return proj
 
 
 def compile_to(cli, recipe: Path, lock: Path, *sets: str) -> dict:

@@ -8,19 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT
 
 pytest.importorskip("torch")
 pytest.importorskip("trl")
-
-
-@pytest.fixture
-def demo(tmp_path) -> Path:
-    """A copy of the demo recipe and its assets, compiled small."""
-    proj = tmp_path / "proj"
-    shutil.copytree(ROOT / "recipes" / "demo", proj / "demo")
-    shutil.copy(ROOT / "recipes" / "demo.json", proj / "demo.json")
-    return proj
 
 
 def refused(cli, code: str, *args) -> str:

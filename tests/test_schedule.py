@@ -12,7 +12,6 @@ trained by epochs and by max_steps.
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 
