@@ -203,7 +203,7 @@ RULES: dict[str, Rule] = {
              "recompile the plan: the token artifact does not follow the compiler's contract"),
         Rule("FTC725", "{what} has {tokens} tokens, more than model.max_seq_length={limit}",
              "recompile the plan: the token artifact does not follow the compiler's contract"),
-        Rule("FTC726", "the plan has no token artifact for SFT to train on", "recompile the recipe (ftc compile tokenizes)"),
+        Rule("FTC726", "the plan has no token artifact for {method} to train on", "recompile the recipe (ftc compile tokenizes)"),
         # 73x: the trainer's config against the plan
         Rule("FTC730", "{who} changed the plan's settings: {changes}",
              "this backend does not train the plan as written: use --backend hf, or change the recipe to values this backend keeps"),

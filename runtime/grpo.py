@@ -11,8 +11,9 @@ Decisions that are not TRL defaults, and why:
 - Rewards are the declared ones, weighted by GRPOConfig(reward_weights); the dataset keeps
   every compiled column, so the fields a reward reads reach it as kwargs. A field the data
   lacks is refused here, not scored as 0 at step 1.
-- TRL 1.x dropped `max_prompt_length`, but the plan declares it: prompts are measured with
-  the chat template TRL will apply, and those over the limit follow `train.overlong`
+- Generation starts from the prompt ids the compiler made (`encode_prompt`, in the token
+  artifact; the ids `ftc infer` feeds too), handed to TRL in place of its own tokenization.
+- TRL 1.x dropped `max_prompt_length`, but the plan declares it: prompts over the limit follow `train.overlong`
   (truncate: keep the last tokens, as TRL 0.x did; drop: leave the row out; error: stop).
   The counts go to run.json.
 - The clipping and reward scaling are written out, not left to defaults: unsloth's config
@@ -28,6 +29,7 @@ Decisions that are not TRL defaults, and why:
 
 from __future__ import annotations
 
+import json
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -62,6 +64,7 @@ class PromptData:
     train_dataset: Any
     eval_dataset: Any | None
     tokens_per_item: int
+    prompt_ids: dict  # prompt_key(prompt) -> the compiled prompt ids (encode_prompt's), train and eval
 
 
 class GRPO:
@@ -79,16 +82,18 @@ class GRPO:
         train_path, eval_path = plan.artifact("data", "train"), plan.artifact("data", "eval")
         max_prompt, overlong = grpo["max_prompt_length"], train["overlong"]
         use_eval = eval_path is not None and train["eval_steps"] is not None
-        train_table, train_prompts = _read_prompts(train_path, resolved, tokenizer, max_prompt, overlong)
-        eval_table, eval_prompts = _read_prompts(eval_path, resolved, tokenizer, max_prompt, overlong) if use_eval else (None, {})
+        prompt_ids: dict[str, list[int]] = {}  # prompt -> the compiled ids TRL generates from (see _trainer_class)
+        train_table, train_prompts = _read_prompts(plan, "train", resolved, max_prompt, overlong, prompt_ids)
+        eval_table, eval_prompts = (_read_prompts(plan, "eval", resolved, max_prompt, overlong, prompt_ids) if use_eval
+                                    else (None, {}))
         # a micro-batch holds per_device_train_batch_size completions with their prompts
         return PromptData(train_path, eval_path, train_table, eval_table, {"train": train_prompts, "eval": eval_prompts},
                           resolved, reward_funcs, max_prompt, _dataset(train_table),
                           _dataset(eval_table) if eval_table is not None else None,
-                          max_prompt + grpo["max_completion_length"])
+                          max_prompt + grpo["max_completion_length"], prompt_ids)
 
     def check_model(self, setup: ModelSetup, data: PromptData) -> None:
-        pass  # prompts are text: TRL tokenizes them with the model's own tokenizer
+        pass  # the prompt ids come from the compiler's token artifact, checked against the contract when read
 
     def config(self, train: dict, data: PromptData) -> tuple[type, dict]:
         from trl import GRPOConfig
@@ -116,7 +121,7 @@ class GRPO:
         )
 
     def trainer(self, data: PromptData, *, tokenizer: Any, setup: ModelSetup) -> tuple[type, dict]:
-        return _trainer_class(data.max_prompt_length), {"reward_funcs": data.reward_funcs}
+        return _trainer_class(data.max_prompt_length, data.prompt_ids), {"reward_funcs": data.reward_funcs}
 
     def flops(self, model: Any, data: PromptData, *, device: str) -> None:
         return None  # generation dominates a GRPO step; the training FLOPs alone would misstate MFU
@@ -172,12 +177,24 @@ class GRPO:
 METHOD = GRPO()
 
 
-def _read_prompts(path: Path, resolved: list[dict], tokenizer: Any, max_prompt: int, overlong: str) -> tuple[Any, dict]:
-    """The artifact's rows, checked against the contract and the rewards, with prompts over
-    `max_prompt` tokens handled by `overlong`; returns the table and the facts for run.json."""
+def prompt_key(prompt: Any) -> str:
+    """A prompt as a dict key: the text, or the chat turns as canonical JSON."""
+    return prompt if isinstance(prompt, str) else json.dumps(prompt, sort_keys=True, ensure_ascii=False)
+
+
+def _read_prompts(plan: Plan, split: str, resolved: list[dict], max_prompt: int, overlong: str,
+                  prompt_ids: dict[str, list[int]]) -> tuple[Any, dict]:
+    """The split's prompt rows, checked against the contract and the rewards, each with the ids the
+    compiler made for it (`encode_prompt`, the ids `ftc infer` feeds too: nothing is tokenized again
+    here); prompts over `max_prompt` tokens are handled by `overlong`. Fills `prompt_ids`; returns the
+    table and the facts for run.json."""
     import pyarrow as pa
+    import pyarrow.compute as pc
     import pyarrow.parquet as pq
 
+    path, tokens_path = plan.artifact("data", split), plan.artifact("tokens", split)
+    if tokens_path is None:
+        raise FtcError("FTC726", file=str(plan.lock_path), method="GRPO")
     table = pq.read_table(path)
     missing = [c for c in REQUIRED if c not in table.column_names]
     if missing:
@@ -189,11 +206,15 @@ def _read_prompts(path: Path, resolved: list[dict], tokenizer: Any, max_prompt: 
         if lacking:
             raise FtcError("FTC751", path=f"train.grpo.rewards[{i}]", name=d["name"], fields=", ".join(lacking),
                            artifact=path.name, columns=", ".join(table.column_names))
-    prompts = table.column("prompt").to_pylist()
-    if isinstance(prompts[0], list):  # chat turns: TRL applies the chat template, so measure with it
-        ids = tokenizer.apply_chat_template(prompts, add_generation_prompt=True, tokenize=True, return_dict=True)["input_ids"]
-    else:
-        ids = tokenizer(text=prompts)["input_ids"]
+    tokens = pq.read_table(tokens_path, columns=["row_id", "input_ids"])
+    # rows the compiler dropped at tokenization (counted in the lock's stages) are not trained on
+    table = table.filter(pc.is_in(table.column("row_id"), value_set=tokens.column("row_id").combine_chunks()))
+    if table.num_rows == 0:
+        raise FtcError("FTC721", file=str(tokens_path), kind="prompt token")
+    ids_of = dict(zip(tokens.column("row_id").to_pylist(), tokens.column("input_ids").to_pylist()))
+    ids = [ids_of[r] for r in table.column("row_id").to_pylist()]
+    for prompt, row_ids in zip(table.column("prompt").to_pylist(), ids):
+        prompt_ids[prompt_key(prompt)] = row_ids
     lengths = [len(x) for x in ids]
     over = [i for i, n in enumerate(lengths) if n > max_prompt]
     facts = {"max_tokens": max(lengths), "mean_tokens": round(sum(lengths) / len(lengths), 1), "limit": max_prompt,
@@ -222,7 +243,7 @@ def _dataset(table: Any) -> Any:
     return datasets.Dataset(table)
 
 
-def _trainer_class(max_prompt_length: int, base: type | None = None) -> type:
+def _trainer_class(max_prompt_length: int, prompt_ids: dict[str, list[int]], base: type | None = None) -> type:
     """GRPOTrainer (or `base`, a class that stands for it) that cuts prompts to max_prompt_length
     (TRL 1.x no longer does) and counts the tokens of every batch it trains on. FTC756 when the
     class has no `_tokenize_prompts` to cut them in (another TRL than the README's)."""
@@ -239,9 +260,9 @@ def _trainer_class(max_prompt_length: int, base: type | None = None) -> type:
         token_counter: TokenCounter | None = None
 
         def _tokenize_prompts(self, prompts):
-            prompt_ids, images, multimodal = super()._tokenize_prompts(prompts)
-            # keep the end: the question and the generation prompt
-            return [ids[-max_prompt_length:] for ids in prompt_ids], images, multimodal
+            # the compiled ids, not TRL's own tokenization: the very ids the lock records and `ftc infer`
+            # feeds; cut to max_prompt_length keeping the end (the question and the generation prompt)
+            return [prompt_ids[prompt_key(p)][-max_prompt_length:] for p in prompts], None, {}
 
         def _prepare_inputs(self, generation_batch):
             inputs = super()._prepare_inputs(generation_batch)

@@ -54,7 +54,7 @@ class SFT:
 
         train_path, eval_path = plan.artifact("tokens", "train"), plan.artifact("tokens", "eval")
         if train_path is None:
-            raise FtcError("FTC726", file=str(plan.lock_path))
+            raise FtcError("FTC726", file=str(plan.lock_path), method="SFT")
         max_len = plan.settings["model"]["max_seq_length"]
         train_table = token_data.read_tokens(train_path, max_seq_length=max_len)
         eval_table = token_data.read_tokens(eval_path, max_seq_length=max_len) if eval_path else None

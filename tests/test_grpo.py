@@ -58,7 +58,7 @@ def compile_gsm8k(folder: Path, *extra: str):
     recipe["transforms"].append({"limit": 16})
     tiny = write_tiny_model_dir(folder / "tiny")
     overrides = [f"model.name={tiny}", f"model.tokenizer={TOKENIZER}", *OVERRIDES, *extra]
-    return compile_plan(folder, recipe, *overrides, tokenize=False)
+    return compile_plan(folder, recipe, *overrides)
 
 
 def changed_lock(plan, name: str, **train):
@@ -145,6 +145,28 @@ def test_metrics_have_each_declared_reward_the_reward_std_and_the_kl(trained):
     assert (plan["epsilon"], plan["mask_truncated_completions"], plan["scale_rewards"]) == (0.2, False, "group")
     assert {k: facts["grpo"][k] for k in ("epsilon", "epsilon_high", "mask_truncated_completions", "scale_rewards")} == {
         "epsilon": 0.2, "epsilon_high": 0.2, "mask_truncated_completions": False, "scale_rewards": "group"}
+
+
+@needs_shared
+def test_generation_starts_from_the_compiled_prompt_ids(compiled):
+    """TRL generates from the ids the compiler made (encode_prompt: the chat template with its generation
+    prompt), the ones the lock's token artifact holds and `ftc infer` feeds, not from a tokenization of its own."""
+    import pyarrow.parquet as pq
+
+    from ftc.compiler.encode import encode_prompt
+    from ftc.runtime.grpo import METHOD, _trainer_class
+    from ftc.runtime.model import load_tokenizer
+
+    _, plan = compiled
+    tok = load_tokenizer(plan.tokenizer_location)
+    data = METHOD.prepare(plan, plan.settings["train"], tokenizer=tok, world_size=1)
+    fed = _trainer_class(PROMPT_LIMIT, data.prompt_ids)._tokenize_prompts
+    artifact = {r["row_id"]: r["input_ids"] for r in pq.read_table(plan.artifact("tokens", "train")).to_pylist()}
+    rows = data.train_table.to_pylist()
+    ids, _, _ = fed(None, [r["prompt"] for r in rows])
+    assert len(ids) == len(rows) == 12
+    for r, got in zip(rows, ids):
+        assert got == artifact[r["row_id"]][-PROMPT_LIMIT:] == encode_prompt(tok, r["prompt"])[-PROMPT_LIMIT:], r["row_id"]
 
 
 @needs_shared
@@ -257,8 +279,13 @@ def test_a_prompt_artifact_without_prompts_is_refused(compiled, tmp_path):
     folder, plan = compiled
     path = tmp_path / "prompts.parquet"
     pq.write_table(pq.read_table(plan.artifact("data", "train")).drop_columns(["prompt"]), path)
+    from types import SimpleNamespace
+
+    # the plan's view with its train data artifact swapped for the broken one
+    broken = SimpleNamespace(lock_path=plan.lock_path,
+                             artifact=lambda kind, split: path if kind == "data" else plan.artifact(kind, split))
     with pytest.raises(FtcError) as err:
-        _read_prompts(path, list(plan.settings["train"]["grpo"]["rewards"]), None, PROMPT_LIMIT, "error")
+        _read_prompts(broken, "train", list(plan.settings["train"]["grpo"]["rewards"]), PROMPT_LIMIT, "error", {})
     assert err.value.code == "FTC720" and "the prompt artifact lacks the column(s) prompt; it has row_id" in str(err.value)
 
 
@@ -269,9 +296,9 @@ def test_a_grpo_trainer_without_prompt_tokenizing_is_refused():
 
     from ftc.runtime.grpo import _trainer_class
 
-    assert _trainer_class(PROMPT_LIMIT).__mro__[1].__name__ == "GRPOTrainer"  # this TRL has it
+    assert _trainer_class(PROMPT_LIMIT, {}).__mro__[1].__name__ == "GRPOTrainer"  # this TRL has it
     with pytest.raises(FtcError) as err:
-        _trainer_class(PROMPT_LIMIT, base=Trainer)
+        _trainer_class(PROMPT_LIMIT, {}, base=Trainer)
     assert err.value.code == "FTC756" and "has no _tokenize_prompts" in str(err.value) and "trl 1.1" in err.value.hint
 
 
