@@ -52,7 +52,8 @@ def diff_locks(a: dict, b: dict) -> list[str]:
         if section:
             lines.append(f"{title}:")
             lines += [f"  {s}" for s in section]
-    other = sorted(set(a) | set(b) - {k for k, _ in SECTIONS} - {"plan_hash", "samples"})
+    # the sections above and the hash (which differs whenever anything does) are not "other"
+    other = sorted((set(a) | set(b)) - {k for k, _ in SECTIONS} - {"plan_hash", "samples"})
     for key in other:
         if a.get(key) != b.get(key):
             lines.append(f"{key}: changed")
