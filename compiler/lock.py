@@ -63,6 +63,8 @@ def read_lock(path: str | Path) -> dict:
         raise FtcError("FTC500", file=str(path), reason=e.strerror or str(e)) from None
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise FtcError("FTC500", file=str(path), reason=f"not JSON ({e})") from None
+    if isinstance(lock, dict) and "sources" in lock and "plan_hash" not in lock:
+        raise FtcError("FTC508", file=str(path))  # FTC500's hint would compile over the recipe itself
     if not isinstance(lock, dict) or "plan_hash" not in lock or "ftc_version" not in lock:
         raise FtcError("FTC500", file=str(path), reason="not a plan.lock (no plan_hash / ftc_version)")
     if lock.get("lock_version", 0) > LOCK_VERSION or _version_tuple(lock["ftc_version"]) > _version_tuple(__version__):

@@ -16,6 +16,8 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
+from ftc.compiler import jsontext
+from ftc.compiler.jsontext import json_path
 from ftc.errors import FtcError, did_you_mean
 
 SCHEMA_PATH = Path(__file__).with_name("recipe.schema.json")
@@ -62,19 +64,62 @@ def load_recipe(path: str | os.PathLike, overrides: list[str] | tuple[str, ...] 
     except OSError as e:
         raise FtcError("FTC100", file=str(path), reason=e.strerror or str(e)) from None
     try:
-        data = json.loads(raw.decode("utf-8-sig"))
+        text = raw.decode("utf-8-sig")
+        data, dupes = jsontext.loads(text)
     except UnicodeDecodeError as e:
         raise FtcError("FTC101", file=str(path), reason=f"not UTF-8 ({e.reason} at byte {e.start})", line=1, col=1) from None
     except json.JSONDecodeError as e:
         raise FtcError("FTC101", file=str(path), reason=e.msg, line=e.lineno, col=e.colno) from None
     if not isinstance(data, dict):
         raise FtcError("FTC102", file=str(path), reason="a recipe is a JSON object", hint="wrap it in { ... }")
+    _check_text(text, data, dupes, str(path))
+    original = copy.deepcopy(data)
     applied = []
     for arg in overrides:
         applied.append(apply_override(data, arg, p.parent, base=base))
-    validate(data, str(path))
-    resolved = resolve(data, str(path))
+    try:
+        validate(data, str(path))
+        resolved = resolve(data, str(path))
+    except FtcError as err:
+        raise _blame(err, original, list(overrides), str(path)) from None
     return Recipe(path=p, sha256=hashlib.sha256(raw).hexdigest(), overrides=tuple(applied), data=resolved)
+
+
+def _check_text(text: str, data: dict, dupes: list, file: str) -> None:
+    """Refuse what json read silently: a duplicated key (the first one's value was dropped), NaN or Infinity."""
+    if dupes:
+        at = jsontext.duplicate_at(text)
+        parts, key, first, second = at if at else ([], dupes[0], "?", "?")
+        raise FtcError("FTC140", file=file, path=json_path([*parts, key]), key=key, first=first, second=second)
+    found = jsontext.non_finite(data)
+    if found:
+        raise FtcError("FTC141", file=file, path=json_path(found[0]), value=found[1])
+
+
+def _blame(err: FtcError, original: dict, overrides: list[str], file: str) -> FtcError:
+    """The error as said of the --set that caused it, when one did: an error at a path a --set
+    wrote (or under it, or an unknown key it created) that the recipe file alone does not have.
+    The origin takes the file's place in the message (`--set no.such.key=1: at no: ...`)."""
+    if not overrides or not err.path or err.file != file:
+        return err
+    where = err.path.replace("[", ".").replace("]", "").split(".")
+    culprit = next((arg for arg in reversed(overrides)
+                    if _related(arg.partition("=")[0].strip().split("."), where)), None)
+    if culprit is None:
+        return err
+    try:
+        validate(copy.deepcopy(original), file)
+        resolve(original, file)
+    except FtcError as before:
+        if (before.code, before.path) == (err.code, err.path):
+            return err  # the recipe file has it with or without the --set
+    return FtcError(err.code, file=f"--set {culprit}", path=err.path, **err.fields)
+
+
+def _related(a: list[str], b: list[str]) -> bool:
+    """One dotted path is the other or lies under it."""
+    n = min(len(a), len(b))
+    return a[:n] == b[:n]
 
 
 # ---------------------------------------------------------------- overrides
@@ -87,9 +132,12 @@ def apply_override(data: dict, arg: str, recipe_dir: Path, *, base: str | os.Pat
     if not sep or not key:
         raise FtcError("FTC104", arg=arg, reason="expected KEY=VALUE")
     try:
-        value: Any = json.loads(text)
+        value: Any = jsontext.loads(text)[0]
     except json.JSONDecodeError:
         value = text  # bare strings need no quotes
+    found = jsontext.non_finite(value)
+    if found:
+        raise FtcError("FTC142", arg=arg, key=json_path([*key.split("."), *found[0]]), value=found[1])
     parts = key.split(".")
     if _is_path_key(parts) and isinstance(value, str) and not os.path.isabs(value):
         here = os.path.join(base, value) if base is not None else value
@@ -129,19 +177,11 @@ def _is_path_key(parts: list[str]) -> bool:
 
 # ---------------------------------------------------------------- validation
 
-def json_path(parts) -> str:
-    out = ""
-    for p in parts:
-        out += f"[{p}]" if isinstance(p, int) else (f".{p}" if out else str(p))
-    return out or "(top level)"
-
-
 def validate(data: dict, file: str) -> None:
     """Raise the most useful schema error, if any."""
-    from jsonschema import Draft202012Validator
     from jsonschema.exceptions import best_match
 
-    validator = Draft202012Validator(schema())
+    validator = _validator_class()(schema())
     errors = list(validator.iter_errors(data))
     if not errors:
         return
@@ -157,6 +197,19 @@ def validate(data: dict, file: str) -> None:
         err = best_match(err.context)
     path = json_path(err.absolute_path)
     raise FtcError("FTC102", file=file, path=path, reason=_describe(err), hint=_schema_hint(err))
+
+
+@lru_cache(maxsize=1)
+def _validator_class():
+    """Draft 2020-12, but an integer is an int: JSON Schema counts 4.0 and 1e308 as integers, and a
+    float would reach the Trainer as a batch size or a step count (range() refuses 4.0)."""
+    from jsonschema import Draft202012Validator, validators
+
+    def is_integer(checker, value) -> bool:
+        return isinstance(value, int) and not isinstance(value, bool)
+
+    checker = Draft202012Validator.TYPE_CHECKER.redefine("integer", is_integer)
+    return validators.extend(Draft202012Validator, type_checker=checker)
 
 
 def _deepest_unknown_key(errors):

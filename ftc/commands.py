@@ -168,13 +168,14 @@ def cmd_score(args) -> int:
     from ftc.compiler.lock import Plan
     from ftc.runtime.score import format_summary, score_file
 
+    plan = Plan.load(args.lock)  # a lock, first: load_split would compile a recipe (.json) in its place
     lock, table, _ = load_split(args.lock, args.split, [])
     rewards = lock["settings"]["train"].get("grpo", {}).get("rewards")
     if not rewards:
         from ftc.errors import FtcError
 
         raise FtcError("FTC774", file=args.lock)
-    result = score_file(rewards, table.to_pylist(), Path(args.completions), Plan.load(args.lock).recipe_dir)
+    result = score_file(rewards, table.to_pylist(), Path(args.completions), plan.recipe_dir)
     print(format_summary(result))
     return 0
 
@@ -242,6 +243,10 @@ def cmd_preview(args) -> int:
     from ftc.compiler.compile import OUTPUTS
     from ftc.compiler.summary import preview_rows
 
+    if args.n < 1:
+        from ftc.errors import FtcError
+
+        raise FtcError("FTC777", n=args.n)
     lock, table, tok_table = load_split(args.target, args.split, args.set, tokens=args.tokens)
     rows = table.slice(0, args.n).to_pylist()
     fmt_fields = OUTPUTS[lock["settings"]["template"]["format"]]

@@ -87,6 +87,13 @@ RULES: dict[str, Rule] = {
         Rule("FTC136", "{reward_file}:{function} is async", "write it as a plain def"),
         Rule("FTC137", "{reward_file}:{function} takes no completion parameter",
              "define it as def {function}(completion, **fields) -> float"),
+        # -- 14x the recipe's JSON text: what Python's json would take silently
+        Rule("FTC140", "duplicate key {key!r} (lines {first} and {second}): JSON keeps the last and drops the first silently",
+             "keep one {key!r} in that object (merge the two if both hold settings you mean)"),
+        Rule("FTC141", "{value} is not a finite number (JSON has no NaN or Infinity; Python's json reads them anyway)",
+             "write a finite number"),
+        Rule("FTC142", "--set {arg!r}: {value} at {key} is not a finite number",
+             "give a finite number, e.g. --set train.learning_rate=1e-4"),
         # ---- 2xx sources: files, formats, encodings, columns
         Rule("FTC200", "no files match {pattern!r}", "check sources.{source}.path; it is relative to the recipe file ({base})"),
         Rule("FTC201", "cannot decode {file}: {detail}", "declare the file's encoding in sources.{source}.encoding (e.g. \"gb18030\") or fix the file"),
@@ -135,6 +142,8 @@ RULES: dict[str, Rule] = {
              "the token ids in the artifacts came from the old tokenizer: recompile with `ftc compile {recipe} -o {lock}`"),
         Rule("FTC507", "python reward drift: {problems}",
              "the lock holds the sha256 of the reward file that was reviewed: recompile the recipe so it records the file you mean to run (`ftc compile RECIPE -o LOCK`)"),
+        Rule("FTC508", "{file} is a recipe, not a plan.lock (it has sources and no plan_hash)",
+             "that is a recipe; compile it first: ftc compile {file} -o plan.lock (then give plan.lock here)"),
         # ---- 6xx the tokenizer and tokenization
         Rule("FTC600", "cannot load tokenizer {name!r}: {reason}", "offline? point model.tokenizer at a local folder: --set model.tokenizer=PATH"),
         Rule("FTC602", "row {row} is {tokens} tokens, longer than max_seq_length {max_seq_length} ({count} rows are)",
@@ -164,6 +173,7 @@ RULES: dict[str, Rule] = {
         Rule("FTC774", "the plan declares no rewards to score with", "declare train.grpo.rewards in the recipe and recompile"),
         Rule("FTC775", "the request lacks {missing}", "give a JSON object with the fields {fields}"),
         Rule("FTC776", "the request gives no turns in {key!r}", "give {{\"{key}\": [{{\"role\": \"user\", \"content\": \"...\"}}]}}"),
+        Rule("FTC777", "-n {n}: preview shows at least one row", "give a positive count of rows, e.g. -n 3"),
         # ---- ftc run / infer / eval / export / score (runtime/): one rule per thing that goes wrong there
         # 70x: the run folder, the backend and the method
         Rule("FTC701", "--backend unsloth needs {missing}", "use --backend hf (transformers + peft + trl), which runs on the CPU too"),

@@ -25,6 +25,7 @@ PASS_THROUGH = {
 # FtcError calls whose code is not a literal, and why their fields are right anyway.
 DYNAMIC_CALLS = {
     ("compiler/inputs.py", "Drift.error"): "the Drift(CODE, file, {fields}) constructions are read below",
+    ("compiler/recipe.py", "_blame"): "re-raises validate's or resolve's FtcError, its code and fields as they were, said of the --set",
     ("runtime/unsloth_process.py", "train_in_child"): "re-raises the child process's FtcError, fields as it serialized them",
 }
 
