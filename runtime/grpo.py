@@ -40,6 +40,7 @@ from ftc.compiler.rewards import reward_from_dict
 from ftc.compiler.schedule import check_grpo_batch
 from ftc.errors import FtcError
 from ftc.runtime.metrics import TokenCounter, read_metrics
+from ftc.runtime.token_data import read_artifact
 from ftc.runtime.model import ModelSetup
 from ftc.runtime.rewards_trl import build_reward_funcs, reward_weights
 from ftc.runtime.session import Finished
@@ -190,23 +191,17 @@ def _read_prompts(plan: Plan, split: str, resolved: list[dict], max_prompt: int,
     table and the facts for run.json."""
     import pyarrow as pa
     import pyarrow.compute as pc
-    import pyarrow.parquet as pq
 
     path, tokens_path = plan.artifact("data", split), plan.artifact("tokens", split)
     if tokens_path is None:
         raise FtcError("FTC726", file=str(plan.lock_path), method="GRPO")
-    table = pq.read_table(path)
-    missing = [c for c in REQUIRED if c not in table.column_names]
-    if missing:
-        raise FtcError("FTC720", file=str(path), kind="prompt", missing=", ".join(missing), columns=", ".join(table.column_names))
-    if table.num_rows == 0:
-        raise FtcError("FTC721", file=str(path), kind="prompt")
+    table = read_artifact(path, "prompt", REQUIRED)
     for i, d in enumerate(resolved):
         lacking = [f for f in reward_from_dict(d).fields() if f not in table.column_names]
         if lacking:
             raise FtcError("FTC751", path=f"train.grpo.rewards[{i}]", name=d["name"], fields=", ".join(lacking),
                            artifact=path.name, columns=", ".join(table.column_names))
-    tokens = pq.read_table(tokens_path, columns=["row_id", "input_ids"])
+    tokens = read_artifact(tokens_path, "prompt token", ("row_id", "input_ids"), columns=["row_id", "input_ids"])
     # rows the compiler dropped at tokenization (counted in the lock's stages) are not trained on
     table = table.filter(pc.is_in(table.column("row_id"), value_set=tokens.column("row_id").combine_chunks()))
     if table.num_rows == 0:

@@ -40,6 +40,19 @@ class TokenStats:
     packed: bool
 
 
+def read_artifact(path: Path, kind: str, required: tuple[str, ...], columns: list[str] | None = None) -> pa.Table:
+    """An artifact of the compiler's, refused when it lacks a column the trainer needs or has no
+    rows (FTC720, FTC721); `kind` names it in the message ("token", "prompt")."""
+    path = Path(path)
+    table = pq.read_table(path, columns=columns)
+    missing = [c for c in required if c not in table.column_names]
+    if missing:
+        raise FtcError("FTC720", file=str(path), kind=kind, missing=", ".join(missing), columns=", ".join(table.column_names))
+    if table.num_rows == 0:
+        raise FtcError("FTC721", file=str(path), kind=kind)
+    return table
+
+
 def read_tokens(path: Path, *, max_seq_length: int | None = None) -> pa.Table:
     """Read and check the artifact: the columns, lengths and labels the trainer relies on.
 
@@ -47,12 +60,7 @@ def read_tokens(path: Path, *, max_seq_length: int | None = None) -> pa.Table:
     that drifted from the contract before hours of GPU time are spent on it (FTC720-FTC725).
     """
     path = Path(path)
-    table = pq.read_table(path)
-    missing = [c for c in REQUIRED if c not in table.column_names]
-    if missing:
-        raise FtcError("FTC720", file=str(path), kind="token", missing=", ".join(missing), columns=", ".join(table.column_names))
-    if table.num_rows == 0:
-        raise FtcError("FTC721", file=str(path), kind="token")
+    table = read_artifact(path, "token", REQUIRED)
     row_id = table.column("row_id")
     ids = table.column("input_ids").combine_chunks()
     labels = table.column("labels").combine_chunks()
