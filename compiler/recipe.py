@@ -300,7 +300,41 @@ def resolve(data: dict, file: str) -> dict:
     out["train"] = train
     out["output"] = {"cache_dir": ".ftc", **out.get("output", {})}
     _check_template_keys(out["template"], file)
+    _check_applies(data, out, file)
     return out
+
+
+_FILE_KEYS = ("format", "encoding", "delimiter", "captures")  # what only the file readers read
+_LOSS_KEYS = {"completion_only_loss": "prompt_completion", "assistant_only_loss": "messages"}
+
+
+def _check_applies(written: dict, out: dict, file: str) -> None:
+    """Refuse a key the user wrote that nothing would read (DESIGN: a key that does not apply is an
+    error, never silently ignored). `written` is the recipe as given (after --set, before defaults):
+    the resolver fills some of these keys itself, and only the user's own are the user's mistake."""
+    for name, src in written["sources"].items():
+        if "hf" in src:
+            for key in _FILE_KEYS:
+                if key in src:
+                    raise FtcError("FTC212", file=file, path=json_path(["sources", name, key]), source=name, key=key)
+    train, model = written.get("train", {}), written.get("model", {})
+    method, fmt = out["train"]["method"], out["template"]["format"]
+    if method == "grpo" and train.get("packing") is True:
+        raise FtcError("FTC150", file=file, path="train.packing")
+    if method == "grpo" and train.get("micro_batch") == "auto":  # memory_plan keeps a GRPO batch's split
+        raise FtcError("FTC151", file=file, path="train.micro_batch")
+    if method != "grpo" and "grpo" in train:
+        raise FtcError("FTC155", file=file, path="train.grpo", method=method)
+    if "eval_steps" in train and out["split"]["eval"] == 0:  # no eval artifact: the run passes no eval_steps
+        raise FtcError("FTC152", file=file, path="train.eval_steps")
+    for key, applies in _LOSS_KEYS.items():
+        if key in train and fmt != applies:
+            raise FtcError("FTC153", file=file, path=f"train.{key}", key=key, applies=applies, format=fmt)
+    init = out["model"]["init"]
+    if model.get("config") and init != "random":  # {} overrides nothing (and lets --set clear a recipe's config)
+        raise FtcError("FTC154", file=file, path="model.config", init=init)
+    if init == "random" and out["model"]["load_in_4bit"]:  # also refused at run time, for older locks
+        raise FtcError("FTC710", file=file, path="model.load_in_4bit")
 
 
 def _resolve_step(step: dict) -> None:

@@ -94,6 +94,21 @@ RULES: dict[str, Rule] = {
              "write a finite number"),
         Rule("FTC142", "--set {arg!r}: {value} at {key} is not a finite number",
              "give a finite number, e.g. --set train.learning_rate=1e-4"),
+        # -- 15x keys that do not apply to the recipe's method, format or model (checked as written, before defaults)
+        Rule("FTC150", "train.packing applies to SFT, and train.method is \"grpo\" (GRPO generates its completions; it packs nothing)",
+             "drop train.packing (or set it to false) under GRPO"),
+        Rule("FTC151", "train.micro_batch \"auto\" applies to SFT, and train.method is \"grpo\": "
+                       "GRPO keeps the plan's split (a batch is a group of completions)",
+             "drop train.micro_batch (or set it to \"plan\") under GRPO; per_device_train_batch_size is the micro-batch"),
+        Rule("FTC152", "train.eval_steps evaluates the eval split, and split.eval is 0: there is no eval split",
+             "set split.eval (a share such as 0.05, or a row count), or drop train.eval_steps"),
+        Rule("FTC153", "train.{key} sets the loss mask of format {applies!r}, and template.format is {format!r}",
+             "drop train.{key}: it does not apply to format {format!r}"),
+        Rule("FTC154", "model.config overrides the config of a model built with random weights, and model.init is {init!r}",
+             "set model.init to \"random\" to build the model from its config, or drop model.config "
+             "(a pretrained model keeps the config it was trained with)"),
+        Rule("FTC155", "train.grpo configures GRPO, and train.method is {method!r}",
+             "set train.method to \"grpo\", or drop train.grpo"),
         # ---- 2xx sources: files, formats, encodings, columns
         Rule("FTC200", "no files match {pattern!r}", "check sources.{source}.path; it is relative to the recipe file ({base})"),
         Rule("FTC201", "cannot decode {file}: {detail}", "declare the file's encoding in sources.{source}.encoding (e.g. \"gb18030\") or fix the file"),
@@ -111,6 +126,8 @@ RULES: dict[str, Rule] = {
              "map a column that holds a list of objects, such as ShareGPT 'conversations'"),
         Rule("FTC211", "the turns of column {column!r} have no key {key!r} (their keys: {keys})",
              "set sources.{source}.columns.{field}.role_key and content_key to the turns' keys (defaults: \"from\", \"value\")"),
+        Rule("FTC212", "sources.{source}.{key} applies to files read from 'path', and source {source!r} is a Hugging Face dataset ('hf')",
+             "drop sources.{source}.{key} (the dataset's own loader reads it); to read the files yourself, give 'path' instead of 'hf'"),
         # ---- 3xx transforms (DuckDB steps)
         Rule("FTC300", "SQL error in {where}: {reason}\n  expression: {expr}", "expressions are DuckDB SQL over the fields: {fields}"),
         Rule("FTC301", "{where}: unknown field {field!r}", "known fields: {fields}{suggest}"),

@@ -233,10 +233,10 @@ def test_a_folder_that_is_not_a_run_is_named_as_such(cli, tmp_path):
 
 
 def test_4bit_with_a_random_init_model_is_refused(cli, demo, tmp_path):
-    lock = compile_demo(cli, demo, "model.load_in_4bit=true")  # the demo's model is init=random
-    err = refused(cli, "FTC710", "run", lock, "--output", tmp_path / "r")
+    """Refused when compiling now (the demo's model is init=random), so no lock for `ftc run` exists."""
+    err = refused(cli, "FTC710", "compile", demo / "demo.json", "-o", tmp_path / "p.lock", "--set", "model.load_in_4bit=true")
     assert "at model.load_in_4bit: 4-bit quantization needs trained weights" in err and "model.init=pretrained" in err
-    assert not (tmp_path / "r" / "checkpoints").exists()
+    assert not (tmp_path / "p.lock").exists()
 
 
 def test_4bit_without_a_gpu_is_refused(cli, demo, tmp_path):
@@ -244,7 +244,7 @@ def test_4bit_without_a_gpu_is_refused(cli, demo, tmp_path):
 
     if torch.cuda.is_available():
         pytest.skip("this machine has CUDA")
-    lock = compile_demo(cli, demo, "model.init=pretrained", "model.load_in_4bit=true")
+    lock = compile_demo(cli, demo, "model.init=pretrained", "model.config={}", "model.load_in_4bit=true")  # config: init=random's
     err = refused(cli, "FTC712", "run", lock, "--output", tmp_path / "r")
     assert "model.load_in_4bit needs a CUDA GPU" in err and "model.load_in_4bit=false" in err
 
