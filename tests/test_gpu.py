@@ -89,7 +89,7 @@ def test_qlora_on_the_hf_backend(project, tmp_path):
     torch.manual_seed(0)
     AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(project / "demo" / "model")).save_pretrained(base)
     lock = tmp_path / "q.lock"
-    ftc("compile", project / "demo.json", "-o", lock, "-q", "--set", f"model.name={base}", "--set", "model.init=pretrained",
+    ftc("compile", project / "demo.json", "-o", lock, "-q", "--set", f"model.name={base}", "--set", "model.init=pretrained", "--set", "model.config={}",
         "--set", "model.load_in_4bit=true", "--set", "model.dtype=bfloat16", "--set", "train.logging_steps=1", cwd=project)
     run = tmp_path / "run"
     ftc("run", lock, "--backend", "hf", "--output", run, "--max-steps", 4, cwd=project)

@@ -149,7 +149,7 @@ def test_tampered_and_newer_locks_are_refused(cli, demo, tmp_path):
 
 
 def test_missing_model_is_a_clear_error(cli, demo, tmp_path):
-    lock = compile_demo(cli, demo, "model.name=no/such-model", "model.init=pretrained")
+    lock = compile_demo(cli, demo, "model.name=no/such-model", "model.init=pretrained", "model.config={}")
     err = refused(cli, "FTC713", "run", lock, "--output", tmp_path / "r")
     assert "at model.name: cannot load model" in err and "no/such-model" in err and "with transformers" in err
 
