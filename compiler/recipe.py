@@ -18,6 +18,7 @@ from typing import Any
 
 from ftc.compiler import jsontext
 from ftc.compiler.jsontext import json_path
+from ftc.compiler.lock import relpath
 from ftc.errors import FtcError, did_you_mean
 
 SCHEMA_PATH = Path(__file__).with_name("recipe.schema.json")
@@ -142,7 +143,7 @@ def apply_override(data: dict, arg: str, recipe_dir: Path, *, base: str | os.Pat
     if _is_path_key(parts) and isinstance(value, str) and not os.path.isabs(value):
         here = os.path.join(base, value) if base is not None else value
         if os.path.exists(here):
-            value = os.path.relpath(os.path.abspath(here), os.path.abspath(recipe_dir)).replace(os.sep, "/")
+            value = relpath(here, recipe_dir)
     node: Any = data
     for i, part in enumerate(parts[:-1]):
         if isinstance(node, list):

@@ -19,6 +19,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from ftc.compiler import readers
+from ftc.compiler.lock import relpath
 from ftc.compiler.recipe import Recipe
 from ftc.errors import FtcError, did_you_mean
 
@@ -68,12 +69,8 @@ def discover(recipe: Recipe, name: str, spec: dict) -> tuple[list[Path], Path]:
         files, root = [], full
     if not files:
         raise FtcError("FTC200", file=str(recipe.path), path=f"sources.{name}.path", pattern=raw, source=name, base=str(recipe.dir))
-    files.sort(key=lambda p: _rel(p, root))
+    files.sort(key=lambda p: relpath(p, root))
     return files, root
-
-
-def _rel(p: Path, root: Path) -> str:
-    return os.path.relpath(p, root).replace(os.sep, "/")
 
 
 def load_source(recipe: Recipe, name: str, spec: dict, progress: bool = False) -> SourceData:
@@ -85,8 +82,8 @@ def load_source(recipe: Recipe, name: str, spec: dict, progress: bool = False) -
     total = sum(f.stat().st_size for f in files)
     done = 0
     for i, f in enumerate(files):
-        rel_recipe = _rel(f, recipe.dir)
-        rel_root = _rel(f, root)
+        rel_recipe = relpath(f, recipe.dir)
+        rel_root = relpath(f, root)
         fmt = spec.get("format") or readers.FORMATS.get(f.suffix.lower())
         if fmt is None:
             raise FtcError("FTC207", file=rel_recipe, format=f.suffix, source=name)
@@ -143,7 +140,7 @@ def _load_hf(recipe: Recipe, name: str, spec: dict) -> SourceData:
              "rows": n, "columns": chosen}
     if hf.get("data_files"):
         facts["data_files"] = [
-            {"path": _rel(Path(p), recipe.dir), "sha256": hashlib.sha256(Path(p).read_bytes()).hexdigest()}
+            {"path": relpath(Path(p), recipe.dir), "sha256": hashlib.sha256(Path(p).read_bytes()).hexdigest()}
             for p in kwargs["data_files"]
         ]
         facts["fingerprint"] = None  # the datasets cache fingerprint is path-dependent; the file hashes say it all
