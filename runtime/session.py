@@ -220,7 +220,7 @@ def run_method(method: Method, plan: Plan, *, output_dir: Path, resume: bool = F
         "peak_memory": peak_memory(loaded.device),
         "distributed": distributed_facts(settings["train"], rank_train, world_size, per_second),
         "adapter_dir": ".",
-        "checkpoint": relative(_last_checkpoint(folder.checkpoints), folder.root),
+        "checkpoint": relative(last_checkpoint(folder.checkpoints), folder.root),
         **({"flops": flops, "mfu": mfu(counter.real, train_time, flops)} if flops else {}),
         **finished_times(started_at, t0),
     }
@@ -248,7 +248,8 @@ def backend_setup(backend: str) -> Callable[..., ModelSetup]:
     return hf_setup
 
 
-def _last_checkpoint(checkpoints: Path) -> str | None:
+def last_checkpoint(checkpoints: Path) -> str | None:
+    """The checkpoint a resume starts from (the Trainer's own pick), or None."""
     from transformers.trainer_utils import get_last_checkpoint
 
     return get_last_checkpoint(str(checkpoints)) if checkpoints.is_dir() else None
@@ -259,7 +260,7 @@ def open_run_folder(output_dir: Path, *, resume: bool) -> RunFolder:
     root = Path(output_dir)
     root.mkdir(parents=True, exist_ok=True)
     checkpoints = root / CHECKPOINTS
-    last = _last_checkpoint(checkpoints)
+    last = last_checkpoint(checkpoints)
     if resume and last is None:
         raise FtcError("FTC706", folder=str(checkpoints))
     if not resume and last is not None:
