@@ -135,8 +135,11 @@ def read_jsonl(data: bytes, enc: str, bom: int, file: str, source: str) -> ReadR
 
 
 def _from_rows(rows: list[dict], file: str, fmt: str, source: str) -> pa.Table:
+    # Every key of every row, in order of first appearance (from_pylist would take the
+    # first row's keys only and silently drop a key that first appears later).
+    keys = dict.fromkeys(k for r in rows for k in r)
     try:
-        return pa.Table.from_pylist(rows)
+        return pa.Table.from_pydict({k: [r.get(k) for r in rows] for k in keys})
     except (pa.ArrowInvalid, pa.ArrowTypeError) as e:
         raise FtcError("FTC202", file=file, format=fmt, reason=f"inconsistent value types across rows: {e}", source=source) from None
 

@@ -15,6 +15,7 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -73,11 +74,25 @@ def discover(recipe: Recipe, name: str, spec: dict) -> tuple[list[Path], Path]:
     return files, root
 
 
+def capture_pattern(recipe: Recipe, name: str, spec: dict) -> re.Pattern | None:
+    """The source's ``captures`` regex, compiled; refused when it does not compile or names no group."""
+    if "captures" not in spec:
+        return None
+    where = f"sources.{name}.captures"
+    try:
+        pattern = re.compile(spec["captures"])
+    except re.error as e:
+        raise FtcError("FTC303", file=str(recipe.path), path=where, where=where, reason=str(e)) from None
+    if not pattern.groupindex:
+        raise FtcError("FTC309", file=str(recipe.path), path=where, source=name, pattern=spec["captures"])
+    return pattern
+
+
 def load_source(recipe: Recipe, name: str, spec: dict, progress: bool = False) -> SourceData:
     if "hf" in spec:
         return _load_hf(recipe, name, spec)
     files, root = discover(recipe, name, spec)
-    pattern = re.compile(spec["captures"]) if "captures" in spec else None
+    pattern = capture_pattern(recipe, name, spec)
     tables, facts = [], []
     total = sum(f.stat().st_size for f in files)
     done = 0
@@ -148,9 +163,19 @@ def _load_hf(recipe: Recipe, name: str, spec: dict) -> SourceData:
 
 
 def map_columns(table: pa.Table, columns: dict | None, captured: dict, file: str, source: str) -> tuple[pa.Table, dict]:
-    """Canonical fields from one file's columns; alternatives resolved per file."""
+    """Canonical fields from one file's columns.
+
+    Alternatives are resolved row by row: a field takes, in each row, the first listed
+    column that has a value there (JSONL rows may name one thing differently), so no row
+    is left empty while another column holds its value. A path capture never silently
+    replaces a column of the same name (FTC209). A file's ``tools`` column comes along
+    with a conversation mapping: the chat template reads it (``tools=``), as TRL does.
+    """
     n = table.num_rows
     if columns is None:
+        for k in captured:
+            if k in table.column_names:
+                raise FtcError("FTC209", file=file, path=f"sources.{source}.captures", field=k, column=k, source=source)
         out = {c: table.column(c) for c in table.column_names}
         chosen = {c: c for c in table.column_names}
     else:
@@ -164,23 +189,55 @@ def map_columns(table: pa.Table, columns: dict | None, captured: dict, file: str
             conv = spec if isinstance(spec, dict) else None
             alts = conv["from"] if conv else spec
             alts = [alts] if isinstance(alts, str) else list(alts)
-            col = next((a for a in alts if a in table.column_names), None)
-            if col is None:
+            present = list(dict.fromkeys(a for a in alts if a in table.column_names))
+            if not present:
                 if fname in captured:
                     continue  # a path capture of the same name fills it
                 suggest = "".join(did_you_mean(a, table.column_names) for a in alts[:1])
                 raise FtcError("FTC203", file=file, path=path, wanted=alts, field=fname,
                                available=", ".join(table.column_names) or "(none)", suggest=suggest)
             if fname in captured:
-                raise FtcError("FTC209", file=file, path=path, field=fname, column=col, source=source)
-            chosen[fname] = col
-            arr = table.column(col)
-            out[fname] = convert_turns(arr, conv, file, source, fname, col) if conv else arr
+                raise FtcError("FTC209", file=file, path=path, field=fname, column=present[0], source=source)
+            arrays = [convert_turns(table.column(c), conv, file, source, fname, c) if conv else table.column(c).combine_chunks()
+                      for c in present]
+            out[fname], chosen[fname] = first_present(arrays, present, file, path, fname)
+        if any(isinstance(c, dict) and "from" in c for c in columns.values()) and "tools" in table.column_names \
+                and "tools" not in out:
+            out["tools"], chosen["tools"] = table.column("tools"), "tools"
     for k, v in captured.items():
         if k not in out:
             out[k] = pa.array([v] * n, pa.string())
             chosen[k] = "path capture"
     return pa.table(out) if out else pa.table({"_empty": pa.nulls(n)}).drop(["_empty"]), chosen
+
+
+_SCALAR = (pa.types.is_string, pa.types.is_large_string, pa.types.is_integer, pa.types.is_floating, pa.types.is_boolean,
+           pa.types.is_null)
+
+
+def first_present(arrays: list[pa.Array], names: list[str], file: str, path: str, fname: str) -> tuple[pa.Array, str]:
+    """Per row, the value of the first array that has one there; and which columns fed how many rows.
+
+    Alternatives of different scalar types are joined as text (as the file wrote them);
+    other type mixes cannot be one field and are refused.
+    """
+    if len(arrays) == 1:
+        return arrays[0], names[0]
+    if len({a.type for a in arrays}) > 1:
+        if not all(any(is_(a.type) for is_ in _SCALAR) for a in arrays):
+            raise FtcError("FTC307", file=file, path=path, field=fname,
+                           types=", ".join(f"{c}: {a.type}" for c, a in zip(names, arrays)))
+        arrays = [a.cast(pa.string()) for a in arrays]
+    taken = pa.array(np.zeros(len(arrays[0]), bool))
+    fed = {}
+    for c, a in zip(names, arrays):
+        mine = pc.and_not(pc.is_valid(a), taken)
+        fed[c] = pc.sum(mine).as_py() or 0
+        taken = pc.or_(taken, mine)
+    fed = {c: k for c, k in fed.items() if k}
+    if len(fed) <= 1:
+        return pc.coalesce(*arrays), next(iter(fed), names[0])
+    return pc.coalesce(*arrays), ", ".join(f"{c} ({k} rows)" for c, k in fed.items())
 
 
 def convert_turns(arr: pa.ChunkedArray, conv: dict, file: str, source: str, fname: str, column: str) -> pa.Array:
@@ -201,14 +258,45 @@ def convert_turns(arr: pa.ChunkedArray, conv: dict, file: str, source: str, fnam
     idx = pc.index_in(raw_roles.cast(pa.string()), value_set=keys)
     if idx.null_count:
         bad_at = pc.index(pc.is_null(idx), True).as_py()
-        # which row holds that turn: the first offset beyond it
-        offsets = arr.offsets.to_numpy()
-        import numpy as np
-
-        row = int(np.searchsorted(offsets, bad_at, side="right"))
-        raise FtcError("FTC206", file=file, row=row, role=raw_roles[bad_at].as_py(), source=source, field=fname,
-                       mapped=", ".join(roles_map))
+        role = raw_roles[bad_at].as_py()
+        suggested, why = role_hint(role)
+        raise FtcError("FTC206", file=file, row=_row_of_turn(arr, bad_at), role=role, source=source, field=fname,
+                       mapped=", ".join(roles_map), suggested=suggested, why=why)
     mapped = pc.take(pa.array(list(roles_map.values()), pa.string()), idx)
     content = turns.field(ck).cast(pa.string())
+    if content.null_count:  # a chat template would print None as the text 'None'
+        bad_at = pc.index(pc.is_null(content), True).as_py()
+        raise FtcError("FTC310", file=file, path=f"sources.{source}.columns.{fname}", row=_row_of_turn(arr, bad_at),
+                       column=column, key=ck, count=content.null_count)
     structs = pa.StructArray.from_arrays([mapped, content], names=["role", "content"])
     return pa.ListArray.from_arrays(arr.offsets, structs, mask=arr.is_null())
+
+
+def _row_of_turn(arr: pa.ListArray, turn: int) -> int:
+    """The 1-based row holding flat turn number ``turn``: the first offset beyond it."""
+    return int(np.searchsorted(arr.offsets.to_numpy(), turn, side="right"))
+
+
+# What a ShareGPT-style role name usually means. Only assistant turns are trained (with
+# assistant_only_loss), so a tool's output must never be suggested as "assistant".
+_ROLE_HINTS = {
+    "user": ("human", "user", "question", "prompt", "instruction"),
+    "assistant": ("gpt", "assistant", "model", "bot", "chatgpt", "bard", "response", "answer", "function_call",
+                  "tool_call", "tool_calls"),
+    "system": ("system", "system_prompt"),
+    "tool": ("observation", "tool", "function", "function_response", "tool_response", "ipython", "tool_result"),
+}
+
+
+def role_hint(role: object) -> tuple[str, str]:
+    """(the role to suggest for a source role name, why): trained turns only where the model speaks."""
+    name = str(role).strip().lower()
+    for target, names in _ROLE_HINTS.items():
+        if name in names:
+            if target == "assistant":
+                return target, "assistant turns are what the model learns to write"
+            if target == "tool":
+                return target, "a tool's output is read by the model, not trained: never map it to assistant"
+            return target, f"{target} turns are read by the model, not trained"
+    return "user", ("a guess: map it to what that speaker is; only assistant turns are trained, "
+                    "and tool outputs map to tool")

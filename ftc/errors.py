@@ -116,7 +116,8 @@ RULES: dict[str, Rule] = {
         Rule("FTC203", "{file}: none of the columns {wanted} for field {field!r} is present", "available columns: {available}{suggest}"),
         Rule("FTC204", "{file}: path does not match sources.{source}.captures {pattern!r}", "every file of the source must match; adjust the pattern or the path"),
         Rule("FTC205", "cannot load Hugging Face dataset {name!r}: {reason}", "check sources.{source}.name/config/split/revision; offline, point 'path' at a local copy instead"),
-        Rule("FTC206", "{file} row {row}: role {role!r} is not in sources.{source}.columns.{field}.roles", "add it to the role map, e.g. \"{role}\": \"assistant\" (mapped roles: {mapped})"),
+        Rule("FTC206", "{file} row {row}: role {role!r} is not in sources.{source}.columns.{field}.roles",
+             "add it to the role map, e.g. \"{role}\": \"{suggested}\" ({why}; mapped roles: {mapped})"),
         Rule("FTC207", "unknown format {format!r} for {file}", "declare sources.{source}.format as one of csv, tsv, json, jsonl, parquet"),
         Rule("FTC208", "unknown encoding {encoding!r}",
              "set sources.{source}.encoding to a Python codec name such as utf-8, gb18030, big5, latin-1, or to \"auto\""),
@@ -140,6 +141,17 @@ RULES: dict[str, Rule] = {
              "fix that value in the data, or let the expression yield NULL instead of failing "
              "(TRY_CAST(x AS INTEGER), try(expr)) and drop those rows with a filter"),
         Rule("FTC306", "mix names an unknown source {name!r}", "mix keys are source names: {sources}{suggest}"),
+        # -- 307-319: column mapping and stage accounting: nothing lost or invented (compiler/sources.py, normalize.py)
+        Rule("FTC307", "field {field!r}: its alternative columns have types that cannot be one field ({types})",
+             "map them to separate fields, or list only columns of one kind (text, or lists of turns)"),
+        Rule("FTC308", "internal error: {stage}: {rows_in} rows in, {rows_out} rows out and {dropped} counted as dropped do not add up",
+             "the stage lost or invented rows without counting them; this is a bug in ftc (or an expression that "
+             "changed more than its own value): please report it with the recipe"),
+        Rule("FTC310", "row {row}: a turn of column {column!r} has a null {key!r} ({count} turns do), which a chat template "
+                       "would print as 'None'",
+             "fix or drop those rows in the data; a turn's text is never made up"),
+        Rule("FTC309", "sources.{source}.captures {pattern!r} has no named group, so it captures no field",
+             "name each part to capture, e.g. ^(?P<department>[^/]+)/ (groups become fields)"),
         # ---- 4xx templates (Jinja, and the template section of the recipe)
         Rule("FTC400", "template {template} line {line}: {reason}", "fix the Jinja syntax"),
         Rule("FTC401", "template {template} line {line}, row {row}: {reason}", "available fields: {fields}"),
@@ -147,6 +159,19 @@ RULES: dict[str, Rule] = {
         Rule("FTC403", "format {format!r} needs template.{key}",
              "add \"{key}\": an inline Jinja string or {{\"file\": \"templates/....jinja\"}}"),
         Rule("FTC404", "format {format!r} does not use template.{key}", "format {format!r} takes: {keys}"),
+        # -- 405-419: rendering prints what the data holds, never a stand-in (compiler/render.py, encode.py)
+        Rule("FTC405", "template {template}, row {row}: field {field!r} is null, and Jinja would print it as 'None' "
+                       "({count} rows print a null)",
+             "drop those rows first ({{\"drop_empty\": [\"{field}\"]}}), or say what to print instead, "
+             "e.g. {{{{ {field} or '' }}}} or {{% if {field} %}}...{{% endif %}}"),
+        Rule("FTC406", "template {template} is empty", "write the Jinja text that makes this part of the row, e.g. {{{{ question }}}}"),
+        Rule("FTC407", "template {template} renders to nothing (empty or only whitespace) on all {rows} rows",
+             "check the fields it prints and the conditions around them; the rows have: {fields}"),
+        Rule("FTC408", "row {row}: tools is not a list of tool definitions: {reason}",
+             "tools hold the JSON schemas of the functions the model may call, as a list or its JSON text, "
+             "e.g. [{{\"name\": \"search\", \"parameters\": {{...}}}}]; rows without tools hold null"),
+        Rule("FTC409", "template file {template} is not UTF-8 text: byte {byte} at offset {offset} (line {line}) does not decode",
+             "save the template as UTF-8 (e.g. iconv -f gb18030 -t utf-8)"),
         # ---- 5xx the lock and the inputs it fingerprints
         Rule("FTC500", "cannot read lock {file}: {reason}", "compile one with `ftc compile RECIPE -o {file}`"),
         Rule("FTC501", "{file} was written by ftc {version}, newer than this ftc {ours}", "upgrade ftc, or recompile the recipe with this version"),
