@@ -1,0 +1,183 @@
+"""Column mapping, transforms and rendering never silently lose or invent data (issue 12).
+
+Every case compiles a tiny recipe with the real compiler and checks what the artifacts
+hold (or that the error names the file, the JSON path or the row).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pyarrow.parquet as pq
+import pytest
+
+from conftest import TOKENIZER, write_recipe
+from fixtures import write_jsonl
+
+TPL = {"format": "prompt_completion", "prompt": "{{ q }}", "completion": "{{ a }}"}
+SHAREGPT = "data/sharegpt/glaive_toolcall_en_demo.json"
+ROLES = {"human": "user", "gpt": "assistant", "function_call": "assistant", "observation": "tool"}
+
+
+def compiled(cli, folder, recipe: dict, *extra: str, split: str = "train") -> tuple[dict, list[dict]]:
+    """(the lock, the rows of the split's data artifact) of a compile that must succeed."""
+    r = write_recipe(folder, recipe)
+    out = folder / "plan.lock"
+    code, _, err = cli("compile", r, "-o", out, *extra)
+    assert code == 0, err
+    lock = json.loads(out.read_text(encoding="utf-8"))
+    return lock, pq.read_table(folder / lock["artifacts"]["data"][split]["path"]).to_pylist()
+
+
+def refused(cli, folder, recipe: dict, code: str, *extra: str, command: str = "compile") -> str:
+    """The error text of a compile (or validate) that must be refused with ``code``, cleanly."""
+    r = write_recipe(folder, recipe)
+    args = [command, r] + (["-o", folder / "x.lock"] if command == "compile" else []) + list(extra)
+    rc, _, err = cli(*args)
+    assert rc == 2 and f"error[{code}]" in err and "Traceback" not in err, err
+    return err
+
+
+# ---------------------------------------------------------------- 1. alternatives row by row
+
+def test_alternatives_are_resolved_row_by_row_within_a_file(cli, tmp_path):
+    rows = [{"q": f"q{i}", "answer": f"a{i}"} for i in range(1, 6)] + [{"q": f"q{i}", "response": f"r{i}"} for i in range(6, 11)]
+    write_jsonl(tmp_path / "d.jsonl", rows)
+    recipe = {"sources": {"s": {"path": "d.jsonl", "columns": {"q": "q", "a": ["answer", "response"]}}}, "template": TPL}
+    lock, data = compiled(cli, tmp_path, recipe)
+    got = {r["row_id"]: r["completion"] for r in data}
+    assert got == {f"s:d.jsonl:{i}": (f"a{i}" if i <= 5 else f"r{i}") for i in range(1, 11)}
+    assert lock["sources"]["s"]["files"][0]["columns"]["a"] == "answer (5 rows), response (5 rows)"
+
+
+def test_a_key_first_seen_in_a_later_row_is_read(cli, tmp_path):
+    rows = [{"q": "1"}, {"q": "2"}, {"q": "3"}, {"q": "4", "note": "n4"}, {"q": "5", "note": "n5"}]
+    write_jsonl(tmp_path / "d.jsonl", rows)
+    recipe = {"sources": {"s": {"path": "d.jsonl"}}, "transforms": [{"drop_empty": ["note"]}],
+              "template": {"format": "text", "text": "{{ q }}:{{ note }}"}}
+    lock, data = compiled(cli, tmp_path, recipe)
+    assert sorted(r["text"] for r in data) == ["4:n4", "5:n5"]
+    assert {"stage": "transforms[0]: drop_empty", "rows_in": 5, "rows_out": 2, "dropped": {"empty note": 3}} in lock["stages"]
+
+
+def test_alternatives_of_incompatible_types_are_refused(cli, tmp_path):
+    write_jsonl(tmp_path / "d.jsonl", [{"q": "1", "a": "x"}, {"q": "2", "b": ["x", "y"]}])
+    err = refused(cli, tmp_path, {"sources": {"s": {"path": "d.jsonl", "columns": {"q": "q", "a": ["a", "b"]}}},
+                                  "template": TPL}, "FTC307")
+    assert "sources.s.columns.a" in err and "a: string" in err and "b: list<item: string>" in err
+
+
+# ---------------------------------------------------------------- 3. path captures never shadow a column
+
+def test_a_capture_named_like_a_file_column_is_an_error(cli, tmp_path, shared):
+    med = tmp_path / "data" / "IM_内科"
+    med.mkdir(parents=True)
+    src = shared / "data/medical/IM_内科/内科5000-6000_part1.csv"
+    med.joinpath("part1.csv").write_bytes(b"".join(src.read_bytes().splitlines(keepends=True)[:6]))
+    recipe = {"sources": {"m": {"path": "data", "captures": "^(?P<department>[^/]+)/"}},
+              "template": {"format": "prompt_completion", "prompt": "{{ department }} {{ ask }}", "completion": "{{ answer }}"}}
+    err = refused(cli, tmp_path, recipe, "FTC209")
+    assert "field 'department' is both the column 'department' and a path capture" in err
+    assert "sources.m.captures" in err and "rename the capture group" in err
+    # the explicit choice: the capture under its own name keeps the file's column as it is
+    recipe["sources"]["m"]["captures"] = "^(?P<folder>[^/]+)/"
+    recipe["template"]["prompt"] = "{{ folder }}|{{ department }}"
+    _, data = compiled(cli, tmp_path, recipe)
+    own = [line.split(",")[0] for line in med.joinpath("part1.csv").read_bytes().decode("gb18030").splitlines()[1:]]
+    assert sorted(r["prompt"] for r in data) == sorted(f"IM_内科|{d}" for d in own)  # the CSV's own, beside the folder's
+    assert "内科" not in own
+
+
+def test_a_capture_regex_that_does_not_compile_or_captures_nothing(cli, tmp_path):
+    write_jsonl(tmp_path / "d.jsonl", [{"q": "1", "a": "x"}])
+    err = refused(cli, tmp_path, {"sources": {"s": {"path": "d.jsonl", "captures": "(?P<x"}}, "template": TPL}, "FTC303")
+    assert "sources.s.captures" in err and "missing >" in err
+    err = refused(cli, tmp_path, {"sources": {"s": {"path": "d.jsonl", "captures": "(d)"}}, "template": TPL}, "FTC309")
+    assert "no named group" in err and "(?P<" in err
+
+
+# ---------------------------------------------------------------- 5. ShareGPT roles
+
+def test_role_hint_never_suggests_training_on_tool_output(cli, tmp_path, shared):
+    roles = {"human": "user", "gpt": "assistant", "function_call": "assistant"}
+    recipe = {"sources": {"g": {"path": str(shared / SHAREGPT), "columns": {"messages": {"from": "conversations", "roles": roles}}}},
+              "template": {"format": "messages", "messages": {"field": "messages"}}}
+    err = refused(cli, tmp_path, recipe, "FTC206")
+    assert "role 'observation'" in err and '"observation": "tool"' in err and "never map it to assistant" in err
+    del roles["function_call"]
+    err = refused(cli, tmp_path, recipe, "FTC206")
+    assert "role 'function_call'" in err and '"function_call": "assistant"' in err
+
+
+def test_an_unknown_target_role_is_named_not_the_key_from(cli, tmp_path):
+    write_jsonl(tmp_path / "d.jsonl", [{"c": [{"from": "human", "value": "hi"}]}])
+    recipe = {"sources": {"s": {"path": "d.jsonl", "columns": {"m": {"from": "c", "roles": {"human": "human"}}}}},
+              "template": {"format": "messages", "messages": {"field": "m"}}}
+    err = refused(cli, tmp_path, recipe, "FTC102", command="validate")
+    assert "sources.s.columns.m.roles.human" in err and "system, user, assistant, tool" in err and "'from'" not in err
+
+
+def test_a_null_turn_text_is_refused_with_its_row(cli, tmp_path):
+    write_jsonl(tmp_path / "d.jsonl", [{"c": [{"from": "human", "value": "hi"}, {"from": "gpt", "value": "yo"}]},
+                                       {"c": [{"from": "human", "value": None}, {"from": "gpt", "value": "yo"}]}])
+    recipe = {"sources": {"s": {"path": "d.jsonl", "columns": {"m": {"from": "c", "roles": ROLES}}}},
+              "template": {"format": "messages", "messages": {"field": "m"}}}
+    err = refused(cli, tmp_path, recipe, "FTC310")
+    assert "row 2" in err and "'value'" in err and "d.jsonl" in err
+
+
+# ---------------------------------------------------------------- 2. tools reach the chat template
+
+TOOLS_TEMPLATE = (
+    "{%- if tools %}<|im_start|>system\n# Tools\n{%- for t in tools %}\n{{ t | tojson }}{%- endfor %}<|im_end|>\n{%- endif %}"
+    "{%- for m in messages %}{%- if m['role'] == 'assistant' %}<|im_start|>assistant\n{% generation %}{{ m['content'] }}"
+    "<|im_end|>{% endgeneration %}\n{%- else %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{%- endif %}"
+    "{%- endfor %}{%- if add_generation_prompt %}<|im_start|>assistant\n{%- endif %}"
+)
+
+
+@pytest.fixture
+def tools_tokenizer(tmp_path, shared):
+    """The real Qwen2.5 vocabulary with a chat template that renders tools (as Qwen2.5's own does)."""
+    folder = tmp_path / "tok"
+    shutil.copytree(TOKENIZER, folder)
+    cfg = json.loads((folder / "tokenizer_config.json").read_text(encoding="utf-8"))
+    cfg["chat_template"] = TOOLS_TEMPLATE
+    (folder / "tokenizer_config.json").write_text(json.dumps(cfg), encoding="utf-8")
+    return folder
+
+
+def test_sharegpt_tools_reach_the_chat_template(cli, tmp_path, shared, tools_tokenizer):
+    from transformers import AutoTokenizer
+
+    raw = json.loads((shared / SHAREGPT).read_text(encoding="utf-8"))[:12]
+    raw[3]["tools"] = None  # a row without tools gets none
+    (tmp_path / "g.json").write_text(json.dumps(raw), encoding="utf-8")
+    recipe = {"sources": {"g": {"path": "g.json", "columns": {"messages": {"from": "conversations", "roles": ROLES}}}},
+              "template": {"format": "messages", "messages": {"field": "messages"}},
+              "model": {"name": "tiny", "tokenizer": str(tools_tokenizer), "max_seq_length": 4096},
+              "train": {"packing": False}}
+    lock, data = compiled(cli, tmp_path, recipe)
+    assert lock["sources"]["g"]["files"][0]["columns"]["tools"] == "tools"
+    tokens = pq.read_table(tmp_path / lock["artifacts"]["tokens"]["train"]["path"]).to_pylist()
+    tok = AutoTokenizer.from_pretrained(tools_tokenizer)
+    assert len(tokens) == len(raw)
+    for row in tokens:
+        r = raw[int(row["row_id"].rsplit(":", 1)[1]) - 1]
+        chat = [{"role": ROLES[t["from"]], "content": t["value"]} for t in r["conversations"]]
+        want = tok.apply_chat_template(chat, tools=json.loads(r["tools"]) if r["tools"] else None, tokenize=True,
+                                       return_dict=True, return_assistant_tokens_mask=True)
+        assert row["input_ids"] == want["input_ids"]
+        assert row["labels"] == [i if m else -100 for i, m in zip(want["input_ids"], want["assistant_masks"])]
+        without = tok.apply_chat_template(chat, tokenize=True, return_dict=True)["input_ids"]
+        assert (len(row["input_ids"]) > len(without)) == bool(r["tools"] and json.loads(r["tools"]))  # tools, where there are any
+
+
+def test_tools_that_are_not_a_list_of_objects_are_refused(cli, tmp_path, tools_tokenizer):
+    write_jsonl(tmp_path / "d.jsonl", [{"c": [{"from": "human", "value": "hi"}, {"from": "gpt", "value": "yo"}], "tools": "[{\"name\": "}])
+    recipe = {"sources": {"s": {"path": "d.jsonl", "columns": {"m": {"from": "c", "roles": ROLES}}}},
+              "template": {"format": "messages", "messages": {"field": "m"}},
+              "model": {"name": "tiny", "tokenizer": str(tools_tokenizer)}}
+    err = refused(cli, tmp_path, recipe, "FTC408")
+    assert "row s:d.jsonl:1" in err and "not valid JSON" in err
