@@ -91,6 +91,7 @@ def compile_recipe(recipe: Recipe, lock_path: Path, *, progress: bool = False, w
     cache = recipe.resolve_path(recipe.data["output"]["cache_dir"]) / "data"
     for split, st in (("train", train_t), ("eval", eval_t)):
         table = _render_split(norm, st, tpl_spec, templates, types, rendered_by)
+        render.check_rendered(table, {k: tpl_spec[k] for k in OUTPUTS[fmt]}, templates, all_rows=split == "train")
         splits[split] = table
         if table.num_rows == 0 and split == "eval":
             continue

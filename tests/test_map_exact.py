@@ -181,3 +181,95 @@ def test_tools_that_are_not_a_list_of_objects_are_refused(cli, tmp_path, tools_t
               "model": {"name": "tiny", "tokenizer": str(tools_tokenizer)}}
     err = refused(cli, tmp_path, recipe, "FTC408")
     assert "row s:d.jsonl:1" in err and "not valid JSON" in err
+
+
+# ---------------------------------------------------------------- 4. a null is not the text 'None'
+
+NULLS = [{"q": "1", "a": "x", "i": "in"}, {"q": "2", "a": "y", "i": None}, {"q": "3", "a": "z", "i": None}]
+
+
+@pytest.mark.parametrize("prompt", [
+    "{{ q }} {{ i }}",  # lowered to SQL
+    "{{ q }}{{ i | upper }}",  # Jinja, a filter that makes text of it
+    "{{ q ~ i }}",  # Jinja, concatenation
+])
+def test_a_printed_null_is_refused_with_its_row_and_count(cli, tmp_path, prompt):
+    write_jsonl(tmp_path / "d.jsonl", NULLS)
+    recipe = {"sources": {"s": {"path": "d.jsonl"}}, "template": {**TPL, "prompt": prompt}}
+    err = refused(cli, tmp_path, recipe, "FTC405")
+    assert "row s:d.jsonl:2" in err and "field 'i' is null" in err and "(2 rows print a null)" in err
+    assert "drop_empty" in err
+
+
+def test_a_null_in_a_chat_turn_template_is_refused(cli, tmp_path):
+    write_jsonl(tmp_path / "d.jsonl", NULLS)
+    recipe = {"sources": {"s": {"path": "d.jsonl"}},
+              "template": {"format": "messages", "messages": [{"role": "user", "content": "{{ q }}"},
+                                                               {"role": "assistant", "content": "{{ i }}"}]}}
+    err = refused(cli, tmp_path, recipe, "FTC405")
+    assert "template.messages[1].content" in err and "row s:d.jsonl:2" in err and "(2 rows" in err
+
+
+@pytest.mark.parametrize("prompt, want", [
+    ("{% if i %}[{{ i }}]{% endif %}{{ q }}", ["[in]1", "2", "3"]),  # SQL
+    ("{{ i or '-' }}{{ q }}", ["in1", "-2", "-3"]),  # Jinja
+    ("{{ i | default('-') }}{{ q }}", ["in1", "-2", "-3"]),
+])
+def test_a_null_the_template_handles_renders_as_declared(cli, tmp_path, prompt, want):
+    write_jsonl(tmp_path / "d.jsonl", NULLS)
+    _, data = compiled(cli, tmp_path, {"sources": {"s": {"path": "d.jsonl"}}, "template": {**TPL, "prompt": prompt}})
+    assert [r["prompt"] for r in sorted(data, key=lambda r: r["row_id"])] == want
+
+
+# ---------------------------------------------------------------- 6. templates: empty, not UTF-8, nothing rendered
+
+def test_empty_and_undecodable_templates_are_refused(cli, tmp_path):
+    write_jsonl(tmp_path / "d.jsonl", NULLS)
+    err = refused(cli, tmp_path, {"sources": {"s": {"path": "d.jsonl"}}, "template": {**TPL, "prompt": ""}}, "FTC102",
+                  command="validate")
+    assert "template.prompt" in err
+    err = refused(cli, tmp_path, {"sources": {"s": {"path": "d.jsonl"}}, "template": {**TPL, "prompt": "  \n"}}, "FTC406")
+    assert "template template.prompt is empty" in err
+    (tmp_path / "empty.jinja").write_text("\n", encoding="utf-8")
+    err = refused(cli, tmp_path, {"sources": {"s": {"path": "d.jsonl"}}, "template": {**TPL, "prompt": {"file": "empty.jinja"}}},
+                  "FTC406")
+    assert "empty.jinja is empty" in err and "template.prompt" in err
+    (tmp_path / "gb.jinja").write_bytes("问题：{{ q }}\n回答：".encode("gb18030"))
+    err = refused(cli, tmp_path, {"sources": {"s": {"path": "d.jsonl"}}, "template": {**TPL, "prompt": {"file": "gb.jinja"}}},
+                  "FTC409")
+    assert "gb.jinja is not UTF-8" in err and "offset 0 (line 1)" in err and "template.prompt.file" in err
+
+
+def test_a_template_that_renders_nothing_on_every_row_is_refused(cli, tmp_path):
+    write_jsonl(tmp_path / "d.jsonl", [{"q": "1", "a": "x", "e": ""}, {"q": "2", "a": "y", "e": " "}])
+    for prompt in ("{{ e }}", "{% if x %}{{ q }}{% endif %}".replace("x", "e and false")):
+        err = refused(cli, tmp_path, {"sources": {"s": {"path": "d.jsonl"}}, "template": {**TPL, "prompt": prompt}}, "FTC407")
+        assert "renders to nothing" in err and "on all 2 rows" in err and "a, e, q" in err
+
+
+def test_empty_field_names_are_refused_at_validate(cli, tmp_path):
+    write_jsonl(tmp_path / "d.jsonl", NULLS)
+    err = refused(cli, tmp_path, {"sources": {"s": {"path": "d.jsonl", "columns": {"": "q", "a": "a"}}}, "template": TPL},
+                  "FTC102", command="validate")
+    assert "sources.s.columns" in err and "non-empty" in err
+    err = refused(cli, tmp_path, {"sources": {"s": {"path": "d.jsonl"}}, "transforms": [{"derive": {"": "q"}}],
+                                  "template": TPL}, "FTC102", command="validate")
+    assert "transforms[0].derive" in err and "non-empty" in err
+
+
+def test_a_derive_or_cast_that_fails_on_one_row_names_it(cli, tmp_path):
+    write_jsonl(tmp_path / "d.jsonl", [{"q": "1", "a": "x", "n": "7"}, {"q": "2", "a": "y", "n": "seven"}])
+    err = refused(cli, tmp_path, {"sources": {"s": {"path": "d.jsonl"}}, "transforms": [{"derive": {"k": "CAST(n AS INTEGER) + 1"}}],
+                                  "template": TPL}, "FTC305")
+    assert "row s:d.jsonl:2" in err and "transforms[0].derive.k" in err
+    err = refused(cli, tmp_path, {"sources": {"s": {"path": "d.jsonl"}}, "transforms": [{"filter": "n::INTEGER > 1"}],
+                                  "template": TPL}, "FTC305")
+    assert "row s:d.jsonl:2" in err
+
+
+def test_strip_names_a_field_that_is_not_text(cli, tmp_path):
+    write_jsonl(tmp_path / "d.jsonl", [{"q": "1", "a": "x", "n": 7, "l": ["a"]}])
+    for name, typ in (("n", "BIGINT"), ("l", "VARCHAR[]")):
+        err = refused(cli, tmp_path, {"sources": {"s": {"path": "d.jsonl"}}, "transforms": [{"strip": ["q", name]}],
+                                      "template": TPL}, "FTC304")
+        assert f"{name!r} is {typ}" in err and "transforms[0].strip" in err
