@@ -159,13 +159,22 @@ class Normalizer:
             self._counts[new] = rows_out
         rows_out = self.count(new)
         d = {k: v for k, v in (dropped or {}).items() if v}
-        if rows_in - rows_out != sum(d.values()):
-            d = {**d, (reason or label): rows_in - rows_out - sum(d.values())}
+        rest = rows_in - rows_out - sum(d.values())
+        if rest > 0 and reason:  # a step that drops by one rule counts its drops as the difference
+            d[reason] = d.get(reason, 0) + rest
+        self.check(label, rows_in, rows_out, d)
         self.stages.append(Stage(label, rows_in, rows_out, d))
         if rows_out == 0:
             counts = ", ".join(f"{k}: {v}" for k, v in d.items()) or f"{rows_in} rows in"
             raise FtcError("FTC302", file=self.file, stage=label, counts=counts)
         return new
+
+    def check(self, stage: str, rows_in: int, rows_out: int, dropped: dict[str, int]) -> None:
+        """Rows in = rows out + the counted drops, or the stage lost or made rows without a word."""
+        if rows_in != rows_out + sum(dropped.values()) or rows_out > rows_in:
+            counts = ", ".join(f"{k}: {v}" for k, v in dropped.items()) or "none"
+            raise FtcError("FTC308", file=self.file, stage=stage, rows_in=rows_in, rows_out=rows_out,
+                           dropped=f"{sum(dropped.values())} ({counts})")
 
     # -- steps
     def apply(self, t: str, step: dict, where: str) -> str:
@@ -323,6 +332,7 @@ class Normalizer:
             parts.append(f"SELECT * FROM {t}")
         out = self._tmp()
         self.x(f"CREATE TABLE {out} AS " + " UNION ALL BY NAME ".join(parts))
+        self.check("mix", sum(take.values()), self.count(out), {})
         return out
 
     def split(self, t: str, split: dict, default_key: list[str]) -> tuple[str, str]:
@@ -344,6 +354,9 @@ class Normalizer:
         self.x(f"CREATE VIEW {train} AS SELECT * EXCLUDE (_eval) FROM {final} WHERE NOT _eval")
         self.x(f"CREATE VIEW {evl} AS SELECT * EXCLUDE (_eval) FROM {final} WHERE _eval")
         n_eval = self.count(evl)
+        # Counted again over the split itself, not taken from the stages: rows that a
+        # step's view gained or lost after its stage was counted show up here.
+        self.check("split", rows, self.count(train) + n_eval, {})
         self.stages.append(Stage("split", rows, rows, {}))
         if rows - n_eval == 0:
             raise FtcError("FTC302", file=self.file, stage="split", counts=f"all {rows} rows went to eval")

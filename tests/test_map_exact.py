@@ -273,3 +273,41 @@ def test_strip_names_a_field_that_is_not_text(cli, tmp_path):
         err = refused(cli, tmp_path, {"sources": {"s": {"path": "d.jsonl"}}, "transforms": [{"strip": ["q", name]}],
                                       "template": TPL}, "FTC304")
         assert f"{name!r} is {typ}" in err and "transforms[0].strip" in err
+
+
+# ---------------------------------------------------------------- 7. every stage adds up
+
+def _normalizer(n: int):
+    import pyarrow as pa
+
+    from ftc.compiler.normalize import Normalizer
+
+    norm = Normalizer("recipe.json")
+    table = pa.table({"q": [f"q{i}" for i in range(n)], "_source": ["s"] * n, "_file": ["d.jsonl"] * n,
+                      "_row": list(range(1, n + 1)), "_ord": list(range(n))})
+    return norm, norm.register(table)
+
+
+def test_a_stage_that_makes_rows_is_an_internal_error():
+    from ftc.errors import FtcError
+
+    norm, t = _normalizer(4)
+    t = norm.apply(t, {"filter": {"where": "q <> 'q0'"}}, "transforms[0]")
+    assert norm.stages[-1].to_lock() == {"stage": "transforms[0]: filter", "rows_in": 4, "rows_out": 3,
+                                         "dropped": {"filter: q <> 'q0'": 1}}
+    with pytest.raises(FtcError) as err:  # a step whose query doubles its rows, counted as no drop
+        norm._replace(t, f"SELECT * FROM {t} UNION ALL SELECT * FROM {t}", "transforms[1]: derive")
+    assert err.value.code == "FTC308" and "transforms[1]: derive: 3 rows in, 6 rows out and 0 (none) counted as dropped" in str(err.value)
+
+
+def test_rows_a_view_lost_after_its_stage_was_counted_are_caught_at_the_split():
+    from ftc.errors import FtcError
+
+    norm, t = _normalizer(10)
+    t = norm.apply(t, {"filter": {"where": "q <> 'q0'"}}, "transforms[0]")
+    assert norm.count(t) == 9
+    # what a second statement smuggled into an expression did: redefine a step's view behind the accounting
+    norm.con.execute(f"CREATE OR REPLACE VIEW {t} AS SELECT * FROM t1 WHERE _row <= 2")
+    with pytest.raises(FtcError) as err:
+        norm.split(t, {"eval": 0.5, "seed": 0}, ["q"])
+    assert err.value.code == "FTC308" and "split: 9 rows in, 2 rows out" in str(err.value)
