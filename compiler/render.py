@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
 
 from ftc.compiler.normalize import lit, q
@@ -211,6 +212,13 @@ def check_rendered(table: pa.Table, spec: dict, templates: dict[str, Template], 
                 row = table.column("row_id")[pc.index(pc.is_null(col), True).as_py()].as_py()
                 raise FtcError("FTC405", template=f"template.{key}.field", row=row, field=value["field"],
                                count=col.null_count)
+            turns = col.flatten() if pa.types.is_list(col.type) and pa.types.is_struct(col.type.value_type) else None
+            if turns is not None and {f.name for f in turns.type} == {"role", "content"} and turns.field("content").null_count:
+                # nothing but the text could stand in for it (no tool_calls): the template would print 'None'
+                at = pc.index(pc.is_null(turns.field("content")), True).as_py()
+                i = int(np.searchsorted(col.offsets.to_numpy(), at, side="right")) - 1
+                raise FtcError("FTC310", row=table.column("row_id")[i].as_py(), column=value["field"], key="content",
+                               count=turns.field("content").null_count)
             continue
         if isinstance(value, list):  # chat turns from templates: k contents per row, in order
             k = len(value)

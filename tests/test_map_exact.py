@@ -127,6 +127,14 @@ def test_a_null_turn_text_is_refused_with_its_row(cli, tmp_path):
     assert "row 2" in err and "'value'" in err and "d.jsonl" in err
 
 
+def test_a_null_turn_text_of_a_messages_field_is_refused_with_its_row(cli, tmp_path):
+    write_jsonl(tmp_path / "d.jsonl", [{"m": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}]},
+                                       {"m": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": None}]}])
+    recipe = {"sources": {"s": {"path": "d.jsonl"}}, "template": {"format": "messages", "messages": {"field": "m"}}}
+    err = refused(cli, tmp_path, recipe, "FTC310")
+    assert "row s:d.jsonl:2" in err and "column 'm'" in err and "'content'" in err
+
+
 # ---------------------------------------------------------------- 2. tools reach the chat template
 
 TOOLS_TEMPLATE = (
