@@ -40,6 +40,12 @@ class Stage:
         return {"stage": self.stage, "rows_in": self.rows_in, "rows_out": self.rows_out, "dropped": dict(sorted(self.dropped.items()))}
 
 
+def not_internal(name: str, where: str, file: str) -> None:
+    """A field a recipe writes may not be one of the bookkeeping columns (row identity and order)."""
+    if name in INTERNAL:
+        raise FtcError("FTC311", file=file, path=where, where=where, name=name, internal=", ".join(INTERNAL))
+
+
 def q(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
 
@@ -242,6 +248,7 @@ class Normalizer:
     def _step_derive(self, t, arg, where):
         existing = set(self.types(t))
         for name, expr in arg.items():
+            not_internal(name, f"{where}.derive.{name}", self.file)
             path = f"{where}.{name}"  # the stage's label
             jp = f"{where}.derive.{name}"
             self._sql(f"SELECT ({expr}) FROM {t} LIMIT 0", jp, expr, t)
@@ -257,6 +264,7 @@ class Normalizer:
     def _step_extract(self, t, arg, where):
         src, pat, into = arg["from"], arg["pattern"], arg["into"]
         self._check_fields(t, [src], f"{where}.from")
+        not_internal(into, f"{where}.into", self.file)
         import duckdb
 
         try:  # DuckDB runs RE2: validate the pattern with the engine that will use it

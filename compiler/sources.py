@@ -21,6 +21,7 @@ import pyarrow.compute as pc
 
 from ftc.compiler import readers
 from ftc.compiler.lock import relpath
+from ftc.compiler.normalize import not_internal
 from ftc.compiler.recipe import Recipe
 from ftc.errors import FtcError, did_you_mean
 
@@ -182,6 +183,7 @@ def map_columns(table: pa.Table, columns: dict | None, captured: dict, file: str
         out, chosen = {}, {}
         for fname, spec in columns.items():
             path = f"sources.{source}.columns.{fname}"
+            not_internal(fname, path, file)
             if isinstance(spec, dict) and "const" in spec:
                 out[fname] = pa.array([spec["const"]] * n)
                 chosen[fname] = "const"

@@ -319,3 +319,16 @@ def test_rows_a_view_lost_after_its_stage_was_counted_are_caught_at_the_split():
     with pytest.raises(FtcError) as err:
         norm.split(t, {"eval": 0.5, "seed": 0}, ["q"])
     assert err.value.code == "FTC308" and "split: 9 rows in, 2 rows out" in str(err.value)
+
+
+@pytest.mark.parametrize("where, step", [
+    ("sources.s.columns.row_id", None),
+    ("transforms[0].derive._ord", {"derive": {"_ord": "0"}}),
+    ("transforms[0].into", {"extract": {"from": "q", "pattern": "\\\\d", "into": "row_id"}}),
+])
+def test_a_field_may_not_overwrite_the_bookkeeping_columns(cli, tmp_path, where, step):
+    write_jsonl(tmp_path / "d.jsonl", [{"q": "1", "a": "x"}, {"q": "2", "a": "y"}])
+    source = {"path": "d.jsonl"} if step else {"path": "d.jsonl", "columns": {"q": "q", "a": "a", "row_id": "q"}}
+    recipe = {"sources": {"s": source}, "transforms": [step] if step else [], "template": TPL}
+    err = refused(cli, tmp_path, recipe, "FTC311")
+    assert where in err and "bookkeeping" in err
