@@ -45,8 +45,11 @@ def groups(tools: list[list[dict] | None] | None, n: int) -> list[tuple[list[dic
     if tools is None:
         return [(None, list(range(n)))]
     by: dict[str, tuple[list[dict] | None, list[int]]] = {}
+    keys: dict[int, str] = {}  # rows parsed from the same text share one list: dump it once
     for i, t in enumerate(tools):
-        key = json.dumps(t, sort_keys=True, ensure_ascii=False)
+        key = keys.get(id(t))
+        if key is None:
+            key = keys[id(t)] = json.dumps(t, sort_keys=True, ensure_ascii=False)
         by.setdefault(key, (t, []))[1].append(i)
     return list(by.values())
 

@@ -218,10 +218,12 @@ _SCALAR = (pa.types.is_string, pa.types.is_large_string, pa.types.is_integer, pa
 
 
 def first_present(arrays: list[pa.Array], names: list[str], file: str, path: str, fname: str) -> tuple[pa.Array, str]:
-    """Per row, the value of the first array that has one there; and which columns fed how many rows.
+    """Per row, the value of the first array that has one there; and which columns fed how many rows
+    (and how many rows none did: those keep the first column's empty text or null).
 
-    Alternatives of different scalar types are joined as text (as the file wrote them);
-    other type mixes cannot be one field and are refused.
+    An empty string is no value here: it is how a CSV row leaves a column out. Alternatives
+    of different scalar types are joined as text (as the file wrote them); other type
+    mixes cannot be one field and are refused.
     """
     if len(arrays) == 1:
         return arrays[0], names[0]
@@ -230,16 +232,21 @@ def first_present(arrays: list[pa.Array], names: list[str], file: str, path: str
             raise FtcError("FTC307", file=file, path=path, field=fname,
                            types=", ".join(f"{c}: {a.type}" for c, a in zip(names, arrays)))
         arrays = [a.cast(pa.string()) for a in arrays]
+    text = pa.types.is_string(arrays[0].type) or pa.types.is_large_string(arrays[0].type)
+    has = [pc.fill_null(pc.not_equal(a, ""), False) if text else pc.is_valid(a) for a in arrays]
     taken = pa.array(np.zeros(len(arrays[0]), bool))
     fed = {}
-    for c, a in zip(names, arrays):
-        mine = pc.and_not(pc.is_valid(a), taken)
+    for c, h in zip(names, has):
+        mine = pc.and_not(h, taken)
         fed[c] = pc.sum(mine).as_py() or 0
         taken = pc.or_(taken, mine)
+    merged = pc.coalesce(*[pc.if_else(h, a, pa.scalar(None, a.type)) for a, h in zip(arrays, has)], *arrays)
     fed = {c: k for c, k in fed.items() if k}
-    if len(fed) <= 1:
-        return pc.coalesce(*arrays), next(iter(fed), names[0])
-    return pc.coalesce(*arrays), ", ".join(f"{c} ({k} rows)" for c, k in fed.items())
+    none = len(arrays[0]) - sum(fed.values())
+    if len(fed) <= 1 and not none:
+        return merged, next(iter(fed), names[0])
+    rows = lambda k: f"{k} row" + "s" * (k != 1)  # noqa: E731
+    return merged, ", ".join([f"{c} ({rows(k)})" for c, k in fed.items()] + [f"none ({rows(none)})"] * bool(none))
 
 
 def convert_turns(arr: pa.ChunkedArray, conv: dict, file: str, source: str, fname: str, column: str) -> pa.Array:

@@ -332,3 +332,12 @@ def test_a_field_may_not_overwrite_the_bookkeeping_columns(cli, tmp_path, where,
     recipe = {"sources": {"s": source}, "transforms": [step] if step else [], "template": TPL}
     err = refused(cli, tmp_path, recipe, "FTC311")
     assert where in err and "bookkeeping" in err
+
+
+def test_an_empty_csv_cell_gives_way_to_the_next_alternative(cli, tmp_path):
+    (tmp_path / "d.csv").write_text("question,ask,a\nq1,,x\n,q2,y\n,,z\n", encoding="utf-8")
+    recipe = {"sources": {"s": {"path": "d.csv", "columns": {"q": ["question", "ask"], "a": "a"}}},
+              "template": {**TPL, "prompt": "{{ q }}|"}}
+    lock, data = compiled(cli, tmp_path, recipe)
+    assert [r["prompt"] for r in sorted(data, key=lambda r: r["row_id"])] == ["q1|", "q2|", "|"]
+    assert lock["sources"]["s"]["files"][0]["columns"]["q"] == "question (1 row), ask (1 row), none (1 row)"
