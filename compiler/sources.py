@@ -272,7 +272,11 @@ def convert_turns(arr: pa.ChunkedArray, conv: dict, file: str, source: str, fnam
         raise FtcError("FTC206", file=file, row=_row_of_turn(arr, bad_at), role=role, source=source, field=fname,
                        mapped=", ".join(roles_map), suggested=suggested, why=why)
     mapped = pc.take(pa.array(list(roles_map.values()), pa.string()), idx)
-    content = turns.field(ck).cast(pa.string())
+    content = turns.field(ck)
+    if pa.types.is_nested(content.type):  # a list or object is not a turn's text, and no cast makes it one
+        raise FtcError("FTC312", file=file, path=f"sources.{source}.columns.{fname}", column=column, key=ck,
+                       type=content.type)
+    content = content.cast(pa.string())
     if content.null_count:  # a chat template would print None as the text 'None'
         bad_at = pc.index(pc.is_null(content), True).as_py()
         raise FtcError("FTC310", file=file, path=f"sources.{source}.columns.{fname}", row=_row_of_turn(arr, bad_at),

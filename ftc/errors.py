@@ -152,6 +152,8 @@ RULES: dict[str, Rule] = {
              "fix or drop those rows in the data; a turn's text is never made up"),
         Rule("FTC311", "{where}: {name!r} is a name ftc keeps for its own bookkeeping ({internal})",
              "give the field another name: writing it would change the rows' identity or order, not a field"),
+        Rule("FTC312", "the turns of column {column!r} hold {type} under {key!r}, not text",
+             "point content_key at the key that holds each turn's text"),
         Rule("FTC309", "sources.{source}.captures {pattern!r} has no named group, so it captures no field",
              "name each part to capture, e.g. ^(?P<department>[^/]+)/ (groups become fields)"),
         # ---- 4xx templates (Jinja, and the template section of the recipe)

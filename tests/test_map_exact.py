@@ -341,3 +341,11 @@ def test_an_empty_csv_cell_gives_way_to_the_next_alternative(cli, tmp_path):
     lock, data = compiled(cli, tmp_path, recipe)
     assert [r["prompt"] for r in sorted(data, key=lambda r: r["row_id"])] == ["q1|", "q2|", "|"]
     assert lock["sources"]["s"]["files"][0]["columns"]["q"] == "question (1 row), ask (1 row), none (1 row)"
+
+
+def test_turns_whose_content_is_not_text_are_refused(cli, tmp_path):
+    write_jsonl(tmp_path / "d.jsonl", [{"c": [{"from": "human", "value": {"text": "hi"}}]}])
+    recipe = {"sources": {"s": {"path": "d.jsonl", "columns": {"m": {"from": "c", "roles": ROLES}}}},
+              "template": {"format": "messages", "messages": {"field": "m"}}}
+    err = refused(cli, tmp_path, recipe, "FTC312")
+    assert "'value'" in err and "struct<text: string>" in err and "content_key" in err
