@@ -180,6 +180,14 @@ def test_sharegpt_tools_reach_the_chat_template(cli, tmp_path, shared, tools_tok
         assert row["labels"] == [i if m else -100 for i, m in zip(want["input_ids"], want["assistant_masks"])]
         without = tok.apply_chat_template(chat, tokenize=True, return_dict=True)["input_ids"]
         assert (len(row["input_ids"]) > len(without)) == bool(r["tools"] and json.loads(r["tools"]))  # tools, where there are any
+    # inference sees the tools too: a request's prompt is what the chat template makes of its turns and tools
+    from ftc.compiler.encode import prompt_of_request
+
+    r = raw[0]
+    chat = [{"role": ROLES[t["from"]], "content": t["value"]} for t in r["conversations"]][:3]
+    _, ids = prompt_of_request(lock, {"messages": chat, "tools": r["tools"]}, tok)
+    assert ids == tok.apply_chat_template(chat, tools=json.loads(r["tools"]), add_generation_prompt=True, tokenize=True,
+                                          return_dict=True)["input_ids"]
 
 
 def test_tools_that_are_not_a_list_of_objects_are_refused(cli, tmp_path, tools_tokenizer):
