@@ -13,10 +13,11 @@ import codecs
 import csv
 import io
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import pyarrow as pa
 
+from ftc.compiler import decoding
 from ftc.errors import FtcError
 
 FORMATS = {".csv": "csv", ".tsv": "tsv", ".json": "json", ".jsonl": "jsonl", ".ndjson": "jsonl", ".parquet": "parquet"}
@@ -29,6 +30,8 @@ class ReadResult:
     encoding: str | None  # None for binary formats
     malformed: int = 0  # rows skipped by the parser (counted, never silent)
     malformed_example: str = ""
+    evidence: dict = field(default_factory=dict)  # why this encoding (compiler/decoding.py)
+    replaced: int = 0  # undecodable bytes read as U+FFFD (encoding_errors "replace")
 
 
 def candidates(encoding: str | list[str], file: str, source: str) -> list[str]:
@@ -150,28 +153,63 @@ def read_parquet(data: bytes, file: str, source: str) -> ReadResult:
         raise FtcError("FTC202", file=file, format="parquet", reason=str(e), source=source) from None
 
 
-def read_file(data: bytes, fmt: str, encoding, delimiter: str | None, file: str, source: str) -> ReadResult:
-    """Try each candidate encoding in order; the first that decodes the whole file wins.
+def read_file(data: bytes, fmt: str, encoding, delimiter: str | None, file: str, source: str,
+              errors: str = "strict") -> ReadResult:
+    """Decode by ``encoding`` (see compiler/decoding.py for ``auto``) and parse by ``fmt``.
 
-    UTF-8 is checked up front (a C-speed scan that fails within bytes on GB18030 data);
-    other codecs are checked by the strict transcoding read itself, so a large GB18030
-    file is decoded once, not twice.
-    """
+    A declared codec or list is tried in order, strictly; the first that decodes the whole
+    file wins. UTF-8 is checked up front (a C-speed scan); other codecs are checked by the
+    strict transcoding read itself, so a large GB18030 file is decoded once, not twice.
+    Under ``errors="replace"`` a file no declared codec decodes is read with the first one,
+    its undecodable bytes as U+FFFD, counted."""
     if fmt == "parquet":
         return read_parquet(data, file, source)
+    if encoding == "auto":
+        dec = decoding.auto(data, errors, file, source)
+        try:
+            return _read_text(data, fmt, dec, delimiter, file, source)
+        except UnicodeDecodeError:  # GB18030 plausible on its sample, and not past it
+            at = undecodable_offset(data, "gb18030") or 0
+            raise FtcError("FTC201", file=file, source=source,
+                           detail=f"gb18030: invalid byte at offset {at} (line {decoding.line_of(data, at)})") from None
     tried = candidates(encoding, file, source)
+    rule = "declared" if len(tried) == 1 else "declared list: the first that decodes strictly"
     for enc in tried:
         if enc == "utf-8" and undecodable_offset(data, enc) is not None:
             continue
         bom = _bom(data, enc)
-        label = "utf-8-sig" if bom else enc
         try:
-            if fmt in ("csv", "tsv"):
-                return read_delimited(data, label, bom, delimiter or ("\t" if fmt == "tsv" else ","), file, source)
-            if fmt == "json":
-                return read_json(data, label, bom, file, source)
-            return read_jsonl(data, label, bom, file, source)
+            return _read_text(data, fmt, decoding.Decoded("utf-8-sig" if bom else enc, bom, {"rule": rule}),
+                              delimiter, file, source)
         except UnicodeDecodeError:
             continue
+    if errors == "replace":
+        enc, bom = tried[0], _bom(data, tried[0])
+        count = _count_undecodable(data, enc, bom)
+        dec = decoding.Decoded("utf-8-sig" if bom else enc, bom, {"rule": f"declared; encoding_errors replace ({count} bytes)"},
+                               count, decoding.replaced(data, "utf-8" if enc == "utf-8" else enc, bom))
+        return _read_text(data, fmt, dec, delimiter, file, source)
     detail = "; ".join(f"{e}: invalid byte at offset {undecodable_offset(data, e)}" for e in tried)
     raise FtcError("FTC201", file=file, detail=detail, source=source)
+
+
+def _count_undecodable(data: bytes, enc: str, bom: int) -> int:
+    """Bytes ``enc`` cannot decode (each is one lone surrogate under surrogateescape)."""
+    text = codecs.decode(memoryview(data)[bom:], enc, "surrogateescape")
+    return (len(text.encode("utf-8", "surrogatepass")) - len(text.encode("utf-8", "surrogateescape"))) // 2
+
+
+def _read_text(data: bytes, fmt: str, dec: "decoding.Decoded", delimiter: str | None, file: str, source: str) -> ReadResult:
+    """One text file through its format's reader; replaced text is read as the UTF-8 it became."""
+    if dec.utf8 is not None:
+        body, label, bom = dec.utf8, "utf-8", 0
+    else:
+        body, label, bom = data, dec.encoding, dec.bom
+    if fmt in ("csv", "tsv"):
+        res = read_delimited(body, label, bom, delimiter or ("\t" if fmt == "tsv" else ","), file, source)
+    elif fmt == "json":
+        res = read_json(body, label, bom, file, source)
+    else:
+        res = read_jsonl(body, label, bom, file, source)
+    res.encoding, res.evidence, res.replaced = dec.encoding, dec.evidence, dec.replaced
+    return res

@@ -261,6 +261,8 @@ def resolve(data: dict, file: str) -> dict:
         src.setdefault("transforms", [])
         if "path" in src:
             src.setdefault("encoding", "auto")
+            src.setdefault("encoding_errors", "strict")
+            src.setdefault("on_malformed", "error")
         if "hf" in src:
             src["hf"].setdefault("split", "train")
         for step in src["transforms"]:
@@ -305,7 +307,7 @@ def resolve(data: dict, file: str) -> dict:
     return out
 
 
-_FILE_KEYS = ("format", "encoding", "delimiter", "captures")  # what only the file readers read
+_FILE_KEYS = ("format", "encoding", "delimiter", "captures", "encoding_errors", "on_malformed")  # what only the file readers read
 _LOSS_KEYS = {"completion_only_loss": "prompt_completion", "assistant_only_loss": "messages"}
 
 

@@ -128,6 +128,15 @@ RULES: dict[str, Rule] = {
              "set sources.{source}.columns.{field}.role_key and content_key to the turns' keys (defaults: \"from\", \"value\")"),
         Rule("FTC212", "sources.{source}.{key} applies to files read from 'path', and source {source!r} is a Hugging Face dataset ('hf')",
              "drop sources.{source}.{key} (the dataset's own loader reads it); to read the files yourself, give 'path' instead of 'hf'"),
+        # -- 213-239 reading source files exactly (compiler/decoding.py, readers.py, discovery.py, csv_records.py)
+        Rule("FTC213", "{file} is UTF-8 except {count} byte(s) that are not, the first at byte offset {offset} (line {line}): "
+                       "{context}; it is UTF-8 with a defect ({why}), and decoding it as GB18030 would garble every row",
+             "fix those bytes; or set sources.{source}.encoding_errors to \"replace\" to read them as U+FFFD (counted in the lock); "
+             "or, if the whole file is in another codec, declare it in sources.{source}.encoding (cp1252 writes \u2019 as 0x92)"),
+        Rule("FTC214", "{file} is not UTF-8 (byte offset {offset}, line {line}: {context}) and does not read as GB18030 text "
+                       "({share} of its {chars} non-ASCII characters are common GB2312 ones)",
+             "declare the file's codec in sources.{source}.encoding (e.g. cp1252, latin-1, big5), or set "
+             "sources.{source}.encoding_errors to \"replace\" to read it as UTF-8 with U+FFFD, counted"),
         # ---- 3xx transforms (DuckDB steps)
         Rule("FTC300", "SQL error in {where}: {reason}\n  expression: {expr}", "expressions are DuckDB SQL over the fields: {fields}"),
         Rule("FTC301", "{where}: unknown field {field!r}", "known fields: {fields}{suggest}"),

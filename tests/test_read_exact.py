@@ -1,0 +1,100 @@
+"""Source files are read exactly, or refused with the file, the byte offset or line, and a hint (issue 12).
+
+Every case compiles a tiny recipe with the real compiler; rows are compared as values, and the
+lock's file facts are checked for the evidence they record.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pyarrow.parquet as pq
+import pytest
+
+from conftest import write_recipe
+
+TPL = {"format": "prompt_completion", "prompt": "{{ q }}", "completion": "{{ a }}"}
+
+
+def compile_ok(cli, tmp_path, src: dict):
+    """(lock, train rows, summary) of a recipe with one source ``s``."""
+    r = write_recipe(tmp_path, {"sources": {"s": src}, "template": TPL})
+    out = tmp_path / "plan.lock"
+    code, stdout, err = cli("compile", r, "-o", out)
+    assert code == 0, err
+    lock = json.loads(out.read_text(encoding="utf-8"))
+    return lock, pq.read_table(tmp_path / lock["artifacts"]["data"]["train"]["path"]).to_pylist(), stdout
+
+
+def compile_err(cli, tmp_path, src: dict) -> str:
+    r = write_recipe(tmp_path, {"sources": {"s": src}, "template": TPL})
+    code, _, err = cli("compile", r, "-o", tmp_path / "plan.lock")
+    assert code == 2, err
+    assert "Traceback" not in err
+    return err
+
+
+UTF8_ROWS = "q,a\n" + "".join(f"café {i},naïve résumé {i}\n" for i in range(20))
+
+
+# ---------------------------------------------------------------- 1. encoding: auto
+
+
+def test_utf8_with_a_cp1252_apostrophe_is_refused_not_read_as_gb18030(cli, tmp_path):
+    data = UTF8_ROWS.encode("utf-8").replace(b"naive", b"x").replace("résumé 7".encode(), b"don\x92t 7")
+    (tmp_path / "d.csv").write_bytes(data)
+    err = compile_err(cli, tmp_path, {"path": "d.csv"})
+    offset = data.index(b"\x92")
+    assert err.startswith("error[FTC213]") and "d.csv" in err and "sources.s.encoding" in err
+    assert f"byte offset {offset} (line 9)" in err and "don\\x92t 7" in err
+    assert "encoding_errors" in err  # the hint names the declared way out
+
+
+def test_utf8_whose_last_character_is_cut_is_refused(cli, tmp_path):
+    data = (UTF8_ROWS + "end,中文").encode("utf-8")[:-1]
+    (tmp_path / "d.csv").write_bytes(data)
+    err = compile_err(cli, tmp_path, {"path": "d.csv"})
+    assert "FTC213" in err and "last character is cut short" in err and f"byte offset {len(data) - 2}" in err
+
+
+def test_ascii_with_a_stray_byte_is_not_gb18030_either(cli, tmp_path):
+    (tmp_path / "d.csv").write_bytes(b"q,a\n" + b"don\x92t stop,yes\n" + b"plain,row\n" * 5)
+    err = compile_err(cli, tmp_path, {"path": "d.csv"})
+    assert "FTC214" in err and "byte offset 7, line 2" in err and "0% of its 1 non-ASCII" in err
+
+
+def test_encoding_errors_replace_reads_and_counts(cli, tmp_path):
+    data = UTF8_ROWS.encode("utf-8").replace("résumé 7".encode(), b"don\x92t 7")
+    (tmp_path / "d.csv").write_bytes(data)
+    lock, rows, _ = compile_ok(cli, tmp_path, {"path": "d.csv", "encoding_errors": "replace"})
+    (f,) = lock["sources"]["s"]["files"]
+    assert f["encoding"] == "utf-8" and f["replaced_bytes"] == 1
+    assert "UTF-8 with a defect" in f["encoding_evidence"]["rule"]
+    assert {r["q"]: r["a"] for r in rows}["café 7"] == "naïve don\ufffdt 7"
+    assert all(r["q"].startswith("café") for r in rows)  # never 'caf茅'
+
+
+def test_declared_codec_with_replace(cli, tmp_path):
+    (tmp_path / "d.csv").write_bytes("q,a\n好,x\n".encode("gb18030") + b"\x81\x20y,z\n")
+    lock, rows, _ = compile_ok(cli, tmp_path, {"path": "d.csv", "encoding": "gb18030", "encoding_errors": "replace"})
+    assert lock["sources"]["s"]["files"][0]["replaced_bytes"] >= 1
+    assert sorted(r["q"] for r in rows) == sorted(["好", "\ufffd y"])
+
+
+def test_real_gb18030_file_reads_with_its_evidence_in_the_lock(cli, tmp_path, shared):
+    src = shared / "data/medical/IM_内科/内科5000-6000_part1.csv"
+    lock, rows, _ = compile_ok(cli, tmp_path, {"path": str(src), "columns": {"q": "ask", "a": "answer"},
+                                               "transforms": [{"limit": 50}]})
+    (f,) = lock["sources"]["s"]["files"]
+    ev = f["encoding_evidence"]
+    assert f["encoding"] == "gb18030" and f["rows"] == 3822
+    assert ev["utf8_invalid_bytes"] > ev["utf8_multibyte_chars"] > 0 and ev["gb2312_share"] > 0.99
+    assert rows[0]["q"].startswith("我有高血压")
+
+
+def test_plain_utf8_evidence(cli, tmp_path):
+    (tmp_path / "d.csv").write_bytes(b"\xef\xbb\xbf" + UTF8_ROWS.encode())
+    lock, rows, _ = compile_ok(cli, tmp_path, {"path": "d.csv"})
+    (f,) = lock["sources"]["s"]["files"]
+    assert f["encoding"] == "utf-8-sig" and f["encoding_evidence"] == {"rule": "strict UTF-8 after a BOM"}
+    assert f["replaced_bytes"] == 0 and len(rows) == 20
