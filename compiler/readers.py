@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 
 import pyarrow as pa
 
-from ftc.compiler import decoding
+from ftc.compiler import csv_records, decoding
 from ftc.errors import FtcError
 
 FORMATS = {".csv": "csv", ".tsv": "tsv", ".json": "json", ".jsonl": "jsonl", ".ndjson": "jsonl", ".parquet": "parquet"}
@@ -32,6 +32,7 @@ class ReadResult:
     malformed_example: str = ""
     evidence: dict = field(default_factory=dict)  # why this encoding (compiler/decoding.py)
     replaced: int = 0  # undecodable bytes read as U+FFFD (encoding_errors "replace")
+    lines: dict = field(default_factory=dict)  # CSV physical lines against records (compiler/csv_records.py)
 
 
 def candidates(encoding: str | list[str], file: str, source: str) -> list[str]:
@@ -79,7 +80,8 @@ def decode(data: bytes, enc: str, bom: int) -> str:
     return codecs.decode(memoryview(data)[bom:], "utf-8" if enc == "utf-8-sig" else enc)
 
 
-def read_delimited(data: bytes, enc: str, bom: int, delimiter: str, file: str, source: str) -> ReadResult:
+def read_delimited(data: bytes, enc: str, bom: int, delimiter: str, file: str, source: str,
+                   on_malformed: str = "error") -> ReadResult:
     """CSV/TSV with every column read as text (no type guessing: '007' stays '007')."""
     import pyarrow.csv as pcsv
 
@@ -104,7 +106,9 @@ def read_delimited(data: bytes, enc: str, bom: int, delimiter: str, file: str, s
         )
     except pa.ArrowInvalid as e:
         raise FtcError("FTC202", file=file, format="csv", reason=str(e).splitlines()[0][:300], source=source) from None
-    return ReadResult(table, enc, len(bad), bad[0] if bad else "")
+    lines = csv_records.account(data, "utf-8" if enc == "utf-8-sig" else enc, bom, delimiter, len(header),
+                                table.num_rows + 1 + len(bad), file, source, on_malformed)
+    return ReadResult(table, enc, len(bad), bad[0] if bad else "", lines=lines)
 
 
 def read_json(data: bytes, enc: str, bom: int, file: str, source: str) -> ReadResult:
@@ -154,7 +158,7 @@ def read_parquet(data: bytes, file: str, source: str) -> ReadResult:
 
 
 def read_file(data: bytes, fmt: str, encoding, delimiter: str | None, file: str, source: str,
-              errors: str = "strict") -> ReadResult:
+              errors: str = "strict", on_malformed: str = "error") -> ReadResult:
     """Decode by ``encoding`` (see compiler/decoding.py for ``auto``) and parse by ``fmt``.
 
     A declared codec or list is tried in order, strictly; the first that decodes the whole
@@ -167,7 +171,7 @@ def read_file(data: bytes, fmt: str, encoding, delimiter: str | None, file: str,
     if encoding == "auto":
         dec = decoding.auto(data, errors, file, source)
         try:
-            return _read_text(data, fmt, dec, delimiter, file, source)
+            return _read_text(data, fmt, dec, delimiter, file, source, on_malformed)
         except UnicodeDecodeError:  # GB18030 plausible on its sample, and not past it
             at = undecodable_offset(data, "gb18030") or 0
             raise FtcError("FTC201", file=file, source=source,
@@ -180,7 +184,7 @@ def read_file(data: bytes, fmt: str, encoding, delimiter: str | None, file: str,
         bom = _bom(data, enc)
         try:
             return _read_text(data, fmt, decoding.Decoded("utf-8-sig" if bom else enc, bom, {"rule": rule}),
-                              delimiter, file, source)
+                              delimiter, file, source, on_malformed)
         except UnicodeDecodeError:
             continue
     if errors == "replace":
@@ -188,7 +192,7 @@ def read_file(data: bytes, fmt: str, encoding, delimiter: str | None, file: str,
         count = _count_undecodable(data, enc, bom)
         dec = decoding.Decoded("utf-8-sig" if bom else enc, bom, {"rule": f"declared; encoding_errors replace ({count} bytes)"},
                                count, decoding.replaced(data, "utf-8" if enc == "utf-8" else enc, bom))
-        return _read_text(data, fmt, dec, delimiter, file, source)
+        return _read_text(data, fmt, dec, delimiter, file, source, on_malformed)
     detail = "; ".join(f"{e}: invalid byte at offset {undecodable_offset(data, e)}" for e in tried)
     raise FtcError("FTC201", file=file, detail=detail, source=source)
 
@@ -199,14 +203,15 @@ def _count_undecodable(data: bytes, enc: str, bom: int) -> int:
     return (len(text.encode("utf-8", "surrogatepass")) - len(text.encode("utf-8", "surrogateescape"))) // 2
 
 
-def _read_text(data: bytes, fmt: str, dec: "decoding.Decoded", delimiter: str | None, file: str, source: str) -> ReadResult:
+def _read_text(data: bytes, fmt: str, dec: "decoding.Decoded", delimiter: str | None, file: str, source: str,
+               on_malformed: str) -> ReadResult:
     """One text file through its format's reader; replaced text is read as the UTF-8 it became."""
     if dec.utf8 is not None:
         body, label, bom = dec.utf8, "utf-8", 0
     else:
         body, label, bom = data, dec.encoding, dec.bom
     if fmt in ("csv", "tsv"):
-        res = read_delimited(body, label, bom, delimiter or ("\t" if fmt == "tsv" else ","), file, source)
+        res = read_delimited(body, label, bom, delimiter or ("\t" if fmt == "tsv" else ","), file, source, on_malformed)
     elif fmt == "json":
         res = read_json(body, label, bom, file, source)
     else:

@@ -39,6 +39,7 @@ class FileFacts:
     malformed_rows: int = 0
     encoding_evidence: dict = field(default_factory=dict)  # why this encoding (compiler/decoding.py)
     replaced_bytes: int = 0  # undecodable bytes read as U+FFFD under encoding_errors "replace"
+    lines: dict = field(default_factory=dict)  # CSV physical lines against records (compiler/csv_records.py)
 
     def to_lock(self) -> dict:
         d = dict(self.__dict__)
@@ -91,7 +92,7 @@ def load_source(recipe: Recipe, name: str, spec: dict, progress: bool = False) -
             raise FtcError("FTC207", file=rel_recipe, format=f.suffix, source=name)
         data = f.read_bytes()
         res = readers.read_file(data, fmt, spec.get("encoding", "auto"), spec.get("delimiter"), rel_recipe, name,
-                                spec.get("encoding_errors", "strict"))
+                                spec.get("encoding_errors", "strict"), spec.get("on_malformed", "error"))
         captured: dict[str, str] = {}
         if pattern is not None:
             m = pattern.search(rel_root)
@@ -105,7 +106,7 @@ def load_source(recipe: Recipe, name: str, spec: dict, progress: bool = False) -
         table = table.append_column("_row", pa.array(range(1, n + 1), pa.int64()))
         tables.append(table)
         facts.append(FileFacts(rel_recipe, len(data), hashlib.sha256(data).hexdigest(), fmt, res.encoding, chosen,
-                               captured, n, res.malformed, res.evidence, res.replaced))
+                               captured, n, res.malformed, res.evidence, res.replaced, res.lines))
         done += len(data)
         if progress and total > (32 << 20):
             print(f"\r  reading {name}: {i + 1}/{len(files)} files, {done >> 20}/{total >> 20} MiB", end="", file=sys.stderr)

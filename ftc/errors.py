@@ -137,6 +137,10 @@ RULES: dict[str, Rule] = {
                        "({share} of its {chars} non-ASCII characters are common GB2312 ones)",
              "declare the file's codec in sources.{source}.encoding (e.g. cp1252, latin-1, big5), or set "
              "sources.{source}.encoding_errors to \"replace\" to read it as UTF-8 with U+FFFD, counted"),
+        Rule("FTC215", "{file} line {line}: a quoted value starts in this record and runs over {lines} lines, to line {end}: {why} "
+                       "(an unbalanced quote merges rows)",
+             "close the quote on line {line} (a quote inside a value is written twice, \"\"); if the value really spans "
+             "those lines, set sources.{source}.on_malformed to \"warn\" to read it as parsed (reported in the lock)"),
         # ---- 3xx transforms (DuckDB steps)
         Rule("FTC300", "SQL error in {where}: {reason}\n  expression: {expr}", "expressions are DuckDB SQL over the fields: {fields}"),
         Rule("FTC301", "{where}: unknown field {field!r}", "known fields: {fields}{suggest}"),

@@ -98,3 +98,47 @@ def test_plain_utf8_evidence(cli, tmp_path):
     (f,) = lock["sources"]["s"]["files"]
     assert f["encoding"] == "utf-8-sig" and f["encoding_evidence"] == {"rule": "strict UTF-8 after a BOM"}
     assert f["replaced_bytes"] == 0 and len(rows) == 20
+
+
+# ---------------------------------------------------------------- 2. unbalanced quotes: lines against records
+
+
+def _medical_slice(shared, rows: int, quote_in_row: int | None = None) -> bytes:
+    """The first ``rows`` rows of the real GB18030 CSV (single-line records), with a quote opened in one row."""
+    text = (shared / "data/medical/IM_内科/内科5000-6000_part1.csv").read_bytes().decode("gb18030")
+    lines = text.split("\n")[: rows + 1]
+    if quote_in_row is not None:
+        dept, title, ask, answer = lines[quote_in_row].split(",", 3)
+        lines[quote_in_row] = ",".join([dept, title, ask, '"' + answer])
+    return ("\n".join(lines) + "\n").encode("gb18030")
+
+
+def test_unbalanced_quote_in_real_gb18030_rows_is_refused_with_its_line(cli, tmp_path, shared):
+    (tmp_path / "m.csv").write_bytes(_medical_slice(shared, 199, quote_in_row=100))
+    err = compile_err(cli, tmp_path, {"path": "m.csv", "columns": {"q": "ask", "a": "answer"}})
+    assert err.startswith("error[FTC215]") and "m.csv line 101" in err and "sources.s.on_malformed" in err
+    assert "look like rows of this file" in err
+
+
+def test_unbalanced_quote_under_warn_is_read_and_reported(cli, tmp_path, shared):
+    (tmp_path / "m.csv").write_bytes(_medical_slice(shared, 199, quote_in_row=100))
+    lock, rows, out = compile_ok(cli, tmp_path, {"path": "m.csv", "columns": {"q": "ask", "a": "answer"},
+                                                 "on_malformed": "warn"})
+    (f,) = lock["sources"]["s"]["files"]
+    assert f["lines"]["physical_lines"] == 200 and f["lines"]["records"] < 200
+    (sus,) = f["lines"]["suspect_records"]
+    assert sus["line"] == 101 and sus["lines"] == 200 - f["lines"]["records"] + 1
+    assert "m.csv line 101" in out and "suspect record" in out
+
+
+def test_the_only_line_break_in_a_file_is_refused(cli, tmp_path):
+    (tmp_path / "d.csv").write_text('q,a\n1,x\n2,"two\nlines"\n3,y\n4,z\n', encoding="utf-8")
+    err = compile_err(cli, tmp_path, {"path": "d.csv"})
+    assert "FTC215" in err and "d.csv line 3" in err and "only line break" in err
+
+
+def test_real_multiline_values_read_as_they_are(cli, tmp_path, shared):
+    src = shared / "data/medical/IM_内科/内科5000-6000_part1.csv"
+    lock, _, _ = compile_ok(cli, tmp_path, {"path": str(src), "columns": {"q": "ask", "a": "answer"}, "transforms": [{"limit": 5}]})
+    lines = lock["sources"]["s"]["files"][0]["lines"]
+    assert lines == {"physical_lines": 3869, "records": 3823, "multiline_records": 7}
