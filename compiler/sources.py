@@ -7,9 +7,7 @@ lock: what was read, how it was decoded, which column fed which field.
 
 from __future__ import annotations
 
-import glob
 import hashlib
-import os
 import re
 import sys
 from dataclasses import dataclass, field
@@ -18,12 +16,10 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from ftc.compiler import readers
+from ftc.compiler import discovery, readers
 from ftc.compiler.lock import relpath
 from ftc.compiler.recipe import Recipe
 from ftc.errors import FtcError, did_you_mean
-
-_GLOB = re.compile(r"[*?\[]")
 
 
 @dataclass
@@ -40,6 +36,7 @@ class FileFacts:
     encoding_evidence: dict = field(default_factory=dict)  # why this encoding (compiler/decoding.py)
     replaced_bytes: int = 0  # undecodable bytes read as U+FFFD under encoding_errors "replace"
     lines: dict = field(default_factory=dict)  # CSV physical lines against records (compiler/csv_records.py)
+    compression: str | None = None  # bytes and sha256 are the file's on disk, as compressed
 
     def to_lock(self) -> dict:
         d = dict(self.__dict__)
@@ -52,34 +49,14 @@ class SourceData:
     table: pa.Table
     files: list[FileFacts] = field(default_factory=list)
     hf: dict | None = None  # facts for a Hugging Face dataset source
-
-
-def discover(recipe: Recipe, name: str, spec: dict) -> tuple[list[Path], Path]:
-    """Files of a source, sorted, and the root their captured paths are relative to."""
-    raw = spec["path"]
-    full = recipe.resolve_path(raw)
-    if _GLOB.search(raw):
-        parts = Path(raw).parts
-        fixed = [p for p in parts[: next(i for i, p in enumerate(parts) if _GLOB.search(p))]]
-        root = recipe.resolve_path(str(Path(*fixed))) if fixed else recipe.dir
-        files = [Path(p) for p in glob.glob(str(full), recursive=True) if os.path.isfile(p)]
-    elif full.is_dir():
-        root = full
-        files = [p for p in full.rglob("*") if p.is_file() and p.suffix.lower() in readers.FORMATS and not p.name.startswith(".")]
-    elif full.is_file():
-        root, files = full.parent, [full]
-    else:
-        files, root = [], full
-    if not files:
-        raise FtcError("FTC200", file=str(recipe.path), path=f"sources.{name}.path", pattern=raw, source=name, base=str(recipe.dir))
-    files.sort(key=lambda p: relpath(p, root))
-    return files, root
+    unread: list[dict] = field(default_factory=list)  # files the folder or glob matched and did not read, with why
 
 
 def load_source(recipe: Recipe, name: str, spec: dict, progress: bool = False) -> SourceData:
     if "hf" in spec:
         return _load_hf(recipe, name, spec)
-    files, root = discover(recipe, name, spec)
+    found = discovery.discover(recipe, name, spec)
+    files, root = found.files, found.root
     pattern = re.compile(spec["captures"]) if "captures" in spec else None
     tables, facts = [], []
     total = sum(f.stat().st_size for f in files)
@@ -87,11 +64,12 @@ def load_source(recipe: Recipe, name: str, spec: dict, progress: bool = False) -
     for i, f in enumerate(files):
         rel_recipe = relpath(f, recipe.dir)
         rel_root = relpath(f, root)
-        fmt = spec.get("format") or readers.FORMATS.get(f.suffix.lower())
+        suffix, compression = discovery.data_suffix(f)
+        fmt = spec.get("format") or readers.FORMATS.get(suffix)
         if fmt is None:
             raise FtcError("FTC207", file=rel_recipe, format=f.suffix, source=name)
         data = f.read_bytes()
-        res = readers.read_file(data, fmt, spec.get("encoding", "auto"), spec.get("delimiter"), rel_recipe, name,
+        res = readers.read_file(discovery.decompress(data, compression, rel_recipe, name), fmt, spec.get("encoding", "auto"), spec.get("delimiter"), rel_recipe, name,
                                 spec.get("encoding_errors", "strict"), spec.get("on_malformed", "error"))
         captured: dict[str, str] = {}
         if pattern is not None:
@@ -106,7 +84,7 @@ def load_source(recipe: Recipe, name: str, spec: dict, progress: bool = False) -
         table = table.append_column("_row", pa.array(range(1, n + 1), pa.int64()))
         tables.append(table)
         facts.append(FileFacts(rel_recipe, len(data), hashlib.sha256(data).hexdigest(), fmt, res.encoding, chosen,
-                               captured, n, res.malformed, res.evidence, res.replaced, res.lines))
+                               captured, n, res.malformed, res.evidence, res.replaced, res.lines, compression))
         done += len(data)
         if progress and total > (32 << 20):
             print(f"\r  reading {name}: {i + 1}/{len(files)} files, {done >> 20}/{total >> 20} MiB", end="", file=sys.stderr)
@@ -117,7 +95,7 @@ def load_source(recipe: Recipe, name: str, spec: dict, progress: bool = False) -
     except (pa.ArrowInvalid, pa.ArrowTypeError) as e:
         raise FtcError("FTC202", file=facts[0].path, format="table", source=name,
                        reason=f"files of source {name!r} disagree on column types: {e}") from None
-    return SourceData(name, table, facts)
+    return SourceData(name, table, facts, unread=found.unread)
 
 
 def _load_hf(recipe: Recipe, name: str, spec: dict) -> SourceData:

@@ -141,6 +141,8 @@ RULES: dict[str, Rule] = {
                        "(an unbalanced quote merges rows)",
              "close the quote on line {line} (a quote inside a value is written twice, \"\"); if the value really spans "
              "those lines, set sources.{source}.on_malformed to \"warn\" to read it as parsed (reported in the lock)"),
+        Rule("FTC216", "cannot decompress {file} as {compression}: {reason}",
+             "the name's last suffix says {compression}: recompress the file, or rename it to what it holds"),
         # ---- 3xx transforms (DuckDB steps)
         Rule("FTC300", "SQL error in {where}: {reason}\n  expression: {expr}", "expressions are DuckDB SQL over the fields: {fields}"),
         Rule("FTC301", "{where}: unknown field {field!r}", "known fields: {fields}{suggest}"),

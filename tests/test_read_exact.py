@@ -142,3 +142,56 @@ def test_real_multiline_values_read_as_they_are(cli, tmp_path, shared):
     lock, _, _ = compile_ok(cli, tmp_path, {"path": str(src), "columns": {"q": "ask", "a": "answer"}, "transforms": [{"limit": 5}]})
     lines = lock["sources"]["s"]["files"][0]["lines"]
     assert lines == {"physical_lines": 3869, "records": 3823, "multiline_records": 7}
+
+
+# ---------------------------------------------------------------- 3. links: each file once; 4. compressed files, unread files listed
+
+
+def test_symlink_loop_reads_each_file_once_and_reports_the_loop(cli, tmp_path):
+    d = tmp_path / "data" / "sub"
+    d.mkdir(parents=True)
+    (d / "a.csv").write_text("q,a\n1,x\n2,y\n", encoding="utf-8")
+    (d / "back").symlink_to("..", target_is_directory=True)  # data/sub/back -> data
+    (tmp_path / "data" / "alias.csv").symlink_to("sub/a.csv")
+    for path in ("data", "data/**/*.csv"):
+        lock, rows, out = compile_ok(cli, tmp_path, {"path": path})
+        facts = lock["sources"]["s"]
+        assert [f["path"] for f in facts["files"]] == ["data/alias.csv"] and sorted(r["q"] for r in rows) == ["1", "2"]
+        reasons = {u["path"]: u["reason"] for u in facts["unread"]}
+        assert reasons["data/sub/a.csv"] == "the same file as data/alias.csv, read once"
+        assert "symlink loop" in reasons["data/sub/back"]
+        assert "not read: data/sub/back (a symlink loop" in out
+
+
+def test_compressed_files_are_read_and_unread_files_listed(cli, tmp_path):
+    import bz2
+    import gzip
+    import lzma
+
+    import pyarrow as pa
+
+    d = tmp_path / "data"
+    d.mkdir()
+    (d / "part1.csv").write_text("q,a\n1,x\n", encoding="utf-8")
+    (d / "part2.csv.gz").write_bytes(gzip.compress("q,a\n2,y\n".encode()))
+    (d / "part3.jsonl.bz2").write_bytes(bz2.compress(b'{"q": "3", "a": "z"}\n'))
+    (d / "part4.tsv.xz").write_bytes(lzma.compress("q\ta\n4\tw\n".encode()))
+    sink = pa.BufferOutputStream()
+    with pa.CompressedOutputStream(sink, "zstd") as z:
+        z.write("q,a\n5,v\n".encode())
+    (d / "part5.csv.zst").write_bytes(sink.getvalue().to_pybytes())
+    (d / "notes.txt").write_text("not data")
+    (d / ".hidden.csv").write_text("q,a\nh,h\n")
+    lock, rows, out = compile_ok(cli, tmp_path, {"path": "data"})
+    facts = lock["sources"]["s"]
+    assert sorted(r["q"] for r in rows) == ["1", "2", "3", "4", "5"]
+    assert [f["compression"] for f in facts["files"]] == [None, "gzip", "bz2", "xz", "zstd"]
+    assert {u["path"]: u["reason"].split(" (")[0] for u in facts["unread"]} == {
+        "data/.hidden.csv": "a hidden file", "data/notes.txt": "not a data file"}
+    assert "not read: data/notes.txt (not a data file" in out
+
+
+def test_a_broken_compressed_file_is_named(cli, tmp_path):
+    (tmp_path / "d.csv.gz").write_bytes(b"\x1f\x8b not really gzip")
+    err = compile_err(cli, tmp_path, {"path": "d.csv.gz"})
+    assert err.startswith("error[FTC216]") and "d.csv.gz" in err and "gzip" in err
