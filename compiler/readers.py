@@ -43,9 +43,12 @@ def candidates(encoding: str | list[str], file: str, source: str) -> list[str]:
     out = []
     for n in names:
         try:
-            out.append(codecs.lookup(n).name.replace("_", "-"))
+            info = codecs.lookup(n)
         except LookupError:
             raise FtcError("FTC208", file=file, path=f"sources.{source}.encoding", encoding=n, source=source) from None
+        if not getattr(info, "_is_text_encoding", True):  # base64, rot13, zlib: bytes<->bytes or str<->str codecs
+            raise FtcError("FTC219", file=file, path=f"sources.{source}.encoding", encoding=n, source=source)
+        out.append(info.name.replace("_", "-"))
     return out
 
 
@@ -89,7 +92,11 @@ def read_delimited(data: bytes, enc: str, bom: int, delimiter: str, file: str, s
     try:
         header = next(csv.reader(io.StringIO(head), delimiter=delimiter))
     except StopIteration:
-        raise FtcError("FTC202", file=file, format="csv", reason="the file is empty", source=source) from None
+        raise FtcError("FTC220", file=file, path=f"sources.{source}.path", what="the file is empty") from None
+    for i, col in enumerate(header):
+        if col in header[:i]:
+            raise FtcError("FTC217", file=file, path=f"sources.{source}.path", column=col, first=header.index(col) + 1,
+                           second=i + 1)
     bad: list[str] = []
 
     def on_invalid(row) -> str:
@@ -97,18 +104,34 @@ def read_delimited(data: bytes, enc: str, bom: int, delimiter: str, file: str, s
         return "skip"
 
     transcode = enc not in ("utf-8", "utf-8-sig")
-    try:
-        table = pcsv.read_csv(
+
+    def parse(block_size: int | None) -> pa.Table:
+        bad.clear()
+        return pcsv.read_csv(
             io.BytesIO(memoryview(data)[bom:]),
-            read_options=pcsv.ReadOptions(encoding=enc if transcode else "utf8", use_threads=True),
+            read_options=pcsv.ReadOptions(encoding=enc if transcode else "utf8", use_threads=True,
+                                          **({"block_size": block_size} if block_size else {})),
             parse_options=pcsv.ParseOptions(delimiter=delimiter, newlines_in_values=True, invalid_row_handler=on_invalid),
             convert_options=pcsv.ConvertOptions(column_types={h: pa.string() for h in header}, strings_can_be_null=False),
         )
+
+    try:
+        try:
+            table = parse(None)
+        except pa.ArrowInvalid as e:  # one value longer than a block (1 MiB): valid CSV, read in one block
+            if "straddling" not in str(e):
+                raise
+            table = parse(min(len(data) + 1, 2**31 - 1))
     except pa.ArrowInvalid as e:
         raise FtcError("FTC202", file=file, format="csv", reason=str(e).splitlines()[0][:300], source=source) from None
+    if table.num_rows == 0 and not bad:
+        raise FtcError("FTC220", file=file, path=f"sources.{source}.path", what="a header and no rows")
     lines = csv_records.account(data, "utf-8" if enc == "utf-8-sig" else enc, bom, delimiter, len(header),
                                 table.num_rows + 1 + len(bad), file, source, on_malformed)
     return ReadResult(table, enc, len(bad), bad[0] if bad else "", lines=lines)
+
+
+_JSON_TYPES = {str: "string", int: "number", float: "number", bool: "boolean", list: "array", type(None): "null"}
 
 
 def read_json(data: bytes, enc: str, bom: int, file: str, source: str) -> ReadResult:
@@ -121,14 +144,21 @@ def read_json(data: bytes, enc: str, bom: int, file: str, source: str) -> ReadRe
         lists = [v for v in rows.values() if isinstance(v, list)]
         if len(lists) == 1:
             rows = lists[0]
-    if not isinstance(rows, list) or not all(isinstance(r, dict) for r in rows):
+    if not isinstance(rows, list):
         raise FtcError("FTC202", file=file, format="json", reason="expected an array of objects", source=source)
+    for i, r in enumerate(rows):
+        if not isinstance(r, dict):
+            raise FtcError("FTC221", file=file, path=f"sources.{source}.path", index=i, type=_JSON_TYPES.get(type(r), "value"),
+                           value=json.dumps(r, ensure_ascii=False)[:60])
+    if not rows:
+        raise FtcError("FTC220", file=file, path=f"sources.{source}.path", what="an empty array")
     return ReadResult(_from_rows(rows, file, "json", source), enc)
 
 
 def read_jsonl(data: bytes, enc: str, bom: int, file: str, source: str) -> ReadResult:
     rows = []
-    for n, line in enumerate(decode(data, enc, bom).splitlines(), 1):
+    # lines end at \n only: str.splitlines would also split at U+2028, U+0085..., which JSON strings may hold raw
+    for n, line in enumerate(decode(data, enc, bom).split("\n"), 1):
         if not line.strip():
             continue
         try:
@@ -138,6 +168,9 @@ def read_jsonl(data: bytes, enc: str, bom: int, file: str, source: str) -> ReadR
         if not isinstance(row, dict):
             raise FtcError("FTC202", file=file, format="jsonl", reason=f"line {n}: expected a JSON object", source=source)
         rows.append(row)
+    if not rows:
+        raise FtcError("FTC220", file=file, path=f"sources.{source}.path",
+                       what="the file is empty" if not data[bom:] else "only blank lines")
     return ReadResult(_from_rows(rows, file, "jsonl", source), enc)
 
 
@@ -166,6 +199,12 @@ def read_file(data: bytes, fmt: str, encoding, delimiter: str | None, file: str,
     strict transcoding read itself, so a large GB18030 file is decoded once, not twice.
     Under ``errors="replace"`` a file no declared codec decodes is read with the first one,
     its undecodable bytes as U+FFFD, counted."""
+    if delimiter is not None and fmt not in ("csv", "tsv"):
+        raise FtcError("FTC223", file=file, path=f"sources.{source}.delimiter", format=fmt, source=source)
+    if delimiter is not None and (len(delimiter.encode("utf-8")) != 1 or delimiter in "\r\n\""):
+        why = "a line break" if delimiter in "\r\n" else "the quote character" if delimiter == '"' else \
+            f"{len(delimiter.encode('utf-8'))} bytes in UTF-8"
+        raise FtcError("FTC218", file=file, path=f"sources.{source}.delimiter", delimiter=delimiter, why=why)
     if fmt == "parquet":
         return read_parquet(data, file, source)
     if encoding == "auto":

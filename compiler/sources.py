@@ -78,6 +78,7 @@ def load_source(recipe: Recipe, name: str, spec: dict, progress: bool = False) -
                 raise FtcError("FTC204", file=rel_recipe, source=name, pattern=spec["captures"])
             captured = {k: v for k, v in m.groupdict().items() if v is not None}
         table, chosen = map_columns(res.table, spec.get("columns"), captured, rel_recipe, name)
+        _check_not_internal(table, spec, rel_recipe, name)
         n = table.num_rows
         table = table.append_column("_source", pa.array([name] * n, pa.string()))
         table = table.append_column("_file", pa.array([rel_root] * n, pa.string()))
@@ -96,6 +97,16 @@ def load_source(recipe: Recipe, name: str, spec: dict, progress: bool = False) -
         raise FtcError("FTC202", file=facts[0].path, format="table", source=name,
                        reason=f"files of source {name!r} disagree on column types: {e}") from None
     return SourceData(name, table, facts, unread=found.unread)
+
+
+def _check_not_internal(table: pa.Table, spec: dict, file: str, source: str) -> None:
+    """A field named like a bookkeeping column (``row_id``, ``_source``...) would be shadowed or clash in DuckDB."""
+    from ftc.compiler.normalize import INTERNAL
+
+    for col in table.column_names:
+        if col in INTERNAL:
+            path = f"sources.{source}.columns.{col}" if spec.get("columns") and col in spec["columns"] else f"sources.{source}"
+            raise FtcError("FTC222", file=file, path=path, column=col, internal=", ".join(INTERNAL), source=source)
 
 
 def _load_hf(recipe: Recipe, name: str, spec: dict) -> SourceData:

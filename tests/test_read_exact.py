@@ -195,3 +195,57 @@ def test_a_broken_compressed_file_is_named(cli, tmp_path):
     (tmp_path / "d.csv.gz").write_bytes(b"\x1f\x8b not really gzip")
     err = compile_err(cli, tmp_path, {"path": "d.csv.gz"})
     assert err.startswith("error[FTC216]") and "d.csv.gz" in err and "gzip" in err
+
+
+# ---------------------------------------------------------------- 5. clear errors: file, JSON path, row or index, hint
+
+
+@pytest.mark.parametrize("files, src, says", [
+    ({"d.csv": b"q,a,q\n1,2,3\n"}, {"path": "d.csv"},
+     ["error[FTC217]", "d.csv", "sources.s.path", "column 'q' twice (columns 1 and 3)"]),
+    ({"d.csv": "q｜a\n1｜2\n".encode()}, {"path": "d.csv", "delimiter": "｜"},
+     ["error[FTC218]", "sources.s.delimiter", "3 bytes in UTF-8"]),
+    ({"d.csv": b"q,a\n1,2\n"}, {"path": "d.csv", "delimiter": "\n"}, ["error[FTC218]", "sources.s.delimiter", "a line break"]),
+    ({"d.csv": b"q,a\n1,2\n"}, {"path": "d.csv", "encoding": "base64"},
+     ["error[FTC219]", "d.csv", "sources.s.encoding", "'base64' is not a text encoding"]),
+    ({"d.csv": b"q,a\n1,2\n"}, {"path": "d.csv", "encoding": ""}, ["error[FTC102]", "sources.s.encoding", "non-empty"]),
+    ({"d.csv": b"q,a\n1,2\n"}, {"path": ""}, ["error[FTC102]", "sources.s.path", "non-empty"]),
+    ({"d.jsonl": b""}, {"path": "d.jsonl"}, ["error[FTC220]", "d.jsonl has no rows: the file is empty", "sources.s.path"]),
+    ({"d.jsonl": b"\n \n"}, {"path": "d.jsonl"}, ["error[FTC220]", "d.jsonl has no rows: only blank lines"]),
+    ({"d.csv": b""}, {"path": "d.csv"}, ["error[FTC220]", "d.csv has no rows: the file is empty"]),
+    ({"d.csv": b"q,a\n"}, {"path": "d.csv"}, ["error[FTC220]", "d.csv has no rows: a header and no rows"]),
+    ({"d.json": b"[]"}, {"path": "d.json"}, ["error[FTC220]", "d.json has no rows: an empty array"]),
+    ({"d.json": b'[{"q": "1", "a": "2"}, {"q": "3", "a": "4"}, 5]'}, {"path": "d.json"},
+     ["error[FTC221]", "d.json", "element 2 of the array is a number (5), not an object"]),
+    ({"d.csv": b"q,a,row_id\n1,2,3\n"}, {"path": "d.csv"}, ["error[FTC222]", "d.csv", "'row_id'", "at sources.s"]),
+    ({"d.csv": b"q,a,x\n1,2,3\n"}, {"path": "d.csv", "columns": {"q": "q", "a": "a", "_source": "x"}},
+     ["error[FTC222]", "sources.s.columns._source"]),
+    ({"d.jsonl": b'{"q": "1", "a": "2"}\n'}, {"path": "d.jsonl", "delimiter": ";"},
+     ["error[FTC223]", "sources.s.delimiter", "d.jsonl is jsonl"]),
+])
+def test_bad_inputs_are_named(cli, tmp_path, files, src, says):
+    for name, data in files.items():
+        (tmp_path / name).write_bytes(data)
+    err = compile_err(cli, tmp_path, src)
+    for s in says:
+        assert s in err, (s, err)
+    assert "hint:" in err
+
+
+# ---------------------------------------------------------------- 6. valid input that must read
+
+
+@pytest.mark.parametrize("size", [3 << 20, 50 << 20])
+def test_a_cell_longer_than_a_parser_block_reads(cli, tmp_path, size):
+    big = "长" * (size // 3)
+    (tmp_path / "d.csv").write_bytes(f'q,a,big\n1,x,"{big}"\n2,y,z\n'.encode())
+    lock, rows, _ = compile_ok(cli, tmp_path, {"path": "d.csv"})
+    assert lock["sources"]["s"]["files"][0]["rows"] == 2 and sorted(r["q"] for r in rows) == ["1", "2"]
+
+
+def test_jsonl_strings_may_hold_raw_line_separators(cli, tmp_path):
+    rows_in = [{"q": "a\u2028b", "a": "c\u0085d"}, {"q": "e\u2029f\x1c", "a": "g\rh"}]
+    (tmp_path / "d.jsonl").write_bytes("".join(json.dumps(r, ensure_ascii=False) + "\r\n" for r in rows_in).encode())
+    assert "\u2028" in (tmp_path / "d.jsonl").read_text(encoding="utf-8")  # raw, not escaped
+    lock, rows, _ = compile_ok(cli, tmp_path, {"path": "d.jsonl"})
+    assert sorted((r["q"], r["a"]) for r in rows) == sorted((r["q"], r["a"]) for r in rows_in)
