@@ -104,6 +104,8 @@ def read_notes(lock: dict) -> list[str]:
             for r in f.get("lines", {}).get("suspect_records", []):
                 notes.append(f"warning: suspect record {f['path']} line {r['line']}: {r['lines']} lines read as one record, "
                              f"{r['why']} (sources.{name}.on_malformed is warn)")
-        for u in facts.get("unread", []):
-            notes.append(f"not read: {u['path']} ({u['reason']})")
+        unread = facts.get("unread", [])
+        notes += [f"not read: {u['path']} ({u['reason']})" for u in unread[:10]]
+        if len(unread) > 10:
+            notes.append(f"not read: ... {len(unread) - 10} more files (the lock lists them: sources.{name}.unread)")
     return notes + [""] if notes else []
