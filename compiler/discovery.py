@@ -89,8 +89,11 @@ def _glob_regex(pattern: str) -> re.Pattern:
     return re.compile("".join(out) + r"\Z")
 
 
-def _walk(top: Path, depth: int | None, unread: list[tuple[Path, str]]) -> list[Path]:
-    """Every file under ``top`` (links followed, each folder entered once), in name order."""
+def _walk(top: Path, depth: int | None, unread: list[tuple[Path, str]], report_hidden: bool) -> list[Path]:
+    """Every file under ``top`` (links followed, each folder entered once), in name order.
+
+    Hidden folders (.git, .cache) are not walked; ``report_hidden`` lists each once (a folder
+    source names everything under it; a glob's wildcards never match a leading dot)."""
     files, entered = [], {}
     stack = [(top, 0)]
     while stack:
@@ -110,7 +113,10 @@ def _walk(top: Path, depth: int | None, unread: list[tuple[Path, str]]) -> list[
         for e in entries:
             p = Path(e.path)
             if e.is_dir():
-                if depth is None or level + 1 < depth:
+                if e.name.startswith("."):
+                    if report_hidden:
+                        unread.append((p, "a hidden folder, not walked"))
+                elif depth is None or level + 1 < depth:
                     stack.append((p, level + 1))
             elif e.is_file():
                 files.append(p)
@@ -131,12 +137,12 @@ def discover(recipe, name: str, spec: dict) -> Found:
         rest = "/".join(parts[cut:])
         regex = _glob_regex(rest)
         depth = None if "**" in parts[cut:] else len(parts) - cut
-        walked = _walk(root, depth, skipped) if root.is_dir() else []
+        walked = _walk(root, depth, skipped, False) if root.is_dir() else []
         files = [p for p in walked if regex.match(relpath(p, root))]
     elif full.is_dir():
         root = full
         files = []
-        for p in _walk(full, None, skipped):
+        for p in _walk(full, None, skipped, True):
             rel = relpath(p, root)
             suffix, _ = data_suffix(p)
             if any(part.startswith(".") for part in rel.split("/")):
@@ -151,7 +157,7 @@ def discover(recipe, name: str, spec: dict) -> Found:
     else:
         files, root = [], full
     once, seen = [], {}
-    for p in files:
+    for p in sorted(files, key=lambda p: (os.path.realpath(p) != os.path.abspath(p), p)):  # the file itself before its links
         real = os.path.realpath(p)
         if real in seen:
             skipped.append((p, f"the same file as {relpath(seen[real], recipe.dir)}, read once"))

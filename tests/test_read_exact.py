@@ -156,9 +156,9 @@ def test_symlink_loop_reads_each_file_once_and_reports_the_loop(cli, tmp_path):
     for path in ("data", "data/**/*.csv"):
         lock, rows, out = compile_ok(cli, tmp_path, {"path": path})
         facts = lock["sources"]["s"]
-        assert [f["path"] for f in facts["files"]] == ["data/alias.csv"] and sorted(r["q"] for r in rows) == ["1", "2"]
+        assert [f["path"] for f in facts["files"]] == ["data/sub/a.csv"] and sorted(r["q"] for r in rows) == ["1", "2"]
         reasons = {u["path"]: u["reason"] for u in facts["unread"]}
-        assert reasons["data/sub/a.csv"] == "the same file as data/alias.csv, read once"
+        assert reasons["data/alias.csv"] == "the same file as data/sub/a.csv, read once"
         assert "symlink loop" in reasons["data/sub/back"]
         assert "not read: data/sub/back (a symlink loop" in out
 
@@ -182,12 +182,14 @@ def test_compressed_files_are_read_and_unread_files_listed(cli, tmp_path):
     (d / "part5.csv.zst").write_bytes(sink.getvalue().to_pybytes())
     (d / "notes.txt").write_text("not data")
     (d / ".hidden.csv").write_text("q,a\nh,h\n")
+    (d / ".git").mkdir()
+    (d / ".git" / "x.csv").write_text("q,a\ng,g\n")
     lock, rows, out = compile_ok(cli, tmp_path, {"path": "data"})
     facts = lock["sources"]["s"]
     assert sorted(r["q"] for r in rows) == ["1", "2", "3", "4", "5"]
     assert [f["compression"] for f in facts["files"]] == [None, "gzip", "bz2", "xz", "zstd"]
     assert {u["path"]: u["reason"].split(" (")[0] for u in facts["unread"]} == {
-        "data/.hidden.csv": "a hidden file", "data/notes.txt": "not a data file"}
+        "data/.hidden.csv": "a hidden file", "data/.git": "a hidden folder, not walked", "data/notes.txt": "not a data file"}
     assert "not read: data/notes.txt (not a data file" in out
 
 
