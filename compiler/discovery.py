@@ -61,6 +61,20 @@ def decompress(data: bytes, compression: str | None, file: str, source: str) -> 
                        reason=(str(e).splitlines() or [type(e).__name__])[0][:200]) from None
 
 
+_TEXT_KEYS = {"delimiter": ("csv", "tsv"), "on_malformed": ("csv", "tsv"),
+              "encoding": ("csv", "tsv", "json", "jsonl"), "encoding_errors": ("csv", "tsv", "json", "jsonl")}
+
+
+def check_keys_apply(written: dict, name: str, file: str) -> None:
+    """Refuse a reading key the source's format has no use for, where the recipe says the format
+    (``format``, or the suffix of ``path``: ``*.jsonl``, ``d.parquet.gz``); a folder is checked per file."""
+    fmt = written.get("format") or FORMATS.get(data_suffix(Path(written.get("path") or "x"))[0])
+    for key, applies in _TEXT_KEYS.items():
+        if fmt and key in written and fmt not in applies:
+            raise FtcError("FTC224", file=file, path=f"sources.{name}.{key}", key=key, format=fmt,
+                           applies=", ".join(applies), source=name)
+
+
 def _glob_regex(pattern: str) -> re.Pattern:
     """A glob (``**`` recursive; ``*``, ``?``, ``[...]`` within one name; no leading dot) as a regex on posix paths."""
     out = []

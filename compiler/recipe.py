@@ -320,6 +320,10 @@ def _check_applies(written: dict, out: dict, file: str) -> None:
             for key in _FILE_KEYS:
                 if key in src:
                     raise FtcError("FTC212", file=file, path=json_path(["sources", name, key]), source=name, key=key)
+        else:
+            from ftc.compiler.discovery import check_keys_apply
+
+            check_keys_apply(src, name, file)
     train, model = written.get("train", {}), written.get("model", {})
     method, fmt = out["train"]["method"], out["template"]["format"]
     if method == "grpo" and train.get("packing") is True:

@@ -156,6 +156,8 @@ RULES: dict[str, Rule] = {
              "rename it through sources.{source}.columns, e.g. {{\"{column}_\": \"{column}\"}}"),
         Rule("FTC223", "sources.{source}.delimiter applies to csv and tsv files, and {file} is {format}",
              "drop sources.{source}.delimiter (or set sources.{source}.format to csv)"),
+        Rule("FTC224", "sources.{source}.{key} applies to {applies} files, and this source reads {format}",
+             "drop sources.{source}.{key}: nothing would read it"),
         # ---- 3xx transforms (DuckDB steps)
         Rule("FTC300", "SQL error in {where}: {reason}\n  expression: {expr}", "expressions are DuckDB SQL over the fields: {fields}"),
         Rule("FTC301", "{where}: unknown field {field!r}", "known fields: {fields}{suggest}"),

@@ -222,12 +222,22 @@ def test_a_broken_compressed_file_is_named(cli, tmp_path):
     ({"d.csv": b"q,a,row_id\n1,2,3\n"}, {"path": "d.csv"}, ["error[FTC222]", "d.csv", "'row_id'", "at sources.s"]),
     ({"d.csv": b"q,a,x\n1,2,3\n"}, {"path": "d.csv", "columns": {"q": "q", "a": "a", "_source": "x"}},
      ["error[FTC222]", "sources.s.columns._source"]),
+    ({"d": {"d.jsonl": b'{"q": "1", "a": "2"}\n'}}, {"path": "d", "delimiter": ";"},
+     ["error[FTC223]", "sources.s.delimiter", "d/d.jsonl is jsonl"]),
     ({"d.jsonl": b'{"q": "1", "a": "2"}\n'}, {"path": "d.jsonl", "delimiter": ";"},
-     ["error[FTC223]", "sources.s.delimiter", "d.jsonl is jsonl"]),
+     ["error[FTC224]", "sources.s.delimiter applies to csv, tsv files, and this source reads jsonl"]),
+    ({"d.jsonl": b'{"q": "1", "a": "2"}\n'}, {"path": "*.jsonl", "on_malformed": "warn"},
+     ["error[FTC224]", "sources.s.on_malformed"]),
+    ({"d.parquet": b"PAR1"}, {"path": "d.parquet", "encoding_errors": "replace"}, ["error[FTC224]", "sources.s.encoding_errors"]),
 ])
 def test_bad_inputs_are_named(cli, tmp_path, files, src, says):
     for name, data in files.items():
-        (tmp_path / name).write_bytes(data)
+        if isinstance(data, dict):  # a folder
+            (tmp_path / name).mkdir()
+            for sub, body in data.items():
+                (tmp_path / name / sub).write_bytes(body)
+        else:
+            (tmp_path / name).write_bytes(data)
     err = compile_err(cli, tmp_path, src)
     for s in says:
         assert s in err, (s, err)
