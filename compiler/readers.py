@@ -121,7 +121,7 @@ def read_delimited(data: bytes, enc: str, bom: int, delimiter: str, file: str, s
         except pa.ArrowInvalid as e:  # one value longer than a block (1 MiB): valid CSV, read in one block
             if "straddling" not in str(e):
                 raise
-            table = parse(min(len(data) + 1, 2**31 - 1))
+            table = parse(min(2 * len(data) + 1, 2**31 - 1))  # transcoded UTF-8 may be longer than the bytes
     except pa.ArrowInvalid as e:
         raise FtcError("FTC202", file=file, format="csv", reason=str(e).splitlines()[0][:300], source=source) from None
     if table.num_rows == 0 and not bad:

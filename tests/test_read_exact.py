@@ -247,12 +247,14 @@ def test_bad_inputs_are_named(cli, tmp_path, files, src, says):
 # ---------------------------------------------------------------- 6. valid input that must read
 
 
-@pytest.mark.parametrize("size", [3 << 20, 50 << 20])
-def test_a_cell_longer_than_a_parser_block_reads(cli, tmp_path, size):
+@pytest.mark.parametrize("size, codec", [(3 << 20, "utf-8"), (3 << 20, "gb18030"), (50 << 20, "utf-8")])
+def test_a_cell_longer_than_a_parser_block_reads(cli, tmp_path, size, codec):
     big = "长" * (size // 3)
-    (tmp_path / "d.csv").write_bytes(f'q,a,big\n1,x,"{big}"\n2,y,z\n'.encode())
+    (tmp_path / "d.csv").write_bytes(f'q,a,big\n1,x,"{big}"\n2,y,z\n'.encode(codec))
     lock, rows, _ = compile_ok(cli, tmp_path, {"path": "d.csv"})
-    assert lock["sources"]["s"]["files"][0]["rows"] == 2 and sorted(r["q"] for r in rows) == ["1", "2"]
+    (f,) = lock["sources"]["s"]["files"]
+    assert f["encoding"] == codec and f["rows"] == 2 and sorted(r["q"] for r in rows) == ["1", "2"]
+    assert sorted(len(r["big"]) for r in rows) == [1, len(big)]  # the cell whole, not cut at a block
 
 
 def test_jsonl_strings_may_hold_raw_line_separators(cli, tmp_path):
