@@ -19,6 +19,9 @@ that fails strict UTF-8 is not GB18030 just because GB18030 decodes it:
    text misread as GB18030 does look like GB2312, "café" -> "caf茅": that is why step 2
    comes first.)
 
+A declared list (``["utf-8", "gb18030"]``) keeps its order, with step 2 applied when UTF-8 fails
+and a later codec would otherwise take the file.
+
 charset-normalizer 3.4.7 was measured as the alternative: it names the real file gb18030
 (0.04 s), but returns no guess for UTF-8 with a ``\\x92`` and picks cp1250 for ASCII with a
 ``\\x92``; it chooses among ~90 codecs where ftc promises two, and does not report "UTF-8
@@ -107,25 +110,37 @@ def replaced(data: bytes, codec: str, bom: int) -> bytes:
     return codecs.decode(memoryview(data)[bom:], codec, "replace").encode("utf-8")
 
 
-def auto(data: bytes, errors: str, file: str, source: str) -> Decoded:
-    """UTF-8, UTF-8 with a defect, or GB18030, by the rule in the module docstring."""
+def utf8_first(data: bytes, errors: str, file: str, source: str) -> tuple[Decoded | None, dict]:
+    """Steps 1 and 2 of the rule: (how to read the file as UTF-8, or None when it is not UTF-8; the evidence).
+
+    UTF-8 with a defect raises FTC213, or under ``errors="replace"`` reads with U+FFFD."""
     bom = 3 if data.startswith(codecs.BOM_UTF8) else 0
     label = "utf-8-sig" if bom else "utf-8"
     bad = first_invalid_utf8(data, bom)
     if bad is None:
-        return Decoded(label, bom, {"rule": "strict UTF-8" + (" after a BOM" if bom else "")})
+        return Decoded(label, bom, {"rule": "strict UTF-8" + (" after a BOM" if bom else "")}), {}
     offset = bad.start + bom
     valid, invalid = utf8_evidence(data[bom:])
     ev = {"utf8_first_invalid_offset": offset, "utf8_invalid_bytes": invalid, "utf8_multibyte_chars": valid}
     cut = bad.reason == "unexpected end of data"
-    if bom or cut or (valid and valid >= invalid):
-        why = "a UTF-8 BOM" if bom else "the last character is cut short" if cut else \
-            f"{valid:,} valid multi-byte UTF-8 characters against {invalid:,} bytes that are not"
-        if errors != "replace":
-            raise FtcError("FTC213", file=file, path=f"sources.{source}.encoding", count=invalid, offset=offset,
-                           line=line_of(data, offset), context=_context(data, offset), why=why, source=source)
-        ev["rule"] = f"UTF-8 with a defect ({why}); encoding_errors replace"
-        return Decoded(label, bom, ev, invalid, replaced(data, "utf-8", bom))
+    if not (bom or cut or (valid and valid >= invalid)):
+        return None, ev
+    why = "a UTF-8 BOM" if bom else "the last character is cut short" if cut else \
+        f"{valid:,} valid multi-byte UTF-8 characters against {invalid:,} bytes that are not"
+    if errors != "replace":
+        raise FtcError("FTC213", file=file, path=f"sources.{source}.encoding", count=invalid, offset=offset,
+                       line=line_of(data, offset), context=_context(data, offset), why=why, source=source)
+    ev["rule"] = f"UTF-8 with a defect ({why}); encoding_errors replace"
+    return Decoded(label, bom, ev, invalid, replaced(data, "utf-8", bom)), ev
+
+
+def auto(data: bytes, errors: str, file: str, source: str) -> Decoded:
+    """UTF-8, UTF-8 with a defect, or GB18030, by the rule in the module docstring."""
+    dec, ev = utf8_first(data, errors, file, source)
+    if dec is not None:
+        return dec
+    label, bom, offset = "utf-8", 0, ev["utf8_first_invalid_offset"]
+    valid, invalid = ev["utf8_multibyte_chars"], ev["utf8_invalid_bytes"]
     share = gb2312_share(data)
     if isinstance(share, UnicodeDecodeError):
         if errors == "replace":

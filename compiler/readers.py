@@ -219,6 +219,10 @@ def read_file(data: bytes, fmt: str, encoding, delimiter: str | None, file: str,
     rule = "declared" if len(tried) == 1 else "declared list: the first that decodes strictly"
     for enc in tried:
         if enc == "utf-8" and undecodable_offset(data, enc) is not None:
+            if enc != tried[-1]:  # a later codec would "decode" UTF-8 with a defect and garble it: refuse or replace
+                dec, _ = decoding.utf8_first(data, errors, file, source)
+                if dec is not None:
+                    return _read_text(data, fmt, dec, delimiter, file, source, on_malformed)
             continue
         bom = _bom(data, enc)
         try:

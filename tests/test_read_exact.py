@@ -263,3 +263,14 @@ def test_jsonl_strings_may_hold_raw_line_separators(cli, tmp_path):
     assert "\u2028" in (tmp_path / "d.jsonl").read_text(encoding="utf-8")  # raw, not escaped
     lock, rows, _ = compile_ok(cli, tmp_path, {"path": "d.jsonl"})
     assert sorted((r["q"], r["a"]) for r in rows) == sorted((r["q"], r["a"]) for r in rows_in)
+
+
+def test_a_declared_list_does_not_take_utf8_with_a_defect_as_its_next_codec(cli, tmp_path):
+    data = UTF8_ROWS.encode("utf-8").replace("résumé 7".encode(), b"don\x92t 7")
+    (tmp_path / "d.csv").write_bytes(data)
+    err = compile_err(cli, tmp_path, {"path": "d.csv", "encoding": ["utf-8", "gb18030"]})
+    offset = data.index(b"\x92")
+    assert "FTC213" in err and f"byte offset {offset}" in err
+    (tmp_path / "g.csv").write_bytes("q,a\n好,x\n".encode("gb18030"))  # GB18030 proper still takes the second codec
+    lock, rows, _ = compile_ok(cli, tmp_path, {"path": "g.csv", "encoding": ["utf-8", "gb18030"]})
+    assert lock["sources"]["s"]["files"][0]["encoding"] == "gb18030" and rows[0]["q"] == "好"
