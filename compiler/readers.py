@@ -84,7 +84,7 @@ def decode(data: bytes, enc: str, bom: int) -> str:
 
 
 def read_delimited(data: bytes, enc: str, bom: int, delimiter: str, file: str, source: str,
-                   on_malformed: str = "error") -> ReadResult:
+                   on_malformed: str) -> ReadResult:
     """CSV/TSV with every column read as text (no type guessing: '007' stays '007')."""
     import pyarrow.csv as pcsv
 
@@ -191,7 +191,7 @@ def read_parquet(data: bytes, file: str, source: str) -> ReadResult:
 
 
 def read_file(data: bytes, fmt: str, encoding, delimiter: str | None, file: str, source: str,
-              errors: str = "strict", on_malformed: str = "error") -> ReadResult:
+              errors: str, on_malformed: str) -> ReadResult:
     """Decode by ``encoding`` (see compiler/decoding.py for ``auto``) and parse by ``fmt``.
 
     A declared codec or list is tried in order, strictly; the first that decodes the whole

@@ -69,8 +69,8 @@ def load_source(recipe: Recipe, name: str, spec: dict, progress: bool = False) -
         if fmt is None:
             raise FtcError("FTC207", file=rel_recipe, format=f.suffix, source=name)
         data = f.read_bytes()
-        res = readers.read_file(discovery.decompress(data, compression, rel_recipe, name), fmt, spec.get("encoding", "auto"), spec.get("delimiter"), rel_recipe, name,
-                                spec.get("encoding_errors", "strict"), spec.get("on_malformed", "error"))
+        res = readers.read_file(discovery.decompress(data, compression, rel_recipe, name), fmt, spec.get("encoding", "auto"),
+                                spec.get("delimiter"), rel_recipe, name, spec["encoding_errors"], spec["on_malformed"])
         captured: dict[str, str] = {}
         if pattern is not None:
             m = pattern.search(rel_root)
