@@ -66,9 +66,10 @@ def test_ascii_with_a_stray_byte_is_not_gb18030_either(cli, tmp_path):
 def test_encoding_errors_replace_reads_and_counts(cli, tmp_path):
     data = UTF8_ROWS.encode("utf-8").replace("résumé 7".encode(), b"don\x92t 7")
     (tmp_path / "d.csv").write_bytes(data)
-    lock, rows, _ = compile_ok(cli, tmp_path, {"path": "d.csv", "encoding_errors": "replace"})
+    lock, rows, out = compile_ok(cli, tmp_path, {"path": "d.csv", "encoding_errors": "replace"})
     (f,) = lock["sources"]["s"]["files"]
     assert f["encoding"] == "utf-8" and f["replaced_bytes"] == 1
+    assert "warning: d.csv: 1 undecodable byte(s) read as U+FFFD" in out
     assert "UTF-8 with a defect" in f["encoding_evidence"]["rule"]
     assert {r["q"]: r["a"] for r in rows}["café 7"] == "naïve don\ufffdt 7"
     assert all(r["q"].startswith("café") for r in rows)  # never 'caf茅'
@@ -274,3 +275,22 @@ def test_a_declared_list_does_not_take_utf8_with_a_defect_as_its_next_codec(cli,
     (tmp_path / "g.csv").write_bytes("q,a\n好,x\n".encode("gb18030"))  # GB18030 proper still takes the second codec
     lock, rows, _ = compile_ok(cli, tmp_path, {"path": "g.csv", "encoding": ["utf-8", "gb18030"]})
     assert lock["sources"]["s"]["files"][0]["encoding"] == "gb18030" and rows[0]["q"] == "好"
+
+
+@pytest.mark.parametrize("pattern", ["*.csv", "**/*.csv", "d*/*.csv", "**/p?rt[12].csv", "d1/**", "[!d]*", "d[0-9]/**/*.jsonl"])
+def test_globs_match_what_python_glob_matches(tmp_path, pattern):
+    """Without links, the walker finds exactly glob.glob's files (the independent oracle)."""
+    import glob as pyglob
+    from pathlib import Path
+
+    from ftc.compiler import discovery
+    from ftc.compiler.recipe import Recipe
+
+    for rel in ["a.csv", "part1.csv", "d1/part1.csv", "d1/part3.csv", "d1/x/part2.csv", "d1/x/y/z.jsonl",
+                "d2/part2.csv", "d2/.h/part1.csv", ".hidden.csv", "d1/.dot.csv", "e/f.jsonl"]:
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_text("q,a\n1,2\n")
+    recipe = Recipe(path=tmp_path / "recipe.json", sha256="", overrides=(), data={})
+    found = discovery.discover(recipe, "s", {"path": pattern})
+    oracle = sorted(Path(p) for p in pyglob.glob(str(tmp_path / pattern), recursive=True) if Path(p).is_file())
+    assert sorted(found.files) == oracle
