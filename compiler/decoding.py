@@ -52,11 +52,6 @@ class Decoded:
     replaced: int = 0  # undecodable bytes read as U+FFFD under encoding_errors "replace"
     utf8: bytes | None = None  # the file re-encoded as UTF-8, when replacement changed it
 
-    @property
-    def codec(self) -> str:
-        """The Python codec that decodes ``data[bom:]``."""
-        return "utf-8" if self.encoding == "utf-8-sig" else self.encoding
-
 
 def line_of(data: bytes, offset: int) -> int:
     """1-based line of a byte offset (every ASCII-compatible codec writes a newline as 0x0A)."""

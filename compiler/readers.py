@@ -234,7 +234,7 @@ def read_file(data: bytes, fmt: str, encoding, delimiter: str | None, file: str,
         enc, bom = tried[0], _bom(data, tried[0])
         count = _count_undecodable(data, enc, bom)
         dec = decoding.Decoded("utf-8-sig" if bom else enc, bom, {"rule": f"declared; encoding_errors replace ({count} bytes)"},
-                               count, decoding.replaced(data, "utf-8" if enc == "utf-8" else enc, bom))
+                               count, decoding.replaced(data, enc, bom))
         return _read_text(data, fmt, dec, delimiter, file, source, on_malformed)
     detail = "; ".join(f"{e}: invalid byte at offset {undecodable_offset(data, e)}" for e in tried)
     raise FtcError("FTC201", file=file, detail=detail, source=source)
