@@ -54,7 +54,8 @@ def compile_recipe(recipe: Recipe, lock_path: Path, *, progress: bool = False, w
         for i, step in enumerate(spec["transforms"]):
             t = norm.apply(t, step, f"sources.{name}.transforms[{i}]")
         tables[name] = t
-        source_facts[name] = sd.hf if sd.hf is not None else {"files": [f.to_lock() for f in sd.files], "rows": n}
+        source_facts[name] = sd.hf if sd.hf is not None else {"files": [f.to_lock() for f in sd.files], "rows": n,
+                                                               **({"unread": sd.unread} if sd.unread else {})}
 
     # 2. mixture, then the recipe-wide transforms
     t = norm.mix(tables, recipe.data["mix"]) if len(tables) > 1 or recipe.data["mix"] else next(iter(tables.values()))

@@ -261,6 +261,8 @@ def resolve(data: dict, file: str) -> dict:
         src.setdefault("transforms", [])
         if "path" in src:
             src.setdefault("encoding", "auto")
+            src.setdefault("encoding_errors", "strict")
+            src.setdefault("on_malformed", "error")
         if "hf" in src:
             src["hf"].setdefault("split", "train")
         for step in src["transforms"]:
@@ -305,7 +307,7 @@ def resolve(data: dict, file: str) -> dict:
     return out
 
 
-_FILE_KEYS = ("format", "encoding", "delimiter", "captures")  # what only the file readers read
+_FILE_KEYS = ("format", "encoding", "delimiter", "captures", "encoding_errors", "on_malformed")  # what only the file readers read
 _LOSS_KEYS = {"completion_only_loss": "prompt_completion", "assistant_only_loss": "messages"}
 
 
@@ -318,6 +320,10 @@ def _check_applies(written: dict, out: dict, file: str) -> None:
             for key in _FILE_KEYS:
                 if key in src:
                     raise FtcError("FTC212", file=file, path=json_path(["sources", name, key]), source=name, key=key)
+        else:
+            from ftc.compiler.discovery import check_keys_apply
+
+            check_keys_apply(src, name, file)
     train, model = written.get("train", {}), written.get("model", {})
     method, fmt = out["train"]["method"], out["template"]["format"]
     if method == "grpo" and train.get("packing") is True:

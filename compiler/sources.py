@@ -7,9 +7,7 @@ lock: what was read, how it was decoded, which column fed which field.
 
 from __future__ import annotations
 
-import glob
 import hashlib
-import os
 import re
 import sys
 from dataclasses import dataclass, field
@@ -19,13 +17,11 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from ftc.compiler import readers
+from ftc.compiler import discovery, readers
 from ftc.compiler.lock import relpath
 from ftc.compiler.normalize import not_internal
 from ftc.compiler.recipe import Recipe
 from ftc.errors import FtcError, did_you_mean
-
-_GLOB = re.compile(r"[*?\[]")
 
 
 @dataclass
@@ -39,6 +35,10 @@ class FileFacts:
     captured: dict[str, str]
     rows: int
     malformed_rows: int = 0
+    encoding_evidence: dict = field(default_factory=dict)  # why this encoding (compiler/decoding.py)
+    replaced_bytes: int = 0  # undecodable bytes read as U+FFFD under encoding_errors "replace"
+    lines: dict = field(default_factory=dict)  # CSV physical lines against records (compiler/csv_records.py)
+    compression: str | None = None  # bytes and sha256 are the file's on disk, as compressed
 
     def to_lock(self) -> dict:
         d = dict(self.__dict__)
@@ -51,28 +51,7 @@ class SourceData:
     table: pa.Table
     files: list[FileFacts] = field(default_factory=list)
     hf: dict | None = None  # facts for a Hugging Face dataset source
-
-
-def discover(recipe: Recipe, name: str, spec: dict) -> tuple[list[Path], Path]:
-    """Files of a source, sorted, and the root their captured paths are relative to."""
-    raw = spec["path"]
-    full = recipe.resolve_path(raw)
-    if _GLOB.search(raw):
-        parts = Path(raw).parts
-        fixed = [p for p in parts[: next(i for i, p in enumerate(parts) if _GLOB.search(p))]]
-        root = recipe.resolve_path(str(Path(*fixed))) if fixed else recipe.dir
-        files = [Path(p) for p in glob.glob(str(full), recursive=True) if os.path.isfile(p)]
-    elif full.is_dir():
-        root = full
-        files = [p for p in full.rglob("*") if p.is_file() and p.suffix.lower() in readers.FORMATS and not p.name.startswith(".")]
-    elif full.is_file():
-        root, files = full.parent, [full]
-    else:
-        files, root = [], full
-    if not files:
-        raise FtcError("FTC200", file=str(recipe.path), path=f"sources.{name}.path", pattern=raw, source=name, base=str(recipe.dir))
-    files.sort(key=lambda p: relpath(p, root))
-    return files, root
+    unread: list[dict] = field(default_factory=list)  # files the folder or glob matched and did not read, with why
 
 
 def capture_pattern(recipe: Recipe, name: str, spec: dict) -> re.Pattern | None:
@@ -92,7 +71,8 @@ def capture_pattern(recipe: Recipe, name: str, spec: dict) -> re.Pattern | None:
 def load_source(recipe: Recipe, name: str, spec: dict, progress: bool = False) -> SourceData:
     if "hf" in spec:
         return _load_hf(recipe, name, spec)
-    files, root = discover(recipe, name, spec)
+    found = discovery.discover(recipe, name, spec)
+    files, root = found.files, found.root
     pattern = capture_pattern(recipe, name, spec)
     tables, facts = [], []
     total = sum(f.stat().st_size for f in files)
@@ -100,11 +80,13 @@ def load_source(recipe: Recipe, name: str, spec: dict, progress: bool = False) -
     for i, f in enumerate(files):
         rel_recipe = relpath(f, recipe.dir)
         rel_root = relpath(f, root)
-        fmt = spec.get("format") or readers.FORMATS.get(f.suffix.lower())
+        suffix, compression = discovery.data_suffix(f)
+        fmt = spec.get("format") or readers.FORMATS.get(suffix)
         if fmt is None:
             raise FtcError("FTC207", file=rel_recipe, format=f.suffix, source=name)
         data = f.read_bytes()
-        res = readers.read_file(data, fmt, spec.get("encoding", "auto"), spec.get("delimiter"), rel_recipe, name)
+        res = readers.read_file(discovery.decompress(data, compression, rel_recipe, name), fmt, spec.get("encoding", "auto"),
+                                spec.get("delimiter"), rel_recipe, name, spec["encoding_errors"], spec["on_malformed"])
         captured: dict[str, str] = {}
         if pattern is not None:
             m = pattern.search(rel_root)
@@ -112,13 +94,14 @@ def load_source(recipe: Recipe, name: str, spec: dict, progress: bool = False) -
                 raise FtcError("FTC204", file=rel_recipe, source=name, pattern=spec["captures"])
             captured = {k: v for k, v in m.groupdict().items() if v is not None}
         table, chosen = map_columns(res.table, spec.get("columns"), captured, rel_recipe, name)
+        _check_not_internal(table, spec, rel_recipe, name)
         n = table.num_rows
         table = table.append_column("_source", pa.array([name] * n, pa.string()))
         table = table.append_column("_file", pa.array([rel_root] * n, pa.string()))
         table = table.append_column("_row", pa.array(range(1, n + 1), pa.int64()))
         tables.append(table)
         facts.append(FileFacts(rel_recipe, len(data), hashlib.sha256(data).hexdigest(), fmt, res.encoding, chosen,
-                               captured, n, res.malformed))
+                               captured, n, res.malformed, res.evidence, res.replaced, res.lines, compression))
         done += len(data)
         if progress and total > (32 << 20):
             print(f"\r  reading {name}: {i + 1}/{len(files)} files, {done >> 20}/{total >> 20} MiB", end="", file=sys.stderr)
@@ -129,7 +112,17 @@ def load_source(recipe: Recipe, name: str, spec: dict, progress: bool = False) -
     except (pa.ArrowInvalid, pa.ArrowTypeError) as e:
         raise FtcError("FTC202", file=facts[0].path, format="table", source=name,
                        reason=f"files of source {name!r} disagree on column types: {e}") from None
-    return SourceData(name, table, facts)
+    return SourceData(name, table, facts, unread=found.unread)
+
+
+def _check_not_internal(table: pa.Table, spec: dict, file: str, source: str) -> None:
+    """A field named like a bookkeeping column (``row_id``, ``_source``...) would be shadowed or clash in DuckDB."""
+    from ftc.compiler.normalize import INTERNAL
+
+    for col in table.column_names:
+        if col in INTERNAL:
+            path = f"sources.{source}.columns.{col}" if spec.get("columns") and col in spec["columns"] else f"sources.{source}"
+            raise FtcError("FTC222", file=file, path=path, column=col, internal=", ".join(INTERNAL), source=source)
 
 
 def _load_hf(recipe: Recipe, name: str, spec: dict) -> SourceData:

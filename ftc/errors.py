@@ -129,6 +129,36 @@ RULES: dict[str, Rule] = {
              "set sources.{source}.columns.{field}.role_key and content_key to the turns' keys (defaults: \"from\", \"value\")"),
         Rule("FTC212", "sources.{source}.{key} applies to files read from 'path', and source {source!r} is a Hugging Face dataset ('hf')",
              "drop sources.{source}.{key} (the dataset's own loader reads it); to read the files yourself, give 'path' instead of 'hf'"),
+        # -- 213-239 reading source files exactly (compiler/decoding.py, readers.py, discovery.py, csv_records.py)
+        Rule("FTC213", "{file} is UTF-8 except {count} byte(s) that are not, the first at byte offset {offset} (line {line}): "
+                       "{context}; it is UTF-8 with a defect ({why}), and decoding it as GB18030 would garble every row",
+             "fix those bytes; or set sources.{source}.encoding_errors to \"replace\" to read them as U+FFFD (counted in the lock); "
+             "or, if the whole file is in another codec, declare it in sources.{source}.encoding (cp1252 writes \u2019 as 0x92)"),
+        Rule("FTC214", "{file} is not UTF-8 (byte offset {offset}, line {line}: {context}) and does not read as GB18030 text "
+                       "({share} of its {chars} non-ASCII characters are common GB2312 ones)",
+             "declare the file's codec in sources.{source}.encoding (e.g. cp1252, latin-1, big5), or set "
+             "sources.{source}.encoding_errors to \"replace\" to read it as UTF-8 with U+FFFD, counted"),
+        Rule("FTC215", "{file} line {line}: a quoted value starts in this record and runs over {lines} lines, to line {end}: {why} "
+                       "(an unbalanced quote merges rows)",
+             "close the quote on line {line} (a quote inside a value is written twice, \"\"); if the value really spans "
+             "those lines, set sources.{source}.on_malformed to \"warn\" to read it as parsed (reported in the lock)"),
+        Rule("FTC216", "cannot decompress {file} as {compression}: {reason}",
+             "the name's last suffix says {compression}: recompress the file, or rename it to what it holds"),
+        Rule("FTC217", "{file}: the header names the column {column!r} twice (columns {first} and {second})",
+             "rename one of them in the file's header: every column needs its own name (the second would be lost)"),
+        Rule("FTC218", "the delimiter {delimiter!r} is {why}, and a CSV delimiter is one byte other than a line break or a quote",
+             "use one ASCII character such as \",\", \"\\t\", \";\" or \"|\""),
+        Rule("FTC219", "{encoding!r} is not a text encoding (a Python codec between bytes and bytes, or text and text)",
+             "set sources.{source}.encoding to a text codec such as utf-8, gb18030, big5, latin-1, or to \"auto\""),
+        Rule("FTC220", "{file} has no rows: {what}", "remove the file from the source (narrow the path or glob), or give it rows"),
+        Rule("FTC221", "{file}: element {index} of the array is a {type} ({value}), not an object",
+             "every element of a JSON array source is one row, an object of fields"),
+        Rule("FTC222", "{file}: the column {column!r} has the name of a column ftc adds itself ({internal})",
+             "rename it through sources.{source}.columns, e.g. {{\"{column}_\": \"{column}\"}}"),
+        Rule("FTC223", "sources.{source}.delimiter applies to csv and tsv files, and {file} is {format}",
+             "drop sources.{source}.delimiter (or set sources.{source}.format to csv)"),
+        Rule("FTC224", "sources.{source}.{key} applies to {applies} files, and this source reads {format}",
+             "drop sources.{source}.{key}: nothing would read it"),
         # ---- 3xx transforms (DuckDB steps)
         Rule("FTC300", "SQL error in {where}: {reason}\n  expression: {expr}", "expressions are DuckDB SQL over the fields: {fields}"),
         Rule("FTC301", "{where}: unknown field {field!r}", "known fields: {fields}{suggest}"),
