@@ -222,7 +222,7 @@ def test_a_broken_compressed_file_is_named(cli, tmp_path):
      ["error[FTC221]", "d.json", "element 2 of the array is a number (5), not an object"]),
     ({"d.csv": b"q,a,row_id\n1,2,3\n"}, {"path": "d.csv"}, ["error[FTC222]", "d.csv", "'row_id'", "at sources.s"]),
     ({"d.csv": b"q,a,x\n1,2,3\n"}, {"path": "d.csv", "columns": {"q": "q", "a": "a", "_source": "x"}},
-     ["error[FTC222]", "sources.s.columns._source"]),
+     ["error[FTC311]", "sources.s.columns._source"]),  # a mapped field: the mapping's rule, not the reader's
     ({"d": {"d.jsonl": b'{"q": "1", "a": "2"}\n'}}, {"path": "d", "delimiter": ";"},
      ["error[FTC223]", "sources.s.delimiter", "d/d.jsonl is jsonl"]),
     ({"d.jsonl": b'{"q": "1", "a": "2"}\n'}, {"path": "d.jsonl", "delimiter": ";"},
