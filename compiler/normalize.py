@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 
 import pyarrow as pa
 
+from ftc.compiler.safe_sql import check_expression
 from ftc.errors import FtcError, did_you_mean
 
 INTERNAL = ("_source", "_file", "_row", "_ord", "row_id")
@@ -219,6 +220,7 @@ class Normalizer:
         # A subquery boundary keeps the expression an expression, not a statement.
         cond = f"coalesce(({expr})::BOOLEAN, false)"
         path = f"{where}.filter"
+        check_expression(expr, path=path, file=self.file, fields=", ".join(self.fields(t)))
         self._sql(f"SELECT count(*) FROM {t} WHERE {cond} LIMIT 0", path, expr, t)
         kept = self._run(f"SELECT count(*) FROM {t} WHERE {cond}", path, "filter", expr, t, cond).fetchone()[0]
         return self._replace(t, f"SELECT * FROM {t} WHERE {cond}", f"{where}: filter",
@@ -235,6 +237,7 @@ class Normalizer:
         for name, expr in arg.items():
             path = f"{where}.{name}"  # the stage's label
             jp = f"{where}.derive.{name}"
+            check_expression(expr, path=jp, file=self.file, fields=", ".join(self.fields(t)))
             self._sql(f"SELECT ({expr}) FROM {t} LIMIT 0", jp, expr, t)
             # The view is lazy and a count skips unused columns: evaluate the expression
             # on every row now (hash() keeps the optimizer from dropping it), so a value

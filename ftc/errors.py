@@ -140,6 +140,13 @@ RULES: dict[str, Rule] = {
              "fix that value in the data, or let the expression yield NULL instead of failing "
              "(TRY_CAST(x AS INTEGER), try(expr)) and drop those rows with a filter"),
         Rule("FTC306", "mix names an unknown source {name!r}", "mix keys are source names: {sources}{suggest}"),
+        # -- 32x the SQL surface of filter/derive (compiler/safe_sql.py): one row-wise expression, nothing else
+        Rule("FTC320", "an expression is one SQL expression, and this is {what}\n  expression: {expr}",
+             "write one value over the row's fields, e.g. length(question) > 10 AND answer IS NOT NULL; "
+             "a second statement, clause or comment is not part of a data expression"),
+        Rule("FTC321", "{what} is not allowed in a data expression\n  expression: {expr}",
+             "filter and derive read the row's own fields with DuckDB's deterministic scalar functions; "
+             "subqueries, windows, table functions, settings, the clock and random numbers are refused"),
         # ---- 4xx templates (Jinja, and the template section of the recipe)
         Rule("FTC400", "template {template} line {line}: {reason}", "fix the Jinja syntax"),
         Rule("FTC401", "template {template} line {line}, row {row}: {reason}", "available fields: {fields}"),
