@@ -243,7 +243,9 @@ def _write_parquet(table: pa.Table, cache: Path, split: str, recipe_dir: Path, w
     data = tmp.read_bytes()
     digest = hashlib.sha256(data).hexdigest()
     path = cache / f"{split}-{digest[:16]}.parquet"
-    if write and not path.exists():
+    # An entry is trusted only when its bytes are these bytes: a corrupt one (same name, other
+    # bytes) is replaced, else `ftc run` would refuse it again after the compile it hints at.
+    if write and not (path.is_file() and path.stat().st_size == len(data) and path.read_bytes() == data):
         tmp.replace(path)
     else:
         tmp.unlink()

@@ -9,6 +9,7 @@ runtime never re-derives a fingerprint on its own.
 from __future__ import annotations
 
 import hashlib
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -20,7 +21,7 @@ from ftc.errors import FtcError
 class Drift:
     """One input that is not what the lock recorded: the error rule that says so, and its fields."""
 
-    code: str  # FTC504 source, FTC505 recipe not found, FTC506 tokenizer, FTC507 python reward
+    code: str  # FTC504 source, FTC505 recipe not found, FTC506 tokenizer, FTC507 python reward, FTC509 settings
     file: str | None  # what changed, as a path (or a hub id)
     fields: dict = field(default_factory=dict)
     missing: bool = False  # absent, not changed: harmless while the artifacts are intact, fatal for a rebuild
@@ -87,6 +88,48 @@ def reward_drift(plan: Plan) -> list[Drift]:
     return []
 
 
+def settings_drift(plan: Plan) -> Drift | None:
+    """The lock's resolved settings against what its recipe, with the lock's recorded overrides,
+    resolves to now (asked once the recipe's sha256 matched).
+
+    plan_hash is only a checksum: a lock edited by hand and re-hashed (learning_rate 0.05 where
+    the recipe says 0.005) passes it. The settings are recomputed here by the resolver itself,
+    so the lock trains only what its recipe says. GRPO rewards are resolved by the compiler
+    against the data's fields; they are resolved again the same way, over the data artifact's
+    columns."""
+    from ftc.compiler.recipe import load_recipe
+
+    recipe = load_recipe(plan.recipe_file, plan.lock["recipe"]["overrides"], base=plan.recipe_dir)
+    expected = recipe.data
+    grpo = expected["train"].get("grpo")
+    if grpo is not None:
+        from ftc.compiler.rewards import check_rewards
+
+        columns = plan.lock["artifacts"]["data"]["train"]["schema"]
+        try:
+            grpo["rewards"] = check_rewards(grpo["rewards"], fields=set(columns) - {"row_id"},
+                                            allow_python=grpo["allow_python"], recipe_dir=plan.recipe_dir,
+                                            file=str(plan.recipe_file))
+        except FtcError as err:  # a reward file that is gone or changed: reward_drift names it
+            if err.code != "FTC507" and not err.code.startswith("FTC13"):
+                raise
+            grpo["rewards"] = plan.settings["train"].get("grpo", {}).get("rewards")
+    keys = differing(plan.settings, json.loads(json.dumps(expected)))  # as the lock spells it: lists, not tuples
+    if keys:
+        return Drift("FTC509", str(plan.lock_path), {"keys": ", ".join(keys[:8]) + (f" (and {len(keys) - 8} more)" if len(keys) > 8 else "")})
+    return None
+
+
+def differing(a, b, prefix: str = "") -> list[str]:
+    """Dotted paths where two JSON values differ (a whole list where lists differ; 1 and 1.0 differ)."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        out: list[str] = []
+        for key in sorted(set(a) | set(b)):
+            out += differing(a[key], b[key], f"{prefix}{key}.") if key in a and key in b else [f"{prefix}{key}"]
+        return out
+    return [] if type(a) is type(b) and a == b else [prefix.rstrip(".") or "(all)"]
+
+
 def drift(plan: Plan) -> list[Drift]:
     """Every input of the plan that is not what the lock recorded (empty: all match). A missing
     input is listed with `missing=True`: the caller decides whether it needs it (a rebuild does;
@@ -97,5 +140,7 @@ def drift(plan: Plan) -> list[Drift]:
         return found  # without the recipe's folder nothing else can be found
     found += source_drift(plan)
     found += reward_drift(plan)
+    s = settings_drift(plan)
+    found += [s] if s else []
     t = tokenizer_drift(plan)
     return found + ([t] if t else [])

@@ -85,3 +85,74 @@ def test_ordinary_data_expressions_still_compile(cli, tmp_path):
     assert code == 0, err
     lock = json.loads((tmp_path / "p.lock").read_text())
     assert [s["completion"] for s in lock["samples"]["train"]] == [" THERE"]  # only "there" has an e
+
+
+# ---------------------------------------------------------------- 2. the lock's settings are the recipe's
+
+def compiled(cli, tmp_path: Path, *sets: str, **extra) -> Path:
+    r = recipe(tmp_path, **extra)
+    lock = tmp_path / "p.lock"
+    args = [a for s in sets for a in ("--set", s)]
+    code, _, err = cli("compile", r, "-o", lock, "-q", *args)
+    assert code == 0, err
+    return lock
+
+
+def edit_lock(lock: Path, change) -> None:
+    """What a hand edit that also recomputes the hash does: the lock stays well-formed and sealed."""
+    from ftc.compiler.lock import write_lock
+
+    doc = json.loads(lock.read_text(encoding="utf-8"))
+    change(doc)
+    write_lock(doc, lock)
+
+
+def test_an_edited_lock_with_a_recomputed_hash_is_refused(cli, tmp_path):
+    from ftc.runtime.verify import verify
+
+    lock = compiled(cli, tmp_path, "train.learning_rate=0.005")
+    verify(lock)  # the lock as compiled, with its recorded --set, is what the recipe resolves to
+    edit_lock(lock, lambda d: d["settings"]["train"].update(learning_rate=0.05, num_train_epochs=9))
+    err = refused(cli, "run", lock, "--output", tmp_path / "run")
+    assert err.startswith(f"error[FTC509]: {lock}: the lock's settings are not what its recipe resolves to with the "
+                          "lock's overrides (train.learning_rate, train.num_train_epochs differ)")
+    assert "recompile with `ftc compile" in err and not (tmp_path / "run").exists()
+
+
+def test_an_edited_override_or_reward_is_refused(cli, tmp_path):
+    from ftc.errors import FtcError
+    from ftc.runtime.verify import verify
+
+    grpo = {"method": "grpo", "per_device_train_batch_size": 2, "gradient_accumulation_steps": 1,
+            "grpo": {"num_generations": 2, "rewards": [{"kind": "regex", "pattern": "world"}]}}
+    lock = compiled(cli, tmp_path, template={"format": "prompt", "prompt": "Q: {{ q }}"}, train=grpo)
+    verify(lock)  # rewards resolved again over the artifact's columns give the lock's own
+    edit_lock(lock, lambda d: d["settings"]["train"]["grpo"]["rewards"][0].update(pattern="."))
+    with pytest.raises(FtcError) as e:
+        verify(lock)
+    assert e.value.code == "FTC509" and "train.grpo.rewards differ" in str(e.value)
+    # the recorded overrides are re-applied, not trusted: a settings edit hidden as an override still differs
+    lock = compiled(cli, tmp_path, "train.seed=1")
+    edit_lock(lock, lambda d: d["settings"]["train"].update(seed=2))
+    with pytest.raises(FtcError) as e:
+        verify(lock)
+    assert e.value.code == "FTC509" and "(train.seed differ)" in str(e.value)
+
+
+# ---------------------------------------------------------------- 4. a corrupt cache entry is rebuilt
+
+def test_a_corrupt_cached_artifact_is_rebuilt_by_compile_and_run(cli, tmp_path):
+    from ftc.compiler.inputs import sha256_file
+    from ftc.runtime.verify import verify
+
+    lock = compiled(cli, tmp_path)
+    arts = json.loads(lock.read_text())["artifacts"]
+    for kind in ("data", "tokens"):
+        path, sha = tmp_path / arts[kind]["train"]["path"], arts[kind]["train"]["sha256"]
+        path.write_bytes(path.read_bytes()[:-9] + b"corrupted")  # same name, other bytes
+        code, _, err = cli("compile", tmp_path / "recipe.json", "-o", lock, "-q")  # what FTC503's hint says
+        assert code == 0, err
+        assert sha256_file(path) == sha
+        path.write_bytes(b"")
+        plan = verify(lock)  # ftc run's own repair: rebuild from the matching sources
+        assert sha256_file(path) == sha and plan.rebuilt
