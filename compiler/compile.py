@@ -125,6 +125,9 @@ def compile_recipe(recipe: Recipe, lock_path: Path, *, progress: bool = False, w
         token_tables = tokens["tables"]
         if write and write_lock:
             _write_reports(tokens, lock_path)
+    from ftc.compiler.inputs import model_fingerprint  # the one fingerprint, checked again at run
+
+    lock["model"] = model_fingerprint(tokenizer_location(recipe, "name"), recipe.data["model"]["revision"])
     lock["schedule"] = derive_schedule(recipe.data["train"], sequences, file=file)
     lock = seal(lock)
     if write and write_lock:
@@ -272,9 +275,10 @@ def _versions() -> dict:
     return {"ftc": __version__, **{pkg: _version(pkg) for pkg in VERSIONED}}
 
 
-def tokenizer_location(recipe: Recipe) -> str:
-    """model.tokenizer as a local folder (relative to the recipe) when one exists, else the hub id."""
-    name = recipe.data["model"]["tokenizer"]
+def tokenizer_location(recipe: Recipe, key: str = "tokenizer") -> str:
+    """model.tokenizer (or another model key, such as "name") as a local folder (relative to the
+    recipe) when one exists, else the hub id."""
+    name = recipe.data["model"][key]
     local = recipe.resolve_path(name)
     return str(local) if local.is_dir() else name
 

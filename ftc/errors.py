@@ -171,6 +171,9 @@ RULES: dict[str, Rule] = {
         Rule("FTC509", "{file}: the lock's settings are not what its recipe resolves to with the lock's overrides ({keys} differ)",
              "the lock was edited and its plan_hash recomputed, or it comes from another recipe: nothing trains on "
              "settings the recipe does not say; recompile with `ftc compile {recipe} -o {lock}`"),
+        Rule("FTC510", "model {file} is not the one the plan was compiled with: {changed}",
+             "another base model behind the same model.name would train under this plan: put the original back, "
+             "or recompile for this one with `ftc compile {recipe} -o {lock}`"),
         # ---- 6xx the tokenizer and tokenization
         Rule("FTC600", "cannot load tokenizer {name!r}: {reason}", "offline? point model.tokenizer at a local folder: --set model.tokenizer=PATH"),
         Rule("FTC602", "row {row} is {tokens} tokens, longer than max_seq_length {max_seq_length} ({count} rows are)",

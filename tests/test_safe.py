@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import write_recipe
+from conftest import DEMO_TOKENIZER, ROOT, write_recipe
 
 PC = {"format": "prompt_completion", "prompt": "Q: {{ q }}", "completion": " {{ a }}"}
 ROWS = [{"q": "hello", "a": "world"}, {"q": "hi", "a": "there"}, {"q": "hey", "a": "you"}]
@@ -156,3 +156,62 @@ def test_a_corrupt_cached_artifact_is_rebuilt_by_compile_and_run(cli, tmp_path):
         path.write_bytes(b"")
         plan = verify(lock)  # ftc run's own repair: rebuild from the matching sources
         assert sha256_file(path) == sha and plan.rebuilt
+
+
+# ---------------------------------------------------------------- 3. the base model is fingerprinted
+
+def test_another_model_behind_the_same_path_is_refused(cli, tmp_path):
+    import shutil
+
+    from ftc.errors import FtcError
+    from ftc.runtime.verify import verify
+
+    shutil.copytree(ROOT / "recipes" / "demo" / "model", tmp_path / "model")
+    (tmp_path / "model" / "model.safetensors").write_bytes(b"\0" * 64)
+    lock = compiled(cli, tmp_path, model={"name": "model", "tokenizer": str(DEMO_TOKENIZER)})
+    recorded = json.loads(lock.read_text())["model"]
+    assert recorded["kind"] == "local" and recorded["weights"] == {"model.safetensors": 64} and recorded["config.json"]
+    verify(lock)
+    original = (tmp_path / "model" / "config.json").read_bytes()
+    config = json.loads(original)
+    (tmp_path / "model" / "config.json").write_text(json.dumps({**config, "num_hidden_layers": 7}))
+    err = refused(cli, "run", lock, "--output", tmp_path / "run")
+    assert err.startswith(f"error[FTC510]: model {tmp_path / 'model'} is not the one the plan was compiled with: "
+                          "config.json changed")
+    (tmp_path / "model" / "config.json").write_bytes(original)
+    (tmp_path / "model" / "model.safetensors").write_bytes(b"\0" * 65)
+    with pytest.raises(FtcError) as e:
+        verify(lock)
+    assert e.value.code == "FTC510" and str(e.value).splitlines()[0].endswith(": weights.model.safetensors changed")
+    shutil.rmtree(tmp_path / "model")  # gone: its relative name must not be read as a hub id
+    with pytest.raises(FtcError) as e:
+        verify(lock)
+    assert e.value.code == "FTC510" and str(e.value).splitlines()[0].endswith(": the folder is missing")
+
+
+def test_a_hub_model_whose_cached_revision_moved_is_refused(cli, tmp_path, monkeypatch):
+    """A hub id records the commit its revision resolved to in the local cache (no download)."""
+    from huggingface_hub import constants
+
+    from ftc.errors import FtcError
+    from ftc.runtime.verify import verify
+
+    cache = tmp_path / "hub"
+    repo = cache / "models--org--base"
+
+    def point_main_at(commit: str) -> None:
+        (repo / "snapshots" / commit).mkdir(parents=True, exist_ok=True)
+        (repo / "snapshots" / commit / "config.json").write_text("{}")
+        (repo / "refs").mkdir(parents=True, exist_ok=True)
+        (repo / "refs" / "main").write_text(commit)
+
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
+    point_main_at("a" * 40)
+    (tmp_path / "proj").mkdir()
+    lock = compiled(cli, tmp_path / "proj", model={"name": "org/base", "tokenizer": str(DEMO_TOKENIZER)})
+    assert json.loads(lock.read_text())["model"] == {"kind": "hub", "revision": None, "commit": "a" * 40}
+    verify(lock)
+    point_main_at("b" * 40)
+    with pytest.raises(FtcError) as e:
+        verify(lock)
+    assert e.value.code == "FTC510" and str(e.value).splitlines()[0].endswith(": commit changed")
