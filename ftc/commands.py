@@ -19,6 +19,9 @@ def add_runtime_parsers(sub) -> None:
     s.add_argument("--nnodes", type=int, default=1, help="hosts taking part (torchrun --nnodes)")
     s.add_argument("--node-rank", type=int, default=0, help="this host's rank (torchrun --node-rank)")
     s.add_argument("--rdzv-endpoint", help="HOST:PORT every host meets at (torchrun --rdzv-endpoint)")
+    from ftc.cli import add_root
+
+    add_root(s)  # a rebuild and the settings check read the recipe's files again
 
     s = sub.add_parser("infer", help="generate with a trained run, formatting requests with the training template")
     s.add_argument("run_dir")
@@ -33,6 +36,7 @@ def add_runtime_parsers(sub) -> None:
     s = sub.add_parser("eval", help="eval loss and perplexity of a run on its plan's eval split")
     s.add_argument("run_dir")
     s.add_argument("--split", default="eval", choices=["train", "eval"])
+    add_root(s)
 
     s = sub.add_parser("export", help="merge the LoRA adapter into the base weights (safetensors)")
     s.add_argument("run_dir")
@@ -63,7 +67,8 @@ def cmd_run(args) -> int:
         plan = verify(args.lock)  # once, before the workers start: a rebuild must not race across ranks
         per_rank_accumulation(plan.lock["settings"]["train"], args.gpus * args.nnodes)  # refuse before launching
         argv = ["run", args.lock, "--backend", args.backend] + (["--output", args.output] if args.output else []) \
-            + (["--resume"] if args.resume else []) + (["--max-steps", str(args.max_steps)] if args.max_steps else [])
+            + (["--resume"] if args.resume else []) + (["--max-steps", str(args.max_steps)] if args.max_steps else []) \
+            + [a for r in args.root for a in ("--root", os.path.abspath(r))]
         return launch(argv, gpus=args.gpus, nnodes=args.nnodes, node_rank=args.node_rank, rdzv_endpoint=args.rdzv_endpoint)
     facts = run_plan(args.lock, output=args.output, resume=args.resume, backend=args.backend, max_steps=args.max_steps)
     if not facts.get("plan_hash"):

@@ -109,6 +109,11 @@ RULES: dict[str, Rule] = {
              "(a pretrained model keeps the config it was trained with)"),
         Rule("FTC155", "train.grpo configures GRPO, and train.method is {method!r}",
              "set train.method to \"grpo\", or drop train.grpo"),
+        # -- 156+ files a recipe reads (templates, python rewards) come from inside the project
+        Rule("FTC156", "{what} {target!r} ({resolved}) lies outside the project ({roots})",
+             "a recipe reads template and reward files only from its own folder or a folder named with --root DIR: "
+             "move the file into the project, or pass --root with the folder that holds it (data sources are not limited)"),
+        Rule("FTC157", "--root {root} is not a folder", "name an existing folder that holds the recipe's template or reward files"),
         # ---- 2xx sources: files, formats, encodings, columns
         Rule("FTC200", "no files match {pattern!r}", "check sources.{source}.path; it is relative to the recipe file ({base})"),
         Rule("FTC201", "cannot decode {file}: {detail}", "declare the file's encoding in sources.{source}.encoding (e.g. \"gb18030\") or fix the file"),

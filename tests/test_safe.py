@@ -215,3 +215,66 @@ def test_a_hub_model_whose_cached_revision_moved_is_refused(cli, tmp_path, monke
     with pytest.raises(FtcError) as e:
         verify(lock)
     assert e.value.code == "FTC510" and str(e.value).splitlines()[0].endswith(": commit changed")
+
+
+# ---------------------------------------------------------------- 5. files a recipe reads lie in the project
+
+@pytest.mark.parametrize("file", ["/etc/passwd", "../../../../../../../../etc/passwd", "sub/../../outside.jinja"])
+def test_a_template_file_outside_the_project_is_refused(cli, tmp_path, file):
+    (tmp_path / "outside.jinja").write_text("{{ q }}")
+    proj = tmp_path / "proj"
+    proj.mkdir()
+    r = recipe(proj, template={**PC, "prompt": {"file": file}})
+    err = refused(cli, "compile", r, "-o", proj / "p.lock", "-q")
+    assert err.startswith(f"error[FTC156]: {r}: at template.prompt.file: template file {file!r} (")
+    assert f"lies outside the project ({proj})" in err and "--root" in err and not (proj / "p.lock").exists()
+    assert "root:" not in err and "root" not in (proj / "recipe.json").read_text()
+
+
+def test_the_same_through_set_is_said_of_the_set(cli, tmp_path):
+    r = recipe(tmp_path, template={"format": "messages", "messages": [{"role": "user", "content": "{{ q }}"},
+                                                                      {"role": "assistant", "content": "{{ a }}"}]})
+    arg = 'template.messages.0.content={"file": "/etc/passwd"}'
+    err = refused(cli, "validate", r, "--set", arg)
+    assert err.startswith(f"error[FTC156]: --set {arg}: at template.messages[0].content.file: "
+                          "template file '/etc/passwd' (/etc/passwd) lies outside the project")
+    r = recipe(tmp_path)
+    arg = 'template.prompt={"file": "../../../../../../../../etc/passwd"}'
+    err = refused(cli, "compile", r, "-o", tmp_path / "p.lock", "--set", arg)
+    assert err.startswith(f"error[FTC156]: --set {arg}: at template.prompt.file: template file "
+                          "'../../../../../../../../etc/passwd' (/etc/passwd) lies outside the project")
+
+
+def test_a_symlink_out_of_the_project_and_a_reward_through_dotdot_are_refused(cli, tmp_path):
+    proj = tmp_path / "proj"
+    proj.mkdir()
+    (proj / "t.jinja").symlink_to("/etc/hostname")
+    r = recipe(proj, template={**PC, "prompt": {"file": "t.jinja"}})
+    assert "error[FTC156]" in refused(cli, "validate", r)
+    (tmp_path / "rewards.py").write_text("def r(completion):\n    return 1.0\n")
+    grpo = {"method": "grpo", "grpo": {"allow_python": True, "rewards": [{"kind": "python", "function": "../rewards.py:r"}]}}
+    r = recipe(proj, template={"format": "prompt", "prompt": "{{ q }}"}, train=grpo)
+    err = refused(cli, "validate", r)
+    assert err.startswith(f"error[FTC156]: {r}: at train.grpo.rewards[0].function: python reward file '../rewards.py' "
+                          f"({tmp_path / 'rewards.py'}) lies outside the project ({proj})")
+
+
+def test_a_root_named_on_the_command_line_admits_its_files(cli, tmp_path):
+    from ftc.compiler.project_files import project_roots
+    from ftc.runtime.verify import verify
+
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    (shared / "p.jinja").write_text("Q: {{ q }}")
+    proj = tmp_path / "proj"
+    proj.mkdir()
+    r = recipe(proj, template={**PC, "prompt": {"file": "../shared/p.jinja"}})
+    assert "error[FTC156]" in refused(cli, "validate", r)
+    assert cli("validate", r, "--root", shared)[0] == 0
+    assert "error[FTC157]: --root nope is not a folder" in refused(cli, "validate", r, "--root", "nope")
+    code, _, err = cli("compile", r, "-o", proj / "p.lock", "-q", "--root", shared)
+    assert code == 0, err
+    with pytest.raises(Exception, match="FTC156"):  # ftc run reads the recipe again: the same rule
+        verify(proj / "p.lock")
+    with project_roots([shared]):  # what `ftc run --root DIR` sets
+        verify(proj / "p.lock")
