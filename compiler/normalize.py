@@ -52,10 +52,11 @@ def lit(value: str) -> str:
 class Normalizer:
     """Holds one in-memory DuckDB connection with external access disabled."""
 
-    def __init__(self, recipe_file: str):
+    def __init__(self, recipe_file: str, *, empty_ok: bool = False):
         import duckdb
 
         self.file = recipe_file
+        self.empty_ok = empty_ok  # `ftc validate` runs the steps on a sample, which a filter may empty
         self.con = duckdb.connect(":memory:", config={"threads": 2})
         # Recipes' SQL expressions must not read files or load extensions: sources are
         # handed over as Arrow, so nothing here needs the filesystem.
@@ -163,7 +164,7 @@ class Normalizer:
         if rows_in - rows_out != sum(d.values()):
             d = {**d, (reason or label): rows_in - rows_out - sum(d.values())}
         self.stages.append(Stage(label, rows_in, rows_out, d))
-        if rows_out == 0:
+        if rows_out == 0 and not self.empty_ok:
             counts = ", ".join(f"{k}: {v}" for k, v in d.items()) or f"{rows_in} rows in"
             raise FtcError("FTC302", file=self.file, stage=label, counts=counts)
         return new
@@ -348,7 +349,7 @@ class Normalizer:
         self.x(f"CREATE VIEW {evl} AS SELECT * EXCLUDE (_eval) FROM {final} WHERE _eval")
         n_eval = self.count(evl)
         self.stages.append(Stage("split", rows, rows, {}))
-        if rows - n_eval == 0:
+        if rows - n_eval == 0 and not self.empty_ok:
             raise FtcError("FTC302", file=self.file, stage="split", counts=f"all {rows} rows went to eval")
         return train, evl
 

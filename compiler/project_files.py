@@ -1,6 +1,8 @@
 """Files a recipe reads besides its data (template files, python reward files) come from the project.
 
-The project is the recipe's folder, plus any folder the command line names with `--root DIR`.
+The project is the recipe's folder (or, when the recipe lies in a git work tree, that work tree:
+the files a pull request brings are reviewed with it, as the shipped recipes' `../templates/`
+are), plus any folder the command line names with `--root DIR`.
 A recipe from a pull request must not read `/etc/passwd`, `../../../etc/passwd` or a symlink
 out of the project into the lock and the training data, nor do so through `--set`. Data
 sources, the model and the tokenizer are the user's own choice and stay where the user keeps
@@ -58,11 +60,17 @@ def project_files(data: dict) -> list[tuple[str, str, str]]:
     return out
 
 
+def project_root(recipe_dir: str | os.PathLike) -> Path:
+    """The git work tree that holds the recipe's folder (the nearest folder with a `.git`), else that folder."""
+    here = Path(os.path.realpath(recipe_dir))
+    return next((p for p in (here, *here.parents) if (p / ".git").exists()), here)
+
+
 def check_project_files(data: dict, recipe_dir: Path, roots: Sequence[str | os.PathLike], file: str) -> None:
     """Refuse a template or reward file outside the project: a recipe from a pull request must not
     read `/etc/passwd`, `../../../etc/passwd` or a symlink out into the lock and the training data.
     Paths are compared after resolving symlinks and `..`, on both sides."""
-    allowed = [Path(os.path.realpath(recipe_dir))] + [Path(os.path.realpath(r)) for r in roots]
+    allowed = [project_root(recipe_dir)] + [Path(os.path.realpath(r)) for r in roots]
     for jp, what, rel in project_files(data):
         target = Path(os.path.realpath(Path(recipe_dir) / rel))
         if not any(target == root or root in target.parents for root in allowed):

@@ -193,10 +193,16 @@ def cmd_schema(args) -> int:
 
 
 def cmd_validate(args) -> int:
+    """The recipe, then what needs no full read of the data (ftc.compiler.check)."""
+    from ftc.compiler.check import check_recipe
     from ftc.compiler.recipe import load_recipe
 
     r = load_recipe(args.recipe, args.set)
+    checked = check_recipe(r)
     print(f"{args.recipe}: ok ({len(r.data['sources'])} sources, format {r.data['template']['format']}, method {r.data['train']['method']})")
+    print(f"  checked on the first {checked.sample_rows} rows of {checked.files} files", file=sys.stderr)
+    if checked.not_checked:
+        print(f"  not sampled (fields unknown until compile): {', '.join(checked.not_checked)}", file=sys.stderr)
     return 0
 
 

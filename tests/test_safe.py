@@ -278,3 +278,54 @@ def test_a_root_named_on_the_command_line_admits_its_files(cli, tmp_path):
         verify(proj / "p.lock")
     with project_roots([shared]):  # what `ftc run --root DIR` sets
         verify(proj / "p.lock")
+
+
+# ---------------------------------------------------------------- 6. validate checks what needs no full read
+
+@pytest.mark.parametrize("change, code, says", [
+    ({"sources": {"s": {"path": "missing.jsonl"}}}, "FTC200", "no files match 'missing.jsonl'"),
+    ({"sources": {"s": {"path": "d.jsonl", "columns": {"q": "question"}}}}, "FTC203",
+     "none of the columns ['question'] for field 'q' is present"),
+    ({"template": {**PC, "completion": " {{ answer }}"}}, "FTC401", "'answer' is undefined"),
+    ({"template": {**PC, "prompt": {"file": "nope.jinja"}}}, "FTC402", "cannot read template file nope.jinja"),
+    ({"template": {**PC, "prompt": "{% if q %}"}}, "FTC400", "template template.prompt line 1"),
+    ({"transforms": [{"filter": "lenght(q) > 3"}]}, "FTC300", "Scalar Function with name lenght does not exist"),
+    ({"transforms": [{"filter": "q = = 'x'"}]}, "FTC300", "syntax error"),
+    ({"transforms": [{"dedup": ["question"]}]}, "FTC301", "unknown field 'question'"),
+    ({"transforms": [{"derive": {"n": "length(q)"}}, {"filter": "m > 1"}]}, "FTC300", 'column "m" not found'),
+    ({"split": {"eval": 1, "key": ["qq"]}}, "FTC301", "unknown field 'qq'"),
+])
+def test_validate_refuses_what_compile_would(cli, tmp_path, change, code, says):
+    r = recipe(tmp_path, **change)
+    err = refused(cli, "validate", r)
+    assert err.startswith(f"error[{code}]") and says in err, err
+
+
+def test_validate_checks_rewards_and_fields_after_derive(cli, tmp_path):
+    (tmp_path / "rewards.py").write_text("def r(completion:\n    return 1\n")
+    train = {"method": "grpo", "per_device_train_batch_size": 2, "gradient_accumulation_steps": 1,
+             "grpo": {"num_generations": 2, "allow_python": True, "rewards": [{"kind": "python", "function": "rewards.py:r"}]}}
+    prompt = {"format": "prompt", "prompt": "{{ q }} {{ n }}"}
+    r = recipe(tmp_path, template=prompt, train=train, transforms=[{"derive": {"n": "length(q)"}}])
+    assert refused(cli, "validate", r).startswith("error[FTC134]")  # the reward file is parsed, never run
+    train["grpo"]["rewards"] = [{"kind": "regex", "pattern": "(unclosed"}]
+    r = recipe(tmp_path, template=prompt, train=train, transforms=[{"derive": {"n": "length(q)"}}])
+    assert refused(cli, "validate", r).startswith(f"error[FTC303]: {r}: at train.grpo.rewards[0].pattern")
+    train["grpo"]["rewards"] = [{"kind": "answer", "pattern": "(\\d+)", "field": "n"}]  # n exists after the derive
+    r = recipe(tmp_path, template=prompt, train=train, transforms=[{"derive": {"n": "length(q)::VARCHAR"}}])
+    code, out, err = cli("validate", r)
+    assert code == 0 and "checked on the first 3 rows of 1 files" in err, err
+
+
+def test_validate_reads_only_the_head_of_a_large_file_and_a_filter_that_empties_it_is_not_an_error(cli, tmp_path):
+    from ftc.compiler import check
+
+    big = "".join(json.dumps({"q": f"q{i}", "a": "x" * 50}) + "\n" for i in range(5000))  # ~350 KB
+    (tmp_path / "big.jsonl").write_text(big + '{"q": broken\n')  # a defect past the head: compile's to find
+    r = write_recipe(tmp_path, {"sources": {"s": {"path": "big.jsonl"}}, "template": PC,
+                                "transforms": [{"filter": "q = 'q4999'"}]})
+    code, out, err = cli("validate", r)
+    assert code == 0, err
+    n = int(err.split("the first ")[1].split(" rows")[0])
+    assert 0 < n < 5000 and n * 60 < check.HEAD_BYTES * 1.1
+    assert cli("compile", r, "-o", tmp_path / "p.lock", "-q")[0] == 2
