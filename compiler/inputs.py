@@ -145,7 +145,7 @@ def settings_drift(plan: Plan) -> Drift | None:
 
     plan_hash is only a checksum: a lock edited by hand and re-hashed (learning_rate 0.05 where
     the recipe says 0.005) passes it. The settings are recomputed here by the resolver itself,
-    so the lock trains only what its recipe says. GRPO rewards are resolved by the compiler
+    so the lock trains only what its recipe says; the schedule is derived again from them. GRPO rewards are resolved by the compiler
     against the data's fields; they are resolved again the same way, over the data artifact's
     columns."""
     from ftc.compiler.recipe import load_recipe
@@ -166,6 +166,11 @@ def settings_drift(plan: Plan) -> Drift | None:
                 raise
             grpo["rewards"] = plan.settings["train"].get("grpo", {}).get("rewards")
     keys = differing(plan.settings, json.loads(json.dumps(expected)))  # as the lock spells it: lists, not tuples
+    if not keys:  # the schedule (warmup, steps) from those settings, derived again by the schedule's own code
+        from ftc.compiler.schedule import derive_schedule
+
+        again = derive_schedule(plan.settings["train"], plan.schedule["train_items"], file=str(plan.recipe_file))
+        keys = differing(plan.schedule, json.loads(json.dumps(again)), "schedule.")
     if keys:
         return Drift("FTC509", str(plan.lock_path), {"keys": ", ".join(keys[:8]) + (f" (and {len(keys) - 8} more)" if len(keys) > 8 else "")})
     return None

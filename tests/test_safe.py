@@ -117,6 +117,9 @@ def test_an_edited_lock_with_a_recomputed_hash_is_refused(cli, tmp_path):
     assert err.startswith(f"error[FTC509]: {lock}: the lock's settings are not what its recipe resolves to with the "
                           "lock's overrides (train.learning_rate, train.num_train_epochs differ)")
     assert "recompile with `ftc compile" in err and not (tmp_path / "run").exists()
+    lock = compiled(cli, tmp_path)
+    edit_lock(lock, lambda d: d["schedule"].update(warmup_steps=d["schedule"]["warmup_steps"] + 5))
+    assert "(schedule.warmup_steps differ)" in refused(cli, "run", lock, "--output", tmp_path / "run")
 
 
 def test_an_edited_override_or_reward_is_refused(cli, tmp_path):
