@@ -15,6 +15,7 @@ def _parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="cmd", required=True, metavar="COMMAND")
 
     sub.add_parser("schema", help="print the recipe JSON Schema")
+    from ftc.commands import add_root
 
     s = sub.add_parser("validate", help="check a recipe (exit 0 or 2)")
     s.add_argument("recipe")
@@ -46,12 +47,6 @@ def _parser() -> argparse.ArgumentParser:
 
     commands.add_runtime_parsers(sub)
     return p
-
-
-def add_root(s: argparse.ArgumentParser) -> None:
-    """--root DIR: the project is the recipe's folder plus these (ftc.compiler.project_files)."""
-    s.add_argument("--root", action="append", default=[], metavar="DIR",
-                   help="a folder, besides the recipe's own, that template and reward files may come from (repeatable)")
 
 
 def main(argv: list[str] | None = None) -> int:

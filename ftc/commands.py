@@ -7,6 +7,12 @@ import sys
 from pathlib import Path
 
 
+def add_root(s) -> None:
+    """--root DIR: the project is the recipe's folder plus these (ftc.compiler.project_files)."""
+    s.add_argument("--root", action="append", default=[], metavar="DIR",
+                   help="a folder, besides the recipe's own, that template and reward files may come from (repeatable)")
+
+
 def add_runtime_parsers(sub) -> None:
     """Parsers for commands that live in ftc.runtime (run, infer, eval, export, score)."""
     s = sub.add_parser("run", help="verify a plan.lock and train")
@@ -19,8 +25,6 @@ def add_runtime_parsers(sub) -> None:
     s.add_argument("--nnodes", type=int, default=1, help="hosts taking part (torchrun --nnodes)")
     s.add_argument("--node-rank", type=int, default=0, help="this host's rank (torchrun --node-rank)")
     s.add_argument("--rdzv-endpoint", help="HOST:PORT every host meets at (torchrun --rdzv-endpoint)")
-    from ftc.cli import add_root
-
     add_root(s)  # a rebuild and the settings check read the recipe's files again
 
     s = sub.add_parser("infer", help="generate with a trained run, formatting requests with the training template")

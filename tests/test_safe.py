@@ -332,3 +332,17 @@ def test_validate_reads_only_the_head_of_a_large_file_and_a_filter_that_empties_
     n = int(err.split("the first ")[1].split(" rows")[0])
     assert 0 < n < 5000 and n * 60 < check.HEAD_BYTES * 1.1
     assert cli("compile", r, "-o", tmp_path / "p.lock", "-q")[0] == 2
+
+
+def test_in_a_git_work_tree_the_project_is_the_work_tree(cli, tmp_path):
+    """The shipped recipes read ../templates/: in a checkout that is the project; past it is not."""
+    proj = tmp_path / "proj"
+    (proj / ".git").mkdir(parents=True)
+    (proj / "templates").mkdir()
+    (proj / "templates" / "p.jinja").write_text("Q: {{ q }}")
+    (tmp_path / "outside.jinja").write_text("Q: {{ q }}")
+    (proj / "recipes").mkdir()
+    r = recipe(proj / "recipes", template={**PC, "prompt": {"file": "../templates/p.jinja"}})
+    assert cli("validate", r)[0] == 0
+    r = recipe(proj / "recipes", template={**PC, "prompt": {"file": "../../outside.jinja"}})
+    assert f"lies outside the project ({proj})" in refused(cli, "validate", r)
