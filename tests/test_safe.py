@@ -34,15 +34,24 @@ def refused(cli, *args) -> str:
 
 # ---------------------------------------------------------------- 1. SQL: one row-wise expression
 
-SECOND_STATEMENT = "true; CREATE OR REPLACE VIEW t1 AS SELECT 'x:y:1' AS row_id, 'pwned' AS q, 'pwned' AS a, 0::BIGINT AS _ord"
+# Closes the normalizer's parentheses, redefines the source's view, and reopens them: before the
+# check this compiled with exit 0, and the filter stage read 1 row where the source gave 3.
+SECOND_STATEMENT = ("true)::BOOLEAN, false) LIMIT 0; CREATE OR REPLACE VIEW t1 AS SELECT 's:d.jsonl:1' AS row_id, "
+                    "'pwned' AS q, 'pwned' AS a, 's' AS _source, 'd.jsonl' AS _file, 1::BIGINT AS _row, 0::BIGINT AS _ord; "
+                    "SELECT count(*) FROM t1 WHERE coalesce((true")
 
 
-@pytest.mark.parametrize("step, at", [({"filter": SECOND_STATEMENT}, "transforms[0].filter"),
-                                      ({"derive": {"q": "q; DROP VIEW t1"}}, "transforms[0].derive.q")])
-def test_a_second_statement_is_refused(cli, tmp_path, step, at):
+@pytest.mark.parametrize("step, at, says", [
+    ({"filter": SECOND_STATEMENT}, "transforms[0].filter", "SQL error in transforms[0].filter: Parser Error: syntax error"),
+    ({"filter": "true; CREATE OR REPLACE VIEW t1 AS SELECT 1"}, "transforms[0].filter",
+     "an expression is one SQL expression, and this is 2 SQL statements"),
+    ({"derive": {"q": "q; DROP VIEW t1"}}, "transforms[0].derive.q", "an expression is one SQL expression, and this is 2 SQL statements"),
+])
+def test_a_second_statement_is_refused(cli, tmp_path, step, at, says):
+    """Parsed on its own, an expression that closes the query around it does not parse."""
     r = recipe(tmp_path, transforms=[step])
     err = refused(cli, "compile", r, "-o", tmp_path / "p.lock", "-q")
-    assert err.startswith(f"error[FTC320]: {r}: at {at}: an expression is one SQL expression, and this is 2 SQL statements")
+    assert err.startswith(f"error[FTC3") and f"{r}: at {at}: {says}" in err, err
     assert not (tmp_path / "p.lock").exists()
 
 
