@@ -127,6 +127,9 @@ def compile_recipe(recipe: Recipe, lock_path: Path, *, progress: bool = False, w
         token_tables = tokens["tables"]
         if write and write_lock:
             _write_reports(tokens, lock_path)
+    from ftc.compiler.inputs import model_fingerprint  # the one fingerprint, checked again at run
+
+    lock["model"] = model_fingerprint(tokenizer_location(recipe, "name"), recipe.data["model"]["revision"])
     lock["schedule"] = derive_schedule(recipe.data["train"], sequences, file=file)
     lock = seal(lock)
     if write and write_lock:
@@ -245,7 +248,9 @@ def _write_parquet(table: pa.Table, cache: Path, split: str, recipe_dir: Path, w
     data = tmp.read_bytes()
     digest = hashlib.sha256(data).hexdigest()
     path = cache / f"{split}-{digest[:16]}.parquet"
-    if write and not path.exists():
+    # An entry is trusted only when its bytes are these bytes: a corrupt one (same name, other
+    # bytes) is replaced, else `ftc run` would refuse it again after the compile it hints at.
+    if write and not (path.is_file() and path.stat().st_size == len(data) and path.read_bytes() == data):
         tmp.replace(path)
     else:
         tmp.unlink()
@@ -272,9 +277,10 @@ def _versions() -> dict:
     return {"ftc": __version__, **{pkg: _version(pkg) for pkg in VERSIONED}}
 
 
-def tokenizer_location(recipe: Recipe) -> str:
-    """model.tokenizer as a local folder (relative to the recipe) when one exists, else the hub id."""
-    name = recipe.data["model"]["tokenizer"]
+def tokenizer_location(recipe: Recipe, key: str = "tokenizer") -> str:
+    """model.tokenizer (or another model key, such as "name") as a local folder (relative to the
+    recipe) when one exists, else the hub id."""
+    name = recipe.data["model"][key]
     local = recipe.resolve_path(name)
     return str(local) if local.is_dir() else name
 

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 
 import pyarrow as pa
 
+from ftc.compiler.safe_sql import check_expression
 from ftc.errors import FtcError, did_you_mean
 
 INTERNAL = ("_source", "_file", "_row", "_ord", "row_id")
@@ -57,10 +58,11 @@ def lit(value: str) -> str:
 class Normalizer:
     """Holds one in-memory DuckDB connection with external access disabled."""
 
-    def __init__(self, recipe_file: str):
+    def __init__(self, recipe_file: str, *, empty_ok: bool = False):
         import duckdb
 
         self.file = recipe_file
+        self.empty_ok = empty_ok  # `ftc validate` runs the steps on a sample, which a filter may empty
         self.con = duckdb.connect(":memory:", config={"threads": 2})
         # Recipes' SQL expressions must not read files or load extensions: sources are
         # handed over as Arrow, so nothing here needs the filesystem.
@@ -170,7 +172,7 @@ class Normalizer:
             d[reason] = d.get(reason, 0) + rest
         self.check(label, rows_in, rows_out, d)
         self.stages.append(Stage(label, rows_in, rows_out, d))
-        if rows_out == 0:
+        if rows_out == 0 and not self.empty_ok:
             counts = ", ".join(f"{k}: {v}" for k, v in d.items()) or f"{rows_in} rows in"
             raise FtcError("FTC302", file=self.file, stage=label, counts=counts)
         return new
@@ -234,6 +236,7 @@ class Normalizer:
         # A subquery boundary keeps the expression an expression, not a statement.
         cond = f"coalesce(({expr})::BOOLEAN, false)"
         path = f"{where}.filter"
+        check_expression(expr, path=path, file=self.file, fields=", ".join(self.fields(t)))
         self._sql(f"SELECT count(*) FROM {t} WHERE {cond} LIMIT 0", path, expr, t)
         kept = self._run(f"SELECT count(*) FROM {t} WHERE {cond}", path, "filter", expr, t, cond).fetchone()[0]
         return self._replace(t, f"SELECT * FROM {t} WHERE {cond}", f"{where}: filter",
@@ -251,6 +254,7 @@ class Normalizer:
             not_internal(name, f"{where}.derive.{name}", self.file)
             path = f"{where}.{name}"  # the stage's label
             jp = f"{where}.derive.{name}"
+            check_expression(expr, path=jp, file=self.file, fields=", ".join(self.fields(t)))
             self._sql(f"SELECT ({expr}) FROM {t} LIMIT 0", jp, expr, t)
             # The view is lazy and a count skips unused columns: evaluate the expression
             # on every row now (hash() keeps the optimizer from dropping it), so a value
@@ -366,7 +370,7 @@ class Normalizer:
         # step's view gained or lost after its stage was counted show up here.
         self.check("split", rows, self.count(train) + n_eval, {})
         self.stages.append(Stage("split", rows, rows, {}))
-        if rows - n_eval == 0:
+        if rows - n_eval == 0 and not self.empty_ok:
             raise FtcError("FTC302", file=self.file, stage="split", counts=f"all {rows} rows went to eval")
         return train, evl
 

@@ -14,11 +14,12 @@ import os
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 from ftc.compiler import jsontext
 from ftc.compiler.jsontext import json_path
 from ftc.compiler.lock import relpath
+from ftc.compiler.project_files import check_project_files, extra_roots
 from ftc.errors import FtcError, did_you_mean
 
 SCHEMA_PATH = Path(__file__).with_name("recipe.schema.json")
@@ -54,11 +55,13 @@ class Recipe:
 
 
 def load_recipe(path: str | os.PathLike, overrides: list[str] | tuple[str, ...] = (), *,
-                base: str | os.PathLike | None = None) -> Recipe:
+                base: str | os.PathLike | None = None, roots: Sequence[str | os.PathLike] = ()) -> Recipe:
     """Read, override, validate and resolve a recipe file.
 
     Path values in `overrides` are relative to `base`: the current directory for `--set` on the
-    command line (the default), the recipe's folder for the overrides a lock recorded."""
+    command line (the default), the recipe's folder for the overrides a lock recorded. The files
+    the recipe reads must lie in its folder, in one of `roots`, or in a root the command line
+    named (`project_roots`)."""
     p = Path(path)
     try:
         raw = p.read_bytes()
@@ -81,6 +84,7 @@ def load_recipe(path: str | os.PathLike, overrides: list[str] | tuple[str, ...] 
     try:
         validate(data, str(path))
         resolved = resolve(data, str(path))
+        check_project_files(resolved, p.parent, [*extra_roots(), *roots], str(path))
     except FtcError as err:
         raise _blame(err, original, list(overrides), str(path)) from None
     return Recipe(path=p, sha256=hashlib.sha256(raw).hexdigest(), overrides=tuple(applied), data=resolved)

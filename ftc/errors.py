@@ -109,6 +109,11 @@ RULES: dict[str, Rule] = {
              "(a pretrained model keeps the config it was trained with)"),
         Rule("FTC155", "train.grpo configures GRPO, and train.method is {method!r}",
              "set train.method to \"grpo\", or drop train.grpo"),
+        # -- 156+ files a recipe reads (templates, python rewards) come from inside the project
+        Rule("FTC156", "{what} {target!r} ({resolved}) lies outside the project ({roots})",
+             "a recipe reads template and reward files only from its own folder or a folder named with --root DIR: "
+             "move the file into the project, or pass --root with the folder that holds it (data sources are not limited)"),
+        Rule("FTC157", "--root {root} is not a folder", "name an existing folder that holds the recipe's template or reward files"),
         # ---- 2xx sources: files, formats, encodings, columns
         Rule("FTC200", "no files match {pattern!r}", "check sources.{source}.path; it is relative to the recipe file ({base})"),
         Rule("FTC201", "cannot decode {file}: {detail}", "declare the file's encoding in sources.{source}.encoding (e.g. \"gb18030\") or fix the file"),
@@ -186,6 +191,13 @@ RULES: dict[str, Rule] = {
              "point content_key at the key that holds each turn's text"),
         Rule("FTC309", "sources.{source}.captures {pattern!r} has no named group, so it captures no field",
              "name each part to capture, e.g. ^(?P<department>[^/]+)/ (groups become fields)"),
+        # -- 32x the SQL surface of filter/derive (compiler/safe_sql.py): one row-wise expression, nothing else
+        Rule("FTC320", "an expression is one SQL expression, and this is {what}\n  expression: {expr}",
+             "write one value over the row's fields, e.g. length(question) > 10 AND answer IS NOT NULL; "
+             "a second statement, clause or comment is not part of a data expression"),
+        Rule("FTC321", "{what} is not allowed in a data expression\n  expression: {expr}",
+             "filter and derive read the row's own fields with DuckDB's deterministic scalar functions; "
+             "subqueries, windows, table functions, settings, the clock and random numbers are refused"),
         # ---- 4xx templates (Jinja, and the template section of the recipe)
         Rule("FTC400", "template {template} line {line}: {reason}", "fix the Jinja syntax"),
         Rule("FTC401", "template {template} line {line}, row {row}: {reason}", "available fields: {fields}"),
@@ -220,6 +232,12 @@ RULES: dict[str, Rule] = {
              "the lock holds the sha256 of the reward file that was reviewed: recompile the recipe so it records the file you mean to run (`ftc compile RECIPE -o LOCK`)"),
         Rule("FTC508", "{file} is a recipe, not a plan.lock (it has sources and no plan_hash)",
              "that is a recipe; compile it first: ftc compile {file} -o plan.lock (then give plan.lock here)"),
+        Rule("FTC509", "{file}: the lock's settings are not what its recipe resolves to with the lock's overrides ({keys} differ)",
+             "the lock was edited and its plan_hash recomputed, or it comes from another recipe: nothing trains on "
+             "settings the recipe does not say; recompile with `ftc compile {recipe} -o {lock}`"),
+        Rule("FTC510", "model {file} is not the one the plan was compiled with: {changed}",
+             "another base model behind the same model.name would train under this plan: put the original back, "
+             "or recompile for this one with `ftc compile {recipe} -o {lock}`"),
         # ---- 6xx the tokenizer and tokenization
         Rule("FTC600", "cannot load tokenizer {name!r}: {reason}", "offline? point model.tokenizer at a local folder: --set model.tokenizer=PATH"),
         Rule("FTC602", "row {row} is {tokens} tokens, longer than max_seq_length {max_seq_length} ({count} rows are)",
