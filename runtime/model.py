@@ -91,9 +91,8 @@ def load_base_model(model: dict, *, seed: int, device: str | None = None) -> Loa
     if model["revision"]:
         common["revision"] = model["revision"]
 
+    refuse_unloadable(model, device)
     if model["init"] == "random":
-        if model["load_in_4bit"]:
-            raise FtcError("FTC710", path="model.load_in_4bit")
         try:
             config = model_config(model)  # config.json plus the plan's model.config overrides
         except (OSError, ValueError) as err:
@@ -117,12 +116,6 @@ def load_base_model(model: dict, *, seed: int, device: str | None = None) -> Loa
 
     kwargs: dict[str, Any] = {**common, "dtype": dtype}
     if model["load_in_4bit"]:
-        if device != "cuda":
-            raise FtcError("FTC712", missing="a CUDA GPU (bitsandbytes runs there)")
-        try:
-            import bitsandbytes  # noqa: F401
-        except ImportError as err:
-            raise FtcError("FTC712", missing="the bitsandbytes package") from err
         kwargs["quantization_config"] = transformers.BitsAndBytesConfig(
             load_in_4bit=True,
             bnb_4bit_quant_type="nf4",
@@ -135,6 +128,22 @@ def load_base_model(model: dict, *, seed: int, device: str | None = None) -> Loa
     except OSError as err:
         raise FtcError("FTC713", path="model.name", name=name, loader="transformers", reason=str(err).strip()) from err
     return LoadedModel(loaded, dtype_name, device, False, "", loaded.num_parameters())
+
+
+def refuse_unloadable(model: dict, device: str | None = None) -> None:
+    """The checks that need no loading, made before any (`ftc run` calls it first thing, so a
+    4-bit plan on a machine without CUDA is refused in a second, not after the tokenizer and
+    the data were read): 4-bit quantizes trained weights, on a CUDA GPU, with bitsandbytes."""
+    if not model["load_in_4bit"]:
+        return
+    if model["init"] == "random":
+        raise FtcError("FTC710", path="model.load_in_4bit")
+    if (device or device_kind()) != "cuda":
+        raise FtcError("FTC712", missing="a CUDA GPU (bitsandbytes runs there)")
+    import importlib.util
+
+    if importlib.util.find_spec("bitsandbytes") is None:
+        raise FtcError("FTC712", missing="the bitsandbytes package")
 
 
 def model_config(model: dict) -> Any:
