@@ -64,3 +64,65 @@ def test_a_failed_start_leaves_nothing_and_a_finished_run_is_not_trained_again(c
     # a smoke run of the same plan is not the finished full run: resuming it is still refused without a checkpoint
     code, _, err = cli("run", lock, "--output", out, "--max-steps", "1")
     assert code == 2 and "error[FTC707]" in err and snapshot(out) == before
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory) -> Path:
+    """One finished demo run (two steps) the infer tests share."""
+    import shutil
+
+    from ftc.cli import main
+
+    proj = tmp_path_factory.mktemp("infer")
+    shutil.copytree(ROOT / "recipes" / "demo", proj / "demo")
+    shutil.copy(ROOT / "recipes" / "demo.json", proj / "demo.json")
+    lock = proj / "plan.lock"
+    assert main(["compile", str(proj / "demo.json"), "-o", str(lock), "-q", "--set", "transforms.2.extract.required=false",
+                 "--set", "train.max_steps=2", "--set", "train.logging_steps=1"]) == 0
+    assert main(["run", str(lock), "--output", str(proj / "run")]) == 0
+    return proj / "run"
+
+
+QUESTIONS = ["What is 2 + 2?", "Tom has 3 apples and eats one. How many are left?", "What is 7 times 6?"]
+
+
+def test_infer_answers_a_file_of_requests_as_json_lines(cli, trained, tmp_path):
+    requests = tmp_path / "requests.jsonl"
+    requests.write_text("".join(json.dumps({"question": q}) + "\n" for q in QUESTIONS), encoding="utf-8")
+    answers = tmp_path / "answers.jsonl"
+    code, stdout, err = cli("infer", trained, "--input", requests, "--output", answers, "--max-new-tokens", "6")
+    assert code == 0, err
+    rows = [json.loads(l) for l in answers.read_text(encoding="utf-8").splitlines()]
+    assert [r["request"] for r in rows] == [{"question": q} for q in QUESTIONS]  # one line a request, in order
+    code, shown, _ = cli("infer", trained, "--input", requests, "--dry-run", "--json")
+    assert [r["prompt_tokens"] for r in rows] == [len(json.loads(l)["prompt_ids"]) for l in shown.splitlines()]
+    for r in rows:
+        assert r["completion_tokens"] == len(r["completion_ids"]) and 0 < len(r["completion_ids"]) <= 6
+        assert r["stop"] == ("length" if len(r["completion_ids"]) == 6 else "eos")
+    assert "answered 3/3" in err and stdout == ""
+    # without --output, a file of requests answers as JSON lines on stdout, the same ids
+    code, stdout, err = cli("infer", trained, "--input", requests, "--max-new-tokens", "6")
+    assert code == 0, err
+    assert [json.loads(l)["completion_ids"] for l in stdout.splitlines()] == [r["completion_ids"] for r in rows]
+    err = cli("infer", trained, "--input", requests, "--dry-run", "--output", answers)[2]
+    assert "error[FTC778]" in err and "--dry-run generates none" in err
+
+
+def test_interactive_infer_loads_the_model_once(cli, trained, tmp_path, monkeypatch):
+    import ftc.runtime.infer as infer_module
+
+    loads = []
+    real = infer_module.load_trained
+    monkeypatch.setattr(infer_module, "load_trained", lambda *a, **k: loads.append(a) or real(*a, **k))
+    monkeypatch.setattr("sys.stdin", io.StringIO("".join(q + "\n" for q in QUESTIONS)))
+    answers = tmp_path / "session.jsonl"
+    code, stdout, err = cli("infer", trained, "--max-new-tokens", "6", "--output", answers)
+    assert code == 0, err
+    assert len(loads) == 1  # three answers, one load
+    rows = [json.loads(l) for l in answers.read_text(encoding="utf-8").splitlines()]
+    assert [r["request"] for r in rows] == [{"question": q} for q in QUESTIONS]
+    # the same ids as answering each request on its own
+    for q, r in zip(QUESTIONS, rows):
+        code, out, _ = cli("infer", trained, "--input", json.dumps({"question": q}), "--max-new-tokens", "6",
+                           "--output", tmp_path / "one.jsonl")
+        assert json.loads((tmp_path / "one.jsonl").read_text())["completion_ids"] == r["completion_ids"]
