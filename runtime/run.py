@@ -106,7 +106,10 @@ def run_plan(lock_path: str, *, output: str | None = None, resume: bool = False,
     from ftc.runtime.model import refuse_unloadable
     from ftc.runtime.session import CHECKPOINTS, last_checkpoint
 
+    from ftc.runtime.trainer_config import refuse_missing_trackers
+
     refuse_unloadable(plan.settings["model"])  # 4-bit without CUDA or on random weights: before any loading
+    refuse_missing_trackers(plan.settings["train"])
     if resume and last_checkpoint(out / CHECKPOINTS) is None:  # refused before the run folder is written to
         raise FtcError("FTC706", folder=str(out / CHECKPOINTS))
     fresh = not out.exists() or not any(out.iterdir())  # this run makes the folder: a failure before training removes it

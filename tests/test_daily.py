@@ -126,3 +126,39 @@ def test_interactive_infer_loads_the_model_once(cli, trained, tmp_path, monkeypa
         code, out, _ = cli("infer", trained, "--input", json.dumps({"question": q}), "--max-new-tokens", "6",
                            "--output", tmp_path / "one.jsonl")
         assert json.loads((tmp_path / "one.jsonl").read_text())["completion_ids"] == r["completion_ids"]
+
+
+def test_report_to_tensorboard_writes_the_loss_offline(cli, demo, tmp_path):
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    lock = compile_demo(cli, demo, "train.report_to=tensorboard")
+    assert json.loads(lock.read_text())["settings"]["train"]["report_to"] == "tensorboard"  # recorded in the lock
+    out = tmp_path / "run"
+    code, stdout, err = cli("run", lock, "--output", out)
+    assert code == 0, err
+    events = list((out / "tensorboard").glob("events.out.tfevents.*"))
+    assert events, sorted(p.name for p in out.iterdir())
+    acc = EventAccumulator(str(events[0].parent))
+    acc.Reload()
+    logged = [(e.step, e.value) for e in acc.Scalars("train/loss")]
+    metrics = [json.loads(l) for l in (out / "metrics.jsonl").read_text().splitlines()]
+    assert logged == [(m["step"], pytest.approx(m["loss"], rel=1e-6)) for m in metrics if "loss" in m]
+    facts = json.loads((out / "run.json").read_text())
+    plan_hash = json.loads(lock.read_text())["plan_hash"]
+    assert facts["tracking"]["run_name"] == f"demo-{plan_hash[:8]}"
+    assert f"tensorboard: {out / 'tensorboard'}" in stdout.replace("tensorboard:  ", "tensorboard: ")
+    import os
+
+    assert "TENSORBOARD_LOGGING_DIR" not in os.environ  # set for that run only
+    # the default is no tracker; one whose package is absent is refused before anything loads
+    assert json.loads(compile_demo(cli, demo, lock="plain.lock").read_text())["settings"]["train"]["report_to"] == "none"
+    import importlib.util
+
+    if importlib.util.find_spec("mlflow") is None:
+        code, _, err = cli("run", compile_demo(cli, demo, 'train.report_to=["mlflow"]', lock="ml.lock"), "--output",
+                           tmp_path / "ml")
+        assert code == 2 and "error[FTC779]" in err and "needs the mlflow package" in err
+        assert not (tmp_path / "ml").exists()
+    code, _, err = cli("compile", demo / "demo.json", "-o", tmp_path / "x.lock", "--set", "train.report_to=comet")
+    assert code == 2 and "report_to" in err
