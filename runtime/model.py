@@ -17,6 +17,7 @@ import sys
 from dataclasses import dataclass, field
 from typing import Any
 
+from ftc.compiler.tokenizer import OFFLINE_REASON, hub_kwargs
 from ftc.errors import FtcError
 
 # Attention paths that honour sequence boundaries in a packed row: transformers' mask
@@ -87,7 +88,7 @@ def load_base_model(model: dict, *, seed: int, device: str | None = None) -> Loa
     dtype_name = resolve_dtype(model["dtype"], device)
     dtype = getattr(torch, dtype_name)
     name = model["name"]
-    common = {"trust_remote_code": model["trust_remote_code"], "attn_implementation": "sdpa"}
+    common = {"trust_remote_code": model["trust_remote_code"], "attn_implementation": "sdpa", **hub_kwargs(name)}
     if model["revision"]:
         common["revision"] = model["revision"]
 
@@ -115,6 +116,8 @@ def load_base_model(model: dict, *, seed: int, device: str | None = None) -> Loa
         return LoadedModel(built, dtype_name, device, True, fingerprint, built.num_parameters())
 
     kwargs: dict[str, Any] = {**common, "dtype": dtype}
+    if common.get("local_files_only"):  # its look-up of an adapter config ignores local_files_only otherwise
+        kwargs["adapter_kwargs"] = {"local_files_only": True}
     if model["load_in_4bit"]:
         kwargs["quantization_config"] = transformers.BitsAndBytesConfig(
             load_in_4bit=True,
@@ -126,7 +129,8 @@ def load_base_model(model: dict, *, seed: int, device: str | None = None) -> Loa
     try:
         loaded = transformers.AutoModelForCausalLM.from_pretrained(name, **kwargs)
     except OSError as err:
-        raise FtcError("FTC713", path="model.name", name=name, loader="transformers", reason=str(err).strip()) from err
+        reason = OFFLINE_REASON if hub_kwargs(name) else str(err).strip()
+        raise FtcError("FTC713", path="model.name", name=name, loader="transformers", reason=reason) from err
     return LoadedModel(loaded, dtype_name, device, False, "", loaded.num_parameters())
 
 
@@ -151,7 +155,7 @@ def model_config(model: dict) -> Any:
     overrides for init=random), read without loading any weights."""
     import transformers
 
-    kwargs: dict[str, Any] = {"trust_remote_code": model["trust_remote_code"]}
+    kwargs: dict[str, Any] = {"trust_remote_code": model["trust_remote_code"], **hub_kwargs(model["name"])}
     if model["revision"]:
         kwargs["revision"] = model["revision"]
     config = transformers.AutoConfig.from_pretrained(model["name"], **kwargs)

@@ -162,3 +162,34 @@ def test_report_to_tensorboard_writes_the_loss_offline(cli, demo, tmp_path):
         assert not (tmp_path / "ml").exists()
     code, _, err = cli("compile", demo / "demo.json", "-o", tmp_path / "x.lock", "--set", "train.report_to=comet")
     assert code == 2 and "report_to" in err
+
+
+def test_a_hub_name_missing_from_the_cache_fails_in_seconds_without_network(cli, demo, tmp_path):
+    """Without HF_HUB_OFFLINE, transformers retries for 28-77 s on a box without network before it
+    gives up; the probe (compiler/tokenizer.py hub_offline) makes the loaders read the cache only."""
+    import os
+    import subprocess
+    import sys
+
+    from ftc.compiler.tokenizer import _hub_address, _reachable
+
+    env = {k: v for k, v in os.environ.items() if k not in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")}
+    offline = not _reachable(_hub_address(), 2.0)
+
+    def ftc(*args) -> tuple[float, str]:
+        t0 = time.perf_counter()
+        proc = subprocess.run([sys.executable, "-m", "ftc", *map(str, args)], env=env, cwd=demo, capture_output=True,
+                              text=True, timeout=120)
+        assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+        return time.perf_counter() - t0, proc.stderr
+
+    took, err = ftc("compile", "demo.json", "-o", tmp_path / "t.lock", "-q", "--set", "model.tokenizer=ftc-test/no-such-tokenizer")
+    assert "error[FTC600]" in err and took < 20, (took, err)
+    if offline:
+        assert "not in the local Hugging Face cache, and the Hub cannot be reached (offline)" in err
+    lock = compile_demo(cli, demo, "model.name=ftc-test/no-such-model", "model.init=pretrained", "model.config={}")
+    took, err = ftc("run", lock, "--output", tmp_path / "r")
+    assert "error[FTC713]" in err and took < 25, (took, err)
+    assert not (tmp_path / "r").exists()
+    if offline:
+        assert "the Hub cannot be reached (offline)" in err
