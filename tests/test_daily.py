@@ -193,3 +193,26 @@ def test_a_hub_name_missing_from_the_cache_fails_in_seconds_without_network(cli,
     assert not (tmp_path / "r").exists()
     if offline:
         assert "the Hub cannot be reached (offline)" in err
+
+
+def test_summary_tables_line_up_with_chinese_file_names(cli, tmp_path):
+    import unicodedata
+
+    from conftest import write_recipe
+
+    def display_width(text: str) -> int:  # the terminal's columns, by the Unicode East Asian Width property
+        return sum(2 if unicodedata.east_asian_width(ch) in "WF" else 1 for ch in text)
+
+    rows = [{"question": f"问题 {i}", "answer": f"答案 {i}"} for i in range(3)]
+    for name in ("医疗问答数据.jsonl", "b.jsonl"):
+        (tmp_path / name).write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+    recipe = write_recipe(tmp_path, {"sources": {"zh": {"path": "医疗问答数据.jsonl"}, "en": {"path": "b.jsonl"}},
+                                     "template": {"format": "prompt_completion", "prompt": "{{ question }}",
+                                                  "completion": "{{ answer }}"}})
+    code, stdout, err = cli("compile", recipe, "-o", tmp_path / "plan.lock")
+    assert code == 0, err
+    block = stdout.split("\n\n")[1].splitlines()  # the source-file table
+    assert block[0].startswith("source file") and any("医疗问答数据" in l for l in block)
+    assert len({display_width(l) for l in block}) == 1, block  # every line as wide on screen
+    starts = {display_width(l[: l.index("jsonl", l.index(".jsonl") + 6)]) for l in block[2:]}  # the format column
+    assert len(starts) == 1, block
