@@ -216,3 +216,34 @@ def test_summary_tables_line_up_with_chinese_file_names(cli, tmp_path):
     assert len({display_width(l) for l in block}) == 1, block  # every line as wide on screen
     starts = {display_width(l[: l.index("jsonl", l.index(".jsonl") + 6)]) for l in block[2:]}  # the format column
     assert len(starts) == 1, block
+
+
+def png_text(path: Path) -> dict:
+    from PIL import Image
+
+    with Image.open(path) as im:
+        return dict(im.text)
+
+
+def test_loss_png_has_a_title_and_the_learning_rate(trained):
+    text = png_text(trained / "loss.png")
+    plan_hash = json.loads((trained / "run.json").read_text())["plan_hash"]
+    assert text["Title"] == f"demo ({plan_hash[:12]}): loss and learning rate"
+    assert text["Description"].split("; ") == ["train loss", "eval loss", "learning rate"]
+
+
+def test_length_histogram_spreads_short_rows_and_shows_the_eval_split(cli, demo):
+    import numpy as np
+    import pyarrow.parquet as pq
+
+    from ftc.compiler.lock import Plan
+    from ftc.compiler.views import length_histogram_png
+
+    lock = compile_demo(cli, demo, "model.max_seq_length=4096")  # short rows, a long limit: the medical set's shape
+    plan = Plan.load(lock)
+    lengths = {s: pq.read_table(plan.artifact("tokens", s)).column("length").to_pylist() for s in ("train", "eval")}
+    title = png_text(lock.with_suffix(".lengths.png"))["Title"]
+    assert title == f"tokens per row: eval {len(lengths['eval'])} rows, train {len(lengths['train'])} rows"
+    bins = length_histogram_png(lengths, demo / "again.png", 4096)
+    used = np.count_nonzero(np.histogram(lengths["train"], bins=bins)[0])
+    assert bins[-1] >= max(lengths["train"]) and used >= 20, (used, bins)
