@@ -99,6 +99,8 @@ def run_plan(lock_path: str, *, output: str | None = None, resume: bool = False,
     guard_output(out, plan, resume)
     done = finished_run(out, plan, max_steps)
     if done is not None:  # nothing to train, nothing written
+        if rank != 0:
+            return {}
         step = done["train"]["global_step"]
         print(f"ftc: {out} holds the finished run of plan {plan.plan_hash[:12]} ({step} of {step} steps); nothing to "
               f"{'resume' if resume else 'train'}, nothing changed. To train again, choose another --output.", file=sys.stderr)
