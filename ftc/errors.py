@@ -109,6 +109,10 @@ RULES: dict[str, Rule] = {
              "(a pretrained model keeps the config it was trained with)"),
         Rule("FTC155", "train.grpo configures GRPO, and train.method is {method!r}",
              "set train.method to \"grpo\", or drop train.grpo"),
+        # -- 16x bounds on untrusted recipe input (compiler/rewards.py, runtime sizes)
+        Rule("FTC166", "reward pattern {pattern!r} cannot run on RE2, the linear-time regex engine rewards are scored with: {reason}",
+             "RE2 has no backreferences (\\1) and no look-around ((?=...), (?!...), (?<=...)): rewrite the pattern without them "
+             "(syntax: https://github.com/google/re2/wiki/Syntax)"),
         # ---- 2xx sources: files, formats, encodings, columns
         Rule("FTC200", "no files match {pattern!r}", "check sources.{source}.path; it is relative to the recipe file ({base})"),
         Rule("FTC201", "cannot decode {file}: {detail}", "declare the file's encoding in sources.{source}.encoding (e.g. \"gb18030\") or fix the file"),
@@ -147,6 +151,12 @@ RULES: dict[str, Rule] = {
         Rule("FTC403", "format {format!r} needs template.{key}",
              "add \"{key}\": an inline Jinja string or {{\"file\": \"templates/....jinja\"}}"),
         Rule("FTC404", "format {format!r} does not use template.{key}", "format {format!r} takes: {keys}"),
+        # -- 42x the render budget of one row (compiler/render.py)
+        Rule("FTC420", "template {template} line {line}, row {row}: rendering takes more than {budget} loop steps, the render budget of one row",
+             "loops run once per row, and nested loops multiply (two loops over range(100000) are 10^10 steps): "
+             "loop over the row's own fields, or build the text in the data with a derive step"),
+        Rule("FTC421", "template {template} line {line}, row {row}: {operation} would build {size} items, past the render budget of {budget}",
+             "a template renders one row's text: build long repeats in the data (derive), not in the template"),
         # ---- 5xx the lock and the inputs it fingerprints
         Rule("FTC500", "cannot read lock {file}: {reason}", "compile one with `ftc compile RECIPE -o {file}`"),
         Rule("FTC501", "{file} was written by ftc {version}, newer than this ftc {ours}", "upgrade ftc, or recompile the recipe with this version"),
@@ -266,6 +276,12 @@ RULES: dict[str, Rule] = {
              "--set train.gradient_accumulation_steps=<a multiple of {world_size}>"),
         Rule("FTC761", "--nnodes {nnodes} needs --rdzv-endpoint HOST:PORT",
              "give every host the same endpoint (the first host's address and a free port)"),
+        # 762+: untrusted recipe code and interrupted runs
+        Rule("FTC762", "python reward {name!r} ({function}) raised {exception} at {line}, on completion {index} of the batch (row {row})",
+             "return None for a completion the reward cannot judge (it is left out of the mean) instead of raising; "
+             "that completion begins {start!r}"),
+        Rule("FTC763", "--resume: {folder} holds no complete checkpoint, only {partial}: the run stopped while saving it",
+             "run without --resume to train from step 0 in this folder (the incomplete checkpoint is removed then)"),
     ]
 }
 

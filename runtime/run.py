@@ -71,10 +71,10 @@ def run_plan(lock_path: str, *, output: str | None = None, resume: bool = False,
     chosen, why = choose_backend(backend, world_size=world_size)
     out = run_dir_for(plan, output)
     guard_output(out, plan, resume)
-    from ftc.runtime.session import CHECKPOINTS, last_checkpoint
+    from ftc.runtime.session import CHECKPOINTS, refuse_resume
 
-    if resume and last_checkpoint(out / CHECKPOINTS) is None:  # refused before the run folder is written to
-        raise FtcError("FTC706", folder=str(out / CHECKPOINTS))
+    if resume:  # refused before the run folder is written to
+        refuse_resume(out / CHECKPOINTS)
     if rank == 0:
         out.mkdir(parents=True, exist_ok=True)
         # the run folder's copy of the plan, re-anchored there: infer/eval/export resolve every path from it
