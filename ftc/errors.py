@@ -113,6 +113,12 @@ RULES: dict[str, Rule] = {
         Rule("FTC166", "reward pattern {pattern!r} cannot run on RE2, the linear-time regex engine rewards are scored with: {reason}",
              "RE2 has no backreferences (\\1) and no look-around ((?=...), (?!...), (?<=...)): rewrite the pattern without them "
              "(syntax: https://github.com/google/re2/wiki/Syntax)"),
+        Rule("FTC167", "{value} is larger than {limit}, the largest {what} ftc accepts",
+             "seeds are below 2^32 (numpy's seed range), counts and sizes below 2^31: "
+             "a larger value overflows the Trainer's integers instead of training"),
+        Rule("FTC168", "cannot use {folder} as the artifact cache: {reason}",
+             "output.cache_dir must be a folder ftc can create and write (it is relative to the recipe file)"),
+        Rule("FTC169", "cannot write the lock {output}: {reason}", "give -o a path in a folder you can write"),
         # ---- 2xx sources: files, formats, encodings, columns
         Rule("FTC200", "no files match {pattern!r}", "check sources.{source}.path; it is relative to the recipe file ({base})"),
         Rule("FTC201", "cannot decode {file}: {detail}", "declare the file's encoding in sources.{source}.encoding (e.g. \"gb18030\") or fix the file"),
@@ -282,6 +288,9 @@ RULES: dict[str, Rule] = {
              "that completion begins {start!r}"),
         Rule("FTC763", "--resume: {folder} holds no complete checkpoint, only {partial}: the run stopped while saving it",
              "run without --resume to train from step 0 in this folder (the incomplete checkpoint is removed then)"),
+        Rule("FTC764", "train.optim {optim!r} needs the {module} module, which is not installed here",
+             "install it on the machine that trains (pip install {module}; bitsandbytes also needs a CUDA GPU), "
+             "or recompile with another optimizer: --set train.optim=adamw_torch"),
     ]
 }
 

@@ -47,7 +47,7 @@ from ftc.runtime.flops import mfu
 from ftc.runtime.launch import per_rank_accumulation, world
 from ftc.runtime.metrics import StopFlag, TokenCounter, callbacks as run_callbacks, read_metrics, truncate_metrics
 from ftc.runtime.model import ModelSetup, load_tokenizer
-from ftc.runtime.trainer_config import checked_config, refuse_changes, training_arguments
+from ftc.runtime.trainer_config import checked_config, refuse_changes, refuse_missing_optimizer, training_arguments
 
 CHECKPOINTS = "checkpoints"
 
@@ -134,6 +134,7 @@ def run_method(method: Method, plan: Plan, *, output_dir: Path, resume: bool = F
 
     # ---- folder: resume or fresh start, never two runs mixed in one folder silently
     folder = open_run_folder(output_dir, resume=resume)
+    refuse_missing_optimizer(settings["train"])
 
     # ---- data: the method's artifacts, checked against the compiler's contract before any model loads
     rank_train = per_rank_accumulation(settings["train"], world_size)  # the lock's global batch over the ranks

@@ -218,3 +218,79 @@ def test_ftc_run_resume_says_the_checkpoint_is_incomplete(cli, demo, tmp_path):
     fake_checkpoint(out, 3, complete=False)
     code, _, err = cli("run", lock, "--output", out, "--resume")
     assert code == 2 and "error[FTC763]" in err and "checkpoint-3" in err and "Traceback" not in err, err
+
+
+# --------------------------------------------------------------------------- sizes, output places, leftovers
+
+
+@pytest.mark.parametrize("setting, code, says", [
+    ("train.per_device_train_batch_size=1000000000000000000000000000000", "FTC167",
+     "at train.per_device_train_batch_size: 1000000000000000000000000000000 is larger than 2147483647, the largest number"),
+    ("train.seed=18446744073709551616", "FTC167", "at train.seed: 18446744073709551616 is larger than 4294967295, the largest seed"),
+    ("train.num_train_epochs=1e308", "FTC167", "at train.num_train_epochs: 1e+308 is larger than 2147483647"),
+    ("model.max_seq_length=1e308", "FTC102", "at model.max_seq_length: expected integer, got 1e+308"),
+])
+def test_absurd_numbers_are_refused_at_validate(cli, demo, setting, code, says):
+    status, _, err = cli("validate", demo / "demo.json", "--set", setting)
+    assert status == 2 and "Traceback" not in err and f"error[{code}]" in err and says in err, err
+
+
+def test_the_largest_seed_numpy_takes_is_accepted(cli, demo):
+    status, out, err = cli("validate", demo / "demo.json", "--set", f"train.seed={2**32 - 1}")
+    assert status == 0, err
+
+
+def test_output_that_is_a_folder_or_unwritable_is_refused_before_reading(cli, demo, tmp_path):
+    recipe = demo / "demo.json"
+    status, _, err = cli("compile", recipe, "-o", tmp_path, "-q")
+    assert status == 2 and err.startswith(f"error[FTC169]: cannot write the lock {tmp_path}: it is a folder"), err
+    assert not (tmp_path.parent / f"{tmp_path.name}.tmp").exists()
+    (tmp_path / "afile").write_text("x")
+    status, _, err = cli("compile", recipe, "-o", tmp_path / "afile" / "plan.lock", "-q")
+    assert status == 2 and f"{tmp_path / 'afile'} is a file, not a folder" in err and "Traceback" not in err, err
+    status, _, err = cli("compile", recipe, "-o", tmp_path / "p.lock", "-q", "--set", f"output.cache_dir={tmp_path / 'afile'}")
+    assert status == 2 and err.startswith(f"error[FTC168]: {recipe}: at output.cache_dir: cannot use {tmp_path / 'afile'}"), err
+    assert "is a file, not a folder" in err
+
+
+def test_a_killed_compiles_tmp_files_are_gone_after_the_next_compile(cli, demo):
+    lock = demo / "plan.lock"
+    assert cli("compile", demo / "demo.json", "-o", lock, "-q")[0] == 0
+    data = next(demo.rglob("train-*.parquet")).parent
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True).stdout.strip()
+    left = [data / f".train-{dead}.parquet.tmp", data.parent / "tokens" / f".eval-{dead}.parquet.tmp"]
+    for f in left:
+        f.write_bytes(b"half a parquet file")
+    assert cli("compile", demo / "demo.json", "-o", lock, "-q")[0] == 0
+    assert [f for f in left if f.exists()] == [] and not list(demo.rglob("*.tmp"))
+
+
+# --------------------------------------------------------------------------- the Trainer's own choices
+
+
+def test_an_optimizer_the_trainer_does_not_know_is_refused(cli, demo):
+    status, _, err = cli("validate", demo / "demo.json", "--set", "train.optim=adamw_9bit")
+    assert status == 2 and "error[FTC102]" in err and "at train.optim: 'adamw_9bit' is not an optimizer" in err, err
+    assert "did you mean 'adamw_8bit'?" in err and "adamw_torch_fused" in err
+
+
+def test_the_optimizer_names_are_the_installed_trainers():
+    from transformers.training_args import OptimizerNames
+
+    from ftc.compiler.trainer_choices import optimizer_names
+
+    assert optimizer_names() == tuple(o.value for o in OptimizerNames)
+
+
+def test_an_8bit_optimizer_without_bitsandbytes_warns_at_compile_and_is_refused_by_run(cli, demo, tmp_path):
+    import importlib.util
+
+    if importlib.util.find_spec("bitsandbytes") is not None:
+        pytest.skip("bitsandbytes is installed here")
+    lock = tmp_path / "plan.lock"
+    status, _, err = cli("compile", demo / "demo.json", "-o", lock, "-q", "--set", "train.optim=adamw_8bit")
+    assert status == 0 and "warning: train.optim 'adamw_8bit' needs the bitsandbytes package" in err, err
+    assert "bitsandbytes" not in lock.read_text(encoding="utf-8").replace('"adamw_8bit"', "")  # a machine fact, not the plan's
+    status, _, err = cli("run", lock, "--output", tmp_path / "run")
+    assert status == 2 and "error[FTC764]" in err and "'adamw_8bit' needs the bitsandbytes module" in err, err
+    assert "Traceback" not in err and not (tmp_path / "run" / "checkpoints").exists()
