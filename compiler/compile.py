@@ -303,7 +303,7 @@ def _tokenize(recipe: Recipe, splits: dict[str, pa.Table], cache: Path, write: b
     from ftc.compiler.tokenizer import load_tokenizer
 
     model, train = recipe.data["model"], recipe.data["train"]
-    tok, info = load_tokenizer(tokenizer_location(recipe), model.get("tokenizer_revision"))
+    tok, info = load_tokenizer(tokenizer_location(recipe), model["tokenizer_revision"], model["trust_remote_code"])
     fmt = recipe.data["template"]["format"]
     max_len = model["max_seq_length"]
     packing = train["packing"] and train["method"] == "sft"

@@ -40,21 +40,23 @@ class TokenizerInfo:
     has_generation_markers: bool
 
 
-def load_tokenizer(name_or_path: str, revision: str | None = None) -> tuple[Any, TokenizerInfo]:
+def load_tokenizer(name_or_path: str, revision: str | None = None, trust_remote_code: bool = False) -> tuple[Any, TokenizerInfo]:
     """Load a fast (Rust-backed) tokenizer from a local folder or the Hub cache.
 
     Offline use is the norm on training boxes, so every failure (no network,
     missing files, no tokenizer.json) becomes FTC600, whose hint says how to point
-    ``model.tokenizer`` at a local folder instead of a stack trace.
+    ``model.tokenizer`` at a local folder instead of a stack trace. ``revision`` and
+    ``trust_remote_code`` are the plan's model.tokenizer_revision and model.trust_remote_code:
+    compile and run pass both, so they load the same tokenizer.
     """
     local = Path(name_or_path).expanduser()
     try:
         from transformers import AutoTokenizer
 
         if local.is_dir():
-            tok = AutoTokenizer.from_pretrained(str(local))
+            tok = AutoTokenizer.from_pretrained(str(local), trust_remote_code=trust_remote_code)
         else:
-            tok = AutoTokenizer.from_pretrained(name_or_path, revision=revision)
+            tok = AutoTokenizer.from_pretrained(name_or_path, revision=revision, trust_remote_code=trust_remote_code)
     except Exception as err:  # noqa: BLE001 - any failure here means "cannot load", said once
         reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise FtcError("FTC600", name=name_or_path, reason=reason) from err

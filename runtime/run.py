@@ -122,7 +122,8 @@ def plan_tokenizer(run_dir: Path) -> Any:
     changed = tokenizer_drift(plan)
     if changed:
         raise changed.error(plan)
-    tok, _ = load_tokenizer(plan.tokenizer_location, plan.settings["model"].get("tokenizer_revision"))
+    model = plan.settings["model"]
+    tok, _ = load_tokenizer(plan.tokenizer_location, model["tokenizer_revision"], model["trust_remote_code"])
     return tok
 
 

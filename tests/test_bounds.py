@@ -294,3 +294,49 @@ def test_an_8bit_optimizer_without_bitsandbytes_warns_at_compile_and_is_refused_
     status, _, err = cli("run", lock, "--output", tmp_path / "run")
     assert status == 2 and "error[FTC764]" in err and "'adamw_8bit' needs the bitsandbytes module" in err, err
     assert "Traceback" not in err and not (tmp_path / "run" / "checkpoints").exists()
+
+
+# --------------------------------------------------------------------------- tokenizer_revision and trust_remote_code at run time
+
+
+MARKED = "from transformers import PreTrainedTokenizerFast\n\n\nclass MarkedTokenizer(PreTrainedTokenizerFast):\n    ran_remote_code = True\n"
+
+
+def test_ftc_run_loads_the_tokenizer_revision_and_remote_code_the_plan_names(demo, tmp_path):
+    """A hub tokenizer (an offline cache, as a training box has it) with two revisions: the plan names
+    the older one, whose tokenizer is custom code (model.trust_remote_code). Compile and the run both
+    load that revision through it; dropping either key at run time loads main's (151k ids) or fails."""
+    import shutil
+
+    from conftest import DEMO_TOKENIZER, TOKENIZER
+
+    if not (TOKENIZER / "tokenizer.json").exists():
+        pytest.skip(f"needs the Qwen2.5 tokenizer at {TOKENIZER}")
+    old, main = "a" * 40, "b" * 40
+    repo = tmp_path / "hub" / "models--ftc--tok"
+    for rev, source in ((old, DEMO_TOKENIZER), (main, TOKENIZER)):
+        shutil.copytree(source, repo / "snapshots" / rev)
+        shutil.copy(demo / "demo" / "model" / "config.json", repo / "snapshots" / rev / "config.json")
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(main)
+    config = json.loads((DEMO_TOKENIZER / "tokenizer_config.json").read_text(encoding="utf-8"))
+    config.update(tokenizer_class="MarkedTokenizer", auto_map={"AutoTokenizer": [None, "marked.MarkedTokenizer"]})
+    (repo / "snapshots" / old / "tokenizer_config.json").write_text(json.dumps(config), encoding="utf-8")
+    (repo / "snapshots" / old / "marked.py").write_text(MARKED, encoding="utf-8")
+
+    env = {**__import__("os").environ, "HF_HUB_CACHE": str(tmp_path / "hub"), "HF_MODULES_CACHE": str(tmp_path / "modules"),
+           "HF_HUB_OFFLINE": "1"}
+    ftc = [sys.executable, "-m", "ftc"]
+    lock, run = tmp_path / "plan.lock", tmp_path / "run"
+    done = subprocess.run([*ftc, "compile", demo / "demo.json", "-o", lock, "-q", "--set", "model.tokenizer=ftc/tok",
+                           "--set", f"model.tokenizer_revision={old}", "--set", "model.trust_remote_code=true"],
+                          env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    done = subprocess.run([*ftc, "run", lock, "--output", run, "--max-steps", "1"], env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr
+    from transformers import AutoTokenizer
+
+    saved = AutoTokenizer.from_pretrained(str(run), trust_remote_code=True)  # what the run trained with and saved
+    assert len(saved) == len(AutoTokenizer.from_pretrained(str(DEMO_TOKENIZER))) == 1024  # main's has 151,665
+    assert json.loads((run / "tokenizer_config.json").read_text())["tokenizer_class"] == "MarkedTokenizer"
