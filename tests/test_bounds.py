@@ -21,7 +21,7 @@ import pytest
 
 from ftc.errors import FtcError
 
-from conftest import ROOT, write_recipe  # noqa: E402
+from conftest import write_recipe  # noqa: E402
 
 EVIL = r"^(a+)+$"
 EVIL_TEXT = "a" * 34 + "b"  # Python re: about 2^34 steps (hours)
