@@ -19,6 +19,7 @@ from ftc.compiler import render
 from ftc.compiler.lock import LOCK_VERSION, Plan, relpath, seal
 from ftc.compiler.lock import write_lock as write_lock_file
 from ftc.compiler.normalize import INTERNAL, Normalizer, Stage
+from ftc.compiler.outputs import check_writable, remove_stale_tmp
 from ftc.compiler.recipe import Recipe
 from ftc.compiler.schedule import check_grpo_batch, derive_schedule
 from ftc.compiler.sources import load_source
@@ -39,6 +40,8 @@ def compile_recipe(recipe: Recipe, lock_path: Path, *, progress: bool = False, w
                    write_lock: bool = True) -> Compiled:
     """Compile; ``write`` puts artifacts in the cache, ``write_lock`` also writes the lock and its reports."""
     file = str(recipe.path)
+    if write:  # before any reading: a compile that cannot write its output fails first, not last
+        check_writable(recipe, Path(lock_path) if write_lock else None)
     norm = Normalizer(file)
 
     # 1. sources, each with its own transforms
@@ -235,6 +238,7 @@ def _write_parquet(table: pa.Table, cache: Path, split: str, recipe_dir: Path, w
     import duckdb
 
     cache.mkdir(parents=True, exist_ok=True)
+    remove_stale_tmp(cache)
     tmp = cache / f".{split}-{os.getpid()}.parquet.tmp"
     con = duckdb.connect(":memory:", config={"threads": 2, "preserve_insertion_order": True})
     try:
@@ -307,7 +311,7 @@ def _tokenize(recipe: Recipe, splits: dict[str, pa.Table], cache: Path, write: b
     from ftc.compiler.tokenizer import load_tokenizer
 
     model, train = recipe.data["model"], recipe.data["train"]
-    tok, info = load_tokenizer(tokenizer_location(recipe), model.get("tokenizer_revision"))
+    tok, info = load_tokenizer(tokenizer_location(recipe), model["tokenizer_revision"], model["trust_remote_code"])
     fmt = recipe.data["template"]["format"]
     max_len = model["max_seq_length"]
     packing = train["packing"] and train["method"] == "sft"
