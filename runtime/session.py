@@ -135,7 +135,7 @@ def run_method(method: Method, plan: Plan, *, output_dir: Path, resume: bool = F
 
     # ---- data: the method's artifacts, checked against the compiler's contract before any model loads
     rank_train = per_rank_accumulation(settings["train"], world_size)  # the lock's global batch over the ranks
-    tokenizer = load_tokenizer(tokenizer_path)
+    tokenizer = load_tokenizer(tokenizer_path, settings["model"]["tokenizer_revision"])  # the revision compile tokenized with
     data = method.prepare(plan, rank_train, tokenizer=tokenizer, world_size=world_size)
 
     # ---- memory: checkpointing and the micro-batch from the model's size and this GPU ("auto"), before loading
