@@ -304,6 +304,9 @@ def resolve(data: dict, file: str) -> dict:
     out["output"] = {"cache_dir": ".ftc", **out.get("output", {})}
     _check_template_keys(out["template"], file)
     _check_applies(data, out, file)
+    from ftc.compiler.trainer_choices import check_optim  # light: reads transformers' source, imports nothing heavy
+
+    check_optim(out["train"], file=file)
     return out
 
 

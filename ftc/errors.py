@@ -109,6 +109,9 @@ RULES: dict[str, Rule] = {
              "(a pretrained model keeps the config it was trained with)"),
         Rule("FTC155", "train.grpo configures GRPO, and train.method is {method!r}",
              "set train.method to \"grpo\", or drop train.grpo"),
+        # -- 19x a free string of the plan checked against the trainer's own choices
+        Rule("FTC195", "train.optim {optim!r} is not an optimizer of the installed transformers{suggest}",
+             "one of: {choices}"),
         # ---- 2xx sources: files, formats, encodings, columns
         Rule("FTC200", "no files match {pattern!r}", "check sources.{source}.path; it is relative to the recipe file ({base})"),
         Rule("FTC201", "cannot decode {file}: {detail}", "declare the file's encoding in sources.{source}.encoding (e.g. \"gb18030\") or fix the file"),

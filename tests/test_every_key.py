@@ -480,3 +480,23 @@ def test_the_key_changes_the_plan_or_the_run_or_is_refused(proj, key):
     assert edited != before, f"{key}: {case.sets} changed nothing that was looked at"
     if case.want is not None:
         assert edited == case.want
+
+
+def test_an_optimizer_transformers_does_not_have_is_refused_at_compile(cli, proj):
+    """Before: accepted, and `ftc run` failed in TrainingArguments with a traceback after loading the model."""
+    code, _, err = cli("validate", proj / "base.json", "--set", "train.optim=adamw_8bits")
+    assert code == 2 and "Traceback" not in err
+    assert err.startswith("error[FTC195]: --set train.optim=adamw_8bits: at train.optim: train.optim 'adamw_8bits' is not an optimizer "
+                          "of the installed transformers; did you mean 'adamw_8bit'?")
+    assert "one of: adamw_torch, " in err
+
+
+def test_an_optimizer_that_needs_bitsandbytes_is_said_at_compile_when_it_is_absent(cli, proj):
+    import importlib.util
+
+    if importlib.util.find_spec("bitsandbytes") is not None:
+        pytest.skip("bitsandbytes is installed here")
+    code, _, err = cli("validate", proj / "base.json", "--set", "train.optim=adamw_8bit")
+    assert code == 0 and "train.optim 'adamw_8bit' needs the bitsandbytes package, which is not installed here" in err
+    code, _, err = cli("validate", proj / "base.json", "--set", "train.optim=adamw_torch")
+    assert code == 0 and "bitsandbytes" not in err
