@@ -251,6 +251,11 @@ def safe(fn: Callable) -> Callable:
 
 
 class Case:
+    """One key's evidence: `sets` (--set edits) applied to `recipe` after `base`; `look` reads the
+    effect from the compiled plan; the edit must change it (to `want`, when given), or be refused
+    with `error` (a code prefix) where the recipe without it is not; `same`: documented to change
+    nothing in the plan. `tokenize`: the look needs the token facts."""
+
     def __init__(self, sets, look=None, want: Any = None, *, base=(), recipe="base.json", error: str | None = None,
                  tokenize: bool = False, same: bool = False):
         self.sets, self.look, self.want, self.base = list(sets), look, want, list(base)
@@ -263,7 +268,6 @@ CHAT_LIST = 'template={"format": "messages", "messages": [{"role": "user", "cont
 SHAREGPT = ["sources.s.path=conv.jsonl", 'template={"format": "messages", "messages": {"field": "m"}}',
             'sources.s.columns={"m": {"from": "t", "roles": {"human": "user", "gpt": "assistant"}}}']
 TWO = ["sources.e.path=e.jsonl"]
-HF = ["sources.s.hf.name=json"]
 R = "train.grpo.rewards="
 R0 = "train.grpo.rewards.0."
 ANSWER = R + '[{"kind": "answer", "pattern": "= *([0-9,.]+)", "field": "a"}]'
@@ -414,7 +418,7 @@ CASES: dict[str, Case] = {
     "#train.grpo.epsilon_high": Case(["train.grpo.epsilon_high=0.4"], g_args("epsilon_high"), 0.4, recipe=G),
     "#train.grpo.mask_truncated_completions": Case(["train.grpo.mask_truncated_completions=true"], g_args("mask_truncated_completions"), True, recipe=G),
     "#train.grpo.scale_rewards": Case(["train.grpo.scale_rewards=batch"], g_args("scale_rewards"), "batch", recipe=G),
-    "#train.grpo.allow_python": Case(["train.grpo.allow_python=false"], recipe=G, base=PY, error="FTC"),
+    "#train.grpo.allow_python": Case(["train.grpo.allow_python=false"], recipe=G, base=PY, error="FTC130"),
     "#train.grpo.rewards": Case([R + '[{"kind": "regex", "pattern": "answer"}, {"kind": "regex", "pattern": "zzz"}]'], reward_scores("answer 1"),
                                 [1.0, 0.0], recipe=G),
     "#reward.kind": Case([R + '[{"kind": "length", "max": 3}]'], reward_scores("answer 1"), [0.0], recipe=G),
@@ -443,7 +447,7 @@ _plans: dict = {}
 
 def outcome(proj: Path, case: Case, sets: list[str]) -> Any:
     """The case's look at the compiled plan, or ("error", code) when the recipe is refused."""
-    key = (case.recipe, tuple(sets), case.tokenize)
+    key = (proj, case.recipe, tuple(sets), case.tokenize)
     if key not in _plans:
         try:
             _plans[key] = plan(proj, sets, case.recipe, tokenize=case.tokenize)
