@@ -124,6 +124,9 @@ RULES: dict[str, Rule] = {
         Rule("FTC168", "cannot use {folder} as the artifact cache: {reason}",
              "output.cache_dir must be a folder ftc can create and write (it is relative to the recipe file)"),
         Rule("FTC169", "cannot write the lock {output}: {reason}", "give -o a path in a folder you can write"),
+        # -- 19x a free string of the plan checked against the trainer's own choices
+        Rule("FTC195", "train.optim {optim!r} is not an optimizer of the installed transformers{suggest}",
+             "one of: {choices}"),
         # ---- 2xx sources: files, formats, encodings, columns
         Rule("FTC200", "no files match {pattern!r}", "check sources.{source}.path; it is relative to the recipe file ({base})"),
         Rule("FTC201", "cannot decode {file}: {detail}", "declare the file's encoding in sources.{source}.encoding (e.g. \"gb18030\") or fix the file"),
