@@ -391,6 +391,7 @@ CASES: dict[str, Case] = {
     "#train.warmup_ratio": Case(["train.warmup_ratio=0.5"], s_args("warmup_steps"), 3),
     "#train.lr_scheduler_type": Case(["train.lr_scheduler_type=cosine"], s_args("lr_scheduler_type"), "cosine"),
     "#train.optim": Case(["train.optim=sgd"], s_args("optim"), "sgd"),
+    "#train.report_to": Case(["train.report_to=tensorboard"], s_args("report_to"), ["tensorboard"]),
     "#train.weight_decay": Case(["train.weight_decay=0.1"], s_args("weight_decay"), 0.1),
     "#train.max_grad_norm": Case(["train.max_grad_norm=0.5"], s_args("max_grad_norm"), 0.5),
     "#train.seed": Case(["train.seed=11"], s_args("seed"), 11),
