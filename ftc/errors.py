@@ -109,6 +109,12 @@ RULES: dict[str, Rule] = {
              "(a pretrained model keeps the config it was trained with)"),
         Rule("FTC155", "train.grpo configures GRPO, and train.method is {method!r}",
              "set train.method to \"grpo\", or drop train.grpo"),
+        Rule("FTC180", "train.method {method!r} trains on template.format {needs!r}, and template.format is {format!r}",
+             "write template.format \"{needs}\" ({keys}), or choose a train.method for {format!r}: {methods}"),
+        Rule("FTC181", "train.{key} configures {key}, and train.method is {method!r}",
+             "set train.method to \"{key}\", or drop train.{key}"),
+        Rule("FTC182", "train.packing applies to SFT, and train.method is {method!r} (a preference example is trained as whole sequences, not packed)",
+             "drop train.packing"),
         # ---- 2xx sources: files, formats, encodings, columns
         Rule("FTC200", "no files match {pattern!r}", "check sources.{source}.path; it is relative to the recipe file ({base})"),
         Rule("FTC201", "cannot decode {file}: {detail}", "declare the file's encoding in sources.{source}.encoding (e.g. \"gb18030\") or fix the file"),
@@ -128,6 +134,16 @@ RULES: dict[str, Rule] = {
              "set sources.{source}.columns.{field}.role_key and content_key to the turns' keys (defaults: \"from\", \"value\")"),
         Rule("FTC212", "sources.{source}.{key} applies to files read from 'path', and source {source!r} is a Hugging Face dataset ('hf')",
              "drop sources.{source}.{key} (the dataset's own loader reads it); to read the files yourself, give 'path' instead of 'hf'"),
+        Rule("FTC240", "{files}: no field {field!r} for template.{key} (format {format!r})",
+             "fields there: {fields}{suggest}; map a column onto it in sources.<name>.columns, e.g. \"{field}\": \"COLUMN\""),
+        Rule("FTC241", "template.label: field {field!r} is {type}, not boolean (row {row} holds {value})",
+             "KTO's label says whether the completion is desirable: map a column of true/false onto it"),
+        Rule("FTC242", "row {row}: {first} and {second} give different prompts (from turn {turn} on)",
+             "a preference pair answers one prompt: fix the row, or leave it out with a filter"),
+        Rule("FTC243", "row {row}: {key} is {what}, not a completion",
+             "a completion is a string, an assistant turn ({{role, content}} or {{from, value}}), or chat turns ending with an assistant turn"),
+        Rule("FTC244", "row {row}: there is no prompt: template.prompt is not given and {key} holds no turns before its answer",
+             "give template.prompt (e.g. {{\"field\": \"prompt\"}}), or map chat turns that include the prompt onto {key}"),
         # ---- 3xx transforms (DuckDB steps)
         Rule("FTC300", "SQL error in {where}: {reason}\n  expression: {expr}", "expressions are DuckDB SQL over the fields: {fields}"),
         Rule("FTC301", "{where}: unknown field {field!r}", "known fields: {fields}{suggest}"),
@@ -179,6 +195,8 @@ RULES: dict[str, Rule] = {
              "or train on all tokens: --set train.{setting}=false"),
         Rule("FTC607", "row {row}: the chat template failed: {reason}",
              "check the row's roles and contents against the model's chat template"),
+        Rule("FTC610", "row {row} is {tokens} tokens, longer than max_seq_length {max_seq_length} ({count} examples are)",
+             "set train.overlong to \"truncate\" (the prompt is cut from the left first, then the completions) or \"drop\", or raise model.max_seq_length"),
         # ---- 7xx ftc run / infer / eval / score / export
         # 77x: the CLI's own inputs to infer / eval / score / preview
         Rule("FTC770", "--input is not JSON: {reason}", "e.g. --input '{{\"question\": \"...\"}}', or a file of JSON lines"),
