@@ -132,7 +132,7 @@ def derive_schedule(train: dict, train_items: int, *, file: str | None = None) -
         counts = COUNTS["grpo"]
     else:
         batches = math.ceil(train_items / batch)
-        counts = COUNTS.get(method) or COUNTS["sft_packed" if train.get("packing") else "sft"]
+        counts = COUNTS[method if method in ("dpo", "orpo", "simpo", "kto") else "sft_packed" if train.get("packing") else "sft"]
     per_epoch = steps_per_epoch(batches, accum)
     total = total_steps(train, per_epoch)
     warmup = warmup_steps(train, total)
