@@ -333,6 +333,10 @@ def _check_applies(written: dict, out: dict, file: str) -> None:
     for key in FORMAT_OF:  # train.dpo, train.kto...: the keys of one method
         if key in train and key != method:
             raise FtcError("FTC181", file=file, path=f"train.{key}", key=key, method=method)
+    kto = out["train"].get("kto")
+    if method == "kto" and kto["loss_type"] == "kto" and out["train"]["per_device_train_batch_size"] < 2:  # TRL refuses it
+        raise FtcError("FTC183", file=file, path="train.per_device_train_batch_size",
+                       batch=out["train"]["per_device_train_batch_size"])
     if method in FORMAT_OF and train.get("packing") is True:
         raise FtcError("FTC182", file=file, path="train.packing", method=method)
     if "eval_steps" in train and out["split"]["eval"] == 0:  # no eval artifact: the run passes no eval_steps

@@ -113,6 +113,8 @@ RULES: dict[str, Rule] = {
              "write template.format \"{needs}\" ({keys}), or choose a train.method for {format!r}: {methods}"),
         Rule("FTC181", "train.{key} configures {key}, and train.method is {method!r}",
              "set train.method to \"{key}\", or drop train.{key}"),
+        Rule("FTC183", "KTO estimates its KL term from the other completions of a batch, and per_device_train_batch_size is {batch}",
+             "set train.per_device_train_batch_size to 2 or more (or train.kto.loss_type \"apo_zero_unpaired\", which has no KL term)"),
         Rule("FTC182", "train.packing applies to SFT, and train.method is {method!r} (a preference example is trained as whole sequences, not packed)",
              "drop train.packing"),
         # ---- 2xx sources: files, formats, encodings, columns

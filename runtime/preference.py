@@ -253,6 +253,15 @@ def trainer_class(method: str) -> type:
     class FtcPreferenceTrainer(base):
         token_counter: TokenCounter | None = None
 
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            # Handed a model that already carries its adapter (unsloth), TRL's DPO/KTO copy it into a "ref"
+            # adapter: a second set of LoRA weights, and a reference that is not the base. Without it, TRL
+            # disables the adapter for the reference pass, as with the hf backend's peft_config.
+            unwrapped = self.accelerator.unwrap_model(self.model)
+            if method in ("dpo", "kto") and "ref" in getattr(unwrapped, "peft_config", {}):
+                unwrapped.delete_adapter("ref")
+
         def _prepare_dataset(self, dataset, processing_class, args, dataset_name):
             # the compiled prompt/completion ids, as TRL's own preparation would have made them
             if method != "kto" or not self.calculate_KL or "KL_completion_ids" in dataset.column_names:

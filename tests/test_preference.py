@@ -245,3 +245,34 @@ def test_a_completion_that_is_not_one_and_a_pair_without_prompt_are_refused(tmp_
     _pairs(tmp_path, [{"c": "a", "r": "b"}])
     rc, _, err = cli("compile", write_recipe(tmp_path, recipe), "-o", tmp_path / "p.lock")
     assert rc == 2 and "FTC244" in err
+
+
+def test_kto_needs_two_completions_per_batch(tmp_path, cli):
+    recipe = {"sources": {"s": {"path": str(_pairs(tmp_path, [{"q": "x", "a": "y", "label": True}]))}},
+              "template": {"format": "unpaired_preference", "prompt": "{{ q }}", "completion": "{{ a }}", "label": {"field": "label"}},
+              "train": {"method": "kto", "per_device_train_batch_size": 1}}
+    rc, _, err = cli("validate", write_recipe(tmp_path, recipe))
+    assert rc == 2 and "FTC183" in err and "at train.per_device_train_batch_size" in err
+    recipe["train"]["kto"] = {"loss_type": "apo_zero_unpaired"}  # no KL term: one completion a batch is fine
+    rc, _, err = cli("validate", write_recipe(tmp_path, recipe))
+    assert rc == 0, err
+
+
+def test_a_model_that_carries_its_adapter_keeps_no_reference_copy(tmp_path):
+    """unsloth hands TRL a PEFT model: the DPO reference is still the base with the adapter disabled."""
+    import datasets
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from trl import DPOConfig
+
+    from fixtures import write_tiny_model_dir
+    from ftc.runtime.preference import trainer_class
+
+    model = AutoModelForCausalLM.from_config(__import__("transformers").AutoConfig.from_pretrained(
+        write_tiny_model_dir(tmp_path / "tiny", num_hidden_layers=1)))
+    model = get_peft_model(model, LoraConfig(r=2, target_modules=["q_proj"], task_type="CAUSAL_LM"))
+    data = datasets.Dataset.from_list([{"prompt_ids": [1, 2], "chosen_ids": [3], "rejected_ids": [4]}])
+    args = DPOConfig(output_dir=str(tmp_path / "o"), report_to=[], bf16=False, use_cpu=True, max_length=None)
+    trainer = trainer_class("dpo")(model=model, args=args, train_dataset=data, processing_class=AutoTokenizer.from_pretrained(TOKENIZER))
+    assert list(trainer.model.peft_config) == ["default"]
+    assert trainer.train_dataset.column_names == ["prompt_ids", "chosen_ids", "rejected_ids"]  # not re-tokenized
