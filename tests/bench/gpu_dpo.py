@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import subprocess
 import sys
 import time
@@ -87,7 +88,9 @@ def variant_trl(args) -> None:
     cfg = DPOConfig(output_dir=str(Path(args.result).parent / "trl-run"), max_length=s["model"]["max_seq_length"],
                     per_device_train_batch_size=t["per_device_train_batch_size"],
                     gradient_accumulation_steps=t["gradient_accumulation_steps"], learning_rate=t["learning_rate"],
-                    lr_scheduler_type=t["lr_scheduler_type"], warmup_steps=0, max_steps=args.warmup + args.steps,
+                    lr_scheduler_type=t["lr_scheduler_type"], max_steps=args.warmup + args.steps,
+                    # the warmup ftc resolves for --max-steps (schedule.run_warmup_steps): the same learning rates
+                    warmup_steps=math.ceil((args.warmup + args.steps) * t["warmup_ratio"]),
                     beta=t["dpo"]["beta"], loss_type=[t["dpo"]["loss_type"]], seed=t["seed"], logging_steps=1,
                     bf16=cuda, use_cpu=not cuda, gradient_checkpointing=cuda, report_to=[], save_strategy="no")
     marks: list[tuple[float, int]] = []
