@@ -15,7 +15,7 @@ from pathlib import Path
 import pyarrow as pa
 
 from ftc import __version__
-from ftc.compiler import render
+from ftc.compiler import preference, render
 from ftc.compiler.lock import LOCK_VERSION, Plan, relpath, seal
 from ftc.compiler.lock import write_lock as write_lock_file
 from ftc.compiler.normalize import INTERNAL, Normalizer, Stage
@@ -24,7 +24,8 @@ from ftc.compiler.recipe import Recipe
 from ftc.compiler.schedule import check_grpo_batch, derive_schedule
 from ftc.compiler.sources import load_source
 
-OUTPUTS = {"text": ["text"], "prompt_completion": ["prompt", "completion"], "prompt": ["prompt"], "messages": ["messages"]}
+OUTPUTS = {"text": ["text"], "prompt_completion": ["prompt", "completion"], "prompt": ["prompt"], "messages": ["messages"],
+           **preference.OUTPUTS}
 VERSIONED = ("duckdb", "pyarrow", "jinja2", "jsonschema")
 
 
@@ -77,6 +78,9 @@ def compile_recipe(recipe: Recipe, lock_path: Path, *, progress: bool = False, w
     if fmt == "messages" and isinstance(tpl_spec["messages"], dict):
         src = tpl_spec["messages"]["field"]
         norm._check_fields(t, [src], "template.messages.field")
+    if fmt in preference.OUTPUTS:
+        preference.check_fields(tpl_spec, fields, file=file,
+                                files=[f["path"] for s in source_facts.values() for f in s.get("files", [])])
 
     if recipe.data["train"]["method"] == "grpo":
         from ftc.compiler.rewards import check_rewards
@@ -143,6 +147,8 @@ def compile_recipe(recipe: Recipe, lock_path: Path, *, progress: bool = False, w
 def _templates(recipe: Recipe, spec: dict) -> dict[str, render.Template]:
     out = {}
     for key in OUTPUTS[spec["format"]]:
+        if key not in spec:  # a preference prompt taken from the completions' turns
+            continue
         value = spec[key]
         if isinstance(value, list):  # chat turns
             for i, m in enumerate(value):
@@ -161,6 +167,8 @@ def _render_split(norm: Normalizer, t: str, spec: dict, templates, types, render
     fmt = spec["format"]
     sql_cols, jinja_cols = {}, {}
     for key in OUTPUTS[fmt]:
+        if key not in spec:
+            continue
         value = spec[key]
         if isinstance(value, dict) and "field" in value:
             sql_cols[key] = f'"{value["field"]}"'
@@ -267,7 +275,7 @@ def _write_parquet(table: pa.Table, cache: Path, split: str, recipe_dir: Path, w
 
 
 def _sample(row: dict, fmt: str) -> dict:
-    return {"row_id": row["row_id"], **{k: row[k] for k in OUTPUTS[fmt]}}
+    return {"row_id": row["row_id"], **{k: row[k] for k in OUTPUTS[fmt] if k in row}}
 
 
 def _version(pkg: str) -> str | None:
@@ -320,8 +328,12 @@ def _tokenize(recipe: Recipe, splits: dict[str, pa.Table], cache: Path, write: b
     for split, table in splits.items():
         if table.num_rows == 0:
             continue
-        res = tokenize(table, fmt, tok, max_seq_length=max_len, overlong=train["overlong"],
-                       completion_only_loss=train["completion_only_loss"], assistant_only_loss=train["assistant_only_loss"])
+        if fmt in preference.OUTPUTS:  # prompt / chosen / rejected ids, as TRL's preference preparation makes them
+            res = preference.tokenize_preference(table, fmt, tok, max_seq_length=max_len, overlong=train["overlong"],
+                                                 has_prompt="prompt" in recipe.data["template"])
+        else:
+            res = tokenize(table, fmt, tok, max_seq_length=max_len, overlong=train["overlong"],
+                           completion_only_loss=train["completion_only_loss"], assistant_only_loss=train["assistant_only_loss"])
         stages.append(Stage(f"tokenize ({split})", table.num_rows, res.table.num_rows, dict(res.dropped)).to_lock())
         warnings += [{"split": split, **w} for w in res.warnings]
         if res.table.num_rows == 0:

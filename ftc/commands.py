@@ -230,6 +230,15 @@ def cmd_eval(args) -> int:
     if tokens is None:
         raise FtcError("FTC773", file=args.run_dir, split=args.split)
     trained = load_trained(Path(args.run_dir))
+    if plan.method in ("dpo", "orpo", "simpo", "kto"):  # preference accuracy and mean margin, TRL's implicit rewards
+        from ftc.runtime.evaluate import preference_eval
+
+        res = preference_eval(trained.model, tokens, method=plan.method, settings=plan.settings["train"][plan.method],
+                              pad_token_id=trained.tokenizer.pad_token_id or 0)
+        print(f"{args.split}: preference accuracy {res['accuracy']:.3f}, mean margin {res['mean_margin']:.4f} "
+              f"(chosen {res['mean_reward_chosen']:.4f}, rejected {res['mean_reward_rejected']:.4f}) over "
+              f"{res.get('pairs', res.get('completions'))} {'pairs' if 'pairs' in res else 'completions'}")
+        return 0
     res = eval_loss(trained.model, tokens, pad_token_id=trained.tokenizer.pad_token_id or 0)
     print(f"{args.split}: loss {res['loss']:.4f}, perplexity {res['perplexity']:.3f} over {res['tokens']:,} tokens ({res['sequences']} sequences)")
     return 0
