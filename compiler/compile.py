@@ -99,7 +99,9 @@ def compile_recipe(recipe: Recipe, lock_path: Path, *, progress: bool = False, w
     cache = recipe.resolve_path(recipe.data["output"]["cache_dir"]) / "data"
     for split, st in (("train", train_t), ("eval", eval_t)):
         table = _render_split(norm, st, tpl_spec, templates, types, rendered_by)
-        render.check_rendered(table, {k: tpl_spec[k] for k in OUTPUTS[fmt]}, templates, all_rows=split == "train")
+        # the rendered text outputs (KTO's boolean label is the preference module's to check: FTC241/FTC604)
+        texts = {k: tpl_spec[k] for k in OUTPUTS[fmt] if k in tpl_spec and k != "label"}
+        render.check_rendered(table, texts, templates, all_rows=split == "train")
         splits[split] = table
         if table.num_rows == 0 and split == "eval":
             continue
