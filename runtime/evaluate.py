@@ -105,7 +105,8 @@ def preference_eval(model: Any, tokens: Path, *, method: str, settings: dict, pa
             mask[i, : len(p) + len(c)] = 1
         off = model.disable_adapter() if reference and hasattr(model, "disable_adapter") else contextlib.nullcontext()
         with off:
-            lp, scored = token_logprobs(model, {"input_ids": ids, "attention_mask": mask, "labels": labels})
+            batch = {"input_ids": ids.to(device), "attention_mask": mask.to(device), "labels": labels.to(device)}
+            lp, scored = token_logprobs(model, batch)
         total = (lp * scored).sum(-1).double()
         return total / scored.sum(-1).clamp(min=1) if mean_per_token else total
 
