@@ -462,6 +462,8 @@ CASES: dict[str, Case] = {
     "#train.dpo.loss_type": Case(["train.dpo.loss_type=ipo"], p_args("loss_type"), ["ipo"], recipe=P),
     "#train.dpo.label_smoothing": Case(["train.dpo.label_smoothing=0.2"], p_args("label_smoothing"), 0.2, recipe=P,
                                        base=["train.dpo.loss_type=robust"]),
+    "#train.dpo.label_smoothing (on a loss that does not read it)": Case(["train.dpo.label_smoothing=0.2"], recipe=P, error="FTC184"),
+    "#train.dpo.loss_type (exo_pair, unsmoothed)": Case(["train.dpo.loss_type=exo_pair"], recipe=P, error="FTC185"),
     "#train.dpo (under another method)": Case(['train.dpo={"beta": 0.5}'], recipe=K, error="FTC181"),
     "#train.kto.beta": Case(["train.kto.beta=0.5"], p_args("beta"), 0.5, recipe=K),
     "#train.kto.loss_type": Case(["train.kto.loss_type=apo_zero_unpaired"], p_args("loss_type"), "apo_zero_unpaired", recipe=K),
@@ -576,3 +578,18 @@ def test_an_optimizer_that_needs_bitsandbytes_is_said_at_compile_when_it_is_abse
     assert code == 0 and "train.optim 'adamw_8bit' needs the bitsandbytes package, which is not installed here" in err
     code, _, err = cli("validate", proj / "base.json", "--set", "train.optim=adamw_torch")
     assert code == 0 and "bitsandbytes" not in err
+
+
+def test_a_dpo_label_smoothing_the_loss_does_not_read_is_refused_at_compile(cli, proj):
+    """Before: accepted, and TRL 1.16's sigmoid loss (the default) trained without it; exo_pair without
+    one raised a ValueError in DPOTrainer after the model had loaded."""
+    if not PREFERENCE_DATA.is_dir():
+        pytest.skip(f"real preference data {PREFERENCE_DATA} is absent")
+    code, _, err = cli("validate", proj / P, "--set", "train.dpo.label_smoothing=0.2")
+    assert code == 2 and "Traceback" not in err
+    assert err.startswith("error[FTC184]: --set train.dpo.label_smoothing=0.2: at train.dpo.label_smoothing: train.dpo.label_smoothing "
+                          "0.2 is read by DPO's losses robust, exo_pair, aot, aot_unpaired, and train.dpo.loss_type is 'sigmoid'"), err
+    code, _, err = cli("validate", proj / P, "--set", "train.dpo.loss_type=robust", "--set", "train.dpo.label_smoothing=0.5")
+    assert code == 2 and "error[FTC185]" in err and "needs a label_smoothing below 0.5, and it is 0.5" in err, err
+    code, _, err = cli("validate", proj / P, "--set", "train.dpo.loss_type=exo_pair", "--set", "train.dpo.label_smoothing=0.001")
+    assert code == 0, err
