@@ -48,9 +48,11 @@ FORMAT_OF = {"dpo": "preference", "orpo": "preference", "simpo": "preference", "
 SIDES = {"preference": ("chosen", "rejected"), "unpaired_preference": ("completion",)}
 OUTPUTS = {"preference": ["prompt", "chosen", "rejected"], "unpaired_preference": ["prompt", "completion", "label"]}
 PROMPT_CUT = "prompt_cut_at_completion"  # the lock's warning kind: TRL's common-prefix rule applied
+# TRL 1.16 DPOTrainer.dpo_loss reads label_smoothing in these losses only (sigmoid, the default, does not)
+DPO_SMOOTHED = ("robust", "exo_pair", "aot", "aot_unpaired")
 
 __all__ = ["FORMAT_OF", "SIDES", "OUTPUTS", "PROMPT_CUT", "check_method_format", "check_fields", "examples",
-           "tokenize_preference", "PreferenceResult"]
+           "tokenize_preference", "PreferenceResult", "check_method_keys"]
 
 
 def check_method_format(method: str, fmt: str, file: str) -> None:
@@ -64,6 +66,20 @@ def check_method_format(method: str, fmt: str, file: str) -> None:
                        if method == "sft" else "prompt", format=fmt, keys="its own template keys", methods=methods)
     raise FtcError("FTC180", file=file, path="template.format", method=method, needs=needs, format=fmt,
                    keys=", ".join(OUTPUTS[needs]), methods=_methods_for(fmt))
+
+
+def check_method_keys(written: dict, train: dict, file: str) -> None:
+    """FTC184/FTC185: a DPO label_smoothing its loss would not read (TRL ignores it silently), or one the
+    loss cannot train with (exo_pair needs one above 0, TRL raises at start-up; robust divides by 1 - 2 x it)."""
+    if train["method"] != "dpo":
+        return
+    dpo, path = train["dpo"], "train.dpo.label_smoothing"
+    value, loss = float(dpo["label_smoothing"]), dpo["loss_type"]
+    if value and loss not in DPO_SMOOTHED and "label_smoothing" in written.get("dpo", {}):
+        raise FtcError("FTC184", file=file, path=path, value=value, loss=loss, losses=", ".join(DPO_SMOOTHED))
+    if (loss == "exo_pair" and value == 0) or (loss == "robust" and value >= 0.5):
+        raise FtcError("FTC185", file=file, path=path, value=value, loss=loss,
+                       need="above 0 (the EXO paper uses 0.001)" if loss == "exo_pair" else "below 0.5")
 
 
 def _methods_for(fmt: str) -> str:

@@ -20,7 +20,7 @@ from ftc.compiler import jsontext
 from ftc.compiler.jsontext import json_path
 from ftc.compiler.lock import relpath
 from ftc.compiler.project_files import check_project_files, extra_roots
-from ftc.compiler.preference import FORMAT_OF, check_method_format
+from ftc.compiler.preference import FORMAT_OF, check_method_format, check_method_keys
 from ftc.errors import FtcError, did_you_mean
 
 SCHEMA_PATH = Path(__file__).with_name("recipe.schema.json")
@@ -374,6 +374,7 @@ def _check_applies(written: dict, out: dict, file: str) -> None:
     if method == "kto" and kto["loss_type"] == "kto" and out["train"]["per_device_train_batch_size"] < 2:  # TRL refuses it
         raise FtcError("FTC183", file=file, path="train.per_device_train_batch_size",
                        batch=out["train"]["per_device_train_batch_size"])
+    check_method_keys(train, out["train"], file)  # a TRL key the chosen loss would not read
     if method in FORMAT_OF and train.get("packing") is True:
         raise FtcError("FTC182", file=file, path="train.packing", method=method)
     if "eval_steps" in train and out["split"]["eval"] == 0:  # no eval artifact: the run passes no eval_steps

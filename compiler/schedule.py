@@ -12,6 +12,10 @@ Trainer's own arithmetic, not an approximation of it (transformers 5.x `Trainer`
   batches``, so a step budget that ends mid-epoch is a fraction in micro-batches, not steps.
 - SFT: a micro-batch is `per_device_train_batch_size` items, an item a token row or, when
   the compiler packed, one packed sequence; the last batch of an epoch may be short.
+- DPO, ORPO, SimPO: an item is a pair (its chosen and rejected sequences go through the model
+  together); KTO: one labelled completion, in the artifact's order (TRL's sequential sampler).
+  Their Trainers' dataloaders batch the items as SFT's do (tests/test_preference_schedule.py
+  trains DPOTrainer and KTOTrainer against the lock).
 - GRPO: a batch counts *completions*, `num_generations` per prompt. TRL's RepeatSampler
   takes `generation_batch_size / num_generations` prompts at a time (whole generation
   batches only: the prompts left over are not used that epoch), repeats each prompt
@@ -118,7 +122,8 @@ def _grpo_batches(train: dict, prompts: int, file: str | None) -> tuple[int, dic
 
 def derive_schedule(train: dict, train_items: int, *, file: str | None = None) -> dict:
     """The lock's `schedule` from the resolved `train` section and the number of training
-    items the compiler wrote (SFT: token rows, or packed sequences when packed; GRPO: prompts).
+    items the compiler wrote (SFT: token rows, or packed sequences when packed; GRPO: prompts;
+    DPO/ORPO/SimPO: pairs; KTO: labelled completions).
 
     Raises FtcError for a plan that cannot train as written; records as `warnings` what
     trains but is likely a mistake (a warmup longer than the training)."""

@@ -133,6 +133,11 @@ RULES: dict[str, Rule] = {
              "set train.method to \"{key}\", or drop train.{key}"),
         Rule("FTC183", "KTO estimates its KL term from the other completions of a batch, and per_device_train_batch_size is {batch}",
              "set train.per_device_train_batch_size to 2 or more (or train.kto.loss_type \"apo_zero_unpaired\", which has no KL term)"),
+        Rule("FTC184", "train.dpo.label_smoothing {value} is read by DPO's losses {losses}, and train.dpo.loss_type is {loss!r}, "
+                       "which TRL computes without it",
+             "drop train.dpo.label_smoothing, or choose a loss_type that reads it (robust is conservative DPO)"),
+        Rule("FTC185", "train.dpo.loss_type {loss!r} needs a label_smoothing {need}, and it is {value}",
+             "set train.dpo.label_smoothing {need}"),
         Rule("FTC182", "train.packing applies to SFT, and train.method is {method!r} (a preference example is trained as whole sequences, not packed)",
              "drop train.packing"),
         # ---- 2xx sources: files, formats, encodings, columns

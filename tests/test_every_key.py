@@ -20,7 +20,7 @@ from typing import Any, Callable
 
 import pytest
 
-from conftest import ROOT
+from conftest import ROOT, SHARED
 from ftc.compiler.compile import compile_recipe
 from ftc.compiler.recipe import load_recipe, schema
 from ftc.errors import FtcError
@@ -105,7 +105,35 @@ def proj(tmp_path_factory) -> Path:
     (p / "grpo.json").write_text(json.dumps(grpo), encoding="utf-8")
     hf = {**base, "sources": {"s": {"hf": {"name": "json", "data_files": str(p / "d.jsonl")}}}}
     (p / "hf.json").write_text(json.dumps(hf), encoding="utf-8")
+    write_preference_recipes(p, base)
     return p
+
+
+PREFERENCE_DATA = SHARED / "data" / "preference"
+
+
+def write_preference_recipes(p: Path, base: dict) -> None:
+    """pref.json (DPO, ShareGPT pairs) and kto.json (chat turns + a label) on the first real rows of
+    ../shared/data/preference, with the demo's small tokenizer and longer sequences (the rows are long)."""
+    if not PREFERENCE_DATA.is_dir():
+        return
+    pairs = json.loads((PREFERENCE_DATA / "dpo_en_demo.json").read_text(encoding="utf-8"))[:6]
+    (p / "pairs.json").write_text(json.dumps(pairs), encoding="utf-8")
+    kto = json.loads((PREFERENCE_DATA / "kto_en_demo.json").read_text(encoding="utf-8"))[:6]
+    assert {r["label"] for r in kto} == {True, False}
+    (p / "unpaired.json").write_text(json.dumps([{"m": r["messages"], "ok": r["label"]} for r in kto]), encoding="utf-8")
+    model = {**base["model"], "max_seq_length": 256}
+    train = {"per_device_train_batch_size": 2, "gradient_accumulation_steps": 1}
+    roles = {"human": "user", "gpt": "assistant", "system": "system"}
+    pref = {"name": "pref", "model": model, "train": {**train, "method": "dpo"},
+            "sources": {"s": {"path": "pairs.json", "columns": {"prompt": {"from": "conversations", "roles": roles},
+                                                                "chosen": "chosen", "rejected": "rejected"}}},
+            "template": {"format": "preference", "prompt": {"field": "prompt"}, "chosen": {"field": "chosen"},
+                         "rejected": {"field": "rejected"}}}
+    (p / "pref.json").write_text(json.dumps(pref), encoding="utf-8")
+    unpaired = {"name": "kto", "model": model, "train": {**train, "method": "kto"}, "sources": {"s": {"path": "unpaired.json"}},
+                "template": {"format": "unpaired_preference", "completion": {"field": "m"}, "label": {"field": "ok"}}}
+    (p / "kto.json").write_text(json.dumps(unpaired), encoding="utf-8")
 
 
 def plan(proj: Path, sets=(), recipe: str = "base.json", tokenize: bool = True):
@@ -138,6 +166,16 @@ def grpo_config(c) -> Any:
                                 max_steps=train["max_steps"], dtype="float32", device="cpu", eval_steps=None)
     cls, own = GRPO().config(train, SimpleNamespace(rewards=train["grpo"]["rewards"]))
     return checked_config(cls, {**kwargs, **own})
+
+
+def pref_config(c) -> Any:
+    """DPOConfig / ORPOConfig / CPOConfig / KTOConfig as runtime/preference.py builds them from the lock."""
+    from ftc.runtime.preference import METHODS
+    from ftc.runtime.trainer_config import checked_config
+
+    train = c.lock["settings"]["train"]
+    cls, own = METHODS[train["method"]].config(train, SimpleNamespace(train_table=c.tokens.get("train")))
+    return checked_config(cls, {**targs(c), **own})
 
 
 def lora(c) -> Any:
@@ -275,6 +313,12 @@ LENGTH = R + '[{"kind": "length"}]'
 CONTAINS = R + '[{"kind": "contains", "text": "ans"}]'
 PY = ["train.grpo.allow_python=true", R + '[{"kind": "python", "function": "rw.py:score"}]']
 G = "grpo.json"
+P, K = "pref.json", "kto.json"  # DPO pairs and KTO's labelled completions (real rows)
+ORPO, SIMPO = ["train.method=orpo"], ["train.method=simpo"]
+
+
+def p_args(key):
+    return arg(pref_config, key)
 
 
 def g_args(key):
@@ -332,6 +376,12 @@ CASES: dict[str, Case] = {
     "#template.text": Case(["template.text=T {{ a }}"], lambda c, p: rendered(c, "text"), base=['template={"format": "text", "text": "{{ q }}"}']),
     "#template.prompt": Case(["template.prompt=P: {{ q }}"], prompts),
     "#template.completion": Case(["template.completion=C {{ q }}"], lambda c, p: rendered(c, "completion")),
+    "#template.chosen": Case(["template.chosen=I would rather not."], lambda c, p: rendered(c, "chosen"), ["I would rather not."] * 6,
+                             recipe=P),
+    "#template.rejected": Case(["template.rejected=No."], lambda c, p: rendered(c, "rejected"), ["No."] * 6, recipe=P),
+    "#template.chosen (on a prompt_completion template)": Case(["template.chosen=x"], error="FTC404"),
+    "#field_ref.field": Case(["template.chosen.field=rejected", "template.rejected.field=chosen"],
+                             lambda c, p: [r["value"][:30] for r in rendered(c, "chosen")], recipe=P),
     "#template.messages.field": Case(['sources.s.columns={"m2": {"from": "t", "roles": {"human": "assistant", "gpt": "user"}}}',
                                       "template.messages.field=m2"], messages, base=SHAREGPT),
     "#text_template.file": Case(['template.prompt={"file": "p.jinja"}'], lambda c, p: prompts(c, p)[0], "From a file:  question 0 "),
@@ -407,6 +457,27 @@ CASES: dict[str, Case] = {
     "#train.overlong": Case(["train.overlong=drop"], lambda c, p: c.lock["tokens"]["stats"]["train"]["dropped"], 11, base=["model.max_seq_length=12"], tokenize=True),
     "#train.gradient_checkpointing": Case(["train.gradient_checkpointing=true"], lambda c, p: memory_used(c, p)["gradient_checkpointing"], True),
     "#train.micro_batch": Case(["train.micro_batch=auto"], recipe=G, error="FTC151"),
+    # ---- preference methods: DPOConfig, KTOConfig, ORPOConfig, CPOConfig (SimPO) as runtime/preference.py builds them
+    "#train.dpo.beta": Case(["train.dpo.beta=0.5"], p_args("beta"), 0.5, recipe=P),
+    "#train.dpo.loss_type": Case(["train.dpo.loss_type=ipo"], p_args("loss_type"), ["ipo"], recipe=P),
+    "#train.dpo.label_smoothing": Case(["train.dpo.label_smoothing=0.2"], p_args("label_smoothing"), 0.2, recipe=P,
+                                       base=["train.dpo.loss_type=robust"]),
+    "#train.dpo.label_smoothing (on a loss that does not read it)": Case(["train.dpo.label_smoothing=0.2"], recipe=P, error="FTC184"),
+    "#train.dpo.loss_type (exo_pair, unsmoothed)": Case(["train.dpo.loss_type=exo_pair"], recipe=P, error="FTC185"),
+    "#train.dpo (under another method)": Case(['train.dpo={"beta": 0.5}'], recipe=K, error="FTC181"),
+    "#train.kto.beta": Case(["train.kto.beta=0.5"], p_args("beta"), 0.5, recipe=K),
+    "#train.kto.loss_type": Case(["train.kto.loss_type=apo_zero_unpaired"], p_args("loss_type"), "apo_zero_unpaired", recipe=K),
+    "#train.kto.desirable_weight": Case(["train.kto.desirable_weight=1.5"], p_args("desirable_weight"), 1.5, recipe=K),
+    "#train.kto.undesirable_weight": Case(["train.kto.undesirable_weight=0.5"], p_args("undesirable_weight"), 0.5, recipe=K),
+    "#train.kto (under another method)": Case(['train.kto={"beta": 0.5}'], recipe=P, error="FTC181"),
+    "#train.orpo.beta": Case(["train.orpo.beta=0.5"], p_args("beta"), 0.5, recipe=P, base=ORPO, tokenize=True),
+    "#train.orpo (under another method)": Case(['train.orpo={"beta": 0.5}'], recipe=P, error="FTC181"),
+    "#train.simpo.beta": Case(["train.simpo.beta=2.5"], p_args("beta"), 2.5, recipe=P, base=SIMPO, tokenize=True),
+    "#train.simpo.simpo_gamma": Case(["train.simpo.simpo_gamma=1.0"], p_args("simpo_gamma"), 1.0, recipe=P, base=SIMPO, tokenize=True),
+    "#train.simpo.cpo_alpha": Case(["train.simpo.cpo_alpha=0.5"], p_args("cpo_alpha"), 0.5, recipe=P, base=SIMPO, tokenize=True),
+    "#train.simpo.label_smoothing": Case(["train.simpo.label_smoothing=0.1"], p_args("label_smoothing"), 0.1, recipe=P, base=SIMPO,
+                                         tokenize=True),
+    "#train.simpo (under another method)": Case(['train.simpo={"beta": 2.5}'], recipe=P, error="FTC181"),
     # ---- GRPO: GRPOConfig as the run builds it, and the reward functions TRL calls
     "#train.grpo.num_generations": Case(["train.grpo.num_generations=4", "train.per_device_train_batch_size=4"], g_args("num_generations"), 4, recipe=G),
     "#train.grpo.max_prompt_length": Case(["train.grpo.max_prompt_length=5"], grpo_prompts, (12, 12), recipe=G, tokenize=True),
@@ -472,6 +543,8 @@ def test_every_schema_key_has_a_case():
 @pytest.mark.parametrize("key", list(CASES))
 def test_the_key_changes_the_plan_or_the_run_or_is_refused(proj, key):
     case = CASES[key]
+    if case.recipe in (P, K) and not PREFERENCE_DATA.is_dir():
+        pytest.skip(f"real preference data {PREFERENCE_DATA} is absent")
     edited = outcome(proj, case, case.base + case.sets)
     before = outcome(proj, case, case.base)
     if case.error:
@@ -505,3 +578,18 @@ def test_an_optimizer_that_needs_bitsandbytes_is_said_at_compile_when_it_is_abse
     assert code == 0 and "train.optim 'adamw_8bit' needs the bitsandbytes package, which is not installed here" in err
     code, _, err = cli("validate", proj / "base.json", "--set", "train.optim=adamw_torch")
     assert code == 0 and "bitsandbytes" not in err
+
+
+def test_a_dpo_label_smoothing_the_loss_does_not_read_is_refused_at_compile(cli, proj):
+    """Before: accepted, and TRL 1.16's sigmoid loss (the default) trained without it; exo_pair without
+    one raised a ValueError in DPOTrainer after the model had loaded."""
+    if not PREFERENCE_DATA.is_dir():
+        pytest.skip(f"real preference data {PREFERENCE_DATA} is absent")
+    code, _, err = cli("validate", proj / P, "--set", "train.dpo.label_smoothing=0.2")
+    assert code == 2 and "Traceback" not in err
+    assert err.startswith("error[FTC184]: --set train.dpo.label_smoothing=0.2: at train.dpo.label_smoothing: train.dpo.label_smoothing "
+                          "0.2 is read by DPO's losses robust, exo_pair, aot, aot_unpaired, and train.dpo.loss_type is 'sigmoid'"), err
+    code, _, err = cli("validate", proj / P, "--set", "train.dpo.loss_type=robust", "--set", "train.dpo.label_smoothing=0.5")
+    assert code == 2 and "error[FTC185]" in err and "needs a label_smoothing below 0.5, and it is 0.5" in err, err
+    code, _, err = cli("validate", proj / P, "--set", "train.dpo.loss_type=exo_pair", "--set", "train.dpo.label_smoothing=0.001")
+    assert code == 0, err
