@@ -275,6 +275,7 @@ def _trainer_class(max_prompt_length: int, prompt_ids: dict[str, list[int]], bas
         token_counter: TokenCounter | None = None
         merged_generator: MergedGenerator | None = None
         fast_generation = fast
+        fast_failed: str | None = None  # why the fast path fell back to TRL's, if it did
 
         def _generate_single_turn(self, prompt_ids, images, multimodal_fields, num_generations, has_tool_images=False):
             if not self.fast_generation or images is not None and any(images) or multimodal_fields:
@@ -282,7 +283,13 @@ def _trainer_class(max_prompt_length: int, prompt_ids: dict[str, list[int]], bas
             import torch
 
             if self.merged_generator is None:  # built at the first batch: the trainer has put the LoRA on by then
-                self.merged_generator = MergedGenerator(self.model, compile_cache=torch.cuda.is_available())
+                try:
+                    self.merged_generator = MergedGenerator(self.model, compile_cache=torch.cuda.is_available())
+                except Exception as err:  # a model PEFT cannot copy and merge (a backend's patched one): TRL's path, said
+                    self.fast_generation, self.fast_failed = False, f"{type(err).__name__}: {' '.join(str(err).split())[:200]}"
+                    print(f"ftc: WARNING the fast generation path failed ({self.fast_failed}); generating with TRL's "
+                          "model.generate instead (run.json grpo.generation)", file=sys.stderr)
+                    return super()._generate_single_turn(prompt_ids, images, multimodal_fields, num_generations, has_tool_images)
             mode = "train" if self.model.training else "eval"
             seconds = self.merged_generator.sync(self.model, self.state.global_step)  # once per optimizer step
             if seconds is not None:
@@ -313,6 +320,9 @@ def _trainer_class(max_prompt_length: int, prompt_ids: dict[str, list[int]], bas
 def _generation_facts(choice: GenerationChoice, trainer: Any) -> dict:
     """run.json's grpo.generation: what generated the completions, why, and what the fast path's merges cost."""
     facts: dict[str, Any] = {"asked": choice.asked, "path": choice.path, "reason": choice.reason}
+    failed = getattr(trainer, "fast_failed", None)
+    if failed:
+        facts.update(path="generate", reason=f"the fast path failed ({failed}); TRL's model.generate ran")
     gen = getattr(trainer, "merged_generator", None)
     if gen is not None:
         merges = gen.merge_seconds
