@@ -40,9 +40,9 @@ needs_shared = pytest.mark.skipif(not GSM8K.exists(), reason=f"needs GSM8K at {G
 GRPO_STEPS = 16  # recipes/demo_grpo.json's max_steps
 
 
-def demo_recipe(name: str, **model) -> dict:
+def demo_recipe(recipe_name: str, **model) -> dict:
     """A shipped demo recipe (what `make demo` runs) with its paths made absolute, `model` keys replaced."""
-    recipe = json.loads((ROOT / "recipes" / f"{name}.json").read_text(encoding="utf-8"))
+    recipe = json.loads((ROOT / "recipes" / f"{recipe_name}.json").read_text(encoding="utf-8"))
     recipe.pop("$schema")
     recipe["sources"]["gsm8k"]["path"] = str(DEMO / "gsm8k_64.jsonl")
     recipe["model"].update(name=str(DEMO / "model"), tokenizer=str(DEMO / "tokenizer"))

@@ -10,8 +10,8 @@ the worst case). One process per variant, one after another on the one GPU:
   ftc_hf_generate    ftc run --backend hf, generation=generate (TRL's model.generate through the adapter)
   trl_plain          TRL GRPOTrainer + PEFT written by hand (the anchor), the same settings
 Each reports seconds per step after the first (TRL's own step_time), generated tokens per second
-(completion tokens / step time), the generation seconds where ftc measured them, the LoRA merge
-cost, and peak GPU memory. Results: one JSON per variant and summary.json under --out.
+(completion tokens / step time; and over the generation alone where ftc's fast path times it),
+the LoRA merge cost per optimizer step, and peak GPU memory. Results: one JSON per variant and summary.json under --out.
 
 CPU side, once (writes .bench/grpo/, git-ignored; compiles with the real Qwen2.5 tokenizer):
   .venv/bin/python tests/bench/gpu_grpo.py prepare            # add --tiny for the CPU check
@@ -92,6 +92,8 @@ def summarize(metrics: list[dict], warmup: int = 1) -> dict:
         vals = [m[key] for m in rows if m.get(key) is not None]
         if vals:
             out[key.replace("/", "_")] = round(sum(vals) / len(vals), 4)
+    if tokens and out.get("generation_seconds"):  # tokens/s of the generation alone (the fast path times it)
+        out["generation_only_tokens_per_s"] = round(sum(tokens) / len(tokens) / out["generation_seconds"], 1)
     return out
 
 
