@@ -42,6 +42,14 @@ demo: $(STAMP)
 	$(BIN)/ftc infer runs/demo/run --max-new-tokens 40 \
 	  --input '{"question": "Natalia sold clips to 48 of her friends in April, and then she sold half as many clips in May. How many clips did Natalia sell altogether in April and May?"}'
 	@echo "adapter and report: runs/demo/run (report.md, loss.png, metrics.jsonl)"
+	# SFT -> GRPO: an SFT in the rewards' format, then GRPO from its adapter (model.adapter); the format reward rises
+	$(BIN)/ftc compile recipes/demo_reasoning.json -o runs/demo_reasoning/plan.lock
+	$(BIN)/ftc run runs/demo_reasoning/plan.lock --output runs/demo_reasoning/run
+	$(BIN)/ftc compile recipes/demo_grpo.json -o runs/demo_grpo/plan.lock
+	$(BIN)/ftc run runs/demo_grpo/plan.lock --output runs/demo_grpo/run
+	$(BIN)/ftc infer runs/demo_grpo/run --max-new-tokens 48 --temperature 0 \
+	  --input '{"question": "Natalia sold clips to 48 of her friends in April, and then she sold half as many clips in May. How many clips did Natalia sell altogether in April and May?"}'
+	@echo "GRPO report (rewards first vs last steps): runs/demo_grpo/run/report.md, rewards.png"
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q

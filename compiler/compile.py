@@ -44,6 +44,7 @@ def compile_recipe(recipe: Recipe, lock_path: Path, *, progress: bool = False, w
     if write:  # before any reading: a compile that cannot write its output fails first, not last
         check_writable(recipe, Path(lock_path) if write_lock else None)
     norm = Normalizer(file)
+    adapter = _adapter(recipe, file)  # refused before any source is read
 
     # 1. sources, each with its own transforms
     source_facts, tables, ord_base = {}, {}, 0
@@ -122,6 +123,7 @@ def compile_recipe(recipe: Recipe, lock_path: Path, *, progress: bool = False, w
         "samples": samples,
         "artifacts": {"data": artifacts},
         "versions": _versions(),
+        **({"adapter": adapter} if adapter else {}),
     }
     sequences = splits["train"].num_rows
     token_tables: dict[str, pa.Table] = {}
@@ -297,6 +299,17 @@ def tokenizer_location(recipe: Recipe, key: str = "tokenizer") -> str:
     name = recipe.data["model"][key]
     local = recipe.resolve_path(name)
     return str(local) if local.is_dir() else name
+
+
+def _adapter(recipe: Recipe, file: str) -> dict | None:
+    """The lock's record of model.adapter (compiler/inputs.py), or None when the plan starts from the base."""
+    from ftc.compiler.inputs import adapter_facts
+
+    model = recipe.data["model"]
+    if not model["adapter"]:
+        return None
+    local = recipe.resolve_path(model["name"])
+    return adapter_facts(recipe.resolve_path(model["adapter"]), model, str(local) if local.is_dir() else model["name"], file=file)
 
 
 def rebuild(plan: Plan) -> Compiled:

@@ -144,6 +144,16 @@ class Plan:
         return self.location(self.settings["model"]["name"])
 
     @property
+    def run_model(self) -> dict:
+        """The resolved `model` section as a run loads it: `name` a local folder (absolute) or the hub id;
+        `adapter` (the earlier run it starts from) an absolute folder, with `adapter_files` the lock's
+        fingerprints of its files, so whatever loads it later (`ftc infer` from run.json) checks them too."""
+        model = {**self.settings["model"], "name": self.model_location}
+        if model.get("adapter"):  # .get: a lock of an ftc before model.adapter has no such key
+            model.update(adapter=str(self.path(model["adapter"])), adapter_files=self.lock["adapter"]["files"])
+        return model
+
+    @property
     def tokenizer_location(self) -> str:
         return self.location(self.settings["model"]["tokenizer"])
 

@@ -28,7 +28,7 @@ SCHEMA_PATH = Path(__file__).with_name("recipe.schema.json")
 # Keys whose values are filesystem paths. Relative values in the recipe are relative
 # to the recipe file; relative values given with --set are relative to the current
 # directory (like any command-line path) and are rewritten relative to the recipe.
-PATH_KEYS = ("sources.*.path", "model.name", "model.tokenizer", "output.cache_dir")
+PATH_KEYS = ("sources.*.path", "model.name", "model.tokenizer", "model.adapter", "output.cache_dir")
 
 
 @lru_cache(maxsize=1)
@@ -310,6 +310,7 @@ def resolve(data: dict, file: str) -> dict:
     model.setdefault("tokenizer", model["name"])
     model.setdefault("tokenizer_revision", model["revision"] if model["tokenizer"] == model["name"] else None)
     model.setdefault("config", {})
+    model.setdefault("adapter", None)  # no earlier run to start from
     out["model"] = model
     out["lora"] = {**_defaults(defs["lora"]), **out.get("lora", {})}
     train = {**_defaults(defs["train"]), **out.get("train", {})}

@@ -140,6 +140,13 @@ RULES: dict[str, Rule] = {
              "set train.dpo.label_smoothing {need}"),
         Rule("FTC182", "train.packing applies to SFT, and train.method is {method!r} (a preference example is trained as whole sequences, not packed)",
              "drop train.packing"),
+        # -- 17x model.adapter: the earlier run a plan starts from
+        Rule("FTC170", "model.adapter {folder} is not a LoRA adapter: it has no {missing}",
+             "point model.adapter at the output folder of `ftc run` or at a PEFT adapter folder (adapter_config.json + adapter_model.safetensors)"),
+        Rule("FTC171", "model.adapter {folder} was trained on base model {base!r}{init}, and model.name is {ours!r} (init {our_init})",
+             "an adapter fits only the base it was trained on: set model.name (and model.init) to that base, or train a new adapter"),
+        Rule("FTC172", "model.adapter is merged into the base weights, and model.load_in_4bit quantizes them: the merge would round the adapter's update away",
+             "set model.load_in_4bit to false for a run that starts from an adapter"),
         # ---- 2xx sources: files, formats, encodings, columns
         Rule("FTC200", "no files match {pattern!r}", "check sources.{source}.path; it is relative to the recipe file ({base})"),
         Rule("FTC201", "cannot decode {file}: {detail}", "declare the file's encoding in sources.{source}.encoding (e.g. \"gb18030\") or fix the file"),
@@ -280,6 +287,8 @@ RULES: dict[str, Rule] = {
         Rule("FTC510", "model {file} is not the one the plan was compiled with: {changed}",
              "another base model behind the same model.name would train under this plan: put the original back, "
              "or recompile for this one with `ftc compile {recipe} -o {lock}`"),
+        Rule("FTC520", "model.adapter {file} changed since the plan was compiled ({changed})",
+             "the lock fingerprints the adapter this run starts from: recompile with `ftc compile {recipe} -o {lock}` to start from the adapter as it is now"),
         # ---- 6xx the tokenizer and tokenization
         Rule("FTC600", "cannot load tokenizer {name!r}: {reason}", "offline? point model.tokenizer at a local folder: --set model.tokenizer=PATH"),
         Rule("FTC602", "row {row} is {tokens} tokens, longer than max_seq_length {max_seq_length} ({count} rows are)",
@@ -400,6 +409,15 @@ RULES: dict[str, Rule] = {
         Rule("FTC764", "train.optim {optim!r} needs the {module} module, which is not installed here",
              "install it on the machine that trains (pip install {module}; bitsandbytes also needs a CUDA GPU), "
              "or recompile with another optimizer: --set train.optim=adamw_torch"),
+        # 78x: model.adapter and GRPO generation at run time
+        Rule("FTC780", "model.adapter {folder} does not fit the base model: {reason}",
+             "the adapter's LoRA shape (target modules, sizes) must match the base model it is put on: use the base it was trained on"),
+        Rule("FTC781", "model.adapter {folder} was trained on a random-init base with weights {expected}, and this plan builds one with weights {got}",
+             "set model.config, model.name and train.seed as the adapter's run had them (its run.json, settings)"),
+        Rule("FTC782", "train.grpo.generation is \"vllm\", and vllm does not import here ({reason})",
+             "install vllm (TRL's colocated mode), or set train.grpo.generation to \"auto\" (ftc's fast path) or \"generate\""),
+        Rule("FTC783", "model.adapter {file} changed since this run trained on it ({changed})",
+             "the run's adapter was trained on top of that adapter as it was: restore it, or train again"),
     ]
 }
 

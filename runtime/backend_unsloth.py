@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from ftc.errors import FtcError
-from ftc.runtime.model import LoadedModel, ModelSetup, load_base_model, lora_kwargs, resolve_dtype
+from ftc.runtime.model import LoadedModel, ModelSetup, load_base_model, lora_kwargs, merge_adapter, resolve_dtype
 from ftc.runtime.trainer_config import checkpointing_key
 
 RANDOM_BASE = "random_base"
@@ -71,6 +71,8 @@ def unsloth_setup(model: dict, lora: dict, train: dict, *, seed: int, output_dir
         )
     except (OSError, RuntimeError, ValueError) as err:  # unsloth wraps a missing model in a RuntimeError
         raise FtcError("FTC713", path="model.name", name=name, loader="unsloth", reason=str(err).strip()) from err
+    if not random_init:  # a random base has model.adapter merged already (load_base_model, in _random_base)
+        base = merge_adapter(base, model)
     peft_model = FastLanguageModel.get_peft_model(
         base,
         **lora_kwargs(lora),

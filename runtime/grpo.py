@@ -19,7 +19,11 @@ Decisions that are not TRL defaults, and why:
 - The clipping and reward scaling are written out, not left to defaults: unsloth's config
   fills unset ones with its own choices for dapo (epsilon_high 0.28, masked truncations),
   which would make the two backends train one plan differently.
-- Generation is plain `model.generate` (no vLLM): one process, nothing to launch.
+- Generation (`train.grpo.generation`, `generation.py`): "auto" samples from a generation copy
+  with the LoRA merged in (re-merged after every optimizer step; static compiled KV cache on
+  CUDA), since the measured step is generation through the unmerged adapter; "generate" is
+  TRL's own; "vllm" TRL's colocated vLLM. The log-probs of the loss come from the training model
+  on every path. run.json's grpo.generation says what ran, why, and what the merges cost.
 - The eval prompts are generated for and scored every `train.eval_steps` steps (and after the
   last one); without eval_steps they are not used, since generating for a whole eval split is
   a cost to ask for.
@@ -31,6 +35,7 @@ from __future__ import annotations
 
 import json
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -40,6 +45,7 @@ from ftc.compiler.rewards import reward_from_dict
 from ftc.compiler.schedule import check_grpo_batch
 from ftc.errors import FtcError
 from ftc.runtime.metrics import TokenCounter, read_metrics
+from ftc.runtime.generation import FAST, VLLM, GenerationChoice, MergedGenerator, plan_generation
 from ftc.runtime.token_data import read_artifact
 from ftc.runtime.model import ModelSetup
 from ftc.runtime.rewards_trl import build_reward_funcs, reward_weights
@@ -66,6 +72,7 @@ class PromptData:
     eval_dataset: Any | None
     tokens_per_item: int
     prompt_ids: dict  # prompt_key(prompt) -> the compiled prompt ids (encode_prompt's), train and eval
+    generation: GenerationChoice  # what generates the completions, and why
 
 
 class GRPO:
@@ -76,6 +83,8 @@ class GRPO:
     def prepare(self, plan: Plan, train: dict, *, tokenizer: Any, world_size: int) -> PromptData:
         grpo = train["grpo"]
         check_grpo_batch(train, world_size=world_size)
+        generation = plan_generation(grpo["generation"], load_in_4bit=plan.settings["model"]["load_in_4bit"],
+                                     world_size=world_size)  # "vllm" without vllm is refused before any model loads
         resolved = list(grpo["rewards"])
         if not resolved:
             raise FtcError("FTC750", path="train.grpo.rewards")
@@ -91,7 +100,7 @@ class GRPO:
         return PromptData(train_path, eval_path, train_table, eval_table, {"train": train_prompts, "eval": eval_prompts},
                           resolved, reward_funcs, max_prompt, _dataset(train_table),
                           _dataset(eval_table) if eval_table is not None else None,
-                          max_prompt + grpo["max_completion_length"], prompt_ids)
+                          max_prompt + grpo["max_completion_length"], prompt_ids, generation)
 
     def check_model(self, setup: ModelSetup, data: PromptData) -> None:
         pass  # the prompt ids come from the compiler's token artifact, checked against the contract when read
@@ -116,13 +125,16 @@ class GRPO:
             mask_truncated_completions=grpo["mask_truncated_completions"],
             scale_rewards=grpo["scale_rewards"],
             reward_weights=reward_weights(data.rewards),
-            use_vllm=False,
+            use_vllm=data.generation.path == VLLM,
+            **({"vllm_mode": "colocate"} if data.generation.path == VLLM else {}),
             remove_unused_columns=False,  # the rewards read the dataset's own fields
             log_completions=False,
         )
 
     def trainer(self, data: PromptData, *, tokenizer: Any, setup: ModelSetup) -> tuple[type, dict]:
-        return _trainer_class(data.max_prompt_length, data.prompt_ids), {"reward_funcs": data.reward_funcs}
+        trainer_class = _trainer_class(data.max_prompt_length, data.prompt_ids, fast=data.generation.path == FAST)
+        print(f"ftc: GRPO generation: {data.generation.path} ({data.generation.reason})", file=sys.stderr)
+        return trainer_class, {"reward_funcs": data.reward_funcs}
 
     def flops(self, model: Any, data: PromptData, *, device: str) -> None:
         return None  # generation dominates a GRPO step; the training FLOPs alone would misstate MFU
@@ -154,11 +166,17 @@ class GRPO:
                 "scale_rewards": args.scale_rewards,
                 "first_reward": steps[0]["reward"] if steps else None,
                 "last_reward": steps[-1]["reward"] if steps else None,
+                # single steps are noisy (one prompt group each): the means over the first and last quarter of the steps
+                "first_quarter_reward": _quarter(steps, "reward", first=True),
+                "last_quarter_reward": _quarter(steps, "reward", first=False),
                 "rewards": [
                     {"name": d["name"], "kind": d["kind"], "weight": d["weight"],
-                     "first_mean": _first(steps, f"rewards/{d['name']}/mean"), "last_mean": _last(steps, f"rewards/{d['name']}/mean")}
+                     "first_mean": _first(steps, f"rewards/{d['name']}/mean"), "last_mean": _last(steps, f"rewards/{d['name']}/mean"),
+                     "first_quarter_mean": _quarter(steps, f"rewards/{d['name']}/mean", first=True),
+                     "last_quarter_mean": _quarter(steps, f"rewards/{d['name']}/mean", first=False)}
                     for d in data.rewards
                 ],
+                "generation": _generation_facts(data.generation, run.trainer),
                 "last_completion_mean_length": _last(steps, "completions/mean_length"),
                 # groups whose completions all scored alike give no advantage, hence no learning signal
                 "last_frac_reward_zero_std": _last(steps, "frac_reward_zero_std"),
@@ -238,10 +256,12 @@ def _dataset(table: Any) -> Any:
     return datasets.Dataset(table)
 
 
-def _trainer_class(max_prompt_length: int, prompt_ids: dict[str, list[int]], base: type | None = None) -> type:
+def _trainer_class(max_prompt_length: int, prompt_ids: dict[str, list[int]], base: type | None = None, *,
+                   fast: bool = False) -> type:
     """GRPOTrainer (or `base`, a class that stands for it) that cuts prompts to max_prompt_length
-    (TRL 1.x no longer does) and counts the tokens of every batch it trains on. FTC756 when the
-    class has no `_tokenize_prompts` to cut them in (another TRL than the README's)."""
+    (TRL 1.x no longer does), counts the tokens of every batch it trains on and, with `fast`,
+    samples from a merged generation copy (`generation.py`). FTC756 when the class has no
+    `_tokenize_prompts` to cut them in (another TRL than the README's)."""
     if base is None:
         from trl import GRPOTrainer
 
@@ -253,6 +273,33 @@ def _trainer_class(max_prompt_length: int, prompt_ids: dict[str, list[int]], bas
 
     class FtcGRPOTrainer(base):
         token_counter: TokenCounter | None = None
+        merged_generator: MergedGenerator | None = None
+        fast_generation = fast
+        fast_failed: str | None = None  # why the fast path fell back to TRL's, if it did
+
+        def _generate_single_turn(self, prompt_ids, images, multimodal_fields, num_generations, has_tool_images=False):
+            if not self.fast_generation or images is not None and any(images) or multimodal_fields:
+                return super()._generate_single_turn(prompt_ids, images, multimodal_fields, num_generations, has_tool_images)
+            import torch
+
+            if self.merged_generator is None:  # built at the first batch: the trainer has put the LoRA on by then
+                try:
+                    self.merged_generator = MergedGenerator(self.model, compile_cache=torch.cuda.is_available())
+                except Exception as err:  # a model PEFT cannot copy and merge (a backend's patched one): TRL's path, said
+                    self.fast_generation, self.fast_failed = False, f"{type(err).__name__}: {' '.join(str(err).split())[:200]}"
+                    print(f"ftc: WARNING the fast generation path failed ({self.fast_failed}); generating with TRL's "
+                          "model.generate instead (run.json grpo.generation)", file=sys.stderr)
+                    return super()._generate_single_turn(prompt_ids, images, multimodal_fields, num_generations, has_tool_images)
+            mode = "train" if self.model.training else "eval"
+            seconds = self.merged_generator.sync(self.model, self.state.global_step)  # once per optimizer step
+            if seconds is not None:
+                self._metrics[mode]["generation/merge_seconds"].append(seconds)
+            t0 = time.perf_counter()
+            completions = self.merged_generator.generate(
+                prompt_ids, generation_kwargs=self.generation_kwargs, eos_token_ids=list(self.eos_token_ids),
+                pad_token_id=self._tokenizer.pad_token_id, device=self.accelerator.device)
+            self._metrics[mode]["generation/seconds"].append(time.perf_counter() - t0)
+            return completions, None  # no sampler log-probs: the loss's come from the training model
 
         def _tokenize_prompts(self, prompts):
             # the compiled ids, not TRL's own tokenization: the very ids the lock records and `ftc infer`
@@ -268,6 +315,31 @@ def _trainer_class(max_prompt_length: int, prompt_ids: dict[str, list[int]], bas
             return inputs
 
     return FtcGRPOTrainer
+
+
+def _generation_facts(choice: GenerationChoice, trainer: Any) -> dict:
+    """run.json's grpo.generation: what generated the completions, why, and what the fast path's merges cost."""
+    facts: dict[str, Any] = {"asked": choice.asked, "path": choice.path, "reason": choice.reason}
+    failed = getattr(trainer, "fast_failed", None)
+    if failed:
+        facts.update(path="generate", reason=f"the fast path failed ({failed}); TRL's model.generate ran")
+    gen = getattr(trainer, "merged_generator", None)
+    if gen is not None:
+        merges = gen.merge_seconds
+        facts.update(copy_build_seconds=round(gen.build_seconds, 4), merges=len(merges),
+                     merge_seconds_mean=round(sum(merges) / len(merges), 5) if merges else None,
+                     static_compiled_cache=gen.compile_cache)
+    return facts
+
+
+def _quarter(rows: list[dict], key: str, *, first: bool) -> float | None:
+    """The mean of `key` over the first (or last) quarter of the rows that have it (at least one row)."""
+    values = [r[key] for r in rows if r.get(key) is not None]
+    if not values:
+        return None
+    n = max(1, len(values) // 4)
+    part = values[:n] if first else values[-n:]
+    return sum(part) / len(part)
 
 
 def _first(rows: list[dict], key: str) -> Any:
@@ -297,7 +369,10 @@ def _reward_report(output_dir: Path, facts: dict, metrics: list[dict], names: li
     lines = [
         "## Rewards", "",
         f"{g['num_generations']} completions per prompt, {g['prompts_per_generation']} prompt(s) per generation, "
-        f"at most {g['max_completion_length']} new tokens; loss {g['loss_type']}, beta {g['beta']:g}.", "",
+        f"at most {g['max_completion_length']} new tokens; loss {g['loss_type']}, beta {g['beta']:g}. "
+        f"Generation: {g['generation']['path']} ({g['generation']['reason']})"
+        + (f"; LoRA merge {g['generation']['merge_seconds_mean']:.3g} s per optimizer step"
+           if g["generation"].get("merge_seconds_mean") is not None else "") + ".", "",
         "| reward | kind | weight | first mean | last mean | eval mean |", "|---|---|---|---|---|---|",
         f"| **total** (weighted) | | | {_num(g['first_reward'])} | {_num(g['last_reward'])} | {_num(facts['eval'].get('reward'))} |",
         *rows, "",

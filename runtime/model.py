@@ -111,8 +111,8 @@ def load_base_model(model: dict, *, seed: int, device: str | None = None) -> Loa
             )
         finally:
             torch.random.set_rng_state(state)
-        fingerprint = weights_fingerprint(built)
-        built = built.to(dtype)
+        fingerprint = weights_fingerprint(built)  # of the base itself, before any adapter is merged in
+        built = merge_adapter(built, model, fingerprint=fingerprint).to(dtype)  # merged in float32, then cast
         return LoadedModel(built, dtype_name, device, True, fingerprint, built.num_parameters())
 
     kwargs: dict[str, Any] = {**common, "dtype": dtype}
@@ -131,6 +131,7 @@ def load_base_model(model: dict, *, seed: int, device: str | None = None) -> Loa
     except OSError as err:
         reason = OFFLINE_REASON if hub_kwargs(name) else str(err).strip()
         raise FtcError("FTC713", path="model.name", name=name, loader="transformers", reason=reason) from err
+    loaded = merge_adapter(loaded, model)
     return LoadedModel(loaded, dtype_name, device, False, "", loaded.num_parameters())
 
 
@@ -148,6 +149,46 @@ def refuse_unloadable(model: dict, device: str | None = None) -> None:
 
     if importlib.util.find_spec("bitsandbytes") is None:
         raise FtcError("FTC712", missing="the bitsandbytes package")
+
+
+def merge_adapter(base: Any, model: dict, *, fingerprint: str = "") -> Any:
+    """`base` with `model.adapter` (the earlier run a plan starts from) merged into its weights; `base`
+    itself when the plan names none. Merged, not stacked: the first adapter is frozen anyway, so
+    merging gives the same function while the training graph (and GRPO's generation, its cost)
+    carries one adapter's kernels, not two; and `ftc infer`/`eval`/`export` of the later run load
+    the base through this same function, so every command sees the same weights. A run folder
+    whose own run started from an adapter has that one merged first (a chain SFT -> SFT -> GRPO).
+
+    Refused: an adapter changed since the lock fingerprinted it (FTC783; `ftc run` refuses it
+    earlier, FTC520), a run folder trained on another random-init base (FTC781, by the
+    fingerprint of `base`'s weights), and an adapter that does not fit the base (FTC780)."""
+    folder = model.get("adapter")  # .get: a lock of an ftc before model.adapter has no such key
+    if not folder:
+        return base
+    import json
+    from pathlib import Path
+
+    from peft import PeftModel
+
+    from ftc.compiler.inputs import adapter_changes
+
+    folder = Path(folder)
+    changed = adapter_changes(folder, model["adapter_files"])
+    if changed:
+        raise FtcError("FTC783", file=str(folder), changed=", ".join(changed))
+    run_file = folder / "run.json"
+    if run_file.is_file():
+        facts = json.loads(run_file.read_text(encoding="utf-8"))
+        expected = facts["model"].get("fingerprint", "")
+        if fingerprint and expected and expected != fingerprint:
+            raise FtcError("FTC781", path="model.adapter", folder=str(folder), expected=expected[:12], got=fingerprint[:12])
+        base = merge_adapter(base, facts["settings"]["model"], fingerprint=fingerprint)
+    try:
+        peft_model = PeftModel.from_pretrained(base, str(folder))
+    except (RuntimeError, ValueError, KeyError) as err:  # size mismatch, target modules not in the base
+        reason = " ".join(str(err).split())[:300]
+        raise FtcError("FTC780", path="model.adapter", folder=str(folder), reason=reason) from err
+    return peft_model.merge_and_unload()
 
 
 def model_config(model: dict) -> Any:

@@ -129,7 +129,7 @@ def run_method(method: Method, plan: Plan, *, output_dir: Path, resume: bool = F
 
     started_at, t0 = datetime.now(timezone.utc), time.perf_counter()
     settings = plan.settings
-    model = {**settings["model"], "name": plan.model_location}  # a local model folder, absolute
+    model = plan.run_model  # model.name (and model.adapter) as local folders, absolute
     lora, tokenizer_path = settings["lora"], plan.tokenizer_location
 
     # ---- folder: resume or fresh start, never two runs mixed in one folder silently

@@ -1,0 +1,117 @@
+"""GRPO's fast generation path (runtime/generation.py) against the plain one, on the CPU.
+
+The plain path is what TRL does without vLLM: `generate` through the unmerged PEFT adapter.
+The fast path must give the same greedy completions and the same per-token log-probs (fp32:
+tight tolerance), and after an optimizer step the copy must follow the updated adapter (and
+must not before it is synced: else the test could not tell). Also: `train.grpo.generation`
+decides as documented, and "vllm" without vllm is FTC782 at `ftc run`, before any model loads.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("peft")
+
+from fixtures import write_tiny_model_dir  # noqa: E402
+
+from ftc.errors import FtcError  # noqa: E402
+from ftc.runtime.generation import FAST, GENERATE, MergedGenerator, cut_after_eos, plan_generation  # noqa: E402
+
+EOS, PAD = 2, 0
+PROMPTS = [[5, 17, 99, 4, 250], [7, 8, 9], [300, 301, 302, 303, 304, 305, 306]]
+GREEDY = {"max_new_tokens": 12, "do_sample": False, "pad_token_id": PAD, "eos_token_id": [EOS],
+          "temperature": None, "top_p": None, "top_k": None}
+
+
+@pytest.fixture(scope="module")
+def policy(tmp_path_factory):
+    """A tiny random Qwen2 with a LoRA whose B is not zero (a fresh LoRA would change nothing)."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    torch.manual_seed(0)
+    folder = write_tiny_model_dir(tmp_path_factory.mktemp("m") / "tiny", vocab_size=1024, eos_token_id=EOS,
+                                  pad_token_id=PAD, bos_token_id=None, initializer_range=0.2)
+    base = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(folder), dtype=torch.float32)
+    model = get_peft_model(base, LoraConfig(r=8, lora_alpha=16, target_modules="all-linear", task_type="CAUSAL_LM"))
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.05)
+    return model
+
+
+def plain_generate(model, prompts: list[list[int]]) -> list[list[int]]:
+    """TRL's path: left-padded batch through the PEFT model."""
+    from transformers import GenerationConfig
+
+    width = max(map(len, prompts))
+    ids = torch.tensor([[PAD] * (width - len(p)) + p for p in prompts])
+    mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts])
+    with torch.no_grad():
+        out = model.generate(input_ids=ids, attention_mask=mask, generation_config=GenerationConfig(**GREEDY))
+    return cut_after_eos(out[:, width:].tolist(), [EOS])
+
+
+def token_logprobs(model, prompt: list[int], completion: list[int]) -> torch.Tensor:
+    ids = torch.tensor([prompt + completion])
+    with torch.no_grad():
+        logits = model(input_ids=ids).logits[0, len(prompt) - 1 : -1].float()
+    return torch.log_softmax(logits, -1).gather(-1, torch.tensor(completion)[:, None])[:, 0]
+
+
+def test_fast_path_gives_the_plain_paths_greedy_completions_and_log_probs(policy):
+    policy.eval()
+    fast = MergedGenerator(policy, compile_cache=False)
+    fast.sync(policy, step=0)
+    want = plain_generate(policy, PROMPTS)
+    got = fast.generate(PROMPTS, generation_kwargs=GREEDY, eos_token_ids=[EOS], pad_token_id=PAD, device="cpu")
+    assert got == want
+    assert any(len(c) > 3 for c in got)  # something was generated to compare
+    for prompt, completion in zip(PROMPTS, got):
+        torch.testing.assert_close(token_logprobs(fast.copy, prompt, completion), token_logprobs(policy, prompt, completion),
+                                   atol=1e-4, rtol=1e-4)
+
+
+def test_after_an_optimizer_step_the_copy_follows_the_adapter(policy):
+    fast = MergedGenerator(policy, compile_cache=False)
+    fast.sync(policy, step=0)
+    before = plain_generate(policy, PROMPTS)
+    policy.train()
+    opt = torch.optim.SGD([p for p in policy.parameters() if p.requires_grad], lr=5.0)
+    # one step that pushes up a token the policy does not pick now: its greedy completions change
+    target = 777
+    for _ in range(3):
+        opt.zero_grad()
+        loss = -torch.log_softmax(policy(input_ids=torch.tensor([PROMPTS[0]])).logits[0, -1], -1)[target]
+        loss.backward()
+        opt.step()
+    policy.eval()
+    after = plain_generate(policy, PROMPTS)
+    assert after != before  # the step changed the policy's greedy completions
+    stale = fast.generate(PROMPTS, generation_kwargs=GREEDY, eos_token_ids=[EOS], pad_token_id=PAD, device="cpu")
+    assert stale == before  # not synced yet: still the old weights (so the next assert can fail)
+    assert fast.sync(policy, step=0) is None  # the same optimizer step: nothing to merge again
+    assert fast.sync(policy, step=1) is not None
+    got = fast.generate(PROMPTS, generation_kwargs=GREEDY, eos_token_ids=[EOS], pad_token_id=PAD, device="cpu")
+    assert got == after
+    assert len(fast.merge_seconds) == 2 and all(s >= 0 for s in fast.merge_seconds)
+
+
+def test_generation_choice():
+    assert plan_generation("auto", load_in_4bit=False, world_size=1).path == FAST
+    assert plan_generation("auto", load_in_4bit=True, world_size=1).path == GENERATE
+    assert plan_generation("auto", load_in_4bit=False, world_size=2).path == GENERATE
+    assert plan_generation("generate", load_in_4bit=False, world_size=1).path == GENERATE
+
+
+@pytest.mark.skipif(importlib.util.find_spec("vllm") is not None, reason="vllm is installed here")
+def test_vllm_without_vllm_is_refused_naming_the_key():
+    with pytest.raises(FtcError) as err:
+        plan_generation("vllm", load_in_4bit=False, world_size=1)
+    assert err.value.code == "FTC782" and err.value.path == "train.grpo.generation"
+    assert "vllm does not import" in str(err.value)
