@@ -8,20 +8,24 @@ from __future__ import annotations
 
 import hashlib
 import os
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
+from typing import Mapping
 
 import pyarrow as pa
 
 from ftc import __version__
-from ftc.compiler import render
+from ftc.compiler import cache, render
+from ftc.compiler.cache import store
 from ftc.compiler.lock import LOCK_VERSION, Plan, relpath, seal
 from ftc.compiler.lock import write_lock as write_lock_file
 from ftc.compiler.normalize import INTERNAL, Normalizer, Stage
 from ftc.compiler.recipe import Recipe
 from ftc.compiler.schedule import check_grpo_batch, derive_schedule
+from ftc.compiler.progress import Clock
 from ftc.compiler.sources import load_source
+from ftc.errors import FtcError
 
 OUTPUTS = {"text": ["text"], "prompt_completion": ["prompt", "completion"], "prompt": ["prompt"], "messages": ["messages"]}
 VERSIONED = ("duckdb", "pyarrow", "jinja2", "jsonschema")
@@ -31,35 +35,33 @@ VERSIONED = ("duckdb", "pyarrow", "jinja2", "jsonschema")
 class Compiled:
     lock: dict
     lock_path: Path
-    splits: dict[str, pa.Table]
-    tokens: dict[str, pa.Table]  # empty when compiled with tokenize=False
+    splits: Mapping[str, pa.Table]
+    tokens: Mapping[str, pa.Table]  # empty when compiled with tokenize=False
+    clock: Clock = field(default_factory=Clock)  # seconds per stage, and the stages a recompile reused
 
 
 def compile_recipe(recipe: Recipe, lock_path: Path, *, progress: bool = False, write: bool = True, tokenize: bool = True,
                    write_lock: bool = True) -> Compiled:
-    """Compile; ``write`` puts artifacts in the cache, ``write_lock`` also writes the lock and its reports."""
+    """Compile; ``write`` puts artifacts in the cache, ``write_lock`` also writes the lock and its reports.
+
+    With ``write``, what the content fingerprints say is unchanged is taken from the cache
+    (``cache.py``): the whole data-and-tokens half, or only the normalized rows.
+    """
     file = str(recipe.path)
+    clock = Clock(progress)
+    versions = _versions(tokenize)
+    store = cache.Cache(cache.cache_root(recipe)) if write else None
+    with clock.stage("fingerprint"):
+        norm_key = cache.normalized_key(recipe, versions) if store else None
+        try:
+            key = cache.plan_key(recipe, norm_key, _templates(recipe, recipe.data["template"]), versions, tokenize)
+        except FtcError:  # the cold compile reports it where it always has
+            key = None
+        entry = store.get("plan", key) if store else None
+    if entry is not None:
+        return _reused(recipe, lock_path, store, entry, versions, clock, tokenize=tokenize, write_lock=write_lock)
     norm = Normalizer(file)
-
-    # 1. sources, each with its own transforms
-    source_facts, tables, ord_base = {}, {}, 0
-    for name, spec in recipe.data["sources"].items():
-        sd = load_source(recipe, name, spec, progress=progress)
-        n = sd.table.num_rows
-        malformed = sum(f.malformed_rows for f in sd.files)
-        norm.stages.append(Stage(f"sources.{name}: read", n + malformed, n, {"malformed row (parser skipped it)": malformed} if malformed else {}))
-        table = sd.table.append_column("_ord", pa.array(range(ord_base, ord_base + n), pa.int64()))
-        ord_base += n
-        t = norm.register(table)
-        for i, step in enumerate(spec["transforms"]):
-            t = norm.apply(t, step, f"sources.{name}.transforms[{i}]")
-        tables[name] = t
-        source_facts[name] = sd.hf if sd.hf is not None else {"files": [f.to_lock() for f in sd.files], "rows": n}
-
-    # 2. mixture, then the recipe-wide transforms
-    t = norm.mix(tables, recipe.data["mix"]) if len(tables) > 1 or recipe.data["mix"] else next(iter(tables.values()))
-    for i, step in enumerate(recipe.data["transforms"]):
-        t = norm.apply(t, step, f"transforms[{i}]")
+    t, source_facts = _normalized(recipe, norm, store, norm_key, clock)
 
     # 3. templates: checked against the fields before any row is rendered
     tpl_spec = recipe.data["template"]
@@ -73,35 +75,28 @@ def compile_recipe(recipe: Recipe, lock_path: Path, *, progress: bool = False, w
     if fmt == "messages" and isinstance(tpl_spec["messages"], dict):
         src = tpl_spec["messages"]["field"]
         norm._check_fields(t, [src], "template.messages.field")
-
-    if recipe.data["train"]["method"] == "grpo":
-        from ftc.compiler.rewards import check_rewards
-
-        check_grpo_batch(recipe.data["train"], file=file)
-        grpo = recipe.data["train"]["grpo"]
-        grpo["rewards"] = check_rewards(grpo["rewards"], fields=fields, allow_python=grpo["allow_python"],
-                                        recipe_dir=recipe.dir, file=file)
+    _check_grpo(recipe, fields)
 
     # 4. split, deterministic from a hash of key fields
     default_key = sorted({v for tpl in templates.values() for v in render.variables(tpl)} & fields) or sorted(fields)
-    train_t, eval_t = norm.split(t, recipe.data["split"], default_key)
+    with clock.stage("split"):
+        train_t, eval_t = norm.split(t, recipe.data["split"], default_key)
 
     # 5. render and write each split
     splits, artifacts, samples, rendered_by = {}, {}, {}, {}
-    cache = recipe.resolve_path(recipe.data["output"]["cache_dir"]) / "data"
+    cache_dir = cache.cache_root(recipe) / "data"
     for split, st in (("train", train_t), ("eval", eval_t)):
-        table = _render_split(norm, st, tpl_spec, templates, types, rendered_by)
+        with clock.stage("render"):
+            table = _render_split(norm, st, tpl_spec, templates, types, rendered_by)
         splits[split] = table
         if table.num_rows == 0 and split == "eval":
             continue
-        artifacts[split] = _write_parquet(table, cache, split, recipe.dir, write)
+        with clock.stage("write"):
+            artifacts[split] = _write_parquet(table, cache_dir, split, recipe.dir, write)
         samples[split] = [_sample(r, fmt) for r in table.slice(0, 2).to_pylist()]
 
-    lock = {
-        "lock_version": LOCK_VERSION,
-        "ftc_version": __version__,
-        "recipe": {"path": relpath(recipe.path, lock_path.parent), "sha256": recipe.sha256, "overrides": list(recipe.overrides)},
-        "settings": recipe.data,
+    lock = _lock_head(recipe, lock_path, versions)
+    lock.update({
         "sources": source_facts,
         "stages": [s.to_lock() for s in norm.stages],
         "templates": {
@@ -110,26 +105,122 @@ def compile_recipe(recipe: Recipe, lock_path: Path, *, progress: bool = False, w
         },
         "samples": samples,
         "artifacts": {"data": artifacts},
-        "versions": _versions(),
-    }
+    })
     sequences = splits["train"].num_rows
     token_tables: dict[str, pa.Table] = {}
+    tokens = None
     if tokenize:
-        tokens = _tokenize(recipe, splits, cache, write)
+        from ftc.compiler.tokens import tokenize_splits
+
+        tokens = tokenize_splits(recipe, splits, cache_dir.parent / "tokens", write, clock)
         lock["tokens"] = tokens["lock"]
         lock["artifacts"]["tokens"] = tokens["artifacts"]
         lock["stages"] += tokens["stages"]
-        lock["versions"]["tokenizers"] = _version("tokenizers")
-        lock["versions"]["transformers"] = _version("transformers")
         sequences = tokens["train_sequences"]
         token_tables = tokens["tables"]
-        if write and write_lock:
-            _write_reports(tokens, lock_path)
+    png = None
+    if tokens is not None and write and write_lock:
+        from ftc.compiler.tokens import write_reports
+
+        png = write_reports(lock, tokens["info"], lock_path, lengths=tokens["lengths"])
+    if store is not None:
+        cache.keep_plan(store, key, lock, recipe.dir, normalized=norm_key, train_sequences=sequences, fields=sorted(fields),
+                        report={"info": asdict(tokens["info"])} if tokens is not None else None, png=png)
     lock["schedule"] = derive_schedule(recipe.data["train"], sequences, file=file)
     lock = seal(lock)
     if write and write_lock:
         write_lock_file(lock, lock_path)
-    return Compiled(lock, lock_path, splits, token_tables)
+    return Compiled(lock, lock_path, splits, token_tables, clock)
+
+
+def _lock_head(recipe: Recipe, lock_path: Path, versions: dict) -> dict:
+    """The lock's values that come from the recipe and the installed packages, never from the cache."""
+    return {
+        "lock_version": LOCK_VERSION,
+        "ftc_version": __version__,
+        "recipe": {"path": relpath(recipe.path, lock_path.parent), "sha256": recipe.sha256, "overrides": list(recipe.overrides)},
+        "settings": recipe.data,
+        "versions": dict(versions),
+    }
+
+
+def _check_grpo(recipe: Recipe, fields: set[str]) -> None:
+    """GRPO's batch rule and its rewards, checked against the fields (which resolves them into the settings)."""
+    if recipe.data["train"]["method"] != "grpo":
+        return
+    from ftc.compiler.rewards import check_rewards
+
+    file = str(recipe.path)
+    check_grpo_batch(recipe.data["train"], file=file)
+    grpo = recipe.data["train"]["grpo"]
+    grpo["rewards"] = check_rewards(grpo["rewards"], fields=fields, allow_python=grpo["allow_python"],
+                                    recipe_dir=recipe.dir, file=file)
+
+
+def _normalized(recipe: Recipe, norm: Normalizer, store: cache.Cache | None, key: str | None,
+                clock: Clock) -> tuple[str, dict]:
+    """Steps 1 and 2 (sources with their transforms, the mixture, the recipe-wide transforms), or
+    their result from the cache; the table's name in ``norm`` and the sources' lock facts."""
+    entry = store.get(cache.NORMALIZED, key) if store else None
+    if entry is not None:
+        with clock.stage("read"):
+            t = cache.restore_normalized(norm, store, entry)
+        if t is not None:
+            norm.stages = [Stage(**s) for s in entry["stages"]]
+            clock.reused += ["read", "normalize"]
+            return t, entry["sources"]
+    file = str(recipe.path)
+    # 1. sources, each with its own transforms
+    source_facts, tables, ord_base = {}, {}, 0
+    for name, spec in recipe.data["sources"].items():
+        with clock.stage("read"):
+            sd = load_source(recipe, name, spec, progress=clock.show)
+        n = sd.table.num_rows
+        malformed = sum(f.malformed_rows for f in sd.files)
+        norm.stages.append(Stage(f"sources.{name}: read", n + malformed, n, {"malformed row (parser skipped it)": malformed} if malformed else {}))
+        table = sd.table.append_column("_ord", pa.array(range(ord_base, ord_base + n), pa.int64()))
+        ord_base += n
+        with clock.stage("normalize"):
+            t = norm.register(table)
+            for i, step in enumerate(spec["transforms"]):
+                t = norm.apply(t, step, f"sources.{name}.transforms[{i}]")
+        tables[name] = t
+        source_facts[name] = sd.hf if sd.hf is not None else {"files": [f.to_lock() for f in sd.files], "rows": n}
+
+    # 2. mixture, then the recipe-wide transforms
+    with clock.stage("normalize"):
+        t = norm.mix(tables, recipe.data["mix"]) if len(tables) > 1 or recipe.data["mix"] else next(iter(tables.values()))
+        for i, step in enumerate(recipe.data["transforms"]):
+            t = norm.apply(t, step, f"transforms[{i}]")
+    if store is not None and key is not None:
+        with clock.stage("normalize"):
+            t = cache.keep_normalized(norm, store, key, t, [s.to_lock() for s in norm.stages], source_facts)
+    return t, source_facts
+
+
+def _reused(recipe: Recipe, lock_path: Path, store: cache.Cache, entry: dict, versions: dict, clock: Clock, *,
+            tokenize: bool, write_lock: bool) -> Compiled:
+    """The lock from a plan entry: the cold compile's values, the recipe's settings, a fresh schedule."""
+    _check_grpo(recipe, set(entry["fields"]))
+    lock = _lock_head(recipe, lock_path, versions)
+    lock.update(cache.plan_lock_parts(store, entry, recipe.dir))
+    clock.reused += ["read", "normalize", "split", "render", "write"] + (["tokenize", "pack"] if tokenize else [])
+    if tokenize and write_lock:
+        from ftc.compiler.tokenizer import TokenizerInfo
+        from ftc.compiler.tokens import write_reports
+
+        png = entry["report"].get("png")
+        write_reports(lock, TokenizerInfo(**entry["report"]["info"]), lock_path,
+                       png=store.root / png["path"] if png else None,
+                       lengths=None if png else {s: cache.lazy(recipe.dir, lock["artifacts"]["tokens"], (s,))[s]
+                                                 .column("length").to_pylist() for s in lock["artifacts"]["tokens"]})
+    lock["schedule"] = derive_schedule(recipe.data["train"], entry["train_sequences"], file=str(recipe.path))
+    lock = seal(lock)
+    if write_lock:
+        write_lock_file(lock, lock_path)
+    arts = lock["artifacts"]
+    return Compiled(lock, lock_path, cache.lazy(recipe.dir, arts["data"], ("train", "eval")),
+                    cache.lazy(recipe.dir, arts["tokens"], tuple(arts["tokens"])) if tokenize else {}, clock)
 
 
 def _templates(recipe: Recipe, spec: dict) -> dict[str, render.Template]:
@@ -243,8 +334,8 @@ def _write_parquet(table: pa.Table, cache: Path, split: str, recipe_dir: Path, w
     data = tmp.read_bytes()
     digest = hashlib.sha256(data).hexdigest()
     path = cache / f"{split}-{digest[:16]}.parquet"
-    if write and not path.exists():
-        tmp.replace(path)
+    if write:
+        store(tmp, path, digest)  # an existing file of that name is kept only when its bytes match
     else:
         tmp.unlink()
     return {
@@ -266,8 +357,12 @@ def _version(pkg: str) -> str | None:
         return None
 
 
-def _versions() -> dict:
-    return {"ftc": __version__, **{pkg: _version(pkg) for pkg in VERSIONED}}
+def _versions(tokenize: bool) -> dict:
+    """The lock's package versions: the tokenizer's packages only when the plan has tokens."""
+    out = {"ftc": __version__, **{pkg: _version(pkg) for pkg in VERSIONED}}
+    if tokenize:
+        out.update({pkg: _version(pkg) for pkg in ("tokenizers", "transformers")})
+    return out
 
 
 def tokenizer_location(recipe: Recipe) -> str:
@@ -290,74 +385,3 @@ def rebuild(plan: Plan) -> Compiled:
         raise FtcError("FTC504", file=str(plan.recipe_file), what="recompiling it gives a different plan",
                        recipe=plan.recipe_file, lock=plan.lock_path)
     return again
-
-
-def _tokenize(recipe: Recipe, splits: dict[str, pa.Table], cache: Path, write: bool) -> dict:
-    """Tokenize every split, plan packing, write the token artifacts; the facts for the lock."""
-    from ftc.compiler import pack
-    from ftc.compiler.encode import tokenize
-    from ftc.compiler.tokenizer import load_tokenizer
-
-    model, train = recipe.data["model"], recipe.data["train"]
-    tok, info = load_tokenizer(tokenizer_location(recipe), model.get("tokenizer_revision"))
-    fmt = recipe.data["template"]["format"]
-    max_len = model["max_seq_length"]
-    packing = train["packing"] and train["method"] == "sft"
-    stats, arts, stages, lengths, pack_facts, tables, warnings = {}, {}, [], {}, {}, {}, []
-    train_sequences = splits["train"].num_rows
-    for split, table in splits.items():
-        if table.num_rows == 0:
-            continue
-        res = tokenize(table, fmt, tok, max_seq_length=max_len, overlong=train["overlong"],
-                       completion_only_loss=train["completion_only_loss"], assistant_only_loss=train["assistant_only_loss"])
-        stages.append(Stage(f"tokenize ({split})", table.num_rows, res.table.num_rows, dict(res.dropped)).to_lock())
-        warnings += [{"split": split, **w} for w in res.warnings]
-        if res.table.num_rows == 0:
-            from ftc.errors import FtcError
-
-            raise FtcError("FTC302", file=str(recipe.path), stage=f"tokenize ({split})",
-                           counts=", ".join(f"{k}: {v}" for k, v in res.dropped.items()))
-        out = res.table
-        lens = out.column("length").to_pylist()
-        lengths[split] = lens
-        if packing:
-            bins = pack.pack_bfd(lens, max_len)
-            order, bin_of = [], []
-            for b, rows in enumerate(bins):
-                order += rows
-                bin_of += [b] * len(rows)
-            out = out.take(pa.array(order, pa.int64())).append_column("pack", pa.array(bin_of, pa.int32()))
-            pack_facts[split] = {"sequences": len(bins), "capacity": max_len,
-                                 "efficiency": round(pack.packing_efficiency(lens, bins, max_len), 6)}
-            if split == "train":
-                train_sequences = len(bins)
-        stats[split] = res.stats
-        tables[split] = out
-        arts[split] = _write_parquet(out, cache.parent / "tokens", split, recipe.dir, write)
-    lock = {
-        "tokenizer": {"name": model["tokenizer"], "revision": info.revision, "fingerprint": info.fingerprint,
-                      "eos_token": info.eos_token, "eos_token_id": info.eos_token_id, "pad_token_id": info.pad_token_id,
-                      "vocab_size": info.vocab_size},
-        "max_seq_length": max_len,
-        "overlong": train["overlong"],
-        "stats": stats,
-        "packing": pack_facts.get("train"),
-        "packing_by_split": pack_facts or None,
-    }
-    if warnings:  # only when there are any, so plans without one keep their hash
-        lock["warnings"] = warnings
-    return {"lock": lock, "artifacts": arts, "stages": stages, "lengths": lengths, "info": info, "tables": tables,
-            "train_sequences": train_sequences, "max_len": max_len}
-
-
-def _write_reports(tokens: dict, lock_path: Path) -> None:
-    """The length histogram and the data report, beside the lock."""
-    from ftc.compiler.views import data_report_md, length_histogram_png
-
-    stem = lock_path.with_suffix("")
-    lock_path.parent.mkdir(parents=True, exist_ok=True)
-    length_histogram_png(tokens["lengths"], f"{stem}.lengths.png", tokens["max_len"])
-    dropped = {st["stage"][len("tokenize ("):-1]: st["dropped"] for st in tokens["stages"]}
-    report = data_report_md(tokens["lock"]["stats"], tokens["info"], tokens["lock"]["packing"], dropped_by_split=dropped,
-                            histogram=Path(f"{stem}.lengths.png").name, warnings=tokens["lock"].get("warnings"))
-    Path(f"{stem}.report.md").write_text(report, encoding="utf-8")

@@ -161,6 +161,7 @@ RULES: dict[str, Rule] = {
              "the lock holds the sha256 of the reward file that was reviewed: recompile the recipe so it records the file you mean to run (`ftc compile RECIPE -o LOCK`)"),
         Rule("FTC508", "{file} is a recipe, not a plan.lock (it has sources and no plan_hash)",
              "that is a recipe; compile it first: ftc compile {file} -o plan.lock (then give plan.lock here)"),
+        Rule("FTC530", "ftc clean: {file} is not a folder", "give the project folder that holds the locks and their caches (default: .)"),
         # ---- 6xx the tokenizer and tokenization
         Rule("FTC600", "cannot load tokenizer {name!r}: {reason}", "offline? point model.tokenizer at a local folder: --set model.tokenizer=PATH"),
         Rule("FTC602", "row {row} is {tokens} tokens, longer than max_seq_length {max_seq_length} ({count} rows are)",
