@@ -370,4 +370,6 @@ def clean(project: Path, everything: bool = False) -> dict:
         for sub in (ENTRIES, *ARTIFACT_FOLDERS):
             if (root / sub).is_dir() and not any((root / sub).iterdir()):
                 (root / sub).rmdir()
+        if root.is_dir() and not any(root.iterdir()):
+            root.rmdir()
     return removed
