@@ -6,17 +6,17 @@ collects the facts that go into the lock.
 
 from __future__ import annotations
 
-import hashlib
 import os
 from dataclasses import asdict, dataclass, field
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
-from typing import Mapping
+from typing import Iterable, Iterator, Mapping
 
 import pyarrow as pa
 
 from ftc import __version__
 from ftc.compiler import cache, render
+from ftc.compiler.cache import file_sha256 as cache_file_sha256
 from ftc.compiler.cache import store
 from ftc.compiler.lock import LOCK_VERSION, Plan, relpath, seal
 from ftc.compiler.lock import write_lock as write_lock_file
@@ -29,6 +29,7 @@ from ftc.errors import FtcError
 
 OUTPUTS = {"text": ["text"], "prompt_completion": ["prompt", "completion"], "prompt": ["prompt"], "messages": ["messages"]}
 VERSIONED = ("duckdb", "pyarrow", "jinja2", "jsonschema")
+WRITE_BATCH = 2048  # rows per batch handed to DuckDB's Parquet writer; divides ROW_GROUP_SIZE
 
 
 @dataclass
@@ -305,7 +306,8 @@ def _render_split(norm: Normalizer, t: str, spec: dict, templates, types, render
     return table
 
 
-def _write_parquet(table: pa.Table, cache: Path, split: str, recipe_dir: Path, write: bool) -> dict:
+def _write_parquet(table: pa.Table | Iterable[pa.Table], cache: Path, split: str, recipe_dir: Path, write: bool,
+                   schema: pa.Schema | None = None) -> dict:
     """Content-addressed Parquet: the file name carries its own sha256.
 
     DuckDB writes it (row groups encoded in parallel) from its own connection, which
@@ -316,7 +318,8 @@ def _write_parquet(table: pa.Table, cache: Path, split: str, recipe_dir: Path, w
     batches in their order (an ORDER BY would pin the same order at twice the cost);
     and the row groups, which DuckDB cuts at batch boundaries, so the table is handed
     over in batches of 2,048 rows whatever chunks it arrived in (DuckDB's result
-    chunks vary from run to run).
+    chunks vary from run to run). ``table`` may also be an iterable of tables (of ``schema``),
+    written as they come: the same 2,048-row batches, so the same bytes, in bounded memory.
     """
     import duckdb
 
@@ -324,15 +327,25 @@ def _write_parquet(table: pa.Table, cache: Path, split: str, recipe_dir: Path, w
     tmp = cache / f".{split}-{os.getpid()}.parquet.tmp"
     con = duckdb.connect(":memory:", config={"threads": 2, "preserve_insertion_order": True})
     try:
-        batch = 2048  # divides ROW_GROUP_SIZE
-        batches = [b for i in range(0, table.num_rows, batch) for b in table.slice(i, batch).combine_chunks().to_batches()]
-        con.register("artifact", pa.Table.from_batches(batches, table.schema))
+        if isinstance(table, pa.Table):
+            schema, rows = table.schema, table.num_rows
+            con.register("artifact", pa.Table.from_batches(list(rebatch([table], WRITE_BATCH)), schema))
+        else:
+            counted = [0]
+
+            def stream():
+                for b in rebatch(table, WRITE_BATCH):
+                    counted[0] += b.num_rows
+                    yield b
+
+            con.register("artifact", pa.RecordBatchReader.from_batches(schema, stream()))
         con.execute(f"COPY (SELECT * FROM artifact) TO '{str(tmp).replace(chr(39), chr(39) * 2)}' "
                     "(FORMAT parquet, COMPRESSION zstd, ROW_GROUP_SIZE 65536)").fetchall()
     finally:
         con.close()
-    data = tmp.read_bytes()
-    digest = hashlib.sha256(data).hexdigest()
+    if not isinstance(table, pa.Table):
+        rows = counted[0]
+    digest = cache_file_sha256(tmp)
     path = cache / f"{split}-{digest[:16]}.parquet"
     if write:
         store(tmp, path, digest)  # an existing file of that name is kept only when its bytes match
@@ -341,9 +354,25 @@ def _write_parquet(table: pa.Table, cache: Path, split: str, recipe_dir: Path, w
     return {
         "path": relpath(path, recipe_dir),  # the lock's one rule: relative to the recipe's folder
         "sha256": digest,
-        "rows": table.num_rows,
-        "schema": {f.name: str(f.type) for f in table.schema},
+        "rows": rows,
+        "schema": {f.name: str(f.type) for f in schema},
     }
+
+
+def rebatch(tables: Iterable[pa.Table], size: int) -> Iterator[pa.RecordBatch]:
+    """Record batches of exactly ``size`` rows (the last one shorter), whatever sizes the tables come in."""
+    held: list[pa.Table] = []
+    n = 0
+    for t in tables:
+        held.append(t)
+        n += t.num_rows
+        while n >= size:
+            whole = pa.concat_tables(held)
+            yield from whole.slice(0, size).combine_chunks().to_batches()
+            rest = whole.slice(size)
+            held, n = [rest], rest.num_rows
+    if n:
+        yield from pa.concat_tables(held).combine_chunks().to_batches()
 
 
 def _sample(row: dict, fmt: str) -> dict:

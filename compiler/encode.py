@@ -57,6 +57,7 @@ class TokenizeResult:
     stats: dict  # ints only, so the lock can hold them verbatim
     dropped: dict[str, int]  # reason -> rows
     warnings: list[dict] = field(default_factory=list)  # plain JSON, for the lock: kind, rows, of, example
+    checked: dict[str, int] = field(default_factory=dict)  # warning kind -> rows checked for it (a warning's "of")
 
 
 def encode_prompt(tokenizer: Any, prompt: str | Sequence[dict]) -> list[int]:
@@ -106,6 +107,7 @@ def tokenize(
     row_ids = table.column("row_id").combine_chunks() if table.num_rows else pa.array([], pa.string())
     eos = int(tokenizer.eos_token_id)
     warning = None
+    checked: dict[str, int] = {}
 
     if fmt == "text":
         rows = _append_eos(_plain_prompts(tokenizer, _strings(table, "text", row_ids)), eos)
@@ -114,16 +116,20 @@ def tokenize(
         completion = _strings(table, "completion", row_ids)
         rows, warning = _encode_pair(tokenizer, prompt, completion, row_ids, train_prompt=not completion_only_loss,
                                      eos=eos)
+        checked[MERGE] = len(row_ids)
     elif fmt == "prompt_completion":
         prompts = table.column("prompt").to_pylist()
         completion = _strings(table, "completion", row_ids).to_pylist()
         chats = [list(p) + [{"role": "assistant", "content": c}] for p, c in zip(prompts, completion)]
         rows = _encode_chat(tokenizer, chats, row_ids, masked=completion_only_loss, what="completion_only_loss")
         warning = _check_chat_prompts(tokenizer, rows, prompts, row_ids)
+        checked[CHAT_PROMPT] = sum(1 for p in prompts if p)
     elif fmt == "messages":
         chats = table.column("messages").to_pylist()
         rows = _encode_chat(tokenizer, chats, row_ids, masked=assistant_only_loss, what="assistant_only_loss")
-        warning = _check_chat_prompts(tokenizer, rows, [chat_prompt(c) for c in chats], row_ids)
+        prompts = [chat_prompt(c) for c in chats]
+        warning = _check_chat_prompts(tokenizer, rows, prompts, row_ids)
+        checked[CHAT_PROMPT] = sum(1 for p in prompts if p)
     else:  # prompt: exactly what encode_prompt gives, nothing trained
         if _is_chat(table.schema.field("prompt").type):
             rows = _encode_chat(tokenizer, table.column("prompt").to_pylist(), row_ids, generation_prompt=True)
@@ -132,7 +138,7 @@ def tokenize(
         rows.labels = np.full_like(rows.ids, IGNORE)
 
     table_out, stats, dropped = finish(rows, row_ids, fmt, max_seq_length=max_seq_length, overlong=overlong)
-    return TokenizeResult(table_out, stats, dropped, [warning] if warning else [])
+    return TokenizeResult(table_out, stats, dropped, [warning] if warning else [], checked)
 
 
 def chat_prompt(turns: list[dict] | None) -> list[dict] | None:
