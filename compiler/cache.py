@@ -157,19 +157,19 @@ def normalized_key(recipe: Recipe, versions: dict) -> str | None:
                    **{k: data[k] for k in ("sources", "transforms", "mix")}})
 
 
-def plan_key(recipe: Recipe, norm_key: str | None, templates: dict, versions: dict, tokenize: bool) -> str | None:
+def plan_key(recipe: Recipe, norm_key: str | None, templates: dict, versions: dict, tokenize: bool,
+             tokenizer_location: str) -> str | None:
     """Fingerprint of everything the lock's data, tokens and reports depend on, but the schedule."""
     if norm_key is None:
         return None
     data = recipe.data
     tokenizer = None
     if tokenize:
-        from ftc.compiler.compile import tokenizer_location
         from ftc.compiler.tokenizer import fingerprint
 
         model = data["model"]
         try:
-            tokenizer = fingerprint(tokenizer_location(recipe), model.get("tokenizer_revision"))
+            tokenizer = fingerprint(tokenizer_location, model.get("tokenizer_revision"))
         except Exception:  # noqa: BLE001 - cannot fingerprint cheaply: the cold compile loads it and says why
             return None
         if not tokenizer:

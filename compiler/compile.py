@@ -6,18 +6,16 @@ collects the facts that go into the lock.
 
 from __future__ import annotations
 
-import os
 from dataclasses import asdict, dataclass, field
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
-from typing import Iterable, Iterator, Mapping
+from typing import Mapping
 
 import pyarrow as pa
 
 from ftc import __version__
 from ftc.compiler import cache, render
-from ftc.compiler.cache import file_sha256 as cache_file_sha256
-from ftc.compiler.cache import store
+from ftc.compiler.artifacts import write_parquet
 from ftc.compiler.lock import LOCK_VERSION, Plan, relpath, seal
 from ftc.compiler.lock import write_lock as write_lock_file
 from ftc.compiler.normalize import INTERNAL, Normalizer, Stage
@@ -25,11 +23,11 @@ from ftc.compiler.recipe import Recipe
 from ftc.compiler.schedule import check_grpo_batch, derive_schedule
 from ftc.compiler.progress import Clock
 from ftc.compiler.sources import load_source
+from ftc.compiler.tokens import tokenize_splits, tokenizer_location, write_reports
 from ftc.errors import FtcError
 
 OUTPUTS = {"text": ["text"], "prompt_completion": ["prompt", "completion"], "prompt": ["prompt"], "messages": ["messages"]}
 VERSIONED = ("duckdb", "pyarrow", "jinja2", "jsonschema")
-WRITE_BATCH = 2048  # rows per batch handed to DuckDB's Parquet writer; divides ROW_GROUP_SIZE
 
 
 @dataclass
@@ -55,7 +53,8 @@ def compile_recipe(recipe: Recipe, lock_path: Path, *, progress: bool = False, w
     with clock.stage("fingerprint"):
         norm_key = cache.normalized_key(recipe, versions) if store else None
         try:
-            key = cache.plan_key(recipe, norm_key, _templates(recipe, recipe.data["template"]), versions, tokenize)
+            key = cache.plan_key(recipe, norm_key, _templates(recipe, recipe.data["template"]), versions, tokenize,
+                                 tokenizer_location(recipe))
         except FtcError:  # the cold compile reports it where it always has
             key = None
         entry = store.get("plan", key) if store else None
@@ -93,7 +92,7 @@ def compile_recipe(recipe: Recipe, lock_path: Path, *, progress: bool = False, w
         if table.num_rows == 0 and split == "eval":
             continue
         with clock.stage("write"):
-            artifacts[split] = _write_parquet(table, cache_dir, split, recipe.dir, write)
+            artifacts[split] = write_parquet(table, cache_dir, split, recipe.dir, write)
         samples[split] = [_sample(r, fmt) for r in table.slice(0, 2).to_pylist()]
 
     lock = _lock_head(recipe, lock_path, versions)
@@ -111,8 +110,6 @@ def compile_recipe(recipe: Recipe, lock_path: Path, *, progress: bool = False, w
     token_tables: dict[str, pa.Table] = {}
     tokens = None
     if tokenize:
-        from ftc.compiler.tokens import tokenize_splits
-
         tokens = tokenize_splits(recipe, splits, cache_dir.parent / "tokens", write, clock)
         lock["tokens"] = tokens["lock"]
         lock["artifacts"]["tokens"] = tokens["artifacts"]
@@ -121,8 +118,6 @@ def compile_recipe(recipe: Recipe, lock_path: Path, *, progress: bool = False, w
         token_tables = tokens["tables"]
     png = None
     if tokens is not None and write and write_lock:
-        from ftc.compiler.tokens import write_reports
-
         png = write_reports(lock, tokens["info"], lock_path, lengths=tokens["lengths"])
     if store is not None:
         cache.keep_plan(store, key, lock, recipe.dir, normalized=norm_key, train_sequences=sequences, fields=sorted(fields),
@@ -170,7 +165,6 @@ def _normalized(recipe: Recipe, norm: Normalizer, store: cache.Cache | None, key
             norm.stages = [Stage(**s) for s in entry["stages"]]
             clock.reused += ["read", "normalize"]
             return t, entry["sources"]
-    file = str(recipe.path)
     # 1. sources, each with its own transforms
     source_facts, tables, ord_base = {}, {}, 0
     for name, spec in recipe.data["sources"].items():
@@ -208,8 +202,6 @@ def _reused(recipe: Recipe, lock_path: Path, store: cache.Cache, entry: dict, ve
     clock.reused += ["read", "normalize", "split", "render", "write"] + (["tokenize", "pack"] if tokenize else [])
     if tokenize and write_lock:
         from ftc.compiler.tokenizer import TokenizerInfo
-        from ftc.compiler.tokens import write_reports
-
         png = entry["report"].get("png")
         write_reports(lock, TokenizerInfo(**entry["report"]["info"]), lock_path,
                        png=store.root / png["path"] if png else None,
@@ -306,75 +298,6 @@ def _render_split(norm: Normalizer, t: str, spec: dict, templates, types, render
     return table
 
 
-def _write_parquet(table: pa.Table | Iterable[pa.Table], cache: Path, split: str, recipe_dir: Path, write: bool,
-                   schema: pa.Schema | None = None) -> dict:
-    """Content-addressed Parquet: the file name carries its own sha256.
-
-    DuckDB writes it (row groups encoded in parallel) from its own connection, which
-    only ever sees this Arrow table, never a recipe's SQL. The bytes are the same on
-    every run (tests/test_determinism.py) because both things they depend on are fixed
-    here: the row order, since the query is a bare scan of one Arrow table and
-    ``preserve_insertion_order`` (set, not left to a default) makes COPY write a scan's
-    batches in their order (an ORDER BY would pin the same order at twice the cost);
-    and the row groups, which DuckDB cuts at batch boundaries, so the table is handed
-    over in batches of 2,048 rows whatever chunks it arrived in (DuckDB's result
-    chunks vary from run to run). ``table`` may also be an iterable of tables (of ``schema``),
-    written as they come: the same 2,048-row batches, so the same bytes, in bounded memory.
-    """
-    import duckdb
-
-    cache.mkdir(parents=True, exist_ok=True)
-    tmp = cache / f".{split}-{os.getpid()}.parquet.tmp"
-    con = duckdb.connect(":memory:", config={"threads": 2, "preserve_insertion_order": True})
-    try:
-        if isinstance(table, pa.Table):
-            schema, rows = table.schema, table.num_rows
-            con.register("artifact", pa.Table.from_batches(list(rebatch([table], WRITE_BATCH)), schema))
-        else:
-            counted = [0]
-
-            def stream():
-                for b in rebatch(table, WRITE_BATCH):
-                    counted[0] += b.num_rows
-                    yield b
-
-            con.register("artifact", pa.RecordBatchReader.from_batches(schema, stream()))
-        con.execute(f"COPY (SELECT * FROM artifact) TO '{str(tmp).replace(chr(39), chr(39) * 2)}' "
-                    "(FORMAT parquet, COMPRESSION zstd, ROW_GROUP_SIZE 65536)").fetchall()
-    finally:
-        con.close()
-    if not isinstance(table, pa.Table):
-        rows = counted[0]
-    digest = cache_file_sha256(tmp)
-    path = cache / f"{split}-{digest[:16]}.parquet"
-    if write:
-        store(tmp, path, digest)  # an existing file of that name is kept only when its bytes match
-    else:
-        tmp.unlink()
-    return {
-        "path": relpath(path, recipe_dir),  # the lock's one rule: relative to the recipe's folder
-        "sha256": digest,
-        "rows": rows,
-        "schema": {f.name: str(f.type) for f in schema},
-    }
-
-
-def rebatch(tables: Iterable[pa.Table], size: int) -> Iterator[pa.RecordBatch]:
-    """Record batches of exactly ``size`` rows (the last one shorter), whatever sizes the tables come in."""
-    held: list[pa.Table] = []
-    n = 0
-    for t in tables:
-        held.append(t)
-        n += t.num_rows
-        while n >= size:
-            whole = pa.concat_tables(held)
-            yield from whole.slice(0, size).combine_chunks().to_batches()
-            rest = whole.slice(size)
-            held, n = [rest], rest.num_rows
-    if n:
-        yield from pa.concat_tables(held).combine_chunks().to_batches()
-
-
 def _sample(row: dict, fmt: str) -> dict:
     return {"row_id": row["row_id"], **{k: row[k] for k in OUTPUTS[fmt]}}
 
@@ -392,13 +315,6 @@ def _versions(tokenize: bool) -> dict:
     if tokenize:
         out.update({pkg: _version(pkg) for pkg in ("tokenizers", "transformers")})
     return out
-
-
-def tokenizer_location(recipe: Recipe) -> str:
-    """model.tokenizer as a local folder (relative to the recipe) when one exists, else the hub id."""
-    name = recipe.data["model"]["tokenizer"]
-    local = recipe.resolve_path(name)
-    return str(local) if local.is_dir() else name
 
 
 def rebuild(plan: Plan) -> Compiled:

@@ -52,7 +52,7 @@ def tokenize_splits(recipe: Recipe, splits: dict[str, pa.Table], folder: Path, w
     2,048-row batches.
     """
     from ftc.compiler import pack
-    from ftc.compiler.compile import _write_parquet, tokenizer_location
+    from ftc.compiler.artifacts import write_parquet
     from ftc.compiler.tokenizer import load_tokenizer
 
     model, train = recipe.data["model"], recipe.data["train"]
@@ -91,7 +91,7 @@ def tokenize_splits(recipe: Recipe, splits: dict[str, pa.Table], folder: Path, w
                 parts = _keeping(parts, kept)
             progress = clock.progress(f"write tokens ({split})", res.rows)
             with clock.stage("write"):
-                arts[split] = _write_parquet(_counting(parts, progress), folder, split, recipe.dir, write, schema=schema)
+                arts[split] = write_parquet(_counting(parts, progress), folder, split, recipe.dir, write, schema=schema)
             progress.close()
             tables[split] = pa.concat_tables(kept) if kept else schema.empty_table()
         stats[split] = res.stats
@@ -236,6 +236,13 @@ def _counting(parts: Iterable[pa.Table], progress: Any) -> Iterator[pa.Table]:
     for t in parts:
         yield t
         progress.update(t.num_rows)
+
+
+def tokenizer_location(recipe: Recipe) -> str:
+    """model.tokenizer as a local folder (relative to the recipe) when one exists, else the hub id."""
+    name = recipe.data["model"]["tokenizer"]
+    local = recipe.resolve_path(name)
+    return str(local) if local.is_dir() else name
 
 
 def write_reports(lock: dict, info: Any, lock_path: Path, *, lengths: dict[str, list[int]] | None = None,
