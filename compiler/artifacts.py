@@ -81,3 +81,57 @@ def rebatch(tables: Iterable[pa.Table], size: int) -> Iterator[pa.RecordBatch]:
             held, n = [rest], rest.num_rows
     if n:
         yield from pa.concat_tables(held).combine_chunks().to_batches()
+
+
+class Spill:
+    """Rows kept on disk between two stages (an Arrow IPC file), read back a batch at a time.
+
+    A rendered split goes through here on its way to the data artifact and to the tokenizer,
+    so neither holds the whole split in memory. The file is read with plain reads, not a
+    memory map: mapped pages would count as the compile's memory while they are touched.
+    """
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.num_rows = 0
+        self.schema: pa.Schema | None = None
+        self.head: pa.Table | None = None  # the first rows, for the lock's samples
+        self._writer = None
+
+    def write(self, table: pa.Table) -> None:
+        if self._writer is None:
+            self.schema = table.schema
+            self._writer = pa.ipc.new_file(str(self.path), table.schema)
+            self.head = table.slice(0, 0)
+        self._writer.write_table(table)
+        self.num_rows += table.num_rows
+        if self.head.num_rows < 2:
+            self.head = pa.concat_tables([self.head, table.slice(0, 2 - self.head.num_rows)]).combine_chunks()
+
+    def close(self, empty: pa.Schema) -> "Spill":
+        """Finish the file; ``empty`` is the schema of a spill that got no batch at all."""
+        if self._writer is None:
+            self.write(empty.empty_table())
+        self._writer.close()
+        return self
+
+    def tables(self, size: int | None = None) -> Iterator[pa.Table]:
+        """The rows in order, as they were written or (``size``) re-cut into tables of ``size`` rows."""
+        def written() -> Iterator[pa.Table]:
+            with pa.OSFile(str(self.path)) as f:
+                reader = pa.ipc.open_file(f)
+                for k in range(reader.num_record_batches):
+                    yield pa.Table.from_batches([reader.get_batch(k)])
+
+        if size is None:
+            yield from written()
+        else:
+            for b in rebatch(written(), size):
+                yield pa.Table.from_batches([b])
+
+    def read_all(self) -> pa.Table:
+        parts = list(self.tables())
+        return pa.concat_tables(parts) if parts else self.schema.empty_table()
+
+    def null_count(self, column: str) -> int:
+        return sum(t.column(column).null_count for t in self.tables())

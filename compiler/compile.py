@@ -6,22 +6,23 @@ collects the facts that go into the lock.
 
 from __future__ import annotations
 
+import tempfile
 from dataclasses import asdict, dataclass, field
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
-from typing import Mapping
+from typing import Iterable, Iterator, Mapping
 
 import pyarrow as pa
 
 from ftc import __version__
 from ftc.compiler import cache, render
-from ftc.compiler.artifacts import write_parquet
+from ftc.compiler.artifacts import Spill, write_parquet
 from ftc.compiler.lock import LOCK_VERSION, Plan, relpath, seal
 from ftc.compiler.lock import write_lock as write_lock_file
-from ftc.compiler.normalize import INTERNAL, Normalizer, Stage
+from ftc.compiler.normalize import INTERNAL, Normalizer, Stage, standard_lists
 from ftc.compiler.recipe import Recipe
 from ftc.compiler.schedule import check_grpo_batch, derive_schedule
-from ftc.compiler.progress import Clock
+from ftc.compiler.progress import Clock, Progress
 from ftc.compiler.sources import load_source
 from ftc.compiler.tokens import tokenize_splits, tokenizer_location, write_reports
 from ftc.errors import FtcError
@@ -46,7 +47,6 @@ def compile_recipe(recipe: Recipe, lock_path: Path, *, progress: bool = False, w
     With ``write``, what the content fingerprints say is unchanged is taken from the cache
     (``cache.py``): the whole data-and-tokens half, or only the normalized rows.
     """
-    file = str(recipe.path)
     clock = Clock(progress)
     versions = _versions(tokenize)
     store = cache.Cache(cache.cache_root(recipe)) if write else None
@@ -60,7 +60,16 @@ def compile_recipe(recipe: Recipe, lock_path: Path, *, progress: bool = False, w
         entry = store.get("plan", key) if store else None
     if entry is not None:
         return _reused(recipe, lock_path, store, entry, versions, clock, tokenize=tokenize, write_lock=write_lock)
-    norm = Normalizer(file)
+    with tempfile.TemporaryDirectory(prefix="ftc-compile-") as tmp:
+        return _compile_cold(recipe, lock_path, store, key, norm_key, versions, clock, Path(tmp), write=write,
+                             tokenize=tokenize, write_lock=write_lock)
+
+
+def _compile_cold(recipe: Recipe, lock_path: Path, store: cache.Cache | None, key: str | None, norm_key: str | None,
+                  versions: dict, clock: Clock, tmp: Path, *, write: bool, tokenize: bool, write_lock: bool) -> Compiled:
+    """Every stage the cache could not give back, in order; ``tmp`` holds the rows between stages."""
+    file = str(recipe.path)
+    norm = Normalizer(file, temp_dir=tmp / "duckdb")
     t, source_facts = _normalized(recipe, norm, store, norm_key, clock)
 
     # 3. templates: checked against the fields before any row is rendered
@@ -82,18 +91,22 @@ def compile_recipe(recipe: Recipe, lock_path: Path, *, progress: bool = False, w
     with clock.stage("split"):
         train_t, eval_t = norm.split(t, recipe.data["split"], default_key)
 
-    # 5. render and write each split
+    # 5. render and write each split, batch by batch through a spill file
     splits, artifacts, samples, rendered_by = {}, {}, {}, {}
     cache_dir = cache.cache_root(recipe) / "data"
     for split, st in (("train", train_t), ("eval", eval_t)):
         with clock.stage("render"):
-            table = _render_split(norm, st, tpl_spec, templates, types, rendered_by)
-        splits[split] = table
-        if table.num_rows == 0 and split == "eval":
+            spill = _render_split(norm, st, tpl_spec, templates, types, rendered_by, Spill(tmp / f"{split}.arrow"),
+                                  clock.progress(f"render ({split})", norm.count(st)))
+        splits[split] = spill
+        if spill.num_rows == 0 and split == "eval":
             continue
+        progress = clock.progress(f"write data ({split})", spill.num_rows)
         with clock.stage("write"):
-            artifacts[split] = write_parquet(table, cache_dir, split, recipe.dir, write)
-        samples[split] = [_sample(r, fmt) for r in table.slice(0, 2).to_pylist()]
+            artifacts[split] = write_parquet(_counted(spill.tables(), progress), cache_dir, split, recipe.dir, write,
+                                             schema=spill.schema)
+        progress.close()
+        samples[split] = [_sample(r, fmt) for r in spill.head.to_pylist()]
 
     lock = _lock_head(recipe, lock_path, versions)
     lock.update({
@@ -126,7 +139,17 @@ def compile_recipe(recipe: Recipe, lock_path: Path, *, progress: bool = False, w
     lock = seal(lock)
     if write and write_lock:
         write_lock_file(lock, lock_path)
-    return Compiled(lock, lock_path, splits, token_tables, clock)
+    if write:  # the spills go with tmp: the tables are the artifacts, read when asked for
+        tables = cache.lazy(recipe.dir, lock["artifacts"]["data"], ("train", "eval"))
+    else:
+        tables = {split: spill.read_all() for split, spill in splits.items()}
+    return Compiled(lock, lock_path, tables, token_tables, clock)
+
+
+def _counted(parts: Iterable[pa.Table], progress: Progress) -> Iterator[pa.Table]:
+    for t in parts:
+        yield t
+        progress.update(t.num_rows)
 
 
 def _lock_head(recipe: Recipe, lock_path: Path, versions: dict) -> dict:
@@ -232,8 +255,13 @@ def _templates(recipe: Recipe, spec: dict) -> dict[str, render.Template]:
     return out
 
 
-def _render_split(norm: Normalizer, t: str, spec: dict, templates, types, rendered_by) -> pa.Table:
-    """One SELECT for everything lowerable; Jinja for the rest, in row order."""
+def _render_split(norm: Normalizer, t: str, spec: dict, templates, types, rendered_by, spill: Spill,
+                  progress: Progress) -> Spill:
+    """One SELECT for everything lowerable; Jinja for the rest, in row order; batch by batch into ``spill``.
+
+    The rows stream out of DuckDB in ``_ord`` order (its sort spills to disk when it must), each
+    batch gets its Jinja columns and goes to the spill file, so the split is never whole in memory.
+    """
     fmt = spec["format"]
     sql_cols, jinja_cols = {}, {}
     for key in OUTPUTS[fmt]:
@@ -279,7 +307,17 @@ def _render_split(norm: Normalizer, t: str, spec: dict, templates, types, render
                     h = "_" + h
                 hidden[c] = h
                 cols.append(f"{q(c)} AS {q(h)}")
-    table = norm.read(t, ", ".join(cols))
+    reader = norm.con.sql(f"SELECT {', '.join(cols)} FROM {t} ORDER BY _ord").to_arrow_reader(cache.BATCH)
+    for batch in reader:
+        table = _jinja(standard_lists(pa.Table.from_batches([batch])), fields, hidden, jinja_cols)
+        spill.write(table)
+        progress.update(table.num_rows)
+    progress.close()
+    return spill.close(_jinja(standard_lists(reader.schema.empty_table()), fields, hidden, jinja_cols).schema)
+
+
+def _jinja(table: pa.Table, fields: list[str], hidden: dict[str, str], jinja_cols: dict) -> pa.Table:
+    """A batch of the render query with its Jinja-rendered columns added (and the hidden inputs gone)."""
     if jinja_cols and table.num_rows:
         inputs = table.select(["row_id"] + [hidden.get(c, c) for c in fields]).rename_columns(["row_id"] + fields)
         table = table.drop_columns(list(hidden.values()))

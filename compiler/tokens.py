@@ -18,6 +18,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from ftc.compiler.artifacts import Spill
 from ftc.compiler.normalize import Stage
 from ftc.compiler.progress import Clock
 from ftc.compiler.recipe import Recipe
@@ -41,7 +42,7 @@ class _Split:
     warnings: list[dict]
 
 
-def tokenize_splits(recipe: Recipe, splits: dict[str, pa.Table], folder: Path, write: bool, clock: Clock) -> dict:
+def tokenize_splits(recipe: Recipe, splits: dict[str, Spill], folder: Path, write: bool, clock: Clock) -> dict:
     """Tokenize every split batch by batch, plan packing from the lengths alone, write the token
     artifacts as the rows come; the facts for the lock.
 
@@ -115,7 +116,7 @@ def tokenize_splits(recipe: Recipe, splits: dict[str, pa.Table], folder: Path, w
             "train_sequences": train_sequences}
 
 
-def _tokenize_split(recipe: Recipe, table: pa.Table, tok: Any, spill: Path, clock: Clock, split: str) -> _Split:
+def _tokenize_split(recipe: Recipe, table: Spill, tok: Any, spill: Path, clock: Clock, split: str) -> _Split:
     """``encode.tokenize`` batch by batch into ``spill``; stats, drops and warnings summed as the
     whole split would give them (a warning's example is its first row, so the first batch's)."""
     from ftc.compiler.encode import tokenize
@@ -128,8 +129,8 @@ def _tokenize_split(recipe: Recipe, table: pa.Table, tok: Any, spill: Path, cloc
     writer, rows = None, 0
     progress = clock.progress(f"tokenize ({split})", table.num_rows)
     try:
-        for lo in range(0, table.num_rows, TOKEN_BATCH):
-            batch = table.slice(lo, TOKEN_BATCH)
+        for k, batch in enumerate(table.tables(TOKEN_BATCH)):
+            lo = k * TOKEN_BATCH
             with clock.stage("tokenize"):
                 try:
                     res = tokenize(batch, fmt, tok, **opts)
@@ -163,18 +164,20 @@ def _schema_of(spill: Path) -> pa.Schema:
         return pa.ipc.open_file(f).schema
 
 
-def _whole_split(err: FtcError, table: pa.Table, lo: int, fmt: str, tok: Any, opts: dict) -> FtcError:
+def _whole_split(err: FtcError, table: Spill, lo: int, fmt: str, tok: Any, opts: dict) -> FtcError:
     """A batch's error as the whole split gives it: the counts over every row, not the batch's."""
     from ftc.compiler.encode import tokenize
 
     if err.code == "FTC604":  # a null text: count them in the whole column
         return FtcError("FTC604", row=err.fields["row"], column=err.fields["column"],
-                        count=table.column(err.fields["column"]).null_count)
+                        count=table.null_count(err.fields["column"]))
     if err.code == "FTC602":  # an overlong row under overlong=error: count the later batches' too
         count, reason = err.fields["count"], f"longer than max_seq_length ({opts['max_seq_length']})"
-        for at in range(lo + TOKEN_BATCH, table.num_rows, TOKEN_BATCH):
+        for k, batch in enumerate(table.tables(TOKEN_BATCH)):
+            if k * TOKEN_BATCH <= lo:
+                continue
             try:
-                count += tokenize(table.slice(at, TOKEN_BATCH), fmt, tok, **{**opts, "overlong": "drop"}).dropped.get(reason, 0)
+                count += tokenize(batch, fmt, tok, **{**opts, "overlong": "drop"}).dropped.get(reason, 0)
             except FtcError:
                 continue  # a later batch's own error: the first one is the one to report
         return FtcError("FTC602", row=err.fields["row"], tokens=err.fields["tokens"],
