@@ -1,7 +1,8 @@
 """Compile batch by batch (issue 15, section 1): the same lock and artifacts as all at once.
 
-The token stage tokenizes ``TOKEN_BATCH`` rows at a time into a spill file and gathers the
-packed order ``BUCKET`` rows at a time. Here both are made tiny, so a few hundred rows of real
+Rendering takes the rows out of DuckDB ``cache.BATCH`` at a time (Jinja per batch); the token
+stage tokenizes ``TOKEN_BATCH`` rows at a time into a spill file and gathers the packed order
+``BUCKET`` rows at a time. Here both are made tiny, so a few hundred rows of real
 compile cross many batch and bucket boundaries, and the result is compared byte for byte with
 the same compile in one batch and one bucket (the in-memory path). The recipe is chosen so every
 per-batch fact has to be summed right: drops by reason, truncations, a prompt/completion merge
@@ -33,7 +34,8 @@ def project(tmp_path):
         "transforms": [{"drop_empty": ["q", "a"]}],
         "split": {"eval": 0.1, "seed": 0},
         # "Answer: " ends in a space: rows whose completion merges with it are counted in a warning
-        "template": {"format": "prompt_completion", "prompt": "Q: {{ q }}\nAnswer: ", "completion": "{{ a }}"},
+        # the prompt goes through Jinja (a filter is not lowered to SQL), batch by batch; the completion through SQL
+        "template": {"format": "prompt_completion", "prompt": "Q: {{ q | upper }}\nAnswer: ", "completion": "{{ a }}"},
         "model": {"name": "tiny", "tokenizer": str(DEMO_TOKENIZER), "max_seq_length": 48},
         "train": {"packing": True, "completion_only_loss": True},
     })
@@ -55,14 +57,16 @@ def _files(folder, lock_path) -> dict[str, bytes]:
 def test_batches_and_buckets_give_the_bytes_of_one_batch(project, monkeypatch, overlong):
     import shutil
 
-    from ftc.compiler import tokens
+    from ftc.compiler import cache, tokens
 
     folder = project.parent
+    monkeypatch.setattr(cache, "BATCH", 10**6)  # rows per batch out of DuckDB (render)
     monkeypatch.setattr(tokens, "TOKEN_BATCH", 10**9)
     monkeypatch.setattr(tokens, "BUCKET", 10**9)
     _compile(project, folder / "whole.lock", f"train.overlong={overlong}")
     whole = _files(folder, folder / "whole.lock")
     shutil.rmtree(folder / ".ftc")
+    monkeypatch.setattr(cache, "BATCH", 11)
     monkeypatch.setattr(tokens, "TOKEN_BATCH", 16)
     monkeypatch.setattr(tokens, "BUCKET", 7)
     out = _compile(project, folder / "batched.lock", f"train.overlong={overlong}")
