@@ -11,7 +11,6 @@ import glob
 import hashlib
 import os
 import re
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -20,6 +19,7 @@ import pyarrow.compute as pc
 
 from ftc.compiler import readers
 from ftc.compiler.lock import relpath
+from ftc.compiler.progress import MIN_BYTES, Progress
 from ftc.compiler.recipe import Recipe
 from ftc.errors import FtcError, did_you_mean
 
@@ -80,7 +80,7 @@ def load_source(recipe: Recipe, name: str, spec: dict, progress: bool = False) -
     pattern = re.compile(spec["captures"]) if "captures" in spec else None
     tables, facts = [], []
     total = sum(f.stat().st_size for f in files)
-    done = 0
+    bar = Progress(f"read {name}", total, "bytes", enabled=progress and total >= MIN_BYTES)
     for i, f in enumerate(files):
         rel_recipe = relpath(f, recipe.dir)
         rel_root = relpath(f, root)
@@ -103,11 +103,8 @@ def load_source(recipe: Recipe, name: str, spec: dict, progress: bool = False) -
         tables.append(table)
         facts.append(FileFacts(rel_recipe, len(data), hashlib.sha256(data).hexdigest(), fmt, res.encoding, chosen,
                                captured, n, res.malformed))
-        done += len(data)
-        if progress and total > (32 << 20):
-            print(f"\r  reading {name}: {i + 1}/{len(files)} files, {done >> 20}/{total >> 20} MiB", end="", file=sys.stderr)
-    if progress and total > (32 << 20):
-        print(file=sys.stderr)
+        bar.update(len(data), note=f"{i + 1}/{len(files)} files")
+    bar.close()
     try:
         table = pa.concat_tables(tables, promote_options="permissive")
     except (pa.ArrowInvalid, pa.ArrowTypeError) as e:
