@@ -141,7 +141,7 @@ def normalized_key(recipe: Recipe, versions: dict) -> str | None:
     one is never reused. Any error while looking (no files, say) is left to the cold
     compile, which reports it where it always has.
     """
-    from ftc.compiler.sources import discover
+    from ftc.compiler.discovery import discover
 
     data = recipe.data
     if any("hf" in spec for spec in data["sources"].values()):
@@ -149,8 +149,9 @@ def normalized_key(recipe: Recipe, versions: dict) -> str | None:
     try:
         files = {}
         for name, spec in data["sources"].items():
-            found, root = discover(recipe, name, spec)
-            files[name] = [[relpath(f, recipe.dir), relpath(f, root), file_sha256(f)] for f in found]
+            found = discover(recipe, name, spec)
+            files[name] = {"read": [[relpath(f, recipe.dir), relpath(f, found.root), file_sha256(f)] for f in found.files],
+                           "unread": found.unread}
     except (FtcError, OSError):
         return None
     return digest({"what": NORMALIZED, "versions": versions, "files": files,

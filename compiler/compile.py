@@ -18,6 +18,7 @@ import pyarrow as pa
 from ftc import __version__
 from ftc.compiler import cache, render
 from ftc.compiler.artifacts import Spill, write_parquet
+from ftc.compiler.inputs import model_fingerprint
 from ftc.compiler.lock import LOCK_VERSION, Plan, relpath, seal
 from ftc.compiler.lock import write_lock as write_lock_file
 from ftc.compiler.normalize import INTERNAL, Normalizer, Stage, standard_lists
@@ -98,7 +99,7 @@ def _compile_cold(recipe: Recipe, lock_path: Path, store: cache.Cache | None, ke
     for split, st in (("train", train_t), ("eval", eval_t)):
         with clock.stage("render"):
             spill = _render_split(norm, st, tpl_spec, templates, types, rendered_by, Spill(tmp / f"{split}.arrow"),
-                                  clock.progress(f"render ({split})", norm.count(st)))
+                                  clock.progress(f"render ({split})", norm.count(st)), all_rows=split == "train")
         splits[split] = spill
         if spill.num_rows == 0 and split == "eval":
             continue
@@ -161,6 +162,8 @@ def _lock_head(recipe: Recipe, lock_path: Path, versions: dict) -> dict:
         "recipe": {"path": relpath(recipe.path, lock_path.parent), "sha256": recipe.sha256, "overrides": list(recipe.overrides)},
         "settings": recipe.data,
         "versions": dict(versions),
+        # the one fingerprint of the base model, checked again at run (never from the cache: not a data input)
+        "model": model_fingerprint(tokenizer_location(recipe, "name"), recipe.data["model"]["revision"]),
     }
 
 
@@ -205,7 +208,8 @@ def _normalized(recipe: Recipe, norm: Normalizer, store: cache.Cache | None, key
             for i, step in enumerate(spec["transforms"]):
                 t = norm.apply(t, step, f"sources.{name}.transforms[{i}]")
         tables[name] = t
-        source_facts[name] = sd.hf if sd.hf is not None else {"files": [f.to_lock() for f in sd.files], "rows": n}
+        source_facts[name] = sd.hf if sd.hf is not None else {"files": [f.to_lock() for f in sd.files], "rows": n,
+                                                               **({"unread": sd.unread} if sd.unread else {})}
 
     # 2. mixture, then the recipe-wide transforms
     with clock.stage("normalize"):
@@ -261,7 +265,7 @@ def _templates(recipe: Recipe, spec: dict) -> dict[str, render.Template]:
 
 
 def _render_split(norm: Normalizer, t: str, spec: dict, templates, types, rendered_by, spill: Spill,
-                  progress: Progress) -> Spill:
+                  progress: Progress, *, all_rows: bool) -> Spill:
     """One SELECT for everything lowerable; Jinja for the rest, in row order; batch by batch into ``spill``.
 
     The rows stream out of DuckDB in ``_ord`` order (its sort spills to disk when it must), each
@@ -313,12 +317,25 @@ def _render_split(norm: Normalizer, t: str, spec: dict, templates, types, render
                 hidden[c] = h
                 cols.append(f"{q(c)} AS {q(h)}")
     reader = norm.con.sql(f"SELECT {', '.join(cols)} FROM {t} ORDER BY _ord").to_arrow_reader(cache.BATCH)
+    outputs_spec = {k: spec[k] for k in OUTPUTS[fmt]}
+    failed, maybe_blank = False, True
     for batch in reader:
         table = _jinja(standard_lists(pa.Table.from_batches([batch])), fields, hidden, jinja_cols)
+        if table.num_rows and not failed:
+            # render.check_rendered batch by batch; where it finds something, the whole split
+            # is checked once more below, so the error names the same row and count as ever.
+            try:
+                render.check_rendered(table, outputs_spec, templates, all_rows=all_rows)
+                maybe_blank = False  # some row of every template printed something
+            except FtcError as e:
+                failed = e.code != "FTC407"
         spill.write(table)
         progress.update(table.num_rows)
     progress.close()
-    return spill.close(_jinja(standard_lists(reader.schema.empty_table()), fields, hidden, jinja_cols).schema)
+    spill.close(_jinja(standard_lists(reader.schema.empty_table()), fields, hidden, jinja_cols).schema)
+    if failed or (all_rows and maybe_blank and spill.num_rows):
+        render.check_rendered(spill.read_all(), outputs_spec, templates, all_rows=all_rows)
+    return spill
 
 
 def _jinja(table: pa.Table, fields: list[str], hidden: dict[str, str], jinja_cols: dict) -> pa.Table:

@@ -33,6 +33,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from ftc.compiler import chat_tools
 from ftc.compiler.rows import IGNORE, Rows, concat_rows, finish
 from ftc.compiler.tokenizer import has_generation_markers
 from ftc.errors import FtcError
@@ -60,17 +61,19 @@ class TokenizeResult:
     checked: dict[str, int] = field(default_factory=dict)  # warning kind -> rows checked for it (a warning's "of")
 
 
-def encode_prompt(tokenizer: Any, prompt: str | Sequence[dict]) -> list[int]:
+def encode_prompt(tokenizer: Any, prompt: str | Sequence[dict], tools: list[dict] | None = None) -> list[int]:
     """The ids of a rendered prompt, exactly as training's prompt part is made.
 
     Plain text: the tokenizer's special prefix (a BOS where its post-processor adds
     one) + the text's own encoding. Chat turns: the chat template with the
     generation prompt. ``tokenize`` builds every row's prompt part with these same
-    two functions, batched; this is the one-prompt call ``ftc infer`` uses.
+    two functions, batched; this is the one-prompt call ``ftc infer`` uses. ``tools``
+    reach the chat template as a training row's ``tools`` field does.
     """
     if isinstance(prompt, str):
         return _plain_prompts(tokenizer, pa.array([prompt], pa.string())).ids.tolist()
-    return _encode_chat(tokenizer, [list(prompt)], pa.array(["request"]), generation_prompt=True).ids.tolist()
+    return _encode_chat(tokenizer, [list(prompt)], pa.array(["request"]), generation_prompt=True,
+                        tools=None if tools is None else [tools]).ids.tolist()
 
 
 def prompt_of_request(lock: dict, request: dict, tokenizer: Any) -> tuple[str | list[dict], list[int]]:
@@ -78,7 +81,8 @@ def prompt_of_request(lock: dict, request: dict, tokenizer: Any) -> tuple[str | 
     from ftc.compiler.render import request_prompt
 
     prompt = request_prompt(lock, request)
-    return prompt, encode_prompt(tokenizer, prompt)
+    tools = chat_tools.of_request(request.get(chat_tools.FIELD)) if not isinstance(prompt, str) else None
+    return prompt, encode_prompt(tokenizer, prompt, tools)
 
 
 def tokenize(
@@ -108,6 +112,8 @@ def tokenize(
     eos = int(tokenizer.eos_token_id)
     warning = None
     checked: dict[str, int] = {}
+    is_chat = fmt == "messages" or (fmt != "text" and _is_chat(table.schema.field("prompt").type))
+    tools = chat_tools.tools_per_row(table, row_ids) if is_chat else None  # plain text has no tools= to give
 
     if fmt == "text":
         rows = _append_eos(_plain_prompts(tokenizer, _strings(table, "text", row_ids)), eos)
@@ -121,18 +127,18 @@ def tokenize(
         prompts = table.column("prompt").to_pylist()
         completion = _strings(table, "completion", row_ids).to_pylist()
         chats = [list(p) + [{"role": "assistant", "content": c}] for p, c in zip(prompts, completion)]
-        rows = _encode_chat(tokenizer, chats, row_ids, masked=completion_only_loss, what="completion_only_loss")
-        warning = _check_chat_prompts(tokenizer, rows, prompts, row_ids)
+        rows = _encode_chat(tokenizer, chats, row_ids, masked=completion_only_loss, what="completion_only_loss", tools=tools)
+        warning = _check_chat_prompts(tokenizer, rows, prompts, row_ids, tools)
         checked[CHAT_PROMPT] = sum(1 for p in prompts if p)
     elif fmt == "messages":
         chats = table.column("messages").to_pylist()
-        rows = _encode_chat(tokenizer, chats, row_ids, masked=assistant_only_loss, what="assistant_only_loss")
+        rows = _encode_chat(tokenizer, chats, row_ids, masked=assistant_only_loss, what="assistant_only_loss", tools=tools)
         prompts = [chat_prompt(c) for c in chats]
-        warning = _check_chat_prompts(tokenizer, rows, prompts, row_ids)
+        warning = _check_chat_prompts(tokenizer, rows, prompts, row_ids, tools)
         checked[CHAT_PROMPT] = sum(1 for p in prompts if p)
     else:  # prompt: exactly what encode_prompt gives, nothing trained
         if _is_chat(table.schema.field("prompt").type):
-            rows = _encode_chat(tokenizer, table.column("prompt").to_pylist(), row_ids, generation_prompt=True)
+            rows = _encode_chat(tokenizer, table.column("prompt").to_pylist(), row_ids, generation_prompt=True, tools=tools)
         else:
             rows = _plain_prompts(tokenizer, _strings(table, "prompt", row_ids))
         rows.labels = np.full_like(rows.ids, IGNORE)
@@ -315,29 +321,38 @@ def _encode_chat(
     masked: bool = False,
     what: str = "",
     generation_prompt: bool = False,
+    tools: list[list[dict] | None] | None = None,
 ) -> Rows:
-    """Apply the chat template (batched); train what ``{% generation %}`` marks, if ``masked``."""
+    """Apply the chat template (batched); train what ``{% generation %}`` marks, if ``masked``.
+
+    ``tools`` (one list per row, or None) go to the template as ``tools=``; the template
+    takes one per call, so rows are batched by their tools and put back in row order.
+    """
     if masked and not has_generation_markers(tok):
         raise FtcError("FTC606", setting=what, tokenizer=tok.name_or_path)
-    id_lists: list[list[int]] = []
-    mask_lists: list[list[int]] = []
-    for lo in range(0, len(chats), _CHAT_BATCH):
-        batch = chats[lo : lo + _CHAT_BATCH]
-        try:
-            out = tok.apply_chat_template(
-                batch,
-                tokenize=True,
-                return_dict=True,
-                add_generation_prompt=generation_prompt,
-                return_assistant_tokens_mask=masked,
-            )
-        except Exception as err:  # noqa: BLE001 - name the first row that fails
-            bad = _first_failing_chat(tok, batch, generation_prompt)
-            rid = row_ids[lo + bad].as_py() if bad is not None else "?"
-            raise FtcError("FTC607", row=rid, reason=err) from err
-        id_lists.extend(out["input_ids"])
-        if masked:
-            mask_lists.extend(out["assistant_masks"])
+    id_lists: list[list[int]] = [[] for _ in chats]
+    mask_lists: list[list[int]] = [[] for _ in chats]
+    for row_tools, rows in chat_tools.groups(tools, len(chats)):
+        for lo in range(0, len(rows), _CHAT_BATCH):
+            at = rows[lo : lo + _CHAT_BATCH]
+            batch = [chats[i] for i in at]
+            try:
+                out = tok.apply_chat_template(
+                    batch,
+                    tools=row_tools,
+                    tokenize=True,
+                    return_dict=True,
+                    add_generation_prompt=generation_prompt,
+                    return_assistant_tokens_mask=masked,
+                )
+            except Exception as err:  # noqa: BLE001 - name the first row that fails
+                bad = _first_failing_chat(tok, batch, generation_prompt, row_tools)
+                rid = row_ids[at[bad]].as_py() if bad is not None else "?"
+                raise FtcError("FTC607", row=rid, reason=err) from err
+            for k, i in enumerate(at):
+                id_lists[i] = out["input_ids"][k]
+                if masked:
+                    mask_lists[i] = out["assistant_masks"][k]
     lens = np.fromiter(map(len, id_lists), dtype=np.int64, count=len(id_lists))
     ids = np.fromiter(chain.from_iterable(id_lists), dtype=np.int32, count=int(lens.sum()))
     if masked:
@@ -348,16 +363,17 @@ def _encode_chat(
     return Rows(ids, labels, lens)
 
 
-def _first_failing_chat(tok: Any, batch: list, generation_prompt: bool) -> int | None:
+def _first_failing_chat(tok: Any, batch: list, generation_prompt: bool, tools: list[dict] | None = None) -> int | None:
     for k, chat in enumerate(batch):
         try:
-            tok.apply_chat_template(chat, tokenize=False, add_generation_prompt=generation_prompt)
+            tok.apply_chat_template(chat, tools=tools, tokenize=False, add_generation_prompt=generation_prompt)
         except Exception:  # noqa: BLE001
             return k
     return None
 
 
-def _check_chat_prompts(tok: Any, rows: Rows, prompts: list[list[dict] | None], row_ids: pa.Array) -> dict | None:
+def _check_chat_prompts(tok: Any, rows: Rows, prompts: list[list[dict] | None], row_ids: pa.Array,
+                        tools: list[list[dict] | None] | None = None) -> dict | None:
     """Count the chat rows that do not start with ``encode_prompt`` of their prompt turns.
 
     Inference renders the turns before the reply with the generation prompt; that is
@@ -368,7 +384,8 @@ def _check_chat_prompts(tok: Any, rows: Rows, prompts: list[list[dict] | None], 
     todo = np.array([i for i, p in enumerate(prompts) if p], np.int64)
     if not todo.size:
         return None
-    asked = _encode_chat(tok, [prompts[i] for i in todo], row_ids.take(pa.array(todo)), generation_prompt=True)
+    asked = _encode_chat(tok, [prompts[i] for i in todo], row_ids.take(pa.array(todo)), generation_prompt=True,
+                         tools=None if tools is None else [tools[i] for i in todo])
     trained = rows.select(todo)
     differ = np.flatnonzero(~trained.starts_with(asked))
     if not differ.size:

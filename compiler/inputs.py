@@ -1,5 +1,5 @@
 """What a plan was compiled from, checked again: the recipe, the source files (HF `data_files`
-included), the tokenizer and python reward files.
+included), the settings the recipe resolves to, the base model, the tokenizer and python reward files.
 
 `ftc run` asks this before anything trains, so drift is refused with the file named; it is the
 compiler's public contract for "are my inputs still the ones the lock fingerprints", and the
@@ -9,6 +9,7 @@ runtime never re-derives a fingerprint on its own.
 from __future__ import annotations
 
 import hashlib
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -20,7 +21,7 @@ from ftc.errors import FtcError
 class Drift:
     """One input that is not what the lock recorded: the error rule that says so, and its fields."""
 
-    code: str  # FTC504 source, FTC505 recipe not found, FTC506 tokenizer, FTC507 python reward
+    code: str  # FTC504 source, FTC505 recipe not found, FTC506 tokenizer, FTC507 python reward, FTC509 settings, FTC510 model
     file: str | None  # what changed, as a path (or a hub id)
     fields: dict = field(default_factory=dict)
     missing: bool = False  # absent, not changed: harmless while the artifacts are intact, fatal for a rebuild
@@ -76,6 +77,57 @@ def tokenizer_drift(plan: Plan) -> Drift | None:
     return None
 
 
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf", ".h5", ".msgpack")
+
+
+def model_fingerprint(location: str, revision: str | None) -> dict:
+    """What identifies the base model behind model.name, for the lock.
+
+    A local folder: the sha256 of config.json and of any weight index (*.index.json), and the
+    name and size of every weight file (hashing gigabytes of weights at every compile and run
+    would cost minutes; another checkpoint with the same names and sizes is not a drift this
+    catches). A hub id: the revision asked for, and the commit it resolved to in the local
+    Hugging Face cache when it is there (looked up, never downloaded)."""
+    folder = Path(location)
+    if folder.is_dir():
+        files = sorted(p for p in folder.iterdir() if p.is_file())
+        hashed = {p.name: sha256_file(p) for p in files if p.name == "config.json" or p.name.endswith(".index.json")}
+        weights = {p.name: p.stat().st_size for p in files if p.name.endswith(WEIGHT_SUFFIXES)}
+        return {"kind": "local", "config.json": hashed.pop("config.json", None), "indexes": hashed, "weights": weights}
+    return {"kind": "hub", "revision": revision, "commit": _cached_commit(location, revision)}
+
+
+def _cached_commit(repo: str, revision: str | None) -> str | None:
+    """The commit a hub id's revision points to in the local cache, or None when it is not cached."""
+    try:
+        from huggingface_hub import try_to_load_from_cache
+
+        hit = try_to_load_from_cache(repo, "config.json", revision=revision or "main")
+    except Exception:  # not a valid hub id (a folder that is not there), or no huggingface_hub
+        return None
+    parts = Path(hit).parts if isinstance(hit, str) else ()
+    return parts[parts.index("snapshots") + 1] if "snapshots" in parts[:-1] else None
+
+
+def model_drift(plan: Plan) -> Drift | None:
+    """The base model against the lock's fingerprint (locks that record one). A local folder that is
+    gone is a drift, not a harmless absence: its relative path would then be read as a hub id."""
+    recorded = plan.lock.get("model")
+    if not recorded:
+        return None
+    name = plan.settings["model"]["name"]
+    local = plan.path(name)
+    if recorded["kind"] == "local" and not local.is_dir():
+        return Drift("FTC510", str(local), {"changed": "the folder is missing"})
+    now = model_fingerprint(plan.model_location, plan.settings["model"]["revision"])
+    if recorded["kind"] == "hub" and now["kind"] == "hub" and (now["commit"] is None or recorded["commit"] is None):
+        now["commit"] = recorded["commit"]  # not cached here (or not at compile): nothing to compare
+    changed = differing(recorded, now)
+    if changed:
+        return Drift("FTC510", plan.model_location, {"changed": ", ".join(changed) + " changed"})
+    return None
+
+
 def reward_drift(plan: Plan) -> list[Drift]:
     """python reward files against the sha256 the lock holds (the check is the rewards module's own)."""
     from ftc.compiler.rewards import check_drift
@@ -85,6 +137,53 @@ def reward_drift(plan: Plan) -> list[Drift]:
     except FtcError as err:
         return [Drift(err.code, err.file or str(plan.recipe_file), dict(err.fields))]
     return []
+
+
+def settings_drift(plan: Plan) -> Drift | None:
+    """The lock's resolved settings against what its recipe, with the lock's recorded overrides,
+    resolves to now (asked once the recipe's sha256 matched).
+
+    plan_hash is only a checksum: a lock edited by hand and re-hashed (learning_rate 0.05 where
+    the recipe says 0.005) passes it. The settings are recomputed here by the resolver itself,
+    so the lock trains only what its recipe says; the schedule is derived again from them. GRPO rewards are resolved by the compiler
+    against the data's fields; they are resolved again the same way, over the data artifact's
+    columns."""
+    from ftc.compiler.recipe import load_recipe
+
+    recipe = load_recipe(plan.recipe_file, plan.lock["recipe"]["overrides"], base=plan.recipe_dir)
+    expected = recipe.data
+    grpo = expected["train"].get("grpo")
+    if grpo is not None:
+        from ftc.compiler.rewards import check_rewards
+
+        columns = plan.lock["artifacts"]["data"]["train"]["schema"]
+        try:
+            grpo["rewards"] = check_rewards(grpo["rewards"], fields=set(columns) - {"row_id"},
+                                            allow_python=grpo["allow_python"], recipe_dir=plan.recipe_dir,
+                                            file=str(plan.recipe_file))
+        except FtcError as err:  # a reward file that is gone or changed: reward_drift names it
+            if err.code != "FTC507" and not err.code.startswith("FTC13"):
+                raise
+            grpo["rewards"] = plan.settings["train"].get("grpo", {}).get("rewards")
+    keys = differing(plan.settings, json.loads(json.dumps(expected)))  # as the lock spells it: lists, not tuples
+    if not keys:  # the schedule (warmup, steps) from those settings, derived again by the schedule's own code
+        from ftc.compiler.schedule import derive_schedule
+
+        again = derive_schedule(plan.settings["train"], plan.schedule["train_items"], file=str(plan.recipe_file))
+        keys = differing(plan.schedule, json.loads(json.dumps(again)), "schedule.")
+    if keys:
+        return Drift("FTC509", str(plan.lock_path), {"keys": ", ".join(keys[:8]) + (f" (and {len(keys) - 8} more)" if len(keys) > 8 else "")})
+    return None
+
+
+def differing(a, b, prefix: str = "") -> list[str]:
+    """Dotted paths where two JSON values differ (a whole list where lists differ; 1 and 1.0 differ)."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        out: list[str] = []
+        for key in sorted(set(a) | set(b)):
+            out += differing(a[key], b[key], f"{prefix}{key}.") if key in a and key in b else [f"{prefix}{key}"]
+        return out
+    return [] if type(a) is type(b) and a == b else [prefix.rstrip(".") or "(all)"]
 
 
 def drift(plan: Plan) -> list[Drift]:
@@ -97,5 +196,6 @@ def drift(plan: Plan) -> list[Drift]:
         return found  # without the recipe's folder nothing else can be found
     found += source_drift(plan)
     found += reward_drift(plan)
+    found += [d for d in (settings_drift(plan), model_drift(plan)) if d]
     t = tokenizer_drift(plan)
     return found + ([t] if t else [])

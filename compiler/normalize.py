@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 
 import pyarrow as pa
 
+from ftc.compiler.safe_sql import check_expression
 from ftc.errors import FtcError, did_you_mean
 
 INTERNAL = ("_source", "_file", "_row", "_ord", "row_id")
@@ -42,6 +43,12 @@ class Stage:
         return {"stage": self.stage, "rows_in": self.rows_in, "rows_out": self.rows_out, "dropped": dict(sorted(self.dropped.items()))}
 
 
+def not_internal(name: str, where: str, file: str) -> None:
+    """A field a recipe writes may not be one of the bookkeeping columns (row identity and order)."""
+    if name in INTERNAL:
+        raise FtcError("FTC311", file=file, path=where, where=where, name=name, internal=", ".join(INTERNAL))
+
+
 def q(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
 
@@ -53,10 +60,11 @@ def lit(value: str) -> str:
 class Normalizer:
     """Holds one in-memory DuckDB connection with external access disabled."""
 
-    def __init__(self, recipe_file: str, temp_dir: "os.PathLike | None" = None):
+    def __init__(self, recipe_file: str, *, empty_ok: bool = False, temp_dir: "os.PathLike | None" = None):
         import duckdb
 
         self.file = recipe_file
+        self.empty_ok = empty_ok  # `ftc validate` runs the steps on a sample, which a filter may empty
         # With a temp_dir, DuckDB keeps to MEMORY_LIMIT and spills the rest there (sorts, tables).
         spill = {"memory_limit": MEMORY_LIMIT, "temp_directory": str(temp_dir)} if temp_dir else {}
         self.con = duckdb.connect(":memory:", config={"threads": 2, **spill})
@@ -164,13 +172,22 @@ class Normalizer:
             self._counts[new] = rows_out
         rows_out = self.count(new)
         d = {k: v for k, v in (dropped or {}).items() if v}
-        if rows_in - rows_out != sum(d.values()):
-            d = {**d, (reason or label): rows_in - rows_out - sum(d.values())}
+        rest = rows_in - rows_out - sum(d.values())
+        if rest > 0 and reason:  # a step that drops by one rule counts its drops as the difference
+            d[reason] = d.get(reason, 0) + rest
+        self.check(label, rows_in, rows_out, d)
         self.stages.append(Stage(label, rows_in, rows_out, d))
-        if rows_out == 0:
+        if rows_out == 0 and not self.empty_ok:
             counts = ", ".join(f"{k}: {v}" for k, v in d.items()) or f"{rows_in} rows in"
             raise FtcError("FTC302", file=self.file, stage=label, counts=counts)
         return new
+
+    def check(self, stage: str, rows_in: int, rows_out: int, dropped: dict[str, int]) -> None:
+        """Rows in = rows out + the counted drops, or the stage lost or made rows without a word."""
+        if rows_in != rows_out + sum(dropped.values()) or rows_out > rows_in:
+            counts = ", ".join(f"{k}: {v}" for k, v in dropped.items()) or "none"
+            raise FtcError("FTC308", file=self.file, stage=stage, rows_in=rows_in, rows_out=rows_out,
+                           dropped=f"{sum(dropped.values())} ({counts})")
 
     # -- steps
     def apply(self, t: str, step: dict, where: str) -> str:
@@ -224,6 +241,7 @@ class Normalizer:
         # A subquery boundary keeps the expression an expression, not a statement.
         cond = f"coalesce(({expr})::BOOLEAN, false)"
         path = f"{where}.filter"
+        check_expression(expr, path=path, file=self.file, fields=", ".join(self.fields(t)))
         self._sql(f"SELECT count(*) FROM {t} WHERE {cond} LIMIT 0", path, expr, t)
         kept = self._run(f"SELECT count(*) FROM {t} WHERE {cond}", path, "filter", expr, t, cond).fetchone()[0]
         return self._replace(t, f"SELECT * FROM {t} WHERE {cond}", f"{where}: filter",
@@ -238,8 +256,10 @@ class Normalizer:
     def _step_derive(self, t, arg, where):
         existing = set(self.types(t))
         for name, expr in arg.items():
+            not_internal(name, f"{where}.derive.{name}", self.file)
             path = f"{where}.{name}"  # the stage's label
             jp = f"{where}.derive.{name}"
+            check_expression(expr, path=jp, file=self.file, fields=", ".join(self.fields(t)))
             self._sql(f"SELECT ({expr}) FROM {t} LIMIT 0", jp, expr, t)
             # The view is lazy and a count skips unused columns: evaluate the expression
             # on every row now (hash() keeps the optimizer from dropping it), so a value
@@ -253,6 +273,7 @@ class Normalizer:
     def _step_extract(self, t, arg, where):
         src, pat, into = arg["from"], arg["pattern"], arg["into"]
         self._check_fields(t, [src], f"{where}.from")
+        not_internal(into, f"{where}.into", self.file)
         import duckdb
 
         try:  # DuckDB runs RE2: validate the pattern with the engine that will use it
@@ -328,6 +349,7 @@ class Normalizer:
             parts.append(f"SELECT * FROM {t}")
         out = self._tmp()
         self.x(f"CREATE TABLE {out} AS " + " UNION ALL BY NAME ".join(parts))
+        self.check("mix", sum(take.values()), self.count(out), {})
         return out
 
     def split(self, t: str, split: dict, default_key: list[str]) -> tuple[str, str]:
@@ -349,8 +371,11 @@ class Normalizer:
         self.x(f"CREATE VIEW {train} AS SELECT * EXCLUDE (_eval) FROM {final} WHERE NOT _eval")
         self.x(f"CREATE VIEW {evl} AS SELECT * EXCLUDE (_eval) FROM {final} WHERE _eval")
         n_eval = self.count(evl)
+        # Counted again over the split itself, not taken from the stages: rows that a
+        # step's view gained or lost after its stage was counted show up here.
+        self.check("split", rows, self.count(train) + n_eval, {})
         self.stages.append(Stage("split", rows, rows, {}))
-        if rows - n_eval == 0:
+        if rows - n_eval == 0 and not self.empty_ok:
             raise FtcError("FTC302", file=self.file, stage="split", counts=f"all {rows} rows went to eval")
         return train, evl
 

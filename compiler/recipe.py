@@ -14,11 +14,12 @@ import os
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 from ftc.compiler import jsontext
 from ftc.compiler.jsontext import json_path
 from ftc.compiler.lock import relpath
+from ftc.compiler.project_files import check_project_files, extra_roots
 from ftc.errors import FtcError, did_you_mean
 
 SCHEMA_PATH = Path(__file__).with_name("recipe.schema.json")
@@ -54,11 +55,13 @@ class Recipe:
 
 
 def load_recipe(path: str | os.PathLike, overrides: list[str] | tuple[str, ...] = (), *,
-                base: str | os.PathLike | None = None) -> Recipe:
+                base: str | os.PathLike | None = None, roots: Sequence[str | os.PathLike] = ()) -> Recipe:
     """Read, override, validate and resolve a recipe file.
 
     Path values in `overrides` are relative to `base`: the current directory for `--set` on the
-    command line (the default), the recipe's folder for the overrides a lock recorded."""
+    command line (the default), the recipe's folder for the overrides a lock recorded. The files
+    the recipe reads must lie in its folder, in one of `roots`, or in a root the command line
+    named (`project_roots`)."""
     p = Path(path)
     try:
         raw = p.read_bytes()
@@ -81,6 +84,7 @@ def load_recipe(path: str | os.PathLike, overrides: list[str] | tuple[str, ...] 
     try:
         validate(data, str(path))
         resolved = resolve(data, str(path))
+        check_project_files(resolved, p.parent, [*extra_roots(), *roots], str(path))
     except FtcError as err:
         raise _blame(err, original, list(overrides), str(path)) from None
     return Recipe(path=p, sha256=hashlib.sha256(raw).hexdigest(), overrides=tuple(applied), data=resolved)
@@ -261,6 +265,8 @@ def resolve(data: dict, file: str) -> dict:
         src.setdefault("transforms", [])
         if "path" in src:
             src.setdefault("encoding", "auto")
+            src.setdefault("encoding_errors", "strict")
+            src.setdefault("on_malformed", "error")
         if "hf" in src:
             src["hf"].setdefault("split", "train")
         for step in src["transforms"]:
@@ -305,7 +311,7 @@ def resolve(data: dict, file: str) -> dict:
     return out
 
 
-_FILE_KEYS = ("format", "encoding", "delimiter", "captures")  # what only the file readers read
+_FILE_KEYS = ("format", "encoding", "delimiter", "captures", "encoding_errors", "on_malformed")  # what only the file readers read
 _LOSS_KEYS = {"completion_only_loss": "prompt_completion", "assistant_only_loss": "messages"}
 
 
@@ -318,6 +324,10 @@ def _check_applies(written: dict, out: dict, file: str) -> None:
             for key in _FILE_KEYS:
                 if key in src:
                     raise FtcError("FTC212", file=file, path=json_path(["sources", name, key]), source=name, key=key)
+        else:
+            from ftc.compiler.discovery import check_keys_apply
+
+            check_keys_apply(src, name, file)
     train, model = written.get("train", {}), written.get("model", {})
     method, fmt = out["train"]["method"], out["template"]["format"]
     if method == "grpo" and train.get("packing") is True:

@@ -6,6 +6,12 @@ internals. Simple templates (text, ``{{ field }}``, ``{% if field %}…{% else %
 are lowered to DuckDB string concatenation, which renders 200k rows in a fraction of
 a second; anything else is rendered by Jinja, row by row. Both paths give the same
 text (tested on real data).
+
+A null is not text: Jinja would print it as ``None``, so a template that prints a null
+field is refused with the row named (the SQL lowering lets the null through to the
+output and ``check_rendered`` finds it there; Jinja's ``finalize`` refuses it). A
+template must print something: an empty one, or one that renders to nothing on every
+row, is refused.
 """
 
 from __future__ import annotations
@@ -15,6 +21,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
 
 from ftc.compiler.normalize import lit, q
@@ -38,18 +45,61 @@ def env():
 
     # Jinja's default newline handling (a file's single final newline is dropped), as in
     # HF chat templates: a prompt that must end in "\n" ends its file with a blank line.
-    return ImmutableSandboxedEnvironment(undefined=StrictUndefined, autoescape=False)
+    return ImmutableSandboxedEnvironment(undefined=StrictUndefined, autoescape=False, finalize=_finalize)
+
+
+class NullPrinted(Exception):
+    """A ``{{ ... }}`` of a template evaluated to None (Jinja would print 'None')."""
+
+
+def _finalize(value):
+    if value is None:
+        raise NullPrinted()
+    return value
+
+
+@lru_cache(maxsize=1)
+def _null() -> object:
+    """What a null field is inside a template: falsy (``{% if x %}``, ``x or ''`` and
+    ``x | default('')`` choose their fallback), but never text: printing it, a filter
+    that makes text of it (``upper``) or ``~`` raise NullPrinted instead of giving 'None'."""
+    from jinja2 import Undefined
+
+    def fail(self, *args, **kwargs):
+        raise NullPrinted()
+
+    def attribute(self, name):
+        if name[:2] == "__":
+            raise AttributeError(name)  # Python's own probes (hasattr(x, "__html__")) stay probes
+        raise NullPrinted()
+
+    members = {name: fail for name in ("_fail_with_undefined_error", "__str__", "__iter__", "__len__")}
+    return type("Null", (Undefined,), {"__slots__": (), "__getattr__": attribute, **members})()
+
+
+def _with_nulls(row: dict) -> dict:
+    null = _null()
+    return {k: null if v is None else v for k, v in row.items()}
 
 
 def load_template(spec, recipe_dir: Path, json_path: str, recipe_file: str) -> Template:
     if isinstance(spec, str):
-        return Template(json_path, spec)
-    p = recipe_dir / spec["file"]
-    try:
-        return Template(spec["file"], p.read_text(encoding="utf-8"))
-    except OSError as e:
-        raise FtcError("FTC402", file=recipe_file, path=f"{json_path}.file", template=spec["file"],
-                       reason=e.strerror or str(e), base=recipe_dir) from None
+        t = Template(json_path, spec)
+    else:
+        p = recipe_dir / spec["file"]
+        try:
+            data = p.read_bytes()
+        except OSError as e:
+            raise FtcError("FTC402", file=recipe_file, path=f"{json_path}.file", template=spec["file"],
+                           reason=e.strerror or str(e), base=recipe_dir) from None
+        try:
+            t = Template(spec["file"], data.decode("utf-8"))
+        except UnicodeDecodeError as e:
+            raise FtcError("FTC409", file=recipe_file, path=f"{json_path}.file", template=spec["file"],
+                           byte=f"0x{data[e.start]:02x}", offset=e.start, line=data[: e.start].count(b"\n") + 1) from None
+    if not t.source.strip():
+        raise FtcError("FTC406", file=recipe_file, path=json_path, template=t.name)
+    return t
 
 
 def compile_template(t: Template):
@@ -84,8 +134,8 @@ def to_sql(t: Template, types: dict[str, str]) -> str | None:
         if isinstance(node, nodes.Const) and isinstance(node.value, str):
             return lit(node.value)
         if isinstance(node, nodes.Name) and node.ctx == "load" and types.get(node.name) == "VARCHAR":
-            # Jinja prints None as 'None'
-            return f"coalesce({q(node.name)}, 'None')"
+            # A null makes the whole text null (DuckDB's ||): check_rendered finds and refuses it
+            return q(node.name)
         if isinstance(node, nodes.Output):
             return seq(node.nodes)
         if isinstance(node, nodes.If) and not node.elif_:
@@ -118,15 +168,74 @@ def to_sql(t: Template, types: dict[str, str]) -> str | None:
 def render_rows(t: Template, rows: list[dict]) -> list[str]:
     """Render ``t`` for each row; errors name the template line and the row."""
     compiled = compile_template(t)
-    out = []
+    out, nulls = [], []
     for row in rows:
         try:
-            out.append(compiled.render(row))
+            out.append(compiled.render(_with_nulls(row)))
+        except NullPrinted:
+            nulls.append(row)  # counted over every row, then refused
+            out.append("")
         except Exception as e:  # undefined names, sandbox refusals, and errors of the template's own logic
             raise FtcError("FTC401", template=t.name, line=_line(e, t.name), row=row.get("row_id", "?"),
                            reason=getattr(e, "message", None) or str(e),
                            fields=", ".join(k for k in row if not k.startswith("_"))) from None
+    if nulls:
+        raise FtcError("FTC405", template=t.name, row=nulls[0].get("row_id", "?"), field=_null_field(t, nulls[0]),
+                       count=len(nulls))
     return out
+
+
+def _null_field(t: Template, row: dict) -> str:
+    """The field a template prints that is null in ``row`` (the first by name), as the error names it."""
+    return next((v for v in sorted(variables(t)) if v in row and row[v] is None), "a value it prints")
+
+
+def check_rendered(table: pa.Table, spec: dict, templates: dict[str, Template], *, all_rows: bool) -> None:
+    """Refuse a rendered split that printed a null (FTC405) or, where ``all_rows`` (the
+    train split), a template that rendered to nothing on every row (FTC407).
+
+    Jinja refuses a null as it renders; the SQL lowering lets it through as a null
+    output (DuckDB's ``||`` is null when a part is), found here in one pass per column.
+    """
+    import pyarrow.compute as pc
+
+    n = table.num_rows
+    if not n:
+        return
+    fields = [c for c in table.column_names if not c.startswith("_") and c != "row_id"]
+    for key, value in spec.items():
+        if key == "format" or key not in table.column_names:
+            continue
+        col = table.column(key).combine_chunks()
+        if isinstance(value, dict) and "field" in value:
+            if col.null_count:
+                row = table.column("row_id")[pc.index(pc.is_null(col), True).as_py()].as_py()
+                raise FtcError("FTC405", template=f"template.{key}.field", row=row, field=value["field"],
+                               count=col.null_count)
+            turns = col.flatten() if pa.types.is_list(col.type) and pa.types.is_struct(col.type.value_type) else None
+            if turns is not None and {f.name for f in turns.type} == {"role", "content"} and turns.field("content").null_count:
+                # nothing but the text could stand in for it (no tool_calls): the template would print 'None'
+                at = pc.index(pc.is_null(turns.field("content")), True).as_py()
+                i = int(np.searchsorted(col.offsets.to_numpy(), at, side="right")) - 1
+                raise FtcError("FTC310", row=table.column("row_id")[i].as_py(), column=value["field"], key="content",
+                               count=turns.field("content").null_count)
+            continue
+        if isinstance(value, list):  # chat turns from templates: k contents per row, in order
+            k = len(value)
+            content = col.flatten().field("content")
+            parts = [(f"template.{key}[{j}].content", pc.take(content, pa.array(range(j, n * k, k), pa.int64())))
+                     for j in range(k)]
+        else:
+            parts = [(f"template.{key}", col)]
+        for jp, text in parts:
+            t = templates[jp]
+            if text.null_count:
+                i = pc.index(pc.is_null(text), True).as_py()
+                row = {c: table.column(c)[i].as_py() for c in fields if c in variables(t)}
+                raise FtcError("FTC405", template=t.name, row=table.column("row_id")[i].as_py(), field=_null_field(t, row),
+                               count=text.null_count)
+            if all_rows and pc.all(pc.equal(pc.utf8_trim_whitespace(text), "")).as_py():
+                raise FtcError("FTC407", template=t.name, rows=n, fields=", ".join(sorted(set(fields) - set(spec))))
 
 
 def _line(e: BaseException, name: str) -> int | str:

@@ -25,6 +25,7 @@ def compile_summary(lock: dict, lock_path: str, clock: Any = None) -> str:
     if len(files) > 12:
         files = files[:10] + [[f"... {len(files) - 10} more files", "", "", "", ""]]
     out += [table(files, ["source file", "format", "encoding", "rows", "columns"]), ""]
+    out += read_notes(lock)
     stages = [[s["stage"], f"{s['rows_in']:,}", f"{s['rows_out']:,}", f"{s['rows_in'] - s['rows_out']:,}"] for s in lock["stages"]]
     out += [table(stages, ["stage", "rows in", "rows out", "dropped"]), ""]
     drops = [(s["stage"], k, v) for s in lock["stages"] for k, v in s["dropped"].items() if v]
@@ -104,3 +105,21 @@ def _short(v, n: int = 100) -> str:
     s = v if isinstance(v, str) else json.dumps(v, ensure_ascii=False)
     s = s.replace("\n", "⏎")
     return s if len(s) <= n else s[: n - 1] + "…"
+
+
+def read_notes(lock: dict) -> list[str]:
+    """What reading the sources did not do exactly as written: replaced bytes, suspect CSV records, files not read."""
+    notes = []
+    for name, facts in lock["sources"].items():
+        for f in facts.get("files", []):
+            if f.get("replaced_bytes"):
+                notes.append(f"warning: {f['path']}: {f['replaced_bytes']:,} undecodable byte(s) read as U+FFFD "
+                             f"(sources.{name}.encoding_errors is replace)")
+            for r in f.get("lines", {}).get("suspect_records", []):
+                notes.append(f"warning: suspect record {f['path']} line {r['line']}: {r['lines']} lines read as one record, "
+                             f"{r['why']} (sources.{name}.on_malformed is warn)")
+        unread = facts.get("unread", [])
+        notes += [f"not read: {u['path']} ({u['reason']})" for u in unread[:10]]
+        if len(unread) > 10:
+            notes.append(f"not read: ... {len(unread) - 10} more files (the lock lists them: sources.{name}.unread)")
+    return notes + [""] if notes else []

@@ -241,9 +241,10 @@ def _counting(parts: Iterable[pa.Table], progress: Any) -> Iterator[pa.Table]:
         progress.update(t.num_rows)
 
 
-def tokenizer_location(recipe: Recipe) -> str:
-    """model.tokenizer as a local folder (relative to the recipe) when one exists, else the hub id."""
-    name = recipe.data["model"]["tokenizer"]
+def tokenizer_location(recipe: Recipe, key: str = "tokenizer") -> str:
+    """model.tokenizer (or another model key, such as "name") as a local folder (relative to the
+    recipe) when one exists, else the hub id."""
+    name = recipe.data["model"][key]
     local = recipe.resolve_path(name)
     return str(local) if local.is_dir() else name
 

@@ -15,10 +15,12 @@ def _parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="cmd", required=True, metavar="COMMAND")
 
     sub.add_parser("schema", help="print the recipe JSON Schema")
+    from ftc.commands import add_root
 
     s = sub.add_parser("validate", help="check a recipe (exit 0 or 2)")
     s.add_argument("recipe")
     s.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    add_root(s)
 
     s = sub.add_parser("compile", help="recipe -> datasets + plan.lock")
     s.add_argument("recipe")
@@ -26,6 +28,7 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a recipe value by dotted path, e.g. train.learning_rate=1e-4 (repeatable)")
     s.add_argument("-q", "--quiet", action="store_true")
+    add_root(s)
     s.add_argument("--progress", action="store_true", help="show progress with rate and ETA even when stderr is not a tty")
 
     s = sub.add_parser("preview", help="show rendered rows of a recipe or lock")
@@ -35,6 +38,7 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--json", action="store_true", help="one JSON object a line")
     s.add_argument("--tokens", action="store_true", help="show tokens, masked vs trained")
     s.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    add_root(s)
 
     s = sub.add_parser("clean", help="remove cache entries and artifacts that no lock in the project uses")
     s.add_argument("project", nargs="?", default=".", help="folder whose locks and caches to look at (default: .)")
@@ -57,8 +61,10 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         from ftc import commands
+        from ftc.compiler.project_files import project_roots
 
-        return getattr(commands, f"cmd_{args.cmd}")(args) or 0
+        with project_roots(getattr(args, "root", None)):
+            return getattr(commands, f"cmd_{args.cmd}")(args) or 0
     except FtcError as e:
         if args.debug:
             raise

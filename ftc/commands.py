@@ -7,6 +7,12 @@ import sys
 from pathlib import Path
 
 
+def add_root(s) -> None:
+    """--root DIR: the project is the recipe's folder plus these (ftc.compiler.project_files)."""
+    s.add_argument("--root", action="append", default=[], metavar="DIR",
+                   help="a folder, besides the recipe's own, that template and reward files may come from (repeatable)")
+
+
 def add_runtime_parsers(sub) -> None:
     """Parsers for commands that live in ftc.runtime (run, infer, eval, export, score)."""
     s = sub.add_parser("run", help="verify a plan.lock and train")
@@ -19,6 +25,7 @@ def add_runtime_parsers(sub) -> None:
     s.add_argument("--nnodes", type=int, default=1, help="hosts taking part (torchrun --nnodes)")
     s.add_argument("--node-rank", type=int, default=0, help="this host's rank (torchrun --node-rank)")
     s.add_argument("--rdzv-endpoint", help="HOST:PORT every host meets at (torchrun --rdzv-endpoint)")
+    add_root(s)  # a rebuild and the settings check read the recipe's files again
 
     s = sub.add_parser("infer", help="generate with a trained run, formatting requests with the training template")
     s.add_argument("run_dir")
@@ -33,6 +40,7 @@ def add_runtime_parsers(sub) -> None:
     s = sub.add_parser("eval", help="eval loss and perplexity of a run on its plan's eval split")
     s.add_argument("run_dir")
     s.add_argument("--split", default="eval", choices=["train", "eval"])
+    add_root(s)
 
     s = sub.add_parser("export", help="merge the LoRA adapter into the base weights (safetensors)")
     s.add_argument("run_dir")
@@ -63,7 +71,8 @@ def cmd_run(args) -> int:
         plan = verify(args.lock)  # once, before the workers start: a rebuild must not race across ranks
         per_rank_accumulation(plan.lock["settings"]["train"], args.gpus * args.nnodes)  # refuse before launching
         argv = ["run", args.lock, "--backend", args.backend] + (["--output", args.output] if args.output else []) \
-            + (["--resume"] if args.resume else []) + (["--max-steps", str(args.max_steps)] if args.max_steps else [])
+            + (["--resume"] if args.resume else []) + (["--max-steps", str(args.max_steps)] if args.max_steps else []) \
+            + [a for r in args.root for a in ("--root", os.path.abspath(r))]
         return launch(argv, gpus=args.gpus, nnodes=args.nnodes, node_rank=args.node_rank, rdzv_endpoint=args.rdzv_endpoint)
     facts = run_plan(args.lock, output=args.output, resume=args.resume, backend=args.backend, max_steps=args.max_steps)
     if not facts.get("plan_hash"):
@@ -188,10 +197,16 @@ def cmd_schema(args) -> int:
 
 
 def cmd_validate(args) -> int:
+    """The recipe, then what needs no full read of the data (ftc.compiler.check)."""
+    from ftc.compiler.check import check_recipe
     from ftc.compiler.recipe import load_recipe
 
     r = load_recipe(args.recipe, args.set)
+    checked = check_recipe(r)
     print(f"{args.recipe}: ok ({len(r.data['sources'])} sources, format {r.data['template']['format']}, method {r.data['train']['method']})")
+    print(f"  checked on the first {checked.sample_rows} rows of {checked.files} files", file=sys.stderr)
+    if checked.not_checked:
+        print(f"  not sampled (fields unknown until compile): {', '.join(checked.not_checked)}", file=sys.stderr)
     return 0
 
 

@@ -109,6 +109,11 @@ RULES: dict[str, Rule] = {
              "(a pretrained model keeps the config it was trained with)"),
         Rule("FTC155", "train.grpo configures GRPO, and train.method is {method!r}",
              "set train.method to \"grpo\", or drop train.grpo"),
+        # -- 156+ files a recipe reads (templates, python rewards) come from inside the project
+        Rule("FTC156", "{what} {target!r} ({resolved}) lies outside the project ({roots})",
+             "a recipe reads template and reward files only from its own folder or a folder named with --root DIR: "
+             "move the file into the project, or pass --root with the folder that holds it (data sources are not limited)"),
+        Rule("FTC157", "--root {root} is not a folder", "name an existing folder that holds the recipe's template or reward files"),
         # ---- 2xx sources: files, formats, encodings, columns
         Rule("FTC200", "no files match {pattern!r}", "check sources.{source}.path; it is relative to the recipe file ({base})"),
         Rule("FTC201", "cannot decode {file}: {detail}", "declare the file's encoding in sources.{source}.encoding (e.g. \"gb18030\") or fix the file"),
@@ -116,7 +121,8 @@ RULES: dict[str, Rule] = {
         Rule("FTC203", "{file}: none of the columns {wanted} for field {field!r} is present", "available columns: {available}{suggest}"),
         Rule("FTC204", "{file}: path does not match sources.{source}.captures {pattern!r}", "every file of the source must match; adjust the pattern or the path"),
         Rule("FTC205", "cannot load Hugging Face dataset {name!r}: {reason}", "check sources.{source}.name/config/split/revision; offline, point 'path' at a local copy instead"),
-        Rule("FTC206", "{file} row {row}: role {role!r} is not in sources.{source}.columns.{field}.roles", "add it to the role map, e.g. \"{role}\": \"assistant\" (mapped roles: {mapped})"),
+        Rule("FTC206", "{file} row {row}: role {role!r} is not in sources.{source}.columns.{field}.roles",
+             "add it to the role map, e.g. \"{role}\": \"{suggested}\" ({why}; mapped roles: {mapped})"),
         Rule("FTC207", "unknown format {format!r} for {file}", "declare sources.{source}.format as one of csv, tsv, json, jsonl, parquet"),
         Rule("FTC208", "unknown encoding {encoding!r}",
              "set sources.{source}.encoding to a Python codec name such as utf-8, gb18030, big5, latin-1, or to \"auto\""),
@@ -128,6 +134,36 @@ RULES: dict[str, Rule] = {
              "set sources.{source}.columns.{field}.role_key and content_key to the turns' keys (defaults: \"from\", \"value\")"),
         Rule("FTC212", "sources.{source}.{key} applies to files read from 'path', and source {source!r} is a Hugging Face dataset ('hf')",
              "drop sources.{source}.{key} (the dataset's own loader reads it); to read the files yourself, give 'path' instead of 'hf'"),
+        # -- 213-239 reading source files exactly (compiler/decoding.py, readers.py, discovery.py, csv_records.py)
+        Rule("FTC213", "{file} is UTF-8 except {count} byte(s) that are not, the first at byte offset {offset} (line {line}): "
+                       "{context}; it is UTF-8 with a defect ({why}), and decoding it as GB18030 would garble every row",
+             "fix those bytes; or set sources.{source}.encoding_errors to \"replace\" to read them as U+FFFD (counted in the lock); "
+             "or, if the whole file is in another codec, declare it in sources.{source}.encoding (cp1252 writes \u2019 as 0x92)"),
+        Rule("FTC214", "{file} is not UTF-8 (byte offset {offset}, line {line}: {context}) and does not read as GB18030 text "
+                       "({share} of its {chars} non-ASCII characters are common GB2312 ones)",
+             "declare the file's codec in sources.{source}.encoding (e.g. cp1252, latin-1, big5), or set "
+             "sources.{source}.encoding_errors to \"replace\" to read it as UTF-8 with U+FFFD, counted"),
+        Rule("FTC215", "{file} line {line}: a quoted value starts in this record and runs over {lines} lines, to line {end}: {why} "
+                       "(an unbalanced quote merges rows)",
+             "close the quote on line {line} (a quote inside a value is written twice, \"\"); if the value really spans "
+             "those lines, set sources.{source}.on_malformed to \"warn\" to read it as parsed (reported in the lock)"),
+        Rule("FTC216", "cannot decompress {file} as {compression}: {reason}",
+             "the name's last suffix says {compression}: recompress the file, or rename it to what it holds"),
+        Rule("FTC217", "{file}: the header names the column {column!r} twice (columns {first} and {second})",
+             "rename one of them in the file's header: every column needs its own name (the second would be lost)"),
+        Rule("FTC218", "the delimiter {delimiter!r} is {why}, and a CSV delimiter is one byte other than a line break or a quote",
+             "use one ASCII character such as \",\", \"\\t\", \";\" or \"|\""),
+        Rule("FTC219", "{encoding!r} is not a text encoding (a Python codec between bytes and bytes, or text and text)",
+             "set sources.{source}.encoding to a text codec such as utf-8, gb18030, big5, latin-1, or to \"auto\""),
+        Rule("FTC220", "{file} has no rows: {what}", "remove the file from the source (narrow the path or glob), or give it rows"),
+        Rule("FTC221", "{file}: element {index} of the array is a {type} ({value}), not an object",
+             "every element of a JSON array source is one row, an object of fields"),
+        Rule("FTC222", "{file}: the column {column!r} has the name of a column ftc adds itself ({internal})",
+             "rename it through sources.{source}.columns, e.g. {{\"{column}_\": \"{column}\"}}"),
+        Rule("FTC223", "sources.{source}.delimiter applies to csv and tsv files, and {file} is {format}",
+             "drop sources.{source}.delimiter (or set sources.{source}.format to csv)"),
+        Rule("FTC224", "sources.{source}.{key} applies to {applies} files, and this source reads {format}",
+             "drop sources.{source}.{key}: nothing would read it"),
         # ---- 3xx transforms (DuckDB steps)
         Rule("FTC300", "SQL error in {where}: {reason}\n  expression: {expr}", "expressions are DuckDB SQL over the fields: {fields}"),
         Rule("FTC301", "{where}: unknown field {field!r}", "known fields: {fields}{suggest}"),
@@ -140,6 +176,28 @@ RULES: dict[str, Rule] = {
              "fix that value in the data, or let the expression yield NULL instead of failing "
              "(TRY_CAST(x AS INTEGER), try(expr)) and drop those rows with a filter"),
         Rule("FTC306", "mix names an unknown source {name!r}", "mix keys are source names: {sources}{suggest}"),
+        # -- 307-319: column mapping and stage accounting: nothing lost or invented (compiler/sources.py, normalize.py)
+        Rule("FTC307", "field {field!r}: its alternative columns have types that cannot be one field ({types})",
+             "map them to separate fields, or list only columns of one kind (text, or lists of turns)"),
+        Rule("FTC308", "internal error: {stage}: {rows_in} rows in, {rows_out} rows out and {dropped} counted as dropped do not add up",
+             "the stage lost or invented rows without counting them; this is a bug in ftc (or an expression that "
+             "changed more than its own value): please report it with the recipe"),
+        Rule("FTC310", "row {row}: a turn of column {column!r} has a null {key!r} ({count} turns do), which a chat template "
+                       "would print as 'None'",
+             "fix or drop those rows in the data; a turn's text is never made up"),
+        Rule("FTC311", "{where}: {name!r} is a name ftc keeps for its own bookkeeping ({internal})",
+             "give the field another name: writing it would change the rows' identity or order, not a field"),
+        Rule("FTC312", "the turns of column {column!r} hold {type} under {key!r}, not text",
+             "point content_key at the key that holds each turn's text"),
+        Rule("FTC309", "sources.{source}.captures {pattern!r} has no named group, so it captures no field",
+             "name each part to capture, e.g. ^(?P<department>[^/]+)/ (groups become fields)"),
+        # -- 32x the SQL surface of filter/derive (compiler/safe_sql.py): one row-wise expression, nothing else
+        Rule("FTC320", "an expression is one SQL expression, and this is {what}\n  expression: {expr}",
+             "write one value over the row's fields, e.g. length(question) > 10 AND answer IS NOT NULL; "
+             "a second statement, clause or comment is not part of a data expression"),
+        Rule("FTC321", "{what} is not allowed in a data expression\n  expression: {expr}",
+             "filter and derive read the row's own fields with DuckDB's deterministic scalar functions; "
+             "subqueries, windows, table functions, settings, the clock and random numbers are refused"),
         # ---- 4xx templates (Jinja, and the template section of the recipe)
         Rule("FTC400", "template {template} line {line}: {reason}", "fix the Jinja syntax"),
         Rule("FTC401", "template {template} line {line}, row {row}: {reason}", "available fields: {fields}"),
@@ -147,6 +205,19 @@ RULES: dict[str, Rule] = {
         Rule("FTC403", "format {format!r} needs template.{key}",
              "add \"{key}\": an inline Jinja string or {{\"file\": \"templates/....jinja\"}}"),
         Rule("FTC404", "format {format!r} does not use template.{key}", "format {format!r} takes: {keys}"),
+        # -- 405-419: rendering prints what the data holds, never a stand-in (compiler/render.py, encode.py)
+        Rule("FTC405", "template {template}, row {row}: field {field!r} is null, and Jinja would print it as 'None' "
+                       "({count} rows print a null)",
+             "drop those rows first ({{\"drop_empty\": [\"{field}\"]}}), or say what to print instead, "
+             "e.g. {{{{ {field} or '' }}}} or {{% if {field} %}}...{{% endif %}}"),
+        Rule("FTC406", "template {template} is empty", "write the Jinja text that makes this part of the row, e.g. {{{{ question }}}}"),
+        Rule("FTC407", "template {template} renders to nothing (empty or only whitespace) on all {rows} rows",
+             "check the fields it prints and the conditions around them; the rows have: {fields}"),
+        Rule("FTC408", "row {row}: tools is not a list of tool definitions: {reason}",
+             "tools hold the JSON schemas of the functions the model may call, as a list or its JSON text, "
+             "e.g. [{{\"name\": \"search\", \"parameters\": {{...}}}}]; rows without tools hold null"),
+        Rule("FTC409", "template file {template} is not UTF-8 text: byte {byte} at offset {offset} (line {line}) does not decode",
+             "save the template as UTF-8 (e.g. iconv -f gb18030 -t utf-8)"),
         # ---- 5xx the lock and the inputs it fingerprints
         Rule("FTC500", "cannot read lock {file}: {reason}", "compile one with `ftc compile RECIPE -o {file}`"),
         Rule("FTC501", "{file} was written by ftc {version}, newer than this ftc {ours}", "upgrade ftc, or recompile the recipe with this version"),
@@ -161,6 +232,12 @@ RULES: dict[str, Rule] = {
              "the lock holds the sha256 of the reward file that was reviewed: recompile the recipe so it records the file you mean to run (`ftc compile RECIPE -o LOCK`)"),
         Rule("FTC508", "{file} is a recipe, not a plan.lock (it has sources and no plan_hash)",
              "that is a recipe; compile it first: ftc compile {file} -o plan.lock (then give plan.lock here)"),
+        Rule("FTC509", "{file}: the lock's settings are not what its recipe resolves to with the lock's overrides ({keys} differ)",
+             "the lock was edited and its plan_hash recomputed, or it comes from another recipe: nothing trains on "
+             "settings the recipe does not say; recompile with `ftc compile {recipe} -o {lock}`"),
+        Rule("FTC510", "model {file} is not the one the plan was compiled with: {changed}",
+             "another base model behind the same model.name would train under this plan: put the original back, "
+             "or recompile for this one with `ftc compile {recipe} -o {lock}`"),
         Rule("FTC530", "ftc clean: {file} is not a folder", "give the project folder that holds the locks and their caches (default: .)"),
         # ---- 6xx the tokenizer and tokenization
         Rule("FTC600", "cannot load tokenizer {name!r}: {reason}", "offline? point model.tokenizer at a local folder: --set model.tokenizer=PATH"),

@@ -84,6 +84,7 @@ def test_recompile_and_copied_project_give_identical_locks(cli, tmp_path, shared
     for name in ("a", "b"):
         proj = tmp_path / name / "proj"
         (proj / "recipes").mkdir(parents=True)
+        (proj / ".git").mkdir()  # a checkout: recipes/'s ../templates/ lie in the project (FTC156)
         shutil.copytree(ROOT / "templates", proj / "templates")
         shutil.copy(ROOT / "recipes/medical.json", proj / "recipes")
         shutil.copytree(shared / "data" / "medical", tmp_path / name / "shared" / "data" / "medical")

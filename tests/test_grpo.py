@@ -13,6 +13,7 @@ the runtime for a lock that says otherwise (one written by an ftc that did not c
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -54,7 +55,9 @@ def compile_gsm8k(folder: Path, *extra: str):
     recipe = json.loads((ROOT / "recipes" / "gsm8k_grpo.json").read_text())
     recipe.pop("$schema")
     recipe["sources"]["gsm8k"]["path"] = str(GSM8K)
-    recipe["template"]["prompt"][0]["content"]["file"] = str(ROOT / "templates" / "gsm8k_system.jinja")
+    folder.mkdir(parents=True, exist_ok=True)  # template files come from the recipe's project (FTC156)
+    shutil.copy(ROOT / "templates" / "gsm8k_system.jinja", folder / "gsm8k_system.jinja")
+    recipe["template"]["prompt"][0]["content"]["file"] = "gsm8k_system.jinja"
     recipe["transforms"].append({"limit": 16})
     tiny = write_tiny_model_dir(folder / "tiny")
     overrides = [f"model.name={tiny}", f"model.tokenizer={TOKENIZER}", *OVERRIDES, *extra]
