@@ -100,65 +100,44 @@ def _parse_expressions(data: dict, file: str) -> None:
 
 
 def _head(recipe, name: str, spec: dict) -> tuple[pa.Table, int]:
-    """The first records of every file of a path source, mapped onto fields as `load_source` maps
-    them (captures, columns), with the bookkeeping columns the normalizer expects."""
-    import re
-
-    from ftc.compiler import readers
+    """The first records of every file of a path source, made into rows by the very function
+    compile uses (``sources.file_table``: decoding, captures, columns, bookkeeping columns)."""
+    from ftc.compiler import discovery
     from ftc.compiler.lock import relpath
-    from ftc.compiler.sources import discover, map_columns
+    from ftc.compiler.sources import capture_pattern, file_table
 
-    files, root = discover(recipe, name, spec)  # FTC200: nothing matches
-    pattern = re.compile(spec["captures"]) if "captures" in spec else None
+    found = discovery.discover(recipe, name, spec)  # FTC200: nothing matches
+    pattern = capture_pattern(recipe, name, spec)
     tables = []
-    for f in files:
-        rel_recipe, rel_root = relpath(f, recipe.dir), relpath(f, root)
-        fmt = spec.get("format") or readers.FORMATS.get(f.suffix.lower())
-        if fmt is None:
-            raise FtcError("FTC207", file=rel_recipe, format=f.suffix, source=name)
-        res = _read_head(f, fmt, spec, rel_recipe, name)
-        captured: dict[str, str] = {}
-        if pattern is not None:
-            m = pattern.search(rel_root)
-            if not m:
-                raise FtcError("FTC204", file=rel_recipe, source=name, pattern=spec["captures"])
-            captured = {k: v for k, v in m.groupdict().items() if v is not None}
-        table, _ = map_columns(res.table, spec.get("columns"), captured, rel_recipe, name)
-        n = table.num_rows
-        table = table.append_column("_source", pa.array([name] * n, pa.string()))
-        table = table.append_column("_file", pa.array([rel_root] * n, pa.string()))
-        tables.append(table.append_column("_row", pa.array(range(1, n + 1), pa.int64())))
+    for f in found.files:
+        data, compressed, whole = _read_head(f, spec)
+        try:
+            table = file_table(recipe, name, spec, f, found.root, pattern, data, compressed)[0]
+        except FtcError:
+            if whole:
+                raise
+            # a head the reader cannot take (a quoted field across the cut): the whole file says
+            table = file_table(recipe, name, spec, f, found.root, pattern, f.read_bytes())[0]
+        tables.append(table)
     try:
-        return pa.concat_tables(tables, promote_options="permissive"), len(files)
+        return pa.concat_tables(tables, promote_options="permissive"), len(found.files)
     except (pa.ArrowInvalid, pa.ArrowTypeError) as e:
-        raise FtcError("FTC202", file=relpath(files[0], recipe.dir), format="table", source=name,
+        raise FtcError("FTC202", file=relpath(found.files[0], recipe.dir), format="table", source=name,
                        reason=f"files of source {name!r} disagree on column types: {e}") from None
 
 
-def _read_head(f: Path, fmt: str, spec: dict, rel: str, source: str):
-    """A file's first records through the real reader: the first HEAD_BYTES cut at a line end
-    (CSV, TSV, JSONL), the first batch of a parquet file, a JSON array whole. A head the reader
-    cannot take (a quoted field across the cut) is read whole instead."""
-    from ftc.compiler import readers
+def _read_head(f: Path, spec: dict) -> tuple[bytes, bool, bool]:
+    """(bytes, still compressed, whole file) of a file's head: the first HEAD_BYTES cut at a
+    line end for an uncompressed CSV, TSV or JSONL file; the whole file otherwise (a JSON array
+    or parquet file cannot be cut, and a compressed one is decompressed by the reader)."""
+    from ftc.compiler import discovery, readers
 
-    if fmt == "parquet":
-        import pyarrow.parquet as pq
-
-        try:
-            pf = pq.ParquetFile(f)
-            batch = next(pf.iter_batches(batch_size=256), None)
-            table = pa.Table.from_batches([batch]) if batch is not None else pf.schema_arrow.empty_table()
-            return readers.ReadResult(table, None)
-        except (pa.ArrowException, OSError):
-            pass  # the reader says what is wrong, with its own error
-    encoding, delimiter = spec.get("encoding", "auto"), spec.get("delimiter")
-    if fmt in ("csv", "tsv", "jsonl"):
+    suffix, compression = discovery.data_suffix(f)
+    fmt = spec.get("format") or readers.FORMATS.get(suffix)
+    if compression is None and fmt in ("csv", "tsv", "jsonl"):
         with open(f, "rb") as fh:
             data = fh.read(HEAD_BYTES + 1)
         cut = data.rfind(b"\n", 0, HEAD_BYTES)
         if len(data) > HEAD_BYTES and cut > 0:
-            try:
-                return readers.read_file(data[: cut + 1], fmt, encoding, delimiter, rel, source)
-            except FtcError:
-                pass
-    return readers.read_file(f.read_bytes(), fmt, encoding, delimiter, rel, source)
+            return data[: cut + 1], False, False
+    return f.read_bytes(), True, True

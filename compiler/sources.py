@@ -78,30 +78,10 @@ def load_source(recipe: Recipe, name: str, spec: dict, progress: bool = False) -
     total = sum(f.stat().st_size for f in files)
     bar = Progress(f"read {name}", total, "bytes", enabled=progress and total >= MIN_BYTES)
     for i, f in enumerate(files):
-        rel_recipe = relpath(f, recipe.dir)
-        rel_root = relpath(f, root)
-        suffix, compression = discovery.data_suffix(f)
-        fmt = spec.get("format") or readers.FORMATS.get(suffix)
-        if fmt is None:
-            raise FtcError("FTC207", file=rel_recipe, format=f.suffix, source=name)
         data = f.read_bytes()
-        res = readers.read_file(discovery.decompress(data, compression, rel_recipe, name), fmt, spec.get("encoding", "auto"),
-                                spec.get("delimiter"), rel_recipe, name, spec["encoding_errors"], spec["on_malformed"])
-        captured: dict[str, str] = {}
-        if pattern is not None:
-            m = pattern.search(rel_root)
-            if not m:
-                raise FtcError("FTC204", file=rel_recipe, source=name, pattern=spec["captures"])
-            captured = {k: v for k, v in m.groupdict().items() if v is not None}
-        table, chosen = map_columns(res.table, spec.get("columns"), captured, rel_recipe, name)
-        _check_not_internal(table, spec, rel_recipe, name)
-        n = table.num_rows
-        table = table.append_column("_source", pa.array([name] * n, pa.string()))
-        table = table.append_column("_file", pa.array([rel_root] * n, pa.string()))
-        table = table.append_column("_row", pa.array(range(1, n + 1), pa.int64()))
+        table, fact = file_table(recipe, name, spec, f, root, pattern, data)
         tables.append(table)
-        facts.append(FileFacts(rel_recipe, len(data), hashlib.sha256(data).hexdigest(), fmt, res.encoding, chosen,
-                               captured, n, res.malformed, res.evidence, res.replaced, res.lines, compression))
+        facts.append(fact)
         bar.update(len(data), note=f"{i + 1}/{len(files)} files")
     bar.close()
     try:
@@ -110,6 +90,38 @@ def load_source(recipe: Recipe, name: str, spec: dict, progress: bool = False) -
         raise FtcError("FTC202", file=facts[0].path, format="table", source=name,
                        reason=f"files of source {name!r} disagree on column types: {e}") from None
     return SourceData(name, table, facts, unread=found.unread)
+
+
+def file_table(recipe: Recipe, name: str, spec: dict, f: Path, root: Path, pattern: re.Pattern | None,
+               data: bytes, compressed: bool = True) -> tuple[pa.Table, FileFacts]:
+    """One file of a path source as a table of fields plus the bookkeeping columns, and its facts.
+
+    The one place a file's bytes become rows (compile reads whole files; ``ftc validate`` hands
+    a file's head, already decompressed, with ``compressed=False``)."""
+    rel_recipe = relpath(f, recipe.dir)
+    rel_root = relpath(f, root)
+    suffix, compression = discovery.data_suffix(f)
+    fmt = spec.get("format") or readers.FORMATS.get(suffix)
+    if fmt is None:
+        raise FtcError("FTC207", file=rel_recipe, format=f.suffix, source=name)
+    text = discovery.decompress(data, compression, rel_recipe, name) if compressed else data
+    res = readers.read_file(text, fmt, spec.get("encoding", "auto"), spec.get("delimiter"), rel_recipe, name,
+                            spec["encoding_errors"], spec["on_malformed"])
+    captured: dict[str, str] = {}
+    if pattern is not None:
+        m = pattern.search(rel_root)
+        if not m:
+            raise FtcError("FTC204", file=rel_recipe, source=name, pattern=spec["captures"])
+        captured = {k: v for k, v in m.groupdict().items() if v is not None}
+    table, chosen = map_columns(res.table, spec.get("columns"), captured, rel_recipe, name)
+    _check_not_internal(table, spec, rel_recipe, name)
+    n = table.num_rows
+    table = table.append_column("_source", pa.array([name] * n, pa.string()))
+    table = table.append_column("_file", pa.array([rel_root] * n, pa.string()))
+    table = table.append_column("_row", pa.array(range(1, n + 1), pa.int64()))
+    fact = FileFacts(rel_recipe, len(data), hashlib.sha256(data).hexdigest(), fmt, res.encoding, chosen,
+                     captured, n, res.malformed, res.evidence, res.replaced, res.lines, compression)
+    return table, fact
 
 
 def _check_not_internal(table: pa.Table, spec: dict, file: str, source: str) -> None:

@@ -3,12 +3,25 @@
 from __future__ import annotations
 
 import json
+import unicodedata
 from typing import Any
 
 
+def display_width(text: str) -> int:
+    """Columns `text` takes in a terminal: East Asian wide and fullwidth characters (Chinese file
+    names) take two, combining marks none; len() would count one each and break the columns."""
+    return sum(0 if unicodedata.combining(ch) else 2 if unicodedata.east_asian_width(ch) in "WF" else 1 for ch in text)
+
+
+def _pad(text: str, width: int, left: bool) -> str:
+    fill = " " * max(0, width - display_width(text))
+    return text + fill if left else fill + text
+
+
 def table(rows: list[list[str]], header: list[str]) -> str:
-    widths = [max(len(str(r[i])) for r in [header] + rows) for i in range(len(header))]
-    line = lambda r: "  ".join(str(c).ljust(w) if i == 0 else str(c).rjust(w) for i, (c, w) in enumerate(zip(r, widths)))
+    """Columns aligned by display width: the first left-aligned, the others right-aligned."""
+    widths = [max(display_width(str(r[i])) for r in [header] + rows) for i in range(len(header))]
+    line = lambda r: "  ".join(_pad(str(c), w, i == 0) for i, (c, w) in enumerate(zip(r, widths)))
     return "\n".join([line(header), line(["-" * w for w in widths])] + [line(r) for r in rows])
 
 

@@ -40,12 +40,73 @@ class TokenizerInfo:
     has_generation_markers: bool
 
 
+HUB_PROBE_SECONDS = 2.0  # how long `hub_offline` waits for the Hub (or the proxy) to answer a TCP connect
+OFFLINE_REASON = "it is not in the local Hugging Face cache, and the Hub cannot be reached (offline)"
+_hub_state: dict[str, bool] = {}
+
+
+def hub_offline() -> bool:
+    """Whether Hub downloads are off: HF_HUB_OFFLINE is set, or a TCP connect to the Hub
+    endpoint (or the HTTPS proxy) does not succeed within HUB_PROBE_SECONDS. Asked once a
+    process. Without it, a name that is not cached costs 28-74 s of retries on a box without
+    network before the error; with it, loaders read the cache only (`local_files_only`)
+    and fail at once."""
+    if "offline" not in _hub_state:
+        _hub_state["offline"] = _offline_by_setting() or not _reachable(_hub_address(), HUB_PROBE_SECONDS)
+    return _hub_state["offline"]
+
+
+def _offline_by_setting() -> bool:
+    try:
+        from huggingface_hub import constants
+
+        return bool(constants.HF_HUB_OFFLINE)
+    except ImportError:
+        return False
+
+
+def _hub_address() -> tuple[str, int]:
+    """(host, port) a Hub request first connects to: the HTTPS proxy if one is set, else HF_ENDPOINT."""
+    import os
+    from urllib.parse import urlsplit
+
+    proxy = os.environ.get("HTTPS_PROXY") or os.environ.get("https_proxy")
+    url = urlsplit(proxy if proxy else os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
+    return url.hostname or "huggingface.co", url.port or (443 if url.scheme == "https" else 80)
+
+
+def _reachable(address: tuple[str, int], seconds: float) -> bool:
+    """A TCP connect within `seconds`, name resolution included (run in a thread: getaddrinfo has no timeout)."""
+    import socket
+    import threading
+
+    result: list[bool] = []
+
+    def probe() -> None:
+        try:
+            socket.create_connection(address, timeout=seconds).close()
+            result.append(True)
+        except OSError:
+            result.append(False)
+
+    thread = threading.Thread(target=probe, daemon=True)
+    thread.start()
+    thread.join(seconds)
+    return bool(result and result[0])
+
+
+def hub_kwargs(name_or_path: str) -> dict[str, Any]:
+    """from_pretrained keywords for `name_or_path`: the cache only, when it is a hub id and the Hub is off."""
+    return {"local_files_only": True} if not Path(name_or_path).expanduser().is_dir() and hub_offline() else {}
+
+
 def load_tokenizer(name_or_path: str, revision: str | None = None) -> tuple[Any, TokenizerInfo]:
     """Load a fast (Rust-backed) tokenizer from a local folder or the Hub cache.
 
     Offline use is the norm on training boxes, so every failure (no network,
     missing files, no tokenizer.json) becomes FTC600, whose hint says how to point
-    ``model.tokenizer`` at a local folder instead of a stack trace.
+    ``model.tokenizer`` at a local folder instead of a stack trace; without a network
+    a hub id is looked up in the cache only (`hub_offline`), so that takes seconds.
     """
     local = Path(name_or_path).expanduser()
     try:
@@ -54,9 +115,11 @@ def load_tokenizer(name_or_path: str, revision: str | None = None) -> tuple[Any,
         if local.is_dir():
             tok = AutoTokenizer.from_pretrained(str(local))
         else:
-            tok = AutoTokenizer.from_pretrained(name_or_path, revision=revision)
+            tok = AutoTokenizer.from_pretrained(name_or_path, revision=revision, **hub_kwargs(name_or_path))
     except Exception as err:  # noqa: BLE001 - any failure here means "cannot load", said once
         reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        if not local.is_dir() and hub_offline():
+            reason = OFFLINE_REASON
         raise FtcError("FTC600", name=name_or_path, reason=reason) from err
     if not getattr(tok, "is_fast", False) or getattr(tok, "backend_tokenizer", None) is None:
         raise FtcError("FTC600", name=name_or_path, reason="it has no fast tokenizer (tokenizer.json)")
@@ -101,7 +164,8 @@ def _tokenizer_files(folder: Path | None, name: str, revision: str | None) -> di
         else:
             from transformers.utils import cached_file
 
-            hit = cached_file(name, fname, revision=revision, _raise_exceptions_for_missing_entries=False)
+            hit = cached_file(name, fname, revision=revision, _raise_exceptions_for_missing_entries=False,
+                              **hub_kwargs(name))
             path = Path(hit) if hit else Path("/nonexistent")
         if path.is_file():
             found[fname] = path

@@ -40,8 +40,22 @@ def show_tokens(tokenizer: Any, input_ids: Sequence[int], labels: Sequence[int],
     return "".join(parts)
 
 
-def length_histogram_png(lengths_by_split: dict[str, Sequence[int]], path: str | Path, max_seq_length: int) -> None:
-    """Token-length histogram per split, with the max_seq_length cut drawn in.
+HISTOGRAM_BINS = 80  # at most; bins are whole tokens wide
+
+
+def length_bins(lengths_by_split: dict[str, Sequence[int]]) -> np.ndarray:
+    """Bin edges over 0 .. the longest row, whole tokens wide, at most HISTOGRAM_BINS: the rows
+    themselves set the range (not max_seq_length, which on a short-row set such as the medical
+    one left all rows in about 4 of 50 bins)."""
+    top = max([1, *(int(max(v)) for v in lengths_by_split.values() if len(v))])
+    width = max(1, -(-top // HISTOGRAM_BINS))
+    return np.arange(0, top + width + 1, width)
+
+
+def length_histogram_png(lengths_by_split: dict[str, Sequence[int]], path: str | Path, max_seq_length: int) -> np.ndarray:
+    """Token-length histogram per split, each as a share of its own rows (a small eval split
+    shows beside a large train split), with the max_seq_length cut drawn in when it is within
+    the rows' range; returns the bin edges.
 
     Uses matplotlib's object API on an Agg canvas (no pyplot global state, no
     display), and fixed bins, so the same lengths give the same picture.
@@ -49,20 +63,30 @@ def length_histogram_png(lengths_by_split: dict[str, Sequence[int]], path: str |
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    top = max([max_seq_length, *(int(max(v)) for v in lengths_by_split.values() if len(v))])
-    bins = np.linspace(0, top, 51)
+    bins = length_bins(lengths_by_split)
     fig = Figure(figsize=(7, 3.5), dpi=100)
     FigureCanvasAgg(fig)
     ax = fig.add_subplot()
+    counts = []
     for split in sorted(lengths_by_split):
         values = np.asarray(lengths_by_split[split])
-        ax.hist(values, bins=bins, histtype="step", linewidth=1.5, label=f"{split} ({len(values):,} rows)")
-    ax.axvline(max_seq_length, color="crimson", linestyle="--", linewidth=1, label=f"max_seq_length {max_seq_length}")
+        counts.append(f"{split} {len(values):,} rows")
+        if len(values):
+            p50, p99 = (int(x) for x in np.percentile(values, [50, 99]))
+            ax.hist(values, bins=bins, weights=np.full(len(values), 1 / len(values)), histtype="step", linewidth=1.5,
+                    label=f"{split} ({len(values):,} rows, p50 {p50}, p99 {p99})")
+    if max_seq_length <= bins[-1]:
+        ax.axvline(max_seq_length, color="crimson", linestyle="--", linewidth=1, label=f"max_seq_length {max_seq_length}")
+    else:
+        ax.plot([], [], " ", label=f"max_seq_length {max_seq_length} (beyond the longest row)")
+    title = f"tokens per row: {', '.join(counts)}"
+    ax.set_title(title, fontsize="medium")
     ax.set_xlabel("tokens per row")
-    ax.set_ylabel("rows")
+    ax.set_ylabel("share of the split's rows")
     ax.legend(fontsize="small")
     fig.tight_layout()
-    fig.savefig(str(path), format="png", metadata={"Software": None})
+    fig.savefig(str(path), format="png", metadata={"Software": None, "Title": title})
+    return bins
 
 
 def data_report_md(

@@ -36,6 +36,9 @@ def add_runtime_parsers(sub) -> None:
     s.add_argument("--dry-run", action="store_true",
                    help="print each request's prompt and its exact token ids (the training ids), load no weights")
     s.add_argument("--json", action="store_true", help="with --dry-run: one JSON object a line, {prompt, prompt_ids}")
+    s.add_argument("--output", metavar="FILE.jsonl",
+                   help="write one JSON line per answer, {request, completion, completion_ids, prompt_tokens, completion_tokens, stop}; "
+                        "a file of requests answers as JSON lines on stdout without it")
 
     s = sub.add_parser("eval", help="eval loss and perplexity of a run on its plan's eval split")
     s.add_argument("run_dir")
@@ -77,12 +80,36 @@ def cmd_run(args) -> int:
     facts = run_plan(args.lock, output=args.output, resume=args.resume, backend=args.backend, max_steps=args.max_steps)
     if not facts.get("plan_hash"):
         return 0  # a rank other than 0: rank 0 reports
-    out = facts["output_dir"]
-    tr = facts.get("train", {})
-    print(f"trained {tr.get('global_step')} steps on {facts.get('device')} ({facts['backend']}): "
-          f"loss {tr.get('first_loss')} -> {tr.get('last_loss')}")
-    print(f"adapter: {out}\nreport:  {out}/report.md\nmetrics: {out}/metrics.jsonl")
+    print(run_summary(facts))
     return 0
+
+
+def _round(value, digits: int = 4) -> str:
+    """A loss or perplexity as a person reads it: 4 decimals, '-' where there is none."""
+    return "-" if value is None else f"{value:.{digits}f}"
+
+
+def run_summary(facts: dict) -> str:
+    """What `ftc run` prints at the end (also for a run that was already finished): the losses,
+    rounded, the final eval figure, and where every output of the run lies."""
+    out = Path(facts["output_dir"])
+    tr = facts.get("train", {})
+    ev = facts.get("eval") or {}
+    lines = [f"trained {tr.get('global_step')} steps on {facts.get('device')} ({facts['backend']}): "
+             f"loss {_round(tr.get('first_loss'))} -> {_round(tr.get('last_loss'))}"]
+    if ev.get("loss") is not None:
+        lines.append(f"final eval loss {_round(ev['loss'])}, perplexity {_round(ev.get('perplexity'), 3)} "
+                     f"over {ev.get('tokens', 0):,} tokens")
+    elif ev.get("reward") is not None:
+        lines.append(f"final eval reward {_round(ev['reward'])} (step {ev.get('step')})")
+    else:
+        lines.append("final eval: none (the plan has no eval split, or the run was interrupted)")
+    where = [("run folder", out), ("adapter", out / "adapter_model.safetensors"), ("report", out / "report.md"),
+             ("loss curve", out / "loss.png"), ("metrics", out / "metrics.jsonl"), ("facts", out / "run.json"),
+             ("checkpoints", out / "checkpoints"), ("tensorboard", out / "tensorboard")]
+    lines += [f"{label + ':':<12} {path}" for label, path in where if path == out or path.exists()]
+    lines.append(f"next:        ftc infer {out}")
+    return "\n".join(lines)
 
 
 _JSON_KINDS = {list: "an array", str: "a string", int: "a number", float: "a number", bool: "a boolean", type(None): "null"}
@@ -105,32 +132,75 @@ def _requests(arg: str | None) -> list[dict] | None:
 
 
 def cmd_infer(args) -> int:
-    from ftc.compiler.render import prompt_fields
-    from ftc.runtime.run import infer, run_lock
+    """One request (streamed), a file of requests (JSON lines out), or an interactive session;
+    the model loads once for all of them."""
+    from ftc.errors import FtcError
 
     if args.json and not args.dry_run:
-        from ftc.errors import FtcError
-
         raise FtcError("FTC772")
-
-    def run(reqs: list[dict]) -> None:
-        if args.dry_run:
-            _dry_run(args.run_dir, reqs, as_json=args.json)
-        else:
-            infer(args.run_dir, reqs, max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p)
-
+    if args.output and args.dry_run:
+        raise FtcError("FTC778")
     reqs = _requests(args.input)
-    if reqs is not None:
-        run(reqs)
+    if args.dry_run and reqs is not None:
+        _dry_run(args.run_dir, reqs, as_json=args.json)
         return 0
-    fields = prompt_fields(run_lock(Path(args.run_dir)))
-    print(f"fields: {', '.join(fields)}; type {'the ' + fields[0] if len(fields) == 1 else 'a JSON object'} a line, Ctrl-D to end",
-          file=sys.stderr)
-    for line in sys.stdin:
+    from ftc.runtime.run import InferSession
+
+    session = InferSession(args.run_dir)
+    as_lines = args.output is not None or (args.input is not None and Path(args.input).is_file())
+    sink = open(args.output, "w", encoding="utf-8") if args.output else sys.stdout  # noqa: SIM115 - closed below
+    try:
+        if reqs is not None:
+            encoded = session.encode(reqs)  # every request is checked before the weights load
+            for n, (req, (_, ids)) in enumerate(zip(reqs, encoded), 1):
+                _answer(session, args, req, ids, sink if as_lines else None)
+                if as_lines and args.output:
+                    print(f"ftc: answered {n}/{len(reqs)} -> {args.output}", file=sys.stderr)
+            return 0
+        _interactive(session, args, sink if args.output else None)
+    finally:
+        if sink is not sys.stdout:
+            sink.close()
+    return 0
+
+
+def _answer(session, args, req: dict, ids: list[int], sink) -> None:
+    """Stream the answer to stdout, or (sink) write it as one JSON line."""
+    res = session.answer(ids, max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p,
+                         stream=sink is None)
+    if sink is not None:
+        sink.write(json.dumps({"request": req, **res}, ensure_ascii=False) + "\n")
+        sink.flush()
+
+
+def _interactive(session, args, sink) -> None:
+    """A line a request until end of input; a bad line is named and the session goes on."""
+    from ftc.compiler.render import prompt_fields
+    from ftc.errors import FtcError
+
+    fields = prompt_fields(session.lock)
+    print(f"fields: {', '.join(fields)}; type {'the ' + fields[0] if len(fields) == 1 else 'a JSON object'} a line, "
+          "Ctrl-D to end", file=sys.stderr)
+    while True:
+        if sys.stdin.isatty():
+            print("> ", end="", file=sys.stderr, flush=True)
+        line = sys.stdin.readline()
+        if not line:
+            return
         if not line.strip():
             continue
-        run([{fields[0]: line.rstrip("\n")} if len(fields) == 1 else _requests(line)[0]])
-    return 0
+        try:
+            req = {fields[0]: line.rstrip("\n")} if len(fields) == 1 else _requests(line)[0]
+            ids = session.encode([req])[0][1]
+        except FtcError as e:
+            print(e.render(), file=sys.stderr)
+            continue
+        if args.dry_run:
+            _dry_run(args.run_dir, [req], as_json=args.json)
+            continue
+        _answer(session, args, req, ids, sink)
+        if sink is None:
+            print()  # a blank line between one streamed answer and the next
 
 
 def _dry_run(run_dir: str, reqs: list[dict], *, as_json: bool) -> None:

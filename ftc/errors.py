@@ -269,6 +269,10 @@ RULES: dict[str, Rule] = {
         Rule("FTC775", "the request lacks {missing}", "give a JSON object with the fields {fields}"),
         Rule("FTC776", "the request gives no turns in {key!r}", "give {{\"{key}\": [{{\"role\": \"user\", \"content\": \"...\"}}]}}"),
         Rule("FTC777", "-n {n}: preview shows at least one row", "give a positive count of rows, e.g. -n 3"),
+        Rule("FTC778", "--output takes the answers, and --dry-run generates none",
+             "leave out --output (--dry-run --json prints JSON lines to stdout), or leave out --dry-run"),
+        Rule("FTC779", "train.report_to {tracker} needs the {package} package, which is not installed",
+             "pip install {package}, or set train.report_to to \"none\" (--set train.report_to=none) and recompile"),
         # ---- ftc run / infer / eval / export / score (runtime/): one rule per thing that goes wrong there
         # 70x: the run folder, the backend and the method
         Rule("FTC701", "--backend unsloth needs {missing}", "use --backend hf (transformers + peft + trl), which runs on the CPU too"),

@@ -31,6 +31,7 @@ from typing import Any
 
 from ftc.errors import FtcError
 from ftc.runtime.model import LoadedModel, ModelSetup, load_base_model, lora_kwargs, resolve_dtype
+from ftc.runtime.trainer_config import checkpointing_key
 
 RANDOM_BASE = "random_base"
 
@@ -84,7 +85,7 @@ def unsloth_setup(model: dict, lora: dict, train: dict, *, seed: int, output_dir
         backend="unsloth",
         attention="unsloth (varlen attention over the packed_seq_lengths the collator hands it)",
         packing_safe=True,
-        trainer_overrides={"gradient_checkpointing": False},  # unsloth checkpoints inside the model (above)
+        trainer_overrides={checkpointing_key(): False},  # unsloth checkpoints inside the model (above)
         packed_lengths_key="packed_seq_lengths",  # from the collator, on the CPU: no GPU sync to find them
         facts={"versions": _versions(), "gradient_checkpointing": checkpointing or False,
                "compile_cache": os.environ.get("UNSLOTH_COMPILE_LOCATION"), "random_base": random_base,

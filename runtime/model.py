@@ -17,6 +17,7 @@ import sys
 from dataclasses import dataclass, field
 from typing import Any
 
+from ftc.compiler.tokenizer import OFFLINE_REASON, hub_kwargs
 from ftc.errors import FtcError
 
 # Attention paths that honour sequence boundaries in a packed row: transformers' mask
@@ -87,13 +88,12 @@ def load_base_model(model: dict, *, seed: int, device: str | None = None) -> Loa
     dtype_name = resolve_dtype(model["dtype"], device)
     dtype = getattr(torch, dtype_name)
     name = model["name"]
-    common = {"trust_remote_code": model["trust_remote_code"], "attn_implementation": "sdpa"}
+    common = {"trust_remote_code": model["trust_remote_code"], "attn_implementation": "sdpa", **hub_kwargs(name)}
     if model["revision"]:
         common["revision"] = model["revision"]
 
+    refuse_unloadable(model, device)
     if model["init"] == "random":
-        if model["load_in_4bit"]:
-            raise FtcError("FTC710", path="model.load_in_4bit")
         try:
             config = model_config(model)  # config.json plus the plan's model.config overrides
         except (OSError, ValueError) as err:
@@ -116,13 +116,9 @@ def load_base_model(model: dict, *, seed: int, device: str | None = None) -> Loa
         return LoadedModel(built, dtype_name, device, True, fingerprint, built.num_parameters())
 
     kwargs: dict[str, Any] = {**common, "dtype": dtype}
+    if common.get("local_files_only"):  # its look-up of an adapter config ignores local_files_only otherwise
+        kwargs["adapter_kwargs"] = {"local_files_only": True}
     if model["load_in_4bit"]:
-        if device != "cuda":
-            raise FtcError("FTC712", missing="a CUDA GPU (bitsandbytes runs there)")
-        try:
-            import bitsandbytes  # noqa: F401
-        except ImportError as err:
-            raise FtcError("FTC712", missing="the bitsandbytes package") from err
         kwargs["quantization_config"] = transformers.BitsAndBytesConfig(
             load_in_4bit=True,
             bnb_4bit_quant_type="nf4",
@@ -133,8 +129,25 @@ def load_base_model(model: dict, *, seed: int, device: str | None = None) -> Loa
     try:
         loaded = transformers.AutoModelForCausalLM.from_pretrained(name, **kwargs)
     except OSError as err:
-        raise FtcError("FTC713", path="model.name", name=name, loader="transformers", reason=str(err).strip()) from err
+        reason = OFFLINE_REASON if hub_kwargs(name) else str(err).strip()
+        raise FtcError("FTC713", path="model.name", name=name, loader="transformers", reason=reason) from err
     return LoadedModel(loaded, dtype_name, device, False, "", loaded.num_parameters())
+
+
+def refuse_unloadable(model: dict, device: str | None = None) -> None:
+    """The checks that need no loading, made before any (`ftc run` calls it first thing, so a
+    4-bit plan on a machine without CUDA is refused in a second, not after the tokenizer and
+    the data were read): 4-bit quantizes trained weights, on a CUDA GPU, with bitsandbytes."""
+    if not model["load_in_4bit"]:
+        return
+    if model["init"] == "random":
+        raise FtcError("FTC710", path="model.load_in_4bit")
+    if (device or device_kind()) != "cuda":
+        raise FtcError("FTC712", missing="a CUDA GPU (bitsandbytes runs there)")
+    import importlib.util
+
+    if importlib.util.find_spec("bitsandbytes") is None:
+        raise FtcError("FTC712", missing="the bitsandbytes package")
 
 
 def model_config(model: dict) -> Any:
@@ -142,7 +155,7 @@ def model_config(model: dict) -> Any:
     overrides for init=random), read without loading any weights."""
     import transformers
 
-    kwargs: dict[str, Any] = {"trust_remote_code": model["trust_remote_code"]}
+    kwargs: dict[str, Any] = {"trust_remote_code": model["trust_remote_code"], **hub_kwargs(model["name"])}
     if model["revision"]:
         kwargs["revision"] = model["revision"]
     config = transformers.AutoConfig.from_pretrained(model["name"], **kwargs)

@@ -12,12 +12,17 @@ from typing import Any
 from ftc.runtime.metrics import read_metrics
 
 
-def plot_lines(path: Path, series: list[tuple[str, str, list[tuple[int, float]]]], *, ylabel: str,
-               log_if_wide: bool = False) -> bool:
-    """A PNG of (label, matplotlib style, [(step, value)]) series over optimizer steps; False
-    (no file) when every series is empty. `log_if_wide`: a log y axis when the first series
-    spans more than 20x."""
+Series = list[tuple[str, str, list[tuple[int, float]]]]  # (label, matplotlib style, [(step, value)])
+
+
+def plot_lines(path: Path, series: Series, *, ylabel: str, log_if_wide: bool = False, title: str = "",
+               right: Series = (), right_label: str = "") -> bool:
+    """A PNG of series over optimizer steps, `right` ones on a second y axis (the learning rate
+    beside the loss); False (no file) when every left series is empty. `log_if_wide`: a log y
+    axis when the first series spans more than 20x. The PNG's Title and Description text
+    fields carry the title and the series' labels."""
     series = [(label, style, pts) for label, style, pts in series if pts]
+    right = [(label, style, pts) for label, style, pts in right if pts]
     if not series:
         return False
     import matplotlib
@@ -34,19 +39,32 @@ def plot_lines(path: Path, series: list[tuple[str, str, list[tuple[int, float]]]
     if log_if_wide and min(first) > 0 and max(first) / min(first) > 20:
         ax.set_yscale("log")
     ax.grid(alpha=0.3)
-    ax.legend()
+    handles, labels = ax.get_legend_handles_labels()
+    if right:
+        twin = ax.twinx()
+        for label, style, pts in right:
+            twin.plot(*zip(*pts), style, label=label, linewidth=1, color="tab:gray", alpha=0.8)
+        twin.set_ylabel(right_label)
+        more = twin.get_legend_handles_labels()
+        handles, labels = handles + more[0], labels + more[1]
+    ax.legend(handles, labels)
+    if title:
+        ax.set_title(title, fontsize="medium")
     fig.tight_layout()
-    fig.savefig(path)
+    fig.savefig(path, metadata={"Title": title, "Description": "; ".join(l for l, _, _ in [*series, *right])})
     plt.close(fig)
     return True
 
 
-def plot_loss(metrics: list[dict], path: Path) -> bool:
-    """loss.png: training loss per step, eval loss as points. False when nothing to plot."""
+def plot_loss(metrics: list[dict], path: Path, *, title: str = "") -> bool:
+    """loss.png: training loss per step, eval loss as points, the learning rate on the right axis.
+    False when nothing to plot."""
     return plot_lines(path, [
         ("train loss", "-", [(m["step"], m["loss"]) for m in metrics if m.get("loss") is not None]),
         ("eval loss", "o-", [(m["step"], m["eval_loss"]) for m in metrics if m.get("eval_loss") is not None]),
-    ], ylabel="loss", log_if_wide=True)
+    ], ylabel="loss", log_if_wide=True, title=title,
+        right=[("learning rate", "--", [(m["step"], m["learning_rate"]) for m in metrics if m.get("learning_rate") is not None])],
+        right_label="learning rate")
 
 
 def _fmt(value: Any, digits: int = 4) -> str:
@@ -72,7 +90,9 @@ def write_report(output_dir: Path, facts: dict, sections: list[str] = ()) -> Pat
     `sections` (markdown, e.g. GRPO's rewards) go after the summary, before the settings."""
     output_dir = Path(output_dir)
     metrics = read_metrics(output_dir / "metrics.jsonl")
-    has_plot = plot_loss(metrics, output_dir / "loss.png")
+    name = facts.get("name") or output_dir.name
+    has_plot = plot_loss(metrics, output_dir / "loss.png",
+                         title=f"{name} ({str(facts.get('plan_hash') or '')[:12]}): loss and learning rate")
     train = facts.get("train", {})
     tokens = facts.get("tokens", {})
     model = facts.get("model", {})

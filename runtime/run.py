@@ -62,6 +62,32 @@ def guard_output(out: Path, plan: Plan, resume: bool) -> None:
         raise FtcError("FTC705", folder=str(out))
 
 
+def finished_run(out: Path, plan: Plan, max_steps: int | None) -> dict | None:
+    """run.json of the run of this very plan that `out` already holds, finished (not interrupted)
+    with the same --max-steps; else None. Training it again would give the same adapter, so
+    `ftc run` (with or without --resume) says so and changes nothing."""
+    path = out / "run.json"
+    if not path.is_file() or not (out / RUN_LOCK).is_file():
+        return None
+    try:
+        facts = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError):
+        return None  # a broken run.json is no finished run: the folder guard and the Trainer decide
+    train = facts.get("train") or {}
+    same = facts.get("plan_hash") == plan.plan_hash and facts.get("settings", {}).get("max_steps_override") == max_steps
+    done = not train.get("interrupted") and train.get("global_step") is not None and train.get("global_step") == train.get("max_steps")
+    return facts if same and done else None
+
+
+def trained_nothing(out: Path) -> bool:
+    """No optimizer step left a trace in `out`: no checkpoint, no metrics line, no run.json."""
+    from ftc.runtime.session import CHECKPOINTS, last_checkpoint
+
+    metrics = out / "metrics.jsonl"
+    return (last_checkpoint(out / CHECKPOINTS) is None and not (out / "run.json").exists()
+            and not (metrics.is_file() and metrics.read_text(encoding="utf-8").strip()))
+
+
 def run_plan(lock_path: str, *, output: str | None = None, resume: bool = False, backend: str = "auto",
              max_steps: int | None = None) -> dict:
     from ftc.runtime.launch import finish_distributed, world
@@ -71,10 +97,24 @@ def run_plan(lock_path: str, *, output: str | None = None, resume: bool = False,
     chosen, why = choose_backend(backend, world_size=world_size)
     out = run_dir_for(plan, output)
     guard_output(out, plan, resume)
+    done = finished_run(out, plan, max_steps)
+    if done is not None:  # nothing to train, nothing written
+        if rank != 0:
+            return {}
+        step = done["train"]["global_step"]
+        print(f"ftc: {out} holds the finished run of plan {plan.plan_hash[:12]} ({step} of {step} steps); nothing to "
+              f"{'resume' if resume else 'train'}, nothing changed. To train again, choose another --output.", file=sys.stderr)
+        return {**done, "output_dir": str(out), "already_finished": True}
+    from ftc.runtime.model import refuse_unloadable
     from ftc.runtime.session import CHECKPOINTS, last_checkpoint
 
+    from ftc.runtime.trainer_config import refuse_missing_trackers
+
+    refuse_unloadable(plan.settings["model"])  # 4-bit without CUDA or on random weights: before any loading
+    refuse_missing_trackers(plan.settings["train"])
     if resume and last_checkpoint(out / CHECKPOINTS) is None:  # refused before the run folder is written to
         raise FtcError("FTC706", folder=str(out / CHECKPOINTS))
+    fresh = not out.exists() or not any(out.iterdir())  # this run makes the folder: a failure before training removes it
     if rank == 0:
         out.mkdir(parents=True, exist_ok=True)
         # the run folder's copy of the plan, re-anchored there: infer/eval/export resolve every path from it
@@ -82,20 +122,34 @@ def run_plan(lock_path: str, *, output: str | None = None, resume: bool = False,
     print(f"ftc: plan {plan.plan_hash[:12]} verified; backend {chosen} ({why}); output {out}", file=sys.stderr)
     if plan.rebuilt:
         print(f"ftc: rebuilt from the sources: {', '.join(plan.rebuilt)}", file=sys.stderr)
-    if chosen == "unsloth":  # its own process: unsloth must be imported first and patches TRL
-        from ftc.runtime.unsloth_process import train_in_child
+    try:
+        facts = _train(plan, chosen, why, out, resume=resume, max_steps=max_steps, world_size=world_size)
+    except BaseException:
+        # a run that failed before its first step leaves no folder behind: the next run of the
+        # fixed plan (another plan hash) would be refused by the folder guard
+        if rank == 0 and fresh and out.is_dir() and trained_nothing(out):
+            import shutil
 
-        facts = train_in_child(plan, output_dir=out, resume=resume, max_steps_override=max_steps, backend_reason=why)
-    else:
-        from ftc.runtime.methods import method_for
-        from ftc.runtime.session import run_method
-
-        facts = run_method(method_for(plan.method), plan, output_dir=out, resume=resume, backend="hf", backend_reason=why,
-                           max_steps_override=max_steps, world_size=world_size)
+            shutil.rmtree(out, ignore_errors=True)
+            print(f"ftc: the run failed before training started; removed {out}", file=sys.stderr)
+        raise
     finish_distributed()
     if rank != 0 or not facts:
         return {}  # rank 0 wrote run.json and the report
     return {**facts, "output_dir": str(out)}
+
+
+def _train(plan: Plan, chosen: str, why: str, out: Path, *, resume: bool, max_steps: int | None, world_size: int) -> dict:
+    """The run skeleton with the plan's method, here or in the unsloth process."""
+    if chosen == "unsloth":  # its own process: unsloth must be imported first and patches TRL
+        from ftc.runtime.unsloth_process import train_in_child
+
+        return train_in_child(plan, output_dir=out, resume=resume, max_steps_override=max_steps, backend_reason=why)
+    from ftc.runtime.methods import method_for
+    from ftc.runtime.session import run_method
+
+    return run_method(method_for(plan.method), plan, output_dir=out, resume=resume, backend="hf", backend_reason=why,
+                      max_steps_override=max_steps, world_size=world_size)
 
 
 # ---------------------------------------------------------------- inference with the training template
@@ -136,17 +190,50 @@ def encode_requests(run_dir: Path, requests: list[dict]) -> tuple[Any, list[tupl
     return tok, [prompt_of_request(lock, req, tok) for req in requests]
 
 
-def infer(run_dir: str, requests: list[dict], *, max_new_tokens: int, temperature: float, top_p: float,
-          stream: bool = True, seed: int | None = 0) -> list[str]:
-    from ftc.runtime.infer import generate, load_trained, text_streamer
+class InferSession:
+    """A trained run ready to answer: the plan's tokenizer and templates at once, the model
+    (base + adapter) on the first answer and then kept, so an interactive session or a file
+    of requests pays for loading once."""
 
-    _, encoded = encode_requests(Path(run_dir), requests)  # a bad request is refused before the weights load
-    trained = load_trained(Path(run_dir))
-    tok = trained.tokenizer  # the run folder's copy: decoding, eos and pad
-    outs = []
-    for _, ids in encoded:
-        new = generate(trained.model, ids, max_new_tokens=max_new_tokens, do_sample=temperature > 0,
+    def __init__(self, run_dir: str | Path) -> None:
+        self.run_dir = Path(run_dir)
+        self.lock = run_lock(self.run_dir)
+        self._plan_tokenizer = plan_tokenizer(self.run_dir)
+        self._trained: Any = None
+
+    def encode(self, requests: list[dict]) -> list[tuple[str | list[dict], list[int]]]:
+        """[(prompt, prompt ids)] per request, through the plan's `encode_prompt` (a bad request is refused here)."""
+        from ftc.compiler.encode import prompt_of_request
+
+        return [prompt_of_request(self.lock, req, self._plan_tokenizer) for req in requests]
+
+    @property
+    def trained(self) -> Any:
+        if self._trained is None:
+            from ftc.runtime.infer import load_trained
+
+            self._trained = load_trained(self.run_dir)
+        return self._trained
+
+    def answer(self, prompt_ids: list[int], *, max_new_tokens: int, temperature: float, top_p: float,
+               stream: bool = False, seed: int | None = 0) -> dict:
+        """{completion, completion_ids, prompt_tokens, completion_tokens, stop ("eos" or "length")} for one prompt."""
+        from ftc.runtime.infer import generate, text_streamer
+
+        trained = self.trained
+        tok = trained.tokenizer  # the run folder's copy: decoding, eos and pad
+        new = generate(trained.model, prompt_ids, max_new_tokens=max_new_tokens, do_sample=temperature > 0,
                        temperature=temperature or 1.0, top_p=top_p, seed=seed, eos_token_id=tok.eos_token_id,
                        pad_token_id=tok.pad_token_id, streamer=text_streamer(tok) if stream else None)
-        outs.append(tok.decode(new, skip_special_tokens=True))
-    return outs
+        eos = {tok.eos_token_id} if isinstance(tok.eos_token_id, int) else set(tok.eos_token_id or [])
+        return {"completion": tok.decode(new, skip_special_tokens=True), "completion_ids": new, "prompt_tokens": len(prompt_ids),
+                "completion_tokens": len(new), "stop": "eos" if new and new[-1] in eos else "length"}
+
+
+def infer(run_dir: str, requests: list[dict], *, max_new_tokens: int, temperature: float, top_p: float,
+          stream: bool = True, seed: int | None = 0) -> list[str]:
+    """The completion of each request, in order (the model loaded once)."""
+    session = InferSession(run_dir)
+    encoded = session.encode(requests)  # a bad request is refused before the weights load
+    return [session.answer(ids, max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, stream=stream,
+                           seed=seed)["completion"] for _, ids in encoded]

@@ -45,7 +45,7 @@ from ftc.runtime.flops import mfu
 from ftc.runtime.launch import per_rank_accumulation, world
 from ftc.runtime.metrics import StopFlag, TokenCounter, callbacks as run_callbacks, read_metrics, truncate_metrics
 from ftc.runtime.model import ModelSetup, load_tokenizer
-from ftc.runtime.trainer_config import checked_config, refuse_changes, training_arguments
+from ftc.runtime.trainer_config import checked_config, refuse_changes, tracking, training_arguments
 
 CHECKPOINTS = "checkpoints"
 
@@ -153,11 +153,13 @@ def run_method(method: Method, plan: Plan, *, output_dir: Path, resume: bool = F
     planned = {**training_arguments(train, warmup_steps=warmup, checkpoints=folder.checkpoints,
                                     max_steps=max_steps_override if max_steps_override is not None else train["max_steps"],
                                     dtype=loaded.dtype, device=loaded.device,
-                                    eval_steps=train["eval_steps"] if data.eval_dataset is not None else None),
+                                    eval_steps=train["eval_steps"] if data.eval_dataset is not None else None,
+                                    run_name=f"{plan.name}-{plan.plan_hash[:8]}"),
                **own, **setup.trainer_overrides}
     args = checked_config(config_class, planned)
 
-    # ---- trainer, and what it reports while it trains
+    # ---- trainer, and what it reports while it trains (train.report_to: the Trainer's own trackers)
+    tracked, untrack = tracking(train, plan_name=plan.name, plan_hash=plan.plan_hash, run_dir=folder.root)
     counter, stop, perf = TokenCounter(), StopFlag(), {"device": loaded.device}
     trainer_class, extra = method.trainer(data, tokenizer=tokenizer, setup=setup)
     trainer = trainer_class(
@@ -186,6 +188,7 @@ def run_method(method: Method, plan: Plan, *, output_dir: Path, resume: bool = F
         trainer.train(resume_from_checkpoint=folder.last_checkpoint if resume else None)
     finally:
         stop.uninstall()
+        untrack()
     train_time = time.perf_counter() - t_train
 
     # ---- save: the adapter (+ tokenizer); from here on rank 0 alone writes
@@ -217,6 +220,7 @@ def run_method(method: Method, plan: Plan, *, output_dir: Path, resume: bool = F
         "throughput_tokens_per_second": per_second,
         "tokens": token_facts(counter, note="counted in this process (a resumed run counts from its resume step)"),
         "memory_plan": memory,
+        "tracking": {"report_to": train["report_to"], "run_name": args.run_name, "environment": tracked},
         "peak_memory": peak_memory(loaded.device),
         "distributed": distributed_facts(settings["train"], rank_train, world_size, per_second),
         "adapter_dir": ".",

@@ -13,17 +13,18 @@ other micro-batches and decides gradient checkpointing (memory_plan.apply).
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from ftc.errors import FtcError
 
 
 def training_arguments(train: dict, *, warmup_steps: int, checkpoints: Path, max_steps: int, dtype: str, device: str,
-                       eval_steps: int | None) -> dict[str, Any]:
+                       eval_steps: int | None, run_name: str | None = None) -> dict[str, Any]:
     """TrainingArguments keywords from the resolved `train` section.
 
     `warmup_steps` is the lock's `schedule.warmup_steps`: the compiler turns warmup_ratio into
-    steps once, so the runtime never derives it again."""
+    steps once, so the runtime never derives it again. `run_name` names the run in the
+    trackers of `train.report_to` (see `tracking`)."""
     batch = int(train["per_device_train_batch_size"])
     return dict(
         output_dir=str(checkpoints),
@@ -45,10 +46,11 @@ def training_arguments(train: dict, *, warmup_steps: int, checkpoints: Path, max
         save_total_limit=2,  # the last checkpoint resumes; one more in case it was cut mid-write
         eval_strategy="steps" if eval_steps else "no",
         eval_steps=eval_steps,
-        gradient_checkpointing=train["gradient_checkpointing"] is True,  # "auto" is resolved before this (memory_plan)
+        **{checkpointing_key(): train["gradient_checkpointing"] is True},  # "auto" is resolved before this (memory_plan)
         bf16=device == "cuda" and dtype == "bfloat16",
         fp16=device == "cuda" and dtype == "float16",
-        report_to="none",
+        report_to=train["report_to"],
+        run_name=run_name,
         # several processes (torchrun): CPU ranks need use_cpu to form a gloo DDP group;
         # LoRA leaves most parameters frozen, so DDP must not search for unused ones
         use_cpu=device != "cuda",
@@ -58,6 +60,66 @@ def training_arguments(train: dict, *, warmup_steps: int, checkpoints: Path, max
         dataloader_num_workers=0,
         dataloader_pin_memory=device == "cuda",
     )
+
+
+def checkpointing_key() -> str:
+    """TrainingArguments' name for gradient checkpointing: `activation_checkpointing` where this
+    transformers has it (`gradient_checkpointing` is its deprecated alias there, and passing it
+    warns on every run), else the old name."""
+    from dataclasses import fields
+
+    from transformers import TrainingArguments
+
+    names = {f.name for f in fields(TrainingArguments)}
+    return "activation_checkpointing" if "activation_checkpointing" in names else "gradient_checkpointing"
+
+
+# The package each `train.report_to` integration needs (the Trainer's callbacks import them)
+TRACKERS = {"tensorboard": ("tensorboard", "tensorboardX"), "wandb": ("wandb",), "mlflow": ("mlflow",), "trackio": ("trackio",)}
+TENSORBOARD_DIR = "tensorboard"  # in the run folder
+
+
+def trackers(train: dict) -> list[str]:
+    """The integrations of `train.report_to` ("none": [])."""
+    report_to = train["report_to"]
+    return [] if report_to == "none" else [report_to] if isinstance(report_to, str) else list(report_to)
+
+
+def refuse_missing_trackers(train: dict) -> None:
+    """FTC779 before any loading when an integration's package is absent (the Trainer would
+    fail only once the model is loaded)."""
+    import importlib.util
+
+    for name in trackers(train):
+        if not any(importlib.util.find_spec(pkg) for pkg in TRACKERS[name]):
+            raise FtcError("FTC779", path="train.report_to", tracker=name, package=TRACKERS[name][0])
+
+
+def tracking(train: dict, *, plan_name: str, plan_hash: str, run_dir: Path) -> tuple[dict[str, str], Callable[[], None]]:
+    """What each tracker of `train.report_to` reads from the environment, set for this run (a
+    value the user exported wins): TensorBoard's event folder in the run folder, the plan hash
+    as a tag for wandb and mlflow. Returns (the values in force, for run.json; a function that
+    takes back what was set here, called when training ends, so a second run in the same
+    process does not inherit them)."""
+    import json
+    import os
+
+    wanted: dict[str, str] = {}
+    names = trackers(train)
+    if "tensorboard" in names:
+        wanted["TENSORBOARD_LOGGING_DIR"] = str(Path(run_dir) / TENSORBOARD_DIR)
+    if "wandb" in names:
+        wanted["WANDB_TAGS"] = f"ftc,plan-{plan_hash[:12]}"
+    if "mlflow" in names:
+        wanted["MLFLOW_TAGS"] = json.dumps({"ftc.plan": plan_name, "ftc.plan_hash": plan_hash})
+    ours = [key for key in wanted if key not in os.environ]
+    in_force = {key: os.environ.setdefault(key, value) for key, value in wanted.items()}
+
+    def restore() -> None:
+        for key in ours:
+            os.environ.pop(key, None)
+
+    return in_force, restore
 
 
 # Keys TrainingArguments rewrites into another form by design (not a change of the plan's value)
