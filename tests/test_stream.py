@@ -110,3 +110,23 @@ def test_progress_shows_rate_and_eta_when_asked(project, monkeypatch, capsys):
     assert "time: " in out.out and "tokenize " in out.out
     assert main(["compile", str(project), "-o", str(project.parent / "q.lock")]) == 0
     assert "rows/s" not in capsys.readouterr().err  # not a tty, not asked: no progress lines
+
+
+def test_a_rendered_null_is_reported_for_the_whole_split_when_rendering_in_batches(tmp_path, monkeypatch):
+    from ftc.compiler import cache
+    from ftc.errors import FtcError
+
+    write_jsonl(tmp_path / "d.jsonl", [{"q": f"q{i}", "a": None if i % 17 == 5 else f"a{i}"} for i in range(200)])
+    recipe = write_recipe(tmp_path, {
+        "sources": {"s": {"path": "d.jsonl"}},
+        "split": {"eval": 0, "seed": 0},
+        "template": {"format": "prompt_completion", "prompt": "{{ q }}", "completion": "{{ a }}"},
+    })
+    seen = {}
+    for batch in (10**6, 7):
+        monkeypatch.setattr(cache, "BATCH", batch)
+        with pytest.raises(FtcError) as err:
+            _compile(recipe, tmp_path / "p.lock")
+        seen[batch] = (err.value.code, err.value.fields)
+    assert seen[7] == seen[10**6]
+    assert seen[7][0] == "FTC405" and seen[7][1]["count"] == 12  # every null of the split, not a batch's
