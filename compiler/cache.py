@@ -176,6 +176,7 @@ def plan_key(recipe: Recipe, norm_key: str | None, templates: dict, versions: di
         if not tokenizer:
             return None
         tokenizer = {"files": tokenizer, "name": model["tokenizer"], "revision": model.get("tokenizer_revision"),
+                     "trust_remote_code": model.get("trust_remote_code"),
                      "max_seq_length": model["max_seq_length"]}
     return digest({"what": "plan", "normalized": norm_key, "versions": versions, "tokenize": tokenize,
                    "split": data["split"], "template": data["template"],

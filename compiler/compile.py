@@ -22,6 +22,7 @@ from ftc.compiler.inputs import model_fingerprint
 from ftc.compiler.lock import LOCK_VERSION, Plan, relpath, seal
 from ftc.compiler.lock import write_lock as write_lock_file
 from ftc.compiler.normalize import INTERNAL, Normalizer, Stage, standard_lists
+from ftc.compiler.outputs import check_writable
 from ftc.compiler.recipe import Recipe
 from ftc.compiler.schedule import check_grpo_batch, derive_schedule
 from ftc.compiler.progress import Clock, Progress
@@ -49,6 +50,8 @@ def compile_recipe(recipe: Recipe, lock_path: Path, *, progress: bool = False, w
     With ``write``, what the content fingerprints say is unchanged is taken from the cache
     (``cache.py``): the whole data-and-tokens half, or only the normalized rows.
     """
+    if write:  # before any reading: a compile that cannot write its output fails first, not last
+        check_writable(recipe, Path(lock_path) if write_lock else None)
     clock = Clock(progress)
     versions = _versions(tokenize)
     store = cache.Cache(cache.cache_root(recipe)) if write else None

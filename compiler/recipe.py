@@ -189,6 +189,7 @@ def validate(data: dict, file: str) -> None:
     validator = _validator_class()(schema())
     errors = list(validator.iter_errors(data))
     if not errors:
+        _check_sizes(data, [], file)
         return
     unknown = _deepest_unknown_key(errors)
     if unknown is not None:
@@ -202,6 +203,29 @@ def validate(data: dict, file: str) -> None:
         err = best_match(err.context)
     path = json_path(err.absolute_path)
     raise FtcError("FTC102", file=file, path=path, reason=_describe(err), hint=_schema_hint(err))
+
+
+LARGEST = 2**31 - 1  # a count or size: torch and the Trainer keep them in (at least) 32-bit integers
+LARGEST_SEED = 2**32 - 1  # transformers' set_seed seeds numpy, whose seeds are below 2^32
+
+
+def _check_sizes(node: object, parts: list, file: str) -> None:
+    """Numbers the schema lets through (it has no upper bounds) but the Trainer cannot use: a batch of
+    10^30 or a seed of 2^64 would end in an OverflowError at `ftc run`. model.config is the model's
+    own config, which transformers checks."""
+    if isinstance(node, dict):
+        for key, value in node.items():
+            if parts != ["model"] or key != "config":
+                _check_sizes(value, [*parts, key], file)
+    elif isinstance(node, list):
+        for i, value in enumerate(node):
+            _check_sizes(value, [*parts, i], file)
+    elif isinstance(node, (int, float)) and not isinstance(node, bool):
+        seed = bool(parts) and parts[-1] == "seed"
+        limit = LARGEST_SEED if seed else LARGEST
+        if abs(node) > limit:
+            raise FtcError("FTC167", file=file, path=json_path(parts), value=node, limit=limit,
+                           what="seed" if seed else "number")
 
 
 @lru_cache(maxsize=1)
@@ -305,6 +329,9 @@ def resolve(data: dict, file: str) -> dict:
         if fmt == "prompt":
             raise FtcError("FTC109", file=file, path="template.format")
     out["train"] = train
+    from ftc.compiler.trainer_choices import check_optim
+
+    check_optim(train["optim"], file)  # a free string in the schema: the installed Trainer's names decide
     out["output"] = {"cache_dir": ".ftc", **out.get("output", {})}
     _check_template_keys(out["template"], file)
     _check_applies(data, out, file)

@@ -12,11 +12,20 @@ field is refused with the row named (the SQL lowering lets the null through to t
 output and ``check_rendered`` finds it there; Jinja's ``finalize`` refuses it). A
 template must print something: an empty one, or one that renders to nothing on every
 row, is refused.
+
+A template is untrusted input that runs once per row, so each row renders under a budget
+(FTC420/FTC421): ``{% for %}`` loops may take ``RENDER_STEPS`` iterations in all, and ``*``
+and ``**`` may not build a string, list or number past ``RENDER_SIZE``. Without it, two
+nested loops over ``range(100000)`` (each within the sandbox's own range limit) hang
+compile for hours. Steps are counted, not timed, so a row that renders on one machine
+renders on every machine.
 """
 
 from __future__ import annotations
 
 import hashlib
+import math
+import threading
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -38,14 +47,74 @@ class Template:
         return hashlib.sha256(self.source.encode("utf-8")).hexdigest()
 
 
+RENDER_STEPS = 1_000_000  # loop iterations one row's rendering may take, all loops together
+RENDER_SIZE = 10_000_000  # items a `*` may build (characters, list items), and digits a `**` may
+
+
+class _OverBudget(Exception):
+    """Raised inside a render when a row exceeds its budget; render_rows names the row (FTC420/FTC421)."""
+
+    def __init__(self, what: str, size: int) -> None:
+        super().__init__(what)
+        self.what, self.size = what, size
+
+
+class _Budget(threading.local):
+    left: int = RENDER_STEPS
+
+
+_BUDGET = _Budget()
+_LOOP = "__ftc_loop__"  # the global every {% for %} iterates through (added by _parse, below)
+
+
+def _counted(iterable):
+    """What a template's {% for %} iterates: the row's steps run down by one per item."""
+    for item in iterable:
+        _BUDGET.left -= 1
+        if _BUDGET.left < 0:
+            raise _OverBudget("steps", RENDER_STEPS)
+        yield item
+
+
+def _bounded_env_class():
+    from jinja2 import nodes
+    from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+    class BoundedEnvironment(ImmutableSandboxedEnvironment):
+        """Jinja's immutable sandbox, plus the per-row budget: loops counted, products sized before they are built."""
+
+        intercepted_binops = frozenset({"*", "**"})
+
+        def call_binop(self, context, operator, left, right):
+            if operator == "*":
+                for seq, n in ((left, right), (right, left)):
+                    if isinstance(seq, (str, list, tuple)) and isinstance(n, int) and len(seq) * n > RENDER_SIZE:
+                        raise _OverBudget(f"{type(seq).__name__} * {n}", len(seq) * n)
+            elif isinstance(left, int) and isinstance(right, int) and abs(left) > 1 and right > 0:
+                digits = int(right * math.log10(abs(left))) + 1
+                if digits > RENDER_SIZE:
+                    raise _OverBudget(f"{left} ** {right}", digits)
+            return super().call_binop(context, operator, left, right)
+
+        def _parse(self, source, name, filename):
+            tree = super()._parse(source, name, filename)
+            for loop in tree.find_all(nodes.For):
+                loop.iter = nodes.Call(nodes.Name(_LOOP, "load", lineno=loop.lineno), [loop.iter], [], None, None,
+                                       lineno=loop.lineno)
+            return tree
+
+    return BoundedEnvironment
+
+
 @lru_cache(maxsize=1)
 def env():
     from jinja2 import StrictUndefined
-    from jinja2.sandbox import ImmutableSandboxedEnvironment
 
     # Jinja's default newline handling (a file's single final newline is dropped), as in
     # HF chat templates: a prompt that must end in "\n" ends its file with a blank line.
-    return ImmutableSandboxedEnvironment(undefined=StrictUndefined, autoescape=False, finalize=_finalize)
+    e = _bounded_env_class()(undefined=StrictUndefined, autoescape=False, finalize=_finalize)
+    e.globals[_LOOP] = _counted
+    return e
 
 
 class NullPrinted(Exception):
@@ -114,7 +183,7 @@ def compile_template(t: Template):
 def variables(t: Template) -> set[str]:
     from jinja2 import meta
 
-    return meta.find_undeclared_variables(env().parse(t.source))
+    return meta.find_undeclared_variables(env().parse(t.source)) - {_LOOP}
 
 
 # ---------------------------------------------------------------- lowering to SQL
@@ -170,11 +239,18 @@ def render_rows(t: Template, rows: list[dict]) -> list[str]:
     compiled = compile_template(t)
     out, nulls = [], []
     for row in rows:
+        _BUDGET.left = RENDER_STEPS
         try:
             out.append(compiled.render(_with_nulls(row)))
         except NullPrinted:
             nulls.append(row)  # counted over every row, then refused
             out.append("")
+        except _OverBudget as e:
+            if e.what == "steps":
+                raise FtcError("FTC420", template=t.name, line=_line(e, t.name), row=row.get("row_id", "?"),
+                               budget=f"{RENDER_STEPS:,}") from None
+            raise FtcError("FTC421", template=t.name, line=_line(e, t.name), row=row.get("row_id", "?"), operation=e.what,
+                           size=f"{e.size:,}", budget=f"{RENDER_SIZE:,}") from None
         except Exception as e:  # undefined names, sandbox refusals, and errors of the template's own logic
             raise FtcError("FTC401", template=t.name, line=_line(e, t.name), row=row.get("row_id", "?"),
                            reason=getattr(e, "message", None) or str(e),

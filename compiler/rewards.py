@@ -17,6 +17,13 @@ locked, and a changed file is refused at run time).
 Compiling never runs recipe Python: a ``python`` reward is checked by parsing its
 file (``ast``), and only the runtime's ``build_reward_funcs`` executes it, after
 ``check_source`` found the bytes it runs are the ones whose hash the lock holds.
+
+A recipe's pattern is untrusted input that runs on every generated completion, so it
+runs on RE2 (``google-re2``), which matches in time linear in the text: Python's
+backtracking ``re`` takes hours on ``^(a+)+$`` against ``'a'*34+'b'``, in ``ftc score`` and
+in training alike. The price, refused at compile (FTC166) rather than discovered later:
+no backreferences or look-around. Python ``re`` still parses a pattern first, for its
+caret-under-the-mistake syntax errors.
 """
 
 from __future__ import annotations
@@ -25,6 +32,7 @@ import hashlib
 import math
 import re
 from dataclasses import asdict, dataclass
+from functools import lru_cache
 from pathlib import Path
 from typing import Any, ClassVar, Mapping, Sequence
 
@@ -87,8 +95,8 @@ class RegexReward(Reward):
     fullmatch: bool
 
     def score(self, completion: str, row: Mapping[str, Any]) -> float:
-        match = re.fullmatch if self.fullmatch else re.search
-        return 1.0 if match(self.pattern, completion) else 0.0
+        rx = engine(self.pattern)
+        return 1.0 if (rx.fullmatch if self.fullmatch else rx.search)(completion) else 0.0
 
 
 @dataclass(frozen=True)
@@ -114,7 +122,7 @@ class AnswerReward(Reward):
         return d
 
     def extract(self, completion: str) -> str | None:
-        matches = list(re.finditer(self.pattern, completion))
+        matches = list(engine(self.pattern).finditer(completion))
         if not matches:
             return None
         return (matches[0] if self.occurrence == "first" else matches[-1]).group(1)
@@ -287,13 +295,33 @@ def _check_types(spec: Mapping[str, Any], at: str, file: str | None) -> None:
                        hint=_PROPS.get(str(err.path[0]) if err.path else "", {}).get("description", "see the reward kinds"))
 
 
-def _compile(pattern: str, path: str, file: str | None) -> re.Pattern[str]:
+def _compile(pattern: str, path: str, file: str | None) -> Any:
+    """The pattern as RE2 runs it; Python ``re`` parses it first, for the position of a syntax error."""
     try:
-        return re.compile(pattern)
+        re.compile(pattern)
     except re.error as e:
         pos = e.pos if e.pos is not None else 0
-        reason = f"{e.msg} at position {pos} (checked with Python `re`, which is what scores)\n  regex: {pattern}\n         {' ' * pos}^"
+        reason = (f"{e.msg} at position {pos} (checked with Python `re`; rewards then run on RE2)\n"
+                  f"  regex: {pattern}\n         {' ' * pos}^")
         raise FtcError("FTC303", file=file, path=path, where="reward", reason=reason) from None
+    try:
+        return engine(pattern)
+    except Exception as e:  # re2.error: bytes of RE2's own words, e.g. b"invalid perl operator: (?="
+        said = e.args[0] if e.args else e
+        raise FtcError("FTC166", file=file, path=path, pattern=pattern,
+                       reason=said.decode("utf-8", "replace") if isinstance(said, bytes) else str(said)) from None
+
+
+@lru_cache(maxsize=256)
+def engine(pattern: str) -> Any:
+    """The compiled RE2 pattern that scores (linear time; see the module docstring).
+
+    Imported here, not at module level, so only code that scores or checks a regex needs it."""
+    import re2
+
+    options = re2.Options()
+    options.log_errors = False  # RE2 would print its parse error to stderr; FTC166 says it instead
+    return re2.compile(pattern, options)
 
 
 def _name_rewards(specs: Sequence[Mapping[str, Any]], rewards: list[Reward], file: str | None) -> list[Reward]:

@@ -100,22 +100,25 @@ def hub_kwargs(name_or_path: str) -> dict[str, Any]:
     return {"local_files_only": True} if not Path(name_or_path).expanduser().is_dir() and hub_offline() else {}
 
 
-def load_tokenizer(name_or_path: str, revision: str | None = None) -> tuple[Any, TokenizerInfo]:
+def load_tokenizer(name_or_path: str, revision: str | None = None, trust_remote_code: bool = False) -> tuple[Any, TokenizerInfo]:
     """Load a fast (Rust-backed) tokenizer from a local folder or the Hub cache.
 
     Offline use is the norm on training boxes, so every failure (no network,
     missing files, no tokenizer.json) becomes FTC600, whose hint says how to point
     ``model.tokenizer`` at a local folder instead of a stack trace; without a network
     a hub id is looked up in the cache only (`hub_offline`), so that takes seconds.
+    ``revision`` and ``trust_remote_code`` are the plan's model.tokenizer_revision and
+    model.trust_remote_code: compile and run pass both, so they load the same tokenizer.
     """
     local = Path(name_or_path).expanduser()
     try:
         from transformers import AutoTokenizer
 
         if local.is_dir():
-            tok = AutoTokenizer.from_pretrained(str(local))
+            tok = AutoTokenizer.from_pretrained(str(local), trust_remote_code=trust_remote_code)
         else:
-            tok = AutoTokenizer.from_pretrained(name_or_path, revision=revision, **hub_kwargs(name_or_path))
+            tok = AutoTokenizer.from_pretrained(name_or_path, revision=revision, trust_remote_code=trust_remote_code,
+                                                **hub_kwargs(name_or_path))
     except Exception as err:  # noqa: BLE001 - any failure here means "cannot load", said once
         reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         if not local.is_dir() and hub_offline():

@@ -58,7 +58,7 @@ def tokenize_splits(recipe: Recipe, splits: dict[str, Spill], folder: Path, writ
 
     model, train = recipe.data["model"], recipe.data["train"]
     with clock.stage("tokenize"):
-        tok, info = load_tokenizer(tokenizer_location(recipe), model.get("tokenizer_revision"))
+        tok, info = load_tokenizer(tokenizer_location(recipe), model["tokenizer_revision"], model["trust_remote_code"])
     max_len = model["max_seq_length"]
     packing = train["packing"] and train["method"] == "sft"
     stats, arts, stages, lengths, pack_facts, tables, warnings = {}, {}, [], {}, {}, {}, []

@@ -266,6 +266,15 @@ def cmd_schema(args) -> int:
     return 0
 
 
+def _machine_warnings(data: dict) -> None:
+    """Facts of this machine, not of the plan (so not in the lock): an optimizer whose package is absent."""
+    from ftc.compiler.trainer_choices import optim_warning
+
+    warning = optim_warning(data["train"]["optim"])
+    if warning:
+        print(f"warning: {warning}", file=sys.stderr)
+
+
 def cmd_validate(args) -> int:
     """The recipe, then what needs no full read of the data (ftc.compiler.check)."""
     from ftc.compiler.check import check_recipe
@@ -273,6 +282,7 @@ def cmd_validate(args) -> int:
 
     r = load_recipe(args.recipe, args.set)
     checked = check_recipe(r)
+    _machine_warnings(r.data)
     print(f"{args.recipe}: ok ({len(r.data['sources'])} sources, format {r.data['template']['format']}, method {r.data['train']['method']})")
     print(f"  checked on the first {checked.sample_rows} rows of {checked.files} files", file=sys.stderr)
     if checked.not_checked:
@@ -286,6 +296,7 @@ def cmd_compile(args) -> int:
     from ftc.compiler.summary import compile_summary
 
     recipe = load_recipe(args.recipe, args.set)
+    _machine_warnings(recipe.data)
     out = Path(args.output)
     show = not args.quiet and (args.progress or sys.stderr.isatty())
     compiled = compile_recipe(recipe, out, progress=show)

@@ -114,6 +114,16 @@ RULES: dict[str, Rule] = {
              "a recipe reads template and reward files only from its own folder or a folder named with --root DIR: "
              "move the file into the project, or pass --root with the folder that holds it (data sources are not limited)"),
         Rule("FTC157", "--root {root} is not a folder", "name an existing folder that holds the recipe's template or reward files"),
+        # -- 16x bounds on untrusted recipe input (compiler/rewards.py, runtime sizes)
+        Rule("FTC166", "reward pattern {pattern!r} cannot run on RE2, the linear-time regex engine rewards are scored with: {reason}",
+             "RE2 has no backreferences (\\1) and no look-around ((?=...), (?!...), (?<=...)): rewrite the pattern without them "
+             "(syntax: https://github.com/google/re2/wiki/Syntax)"),
+        Rule("FTC167", "{value} is larger than {limit}, the largest {what} ftc accepts",
+             "seeds are below 2^32 (numpy's seed range), counts and sizes below 2^31: "
+             "a larger value overflows the Trainer's integers instead of training"),
+        Rule("FTC168", "cannot use {folder} as the artifact cache: {reason}",
+             "output.cache_dir must be a folder ftc can create and write (it is relative to the recipe file)"),
+        Rule("FTC169", "cannot write the lock {output}: {reason}", "give -o a path in a folder you can write"),
         # ---- 2xx sources: files, formats, encodings, columns
         Rule("FTC200", "no files match {pattern!r}", "check sources.{source}.path; it is relative to the recipe file ({base})"),
         Rule("FTC201", "cannot decode {file}: {detail}", "declare the file's encoding in sources.{source}.encoding (e.g. \"gb18030\") or fix the file"),
@@ -218,6 +228,12 @@ RULES: dict[str, Rule] = {
              "e.g. [{{\"name\": \"search\", \"parameters\": {{...}}}}]; rows without tools hold null"),
         Rule("FTC409", "template file {template} is not UTF-8 text: byte {byte} at offset {offset} (line {line}) does not decode",
              "save the template as UTF-8 (e.g. iconv -f gb18030 -t utf-8)"),
+        # -- 42x the render budget of one row (compiler/render.py)
+        Rule("FTC420", "template {template} line {line}, row {row}: rendering takes more than {budget} loop steps, the render budget of one row",
+             "loops run once per row, and nested loops multiply (two loops over range(100000) are 10^10 steps): "
+             "loop over the row's own fields, or build the text in the data with a derive step"),
+        Rule("FTC421", "template {template} line {line}, row {row}: {operation} would build {size} items, past the render budget of {budget}",
+             "a template renders one row's text: build long repeats in the data (derive), not in the template"),
         # ---- 5xx the lock and the inputs it fingerprints
         Rule("FTC500", "cannot read lock {file}: {reason}", "compile one with `ftc compile RECIPE -o {file}`"),
         Rule("FTC501", "{file} was written by ftc {version}, newer than this ftc {ours}", "upgrade ftc, or recompile the recipe with this version"),
@@ -348,6 +364,15 @@ RULES: dict[str, Rule] = {
              "--set train.gradient_accumulation_steps=<a multiple of {world_size}>"),
         Rule("FTC761", "--nnodes {nnodes} needs --rdzv-endpoint HOST:PORT",
              "give every host the same endpoint (the first host's address and a free port)"),
+        # 762+: untrusted recipe code and interrupted runs
+        Rule("FTC762", "python reward {name!r} ({function}) raised {exception} at {line}, on completion {index} of the batch (row {row})",
+             "return None for a completion the reward cannot judge (it is left out of the mean) instead of raising; "
+             "that completion begins {start!r}"),
+        Rule("FTC763", "--resume: {folder} holds no complete checkpoint, only {partial}: the run stopped while saving it",
+             "run without --resume to train from step 0 in this folder (the incomplete checkpoint is removed then)"),
+        Rule("FTC764", "train.optim {optim!r} needs the {module} module, which is not installed here",
+             "install it on the machine that trains (pip install {module}; bitsandbytes also needs a CUDA GPU), "
+             "or recompile with another optimizer: --set train.optim=adamw_torch"),
     ]
 }
 

@@ -212,13 +212,13 @@ class ModelSetup:
     facts: dict = field(default_factory=dict)  # extra run.json facts under "backend_facts"
 
 
-def load_tokenizer(path: str, revision: str | None = None) -> Any:
+def load_tokenizer(path: str, revision: str | None = None, trust_remote_code: bool = False) -> Any:
     """The tokenizer the compiler used, through the compiler's one loader (`ftc.compiler.tokenizer`),
     with a pad token: the Trainer's collator pads with it, and a tokenizer without one pads with
     eos. (Only here, not in the compiler's loader: the lock records the tokenizer's own pad id.)"""
     from ftc.compiler.tokenizer import load_tokenizer as load
 
-    tok, _ = load(path, revision)
+    tok, _ = load(path, revision, trust_remote_code)
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
     return tok

@@ -49,12 +49,32 @@ def _trl_func(reward: Reward, recipe_dir: Path) -> Callable[..., list[float | No
             row = {f: kwargs[f][i] for f in needed}
             if "prompt" in getattr(reward, "args", ()):
                 row["prompt"] = prompts[i] if prompts is not None else None
-            out.append(scorer(completion_text(completion), row))
+            text = completion_text(completion)
+            try:
+                out.append(scorer(text, row))
+            except FtcError:
+                raise
+            except Exception as e:  # only a python reward's own code raises: name it, the completion and the row
+                if not isinstance(reward, PythonReward):
+                    raise
+                rows = kwargs.get("row_id")
+                raise FtcError("FTC762", path=ROOT, name=reward.name, function=reward.function, index=i,
+                               row=rows[i] if isinstance(rows, list) and i < len(rows) else "?",
+                               exception=f"{type(e).__name__}: {e}", line=_raised_at(e, reward),
+                               start=text[:60]) from None
         return out
 
     reward_func.__name__ = reward_func.__qualname__ = reward.name
     reward_func.__doc__ = f"ftc {reward.kind} reward {reward.name!r} (weight {reward.weight})"
     return reward_func
+
+
+def _raised_at(e: BaseException, reward: PythonReward) -> str:
+    """Where in the reward's file the exception came from ("rewards.py line 3"), the innermost such frame."""
+    import traceback
+
+    lines = [f.lineno for f in traceback.extract_tb(e.__traceback__) if Path(f.filename).name == Path(reward.file).name]
+    return f"{reward.file} line {lines[-1]}" if lines else reward.file
 
 
 def _columns(kwargs: Mapping[str, Any]) -> list[str]:

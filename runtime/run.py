@@ -106,14 +106,13 @@ def run_plan(lock_path: str, *, output: str | None = None, resume: bool = False,
               f"{'resume' if resume else 'train'}, nothing changed. To train again, choose another --output.", file=sys.stderr)
         return {**done, "output_dir": str(out), "already_finished": True}
     from ftc.runtime.model import refuse_unloadable
-    from ftc.runtime.session import CHECKPOINTS, last_checkpoint
-
+    from ftc.runtime.session import CHECKPOINTS, refuse_resume
     from ftc.runtime.trainer_config import refuse_missing_trackers
 
     refuse_unloadable(plan.settings["model"])  # 4-bit without CUDA or on random weights: before any loading
     refuse_missing_trackers(plan.settings["train"])
-    if resume and last_checkpoint(out / CHECKPOINTS) is None:  # refused before the run folder is written to
-        raise FtcError("FTC706", folder=str(out / CHECKPOINTS))
+    if resume:  # refused before the run folder is written to
+        refuse_resume(out / CHECKPOINTS)
     fresh = not out.exists() or not any(out.iterdir())  # this run makes the folder: a failure before training removes it
     if rank == 0:
         out.mkdir(parents=True, exist_ok=True)
@@ -176,7 +175,8 @@ def plan_tokenizer(run_dir: Path) -> Any:
     changed = tokenizer_drift(plan)
     if changed:
         raise changed.error(plan)
-    tok, _ = load_tokenizer(plan.tokenizer_location, plan.settings["model"].get("tokenizer_revision"))
+    model = plan.settings["model"]
+    tok, _ = load_tokenizer(plan.tokenizer_location, model["tokenizer_revision"], model["trust_remote_code"])
     return tok
 
 

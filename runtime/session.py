@@ -28,6 +28,8 @@ Decisions that are not TRL defaults, and why:
 from __future__ import annotations
 
 import json
+import re
+import shutil
 import sys
 import time
 from dataclasses import dataclass
@@ -45,7 +47,7 @@ from ftc.runtime.flops import mfu
 from ftc.runtime.launch import per_rank_accumulation, world
 from ftc.runtime.metrics import StopFlag, TokenCounter, callbacks as run_callbacks, read_metrics, truncate_metrics
 from ftc.runtime.model import ModelSetup, load_tokenizer
-from ftc.runtime.trainer_config import checked_config, refuse_changes, tracking, training_arguments
+from ftc.runtime.trainer_config import checked_config, refuse_changes, refuse_missing_optimizer, tracking, training_arguments
 
 CHECKPOINTS = "checkpoints"
 
@@ -132,10 +134,11 @@ def run_method(method: Method, plan: Plan, *, output_dir: Path, resume: bool = F
 
     # ---- folder: resume or fresh start, never two runs mixed in one folder silently
     folder = open_run_folder(output_dir, resume=resume)
+    refuse_missing_optimizer(settings["train"])
 
     # ---- data: the method's artifacts, checked against the compiler's contract before any model loads
     rank_train = per_rank_accumulation(settings["train"], world_size)  # the lock's global batch over the ranks
-    tokenizer = load_tokenizer(tokenizer_path)
+    tokenizer = load_tokenizer(tokenizer_path, model["tokenizer_revision"], model["trust_remote_code"])  # as compile loaded it
     data = method.prepare(plan, rank_train, tokenizer=tokenizer, world_size=world_size)
 
     # ---- memory: checkpointing and the micro-batch from the model's size and this GPU ("auto"), before loading
@@ -252,25 +255,75 @@ def backend_setup(backend: str) -> Callable[..., ModelSetup]:
     return hf_setup
 
 
-def last_checkpoint(checkpoints: Path) -> str | None:
-    """The checkpoint a resume starts from (the Trainer's own pick), or None."""
-    from transformers.trainer_utils import get_last_checkpoint
+TRAINER_STATE = "trainer_state.json"  # the Trainer's _save_checkpoint writes it after the weights, optimizer, scheduler and RNG
 
-    return get_last_checkpoint(str(checkpoints)) if checkpoints.is_dir() else None
+
+def checkpoint_state(path: Path) -> str | None:
+    """None for a complete checkpoint, else what is wrong with it.
+
+    Complete means the Trainer's own last file is there whole: trainer_state.json parses and
+    names the folder's step. A `kill -9` while the Trainer saves leaves a folder without it
+    (or with half of it), which transformers' get_last_checkpoint would still pick."""
+    try:
+        state = json.loads((path / TRAINER_STATE).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return f"no {TRAINER_STATE}, which the Trainer writes last"
+    except (OSError, ValueError) as e:
+        return f"{TRAINER_STATE} is unreadable ({e})"
+    step = checkpoint_step(str(path))
+    if not isinstance(state, dict) or state.get("global_step") != step:
+        return f"{TRAINER_STATE} is of step {state.get('global_step') if isinstance(state, dict) else '?'}, not {step}"
+    return None
+
+
+def scan_checkpoints(checkpoints: Path) -> tuple[list[Path], dict[Path, str]]:
+    """The complete checkpoints, by step, and the incomplete ones with what they lack."""
+    found = sorted((p for p in checkpoints.glob("checkpoint-*") if p.is_dir() and re.fullmatch(r"checkpoint-\d+", p.name)),
+                   key=lambda p: checkpoint_step(str(p))) if checkpoints.is_dir() else []
+    problems = {p: checkpoint_state(p) for p in found}
+    return [p for p in found if problems[p] is None], {p: why for p, why in problems.items() if why is not None}
+
+
+def last_checkpoint(checkpoints: Path) -> str | None:
+    """The checkpoint a resume starts from: the last complete one (incomplete ones are skipped), or None."""
+    complete, _ = scan_checkpoints(checkpoints)
+    return str(complete[-1]) if complete else None
+
+
+def refuse_resume(checkpoints: Path) -> None:
+    """--resume needs a complete checkpoint: say so, naming incomplete ones when that is all there is."""
+    complete, partial = scan_checkpoints(checkpoints)
+    if complete:
+        return
+    if partial:
+        raise FtcError("FTC763", folder=str(checkpoints),
+                       partial="; ".join(f"{p.name} ({why})" for p, why in partial.items()))
+    raise FtcError("FTC706", folder=str(checkpoints))
 
 
 def open_run_folder(output_dir: Path, *, resume: bool) -> RunFolder:
-    """Resume or fresh start, never two runs mixed in one folder silently."""
+    """Resume or fresh start, never two runs mixed in one folder silently.
+
+    An incomplete checkpoint (the run was killed while saving it) is removed, saying so: it
+    cannot be resumed from, and left in place the Trainer would write the same step into it."""
     root = Path(output_dir)
     root.mkdir(parents=True, exist_ok=True)
     checkpoints = root / CHECKPOINTS
-    last = last_checkpoint(checkpoints)
-    if resume and last is None:
-        raise FtcError("FTC706", folder=str(checkpoints))
+    if resume:
+        refuse_resume(checkpoints)
+    complete, partial = scan_checkpoints(checkpoints)
+    last = str(complete[-1]) if complete else None
     if not resume and last is not None:
         raise FtcError("FTC707", folder=str(root))
+    main_process = world()[0] == 0
+    for path, why in partial.items():
+        if main_process:
+            shutil.rmtree(path, ignore_errors=True)
+            start = f"resuming from {Path(last).name}" if resume and last else "starting from step 0"
+            print(f"ftc: removed the incomplete {path.name} ({why}: the run stopped while saving it); {start}",
+                  file=sys.stderr)
     return RunFolder(root, checkpoints, root / "metrics.jsonl", last, checkpoint_step(last) if resume else None,
-                     world()[0] == 0)
+                     main_process)
 
 
 def reset_metrics(folder: RunFolder) -> None:

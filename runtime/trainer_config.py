@@ -18,6 +18,15 @@ from typing import Any, Callable
 from ftc.errors import FtcError
 
 
+def refuse_missing_optimizer(train: dict) -> None:
+    """FTC764 before the model loads, instead of transformers' ImportError when it builds the optimizer."""
+    from ftc.compiler.trainer_choices import optim_needs
+
+    module = optim_needs(train["optim"])
+    if module is not None:
+        raise FtcError("FTC764", path="train.optim", optim=train["optim"], module=module)
+
+
 def training_arguments(train: dict, *, warmup_steps: int, checkpoints: Path, max_steps: int, dtype: str, device: str,
                        eval_steps: int | None, run_name: str | None = None) -> dict[str, Any]:
     """TrainingArguments keywords from the resolved `train` section.

@@ -257,7 +257,7 @@ def test_bad_regex_shows_the_regex_where_and_that_python_re_runs_it():
     assert "recipes/gsm8k.json" in text
     assert r"regex: ^<reasoning>([\s\S]+?</reasoning>" in text
     assert "missing ), unterminated subpattern at position 12" in text
-    assert "Python `re`" in text
+    assert "Python `re`" in text and "RE2" in text
     caret = text.splitlines()[2]
     assert caret.index("^") == text.splitlines()[1].index("(")  # the caret points at the open group
 

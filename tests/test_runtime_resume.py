@@ -107,7 +107,8 @@ def test_resume_without_a_checkpoint_and_reuse_of_a_folder_are_refused(plan, tmp
     with pytest.raises(FtcError, match="--resume: no checkpoint in") as err:
         train(plan, tmp_path / "out", resume=True)
     assert err.value.code == "FTC706" and "without --resume" in err.value.hint
-    (tmp_path / "out" / "checkpoints" / "checkpoint-2").mkdir(parents=True)
+    (tmp_path / "out" / "checkpoints" / "checkpoint-2").mkdir(parents=True)  # complete: the Trainer's last file is there
+    (tmp_path / "out" / "checkpoints" / "checkpoint-2" / "trainer_state.json").write_text('{"global_step": 2}')
     with pytest.raises(FtcError, match="already holds checkpoints of a run") as err:
         train(plan, tmp_path / "out")
     assert err.value.code == "FTC707" and "--resume" in err.value.hint
