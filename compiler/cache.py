@@ -37,7 +37,7 @@ ENTRIES = "entries"  # manifests, one per fingerprint
 NORMALIZED = "normalized"  # normalized tables (Parquet), content-addressed
 REPORTS = "reports"  # length histograms, content-addressed
 BATCH = 65_536  # rows per batch between DuckDB and Parquet
-ENTRY_VERSION = 1  # bump when an entry's layout changes: older entries are then misses
+ENTRY_VERSION = 2  # bump when an entry's layout changes: older entries are then misses
 # The train settings the data and tokens depend on; every other train key only reaches the schedule.
 TRAIN_DATA_KEYS = ("method", "packing", "overlong", "completion_only_loss", "assistant_only_loss")
 
@@ -110,7 +110,9 @@ class Cache:
         path = self._entry(kind, key)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        tmp.write_text(canonical({**entry, "entry_version": ENTRY_VERSION, "key": key, "files": files}), encoding="utf-8")
+        # insertion order kept (not sorted like a lock): a reused compile's summary lists things as a cold one does
+        body = {**entry, "entry_version": ENTRY_VERSION, "key": key, "files": files}
+        tmp.write_text(json.dumps(body, ensure_ascii=False, indent=1, allow_nan=False) + "\n", encoding="utf-8")
         tmp.replace(path)
 
     def rel(self, path: Path) -> str:

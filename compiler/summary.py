@@ -47,7 +47,7 @@ def compile_summary(lock: dict, lock_path: str, clock: Any = None) -> str:
         out += [f"  {v:>8,}  {k}  ({stage})" for stage, k, v in drops]
         out.append("")
     arts = lock["artifacts"]["data"]
-    out.append("splits: " + ", ".join(f"{k} {v['rows']:,} rows" for k, v in arts.items()))
+    out.append("splits: " + ", ".join(f"{k} {v['rows']:,} rows" for k, v in sorted(arts.items(), key=lambda kv: kv[0] != "train")))
     out += schedule_lines(lock["schedule"])
     tok = lock.get("tokens")
     if tok:
