@@ -45,7 +45,9 @@ def build(work: Path, rows: int) -> Path:
     recipe.pop("$schema", None)
     recipe["sources"]["medical"]["path"] = "data"
     recipe["transforms"] = [{"strip": True}, {"drop_empty": ["input", "output"]}]
-    recipe["template"]["prompt"] = {"file": str(ROOT / "templates" / "medical.jinja")}
+    # a template file must lie inside the project (FTC156): a copy beside the recipe
+    (proj / "medical.jinja").write_text((ROOT / "templates" / "medical.jinja").read_text(encoding="utf-8"), encoding="utf-8")
+    recipe["template"]["prompt"] = {"file": "medical.jinja"}
     recipe["model"]["tokenizer"] = str(TOKENIZER)
     (proj / "recipe.json").write_text(json.dumps(recipe, ensure_ascii=False, indent=1), encoding="utf-8")
     return proj
