@@ -10,7 +10,6 @@ import pyarrow as pa
 
 from ftc.compiler.cache import file_sha256, store
 from ftc.compiler.lock import relpath
-from ftc.compiler.outputs import remove_stale_tmp
 
 WRITE_BATCH = 2048  # rows per batch handed to DuckDB's Parquet writer; divides ROW_GROUP_SIZE
 
@@ -33,7 +32,6 @@ def write_parquet(table: pa.Table | Iterable[pa.Table], cache: Path, split: str,
     import duckdb
 
     cache.mkdir(parents=True, exist_ok=True)
-    remove_stale_tmp(cache)
     tmp = cache / f".{split}-{os.getpid()}.parquet.tmp"
     con = duckdb.connect(":memory:", config={"threads": 2, "preserve_insertion_order": True})
     try:

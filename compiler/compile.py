@@ -22,7 +22,7 @@ from ftc.compiler.inputs import model_fingerprint
 from ftc.compiler.lock import LOCK_VERSION, Plan, relpath, seal
 from ftc.compiler.lock import write_lock as write_lock_file
 from ftc.compiler.normalize import INTERNAL, Normalizer, Stage, standard_lists
-from ftc.compiler.outputs import check_writable
+from ftc.compiler.outputs import check_writable, remove_stale_tmp
 from ftc.compiler.recipe import Recipe
 from ftc.compiler.schedule import check_grpo_batch, derive_schedule
 from ftc.compiler.progress import Clock, Progress
@@ -52,6 +52,8 @@ def compile_recipe(recipe: Recipe, lock_path: Path, *, progress: bool = False, w
     """
     if write:  # before any reading: a compile that cannot write its output fails first, not last
         check_writable(recipe, Path(lock_path) if write_lock else None)
+        for sub in ("data", "tokens"):  # a killed compile's half-written files go, even when nothing is rewritten
+            remove_stale_tmp(cache.cache_root(recipe) / sub)
     clock = Clock(progress)
     versions = _versions(tokenize)
     store = cache.Cache(cache.cache_root(recipe)) if write else None
