@@ -16,7 +16,7 @@ import numpy as np
 import pyarrow as pa
 
 from ftc import __version__
-from ftc.compiler import cache, render
+from ftc.compiler import cache, preference, render
 from ftc.compiler.artifacts import Spill, write_parquet
 from ftc.compiler.inputs import model_fingerprint
 from ftc.compiler.lock import LOCK_VERSION, Plan, relpath, seal
@@ -30,7 +30,8 @@ from ftc.compiler.sources import load_source
 from ftc.compiler.tokens import tokenize_splits, tokenizer_location, write_reports
 from ftc.errors import FtcError
 
-OUTPUTS = {"text": ["text"], "prompt_completion": ["prompt", "completion"], "prompt": ["prompt"], "messages": ["messages"]}
+OUTPUTS = {"text": ["text"], "prompt_completion": ["prompt", "completion"], "prompt": ["prompt"], "messages": ["messages"],
+           **preference.OUTPUTS}
 VERSIONED = ("duckdb", "pyarrow", "jinja2", "jsonschema")
 
 
@@ -91,7 +92,11 @@ def _compile_cold(recipe: Recipe, lock_path: Path, store: cache.Cache | None, ke
     if fmt == "messages" and isinstance(tpl_spec["messages"], dict):
         src = tpl_spec["messages"]["field"]
         norm._check_fields(t, [src], "template.messages.field")
+    if fmt in preference.OUTPUTS:
+        preference.check_fields(tpl_spec, fields, file=file,
+                                files=[f["path"] for s in source_facts.values() for f in s.get("files", [])])
     _check_grpo(recipe, fields)
+
 
     # 4. split, deterministic from a hash of key fields
     default_key = sorted({v for tpl in templates.values() for v in render.variables(tpl)} & fields) or sorted(fields)
@@ -256,6 +261,8 @@ def _reused(recipe: Recipe, lock_path: Path, store: cache.Cache, entry: dict, ve
 def _templates(recipe: Recipe, spec: dict) -> dict[str, render.Template]:
     out = {}
     for key in OUTPUTS[spec["format"]]:
+        if key not in spec:  # a preference prompt taken from the completions' turns
+            continue
         value = spec[key]
         if isinstance(value, list):  # chat turns
             for i, m in enumerate(value):
@@ -279,6 +286,8 @@ def _render_split(norm: Normalizer, t: str, spec: dict, templates, types, render
     fmt = spec["format"]
     sql_cols, jinja_cols = {}, {}
     for key in OUTPUTS[fmt]:
+        if key not in spec:
+            continue
         value = spec[key]
         if isinstance(value, dict) and "field" in value:
             sql_cols[key] = f'"{value["field"]}"'
@@ -322,7 +331,8 @@ def _render_split(norm: Normalizer, t: str, spec: dict, templates, types, render
                 hidden[c] = h
                 cols.append(f"{q(c)} AS {q(h)}")
     reader = norm.con.sql(f"SELECT {', '.join(cols)} FROM {t} ORDER BY _ord").to_arrow_reader(cache.BATCH)
-    outputs_spec = {k: spec[k] for k in OUTPUTS[fmt]}
+    # the rendered text outputs (KTO's boolean label is the preference module's to check: FTC241/FTC604)
+    outputs_spec = {k: spec[k] for k in OUTPUTS[fmt] if k in spec and k != "label"}
     failed, maybe_blank = False, True
     for batch in reader:
         table = _jinja(standard_lists(pa.Table.from_batches([batch])), fields, hidden, jinja_cols)
@@ -364,7 +374,7 @@ def _jinja(table: pa.Table, fields: list[str], hidden: dict[str, str], jinja_col
 
 
 def _sample(row: dict, fmt: str) -> dict:
-    return {"row_id": row["row_id"], **{k: row[k] for k in OUTPUTS[fmt]}}
+    return {"row_id": row["row_id"], **{k: row[k] for k in OUTPUTS[fmt] if k in row}}
 
 
 def _version(pkg: str) -> str | None:

@@ -119,8 +119,12 @@ def model_drift(plan: Plan) -> Drift | None:
     local = plan.path(name)
     if recorded["kind"] == "local" and not local.is_dir():
         return Drift("FTC510", str(local), {"changed": "the folder is missing"})
+    if recorded["kind"] == "hub" and recorded["commit"] is None:
+        # compile saw neither a folder nor a cached hub snapshot (a plan compiled on a CPU box for
+        # a model that lives only on the training machine): nothing was fingerprinted to compare
+        return None
     now = model_fingerprint(plan.model_location, plan.settings["model"]["revision"])
-    if recorded["kind"] == "hub" and now["kind"] == "hub" and (now["commit"] is None or recorded["commit"] is None):
+    if recorded["kind"] == "hub" and now["kind"] == "hub" and now["commit"] is None:
         now["commit"] = recorded["commit"]  # not cached here (or not at compile): nothing to compare
     changed = differing(recorded, now)
     if changed:

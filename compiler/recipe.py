@@ -20,6 +20,7 @@ from ftc.compiler import jsontext
 from ftc.compiler.jsontext import json_path
 from ftc.compiler.lock import relpath
 from ftc.compiler.project_files import check_project_files, extra_roots
+from ftc.compiler.preference import FORMAT_OF, check_method_format
 from ftc.errors import FtcError, did_you_mean
 
 SCHEMA_PATH = Path(__file__).with_name("recipe.schema.json")
@@ -319,6 +320,9 @@ def resolve(data: dict, file: str) -> dict:
         raise FtcError("FTC107", file=file, path="train.warmup_ratio", steps=train["warmup_steps"], ratio=train["warmup_ratio"])
     train.setdefault("warmup_ratio", 0.0)
     train.setdefault("eval_steps", None)
+    if train["method"] in FORMAT_OF or fmt in FORMAT_OF.values():  # preference tuning: its format, its TRL keys
+        check_method_format(train["method"], fmt, file)
+        train[train["method"]] = {**_defaults(defs["train"]["properties"][train["method"]]), **train.get(train["method"], {})}
     if train["method"] == "grpo":
         train["grpo"] = {**_defaults(defs["train"]["properties"]["grpo"]), **train.get("grpo", {})}
         train["grpo"].setdefault("rewards", [])
@@ -363,6 +367,15 @@ def _check_applies(written: dict, out: dict, file: str) -> None:
         raise FtcError("FTC151", file=file, path="train.micro_batch")
     if method != "grpo" and "grpo" in train:
         raise FtcError("FTC155", file=file, path="train.grpo", method=method)
+    for key in FORMAT_OF:  # train.dpo, train.kto...: the keys of one method
+        if key in train and key != method:
+            raise FtcError("FTC181", file=file, path=f"train.{key}", key=key, method=method)
+    kto = out["train"].get("kto")
+    if method == "kto" and kto["loss_type"] == "kto" and out["train"]["per_device_train_batch_size"] < 2:  # TRL refuses it
+        raise FtcError("FTC183", file=file, path="train.per_device_train_batch_size",
+                       batch=out["train"]["per_device_train_batch_size"])
+    if method in FORMAT_OF and train.get("packing") is True:
+        raise FtcError("FTC182", file=file, path="train.packing", method=method)
     if "eval_steps" in train and out["split"]["eval"] == 0:  # no eval artifact: the run passes no eval_steps
         raise FtcError("FTC152", file=file, path="train.eval_steps")
     for key, applies in _LOSS_KEYS.items():
@@ -386,7 +399,10 @@ def _resolve_step(step: dict) -> None:
         arg.setdefault("seed", 0)
 
 
-_TEMPLATE_KEYS = {"text": {"text"}, "prompt_completion": {"prompt", "completion"}, "prompt": {"prompt"}, "messages": {"messages"}}
+_TEMPLATE_KEYS = {"text": {"text"}, "prompt_completion": {"prompt", "completion"}, "prompt": {"prompt"}, "messages": {"messages"},
+                  "preference": {"chosen", "rejected"}, "unpaired_preference": {"completion", "label"}}
+# keys a format may leave out: a preference prompt can come from the completions' own chat turns
+_TEMPLATE_OPTIONAL = {"preference": {"prompt"}, "unpaired_preference": {"prompt"}}
 
 
 def _check_template_keys(tpl: dict, file: str) -> None:
@@ -394,6 +410,6 @@ def _check_template_keys(tpl: dict, file: str) -> None:
     have = set(tpl) - {"format"}
     for k in sorted(want - have):
         raise FtcError("FTC403", file=file, path=f"template.{k}", format=tpl["format"], key=k)
-    for k in sorted(have - want):
+    for k in sorted(have - want - _TEMPLATE_OPTIONAL.get(tpl["format"], set())):
         raise FtcError("FTC404", file=file, path=f"template.{k}", format=tpl["format"], key=k, keys=", ".join(sorted(want)))
 

@@ -374,7 +374,7 @@ def _last_assistant(turns: list[dict]) -> int | None:
 
 def _prompt_side(json_path: str, spec: dict) -> bool:
     """Whether a template renders part of the prompt: not the completion, nor the last assistant turn or later."""
-    if json_path == "template.completion":
+    if json_path in ("template.completion", "template.chosen", "template.rejected"):
         return False
     msgs = spec.get("messages")
     if json_path.startswith("template.messages[") and isinstance(msgs, list):
@@ -398,9 +398,19 @@ def request_prompt(lock: dict, request: dict) -> str | list[dict]:
         t = lock["templates"][jp]
         return render_rows(Template(t["name"], t["text"]), [dict(request)])[0]
 
-    if fmt in ("prompt_completion", "prompt") and isinstance(spec["prompt"], list):
+    if fmt in ("preference", "unpaired_preference") and not isinstance(spec.get("prompt"), (str, list)):
+        # the prompt is a field's value (text or turns), or the turns before a completion's answer
+        ref = spec.get("prompt") or spec["chosen" if fmt == "preference" else "completion"]
+        key = ref["field"] if isinstance(ref, dict) and "field" in ref else "prompt"
+        value = request.get(key, request.get("prompt"))
+        if isinstance(value, str) and value:
+            return value
+        if not isinstance(value, list) or not value:
+            raise FtcError("FTC776", key=key)
+        return list(value[:-1]) if value[-1].get("role") == "assistant" else list(value)
+    if fmt in ("prompt_completion", "prompt", "preference", "unpaired_preference") and isinstance(spec["prompt"], list):
         return [{"role": m["role"], "content": one(f"template.prompt[{i}].content")} for i, m in enumerate(spec["prompt"])]
-    if fmt in ("prompt_completion", "prompt"):
+    if fmt in ("prompt_completion", "prompt", "preference", "unpaired_preference"):
         return one("template.prompt")
     if fmt == "text":
         return one("template.text")

@@ -38,7 +38,9 @@ import math
 from ftc.errors import FtcError
 
 # What one item of per_device_train_batch_size is, by method (and packing for SFT)
-COUNTS = {"sft": "rows", "sft_packed": "packed sequences", "grpo": "completions"}
+COUNTS = {"sft": "rows", "sft_packed": "packed sequences", "grpo": "completions",
+          # preference: a DPO/ORPO/SimPO item is a pair (two sequences), a KTO item one labelled completion
+          "dpo": "pairs", "orpo": "pairs", "simpo": "pairs", "kto": "labelled completions"}
 
 
 def check_grpo_batch(train: dict, *, world_size: int = 1, file: str | None = None) -> None:
@@ -130,7 +132,7 @@ def derive_schedule(train: dict, train_items: int, *, file: str | None = None) -
         counts = COUNTS["grpo"]
     else:
         batches = math.ceil(train_items / batch)
-        counts = COUNTS["sft_packed" if train.get("packing") else "sft"]
+        counts = COUNTS[method if method in ("dpo", "orpo", "simpo", "kto") else "sft_packed" if train.get("packing") else "sft"]
     per_epoch = steps_per_epoch(batches, accum)
     total = total_steps(train, per_epoch)
     warmup = warmup_steps(train, total)

@@ -18,6 +18,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from ftc.compiler import preference
 from ftc.compiler.artifacts import Spill
 from ftc.compiler.normalize import Stage
 from ftc.compiler.progress import Clock
@@ -128,12 +129,19 @@ def _tokenize_split(recipe: Recipe, table: Spill, tok: Any, spill: Path, clock: 
     parts, dropped, first, rows_of, checked, lens = [], {}, {}, {}, {}, []
     writer, rows = None, 0
     progress = clock.progress(f"tokenize ({split})", table.num_rows)
+    # preference rows keep per-side stats that are not summed here yet: one batch, as before
+    size = max(table.num_rows, 1) if fmt in preference.OUTPUTS else TOKEN_BATCH
     try:
-        for k, batch in enumerate(table.tables(TOKEN_BATCH)):
-            lo = k * TOKEN_BATCH
+        for k, batch in enumerate(table.tables(size)):
+            lo = k * size
             with clock.stage("tokenize"):
                 try:
-                    res = tokenize(batch, fmt, tok, **opts)
+                    if fmt in preference.OUTPUTS:  # prompt / chosen / rejected ids, as TRL's preference preparation makes them
+                        res = preference.tokenize_preference(batch, fmt, tok, max_seq_length=opts["max_seq_length"],
+                                                             overlong=opts["overlong"],
+                                                             has_prompt="prompt" in recipe.data["template"])
+                    else:
+                        res = tokenize(batch, fmt, tok, **opts)
                 except FtcError as e:
                     raise _whole_split(e, table, lo, fmt, tok, opts) from None
             if writer is None:
@@ -144,7 +152,7 @@ def _tokenize_split(recipe: Recipe, table: Spill, tok: Any, spill: Path, clock: 
             parts.append(res.stats)
             for k, v in res.dropped.items():
                 dropped[k] = dropped.get(k, 0) + v
-            for k, v in res.checked.items():
+            for k, v in getattr(res, "checked", {}).items():
                 checked[k] = checked.get(k, 0) + v
             for w in res.warnings:
                 first.setdefault(w["kind"], w)
@@ -156,7 +164,8 @@ def _tokenize_split(recipe: Recipe, table: Spill, tok: Any, spill: Path, clock: 
     progress.close()
     all_lens = np.concatenate(lens) if lens else np.zeros(0, np.int32)
     warnings = [{**w, "rows": rows_of[k], "of": checked.get(k, w["of"])} for k, w in first.items()]
-    return _Split(spill, _schema_of(spill), rows, all_lens, merged_stats(parts, all_lens), dropped, warnings)
+    stats = parts[0] if len(parts) == 1 else merged_stats(parts, all_lens)  # one batch: its own stats, whatever their keys
+    return _Split(spill, _schema_of(spill), rows, all_lens, stats, dropped, warnings)
 
 
 def _schema_of(spill: Path) -> pa.Schema:
@@ -168,6 +177,8 @@ def _whole_split(err: FtcError, table: Spill, lo: int, fmt: str, tok: Any, opts:
     """A batch's error as the whole split gives it: the counts over every row, not the batch's."""
     from ftc.compiler.encode import tokenize
 
+    if fmt in preference.OUTPUTS:  # tokenized in one batch: its counts are the split's
+        return err
     if err.code == "FTC604":  # a null text: count them in the whole column
         return FtcError("FTC604", row=err.fields["row"], column=err.fields["column"],
                         count=table.null_count(err.fields["column"]))

@@ -51,13 +51,12 @@ def optimizer_names() -> tuple[str, ...] | None:
 
 
 def check_optim(optim: str, file: str | None) -> None:
-    """Refuse an optimizer the installed Trainer does not know (FTC102, the schema's own rule, as for an enum)."""
+    """Refuse an optimizer the installed Trainer does not know (FTC195), as the schema refuses a value outside an enum."""
     names = optimizer_names()
     if names is None or optim in names:
         return
-    raise FtcError("FTC102", file=file, path="train.optim",
-                   reason=f"{optim!r} is not an optimizer of the installed transformers (TrainingArguments.optim)",
-                   hint=f"one of: {', '.join(names)}{did_you_mean(optim, names)}")
+    raise FtcError("FTC195", file=file, path="train.optim", optim=optim, suggest=did_you_mean(optim, names),
+                   choices=", ".join(names))
 
 
 def optim_needs(optim: str) -> str | None:

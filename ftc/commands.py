@@ -230,6 +230,15 @@ def cmd_eval(args) -> int:
     if tokens is None:
         raise FtcError("FTC773", file=args.run_dir, split=args.split)
     trained = load_trained(Path(args.run_dir))
+    if plan.method in ("dpo", "orpo", "simpo", "kto"):  # preference accuracy and mean margin, TRL's implicit rewards
+        from ftc.runtime.evaluate import preference_eval
+
+        res = preference_eval(trained.model, tokens, method=plan.method, settings=plan.settings["train"][plan.method],
+                              pad_token_id=trained.tokenizer.pad_token_id or 0)
+        print(f"{args.split}: preference accuracy {res['accuracy']:.3f}, mean margin {res['mean_margin']:.4f} "
+              f"(chosen {res['mean_reward_chosen']:.4f}, rejected {res['mean_reward_rejected']:.4f}) over "
+              f"{res.get('pairs', res.get('completions'))} {'pairs' if 'pairs' in res else 'completions'}")
+        return 0
     res = eval_loss(trained.model, tokens, pad_token_id=trained.tokenizer.pad_token_id or 0)
     print(f"{args.split}: loss {res['loss']:.4f}, perplexity {res['perplexity']:.3f} over {res['tokens']:,} tokens ({res['sequences']} sequences)")
     return 0
@@ -382,7 +391,7 @@ def _preview_tokens(args, lock, rows, tok_table) -> int:
     picked = tok_table.filter(pc.is_in(tok_table["row_id"], value_set=wanted))
     by_id = {r["row_id"]: r for r in picked.select(["row_id", "input_ids", "labels"]).to_pylist()}
     lock_file = args.target if not args.target.endswith(".json") else str(Path(args.target).parent / "plan.lock")
-    tok, _ = load_tokenizer(Plan(lock, Path(lock_file).absolute()).tokenizer_location)
+    tok, _ = load_tokenizer(Plan(lock, Path(lock_file).absolute()).tokenizer_location, lock["settings"]["model"]["tokenizer_revision"])
     color = sys.stdout.isatty() and not args.json
     for r in rows:
         t = by_id.get(r["row_id"])

@@ -124,6 +124,17 @@ RULES: dict[str, Rule] = {
         Rule("FTC168", "cannot use {folder} as the artifact cache: {reason}",
              "output.cache_dir must be a folder ftc can create and write (it is relative to the recipe file)"),
         Rule("FTC169", "cannot write the lock {output}: {reason}", "give -o a path in a folder you can write"),
+        # -- 19x a free string of the plan checked against the trainer's own choices
+        Rule("FTC195", "train.optim {optim!r} is not an optimizer of the installed transformers{suggest}",
+             "one of: {choices}"),
+        Rule("FTC180", "train.method {method!r} trains on template.format {needs!r}, and template.format is {format!r}",
+             "write template.format \"{needs}\" ({keys}), or choose a train.method for {format!r}: {methods}"),
+        Rule("FTC181", "train.{key} configures {key}, and train.method is {method!r}",
+             "set train.method to \"{key}\", or drop train.{key}"),
+        Rule("FTC183", "KTO estimates its KL term from the other completions of a batch, and per_device_train_batch_size is {batch}",
+             "set train.per_device_train_batch_size to 2 or more (or train.kto.loss_type \"apo_zero_unpaired\", which has no KL term)"),
+        Rule("FTC182", "train.packing applies to SFT, and train.method is {method!r} (a preference example is trained as whole sequences, not packed)",
+             "drop train.packing"),
         # ---- 2xx sources: files, formats, encodings, columns
         Rule("FTC200", "no files match {pattern!r}", "check sources.{source}.path; it is relative to the recipe file ({base})"),
         Rule("FTC201", "cannot decode {file}: {detail}", "declare the file's encoding in sources.{source}.encoding (e.g. \"gb18030\") or fix the file"),
@@ -174,6 +185,16 @@ RULES: dict[str, Rule] = {
              "drop sources.{source}.delimiter (or set sources.{source}.format to csv)"),
         Rule("FTC224", "sources.{source}.{key} applies to {applies} files, and this source reads {format}",
              "drop sources.{source}.{key}: nothing would read it"),
+        Rule("FTC240", "{files}: no field {field!r} for template.{key} (format {format!r})",
+             "fields there: {fields}{suggest}; map a column onto it in sources.<name>.columns, e.g. \"{field}\": \"COLUMN\""),
+        Rule("FTC241", "template.label: field {field!r} is {type}, not boolean (row {row} holds {value})",
+             "KTO's label says whether the completion is desirable: map a column of true/false onto it"),
+        Rule("FTC242", "row {row}: {first} and {second} give different prompts (from turn {turn} on)",
+             "a preference pair answers one prompt: fix the row, or leave it out with a filter"),
+        Rule("FTC243", "row {row}: {key} is {what}, not a completion",
+             "a completion is a string, an assistant turn ({{role, content}} or {{from, value}}), or chat turns ending with an assistant turn"),
+        Rule("FTC244", "row {row}: there is no prompt: template.prompt is not given and {key} holds no turns before its answer",
+             "give template.prompt (e.g. {{\"field\": \"prompt\"}}), or map chat turns that include the prompt onto {key}"),
         # ---- 3xx transforms (DuckDB steps)
         Rule("FTC300", "SQL error in {where}: {reason}\n  expression: {expr}", "expressions are DuckDB SQL over the fields: {fields}"),
         Rule("FTC301", "{where}: unknown field {field!r}", "known fields: {fields}{suggest}"),
@@ -273,6 +294,8 @@ RULES: dict[str, Rule] = {
              "or train on all tokens: --set train.{setting}=false"),
         Rule("FTC607", "row {row}: the chat template failed: {reason}",
              "check the row's roles and contents against the model's chat template"),
+        Rule("FTC610", "row {row} is {tokens} tokens, longer than max_seq_length {max_seq_length} ({count} examples are)",
+             "set train.overlong to \"truncate\" (the prompt is cut from the left first, then the completions) or \"drop\", or raise model.max_seq_length"),
         # ---- 7xx ftc run / infer / eval / score / export
         # 77x: the CLI's own inputs to infer / eval / score / preview
         Rule("FTC770", "--input is not JSON: {reason}", "e.g. --input '{{\"question\": \"...\"}}', or a file of JSON lines"),

@@ -69,3 +69,67 @@ def eval_loss(model: Any, tokens: Path, *, pad_token_id: int, batch_size: int = 
     model.train(was_training)
     loss = total / max(count, 1)
     return {"loss": loss, "perplexity": math.exp(min(loss, 50.0)), "tokens": count, "sequences": len(items)}
+
+
+def preference_eval(model: Any, tokens: Path, *, method: str, settings: dict, pad_token_id: int, batch_size: int = 4) -> dict:
+    """Preference accuracy and mean margin of `model` on a preference artifact, with TRL's implicit rewards.
+
+    DPO / KTO: reward = beta x (log p_policy - log p_reference) summed over the completion, the
+    reference being the model with its adapter disabled. SimPO / ORPO (reference-free): reward =
+    beta x the mean log-probability per completion token. Pairs: accuracy = share of pairs whose
+    chosen reward is higher, margin = mean(chosen - rejected). KTO's unpaired completions:
+    accuracy = share whose reward sign matches the label, margin = mean reward of the desirable
+    minus that of the undesirable."""
+    import contextlib
+
+    import pyarrow.parquet as pq
+    import torch
+
+    table = pq.read_table(Path(tokens))
+    beta, mean_per_token = float(settings["beta"]), method in ("orpo", "simpo")
+    sides = ["chosen", "rejected"] if "chosen_ids" in table.column_names else ["completion"]
+    prompts = table.column("prompt_ids").to_pylist()
+    completions = {s: table.column(f"{s}_ids").to_pylist() for s in sides}
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+
+    def logps(rows: list[tuple[list[int], list[int]]], reference: bool) -> torch.Tensor:
+        width = max(len(p) + len(c) for p, c in rows)
+        ids = torch.full((len(rows), width), pad_token_id, dtype=torch.long)
+        labels = torch.full((len(rows), width), -100, dtype=torch.long)
+        mask = torch.zeros((len(rows), width), dtype=torch.long)
+        for i, (p, c) in enumerate(rows):
+            ids[i, : len(p) + len(c)] = torch.tensor(p + c)
+            labels[i, len(p) : len(p) + len(c)] = torch.tensor(c)
+            mask[i, : len(p) + len(c)] = 1
+        off = model.disable_adapter() if reference and hasattr(model, "disable_adapter") else contextlib.nullcontext()
+        with off:
+            batch = {"input_ids": ids.to(device), "attention_mask": mask.to(device), "labels": labels.to(device)}
+            lp, scored = token_logprobs(model, batch)
+        total = (lp * scored).sum(-1).double()
+        return total / scored.sum(-1).clamp(min=1) if mean_per_token else total
+
+    rewards: dict[str, list[float]] = {s: [] for s in sides}
+    with torch.no_grad():
+        for start in range(0, len(prompts), batch_size):
+            for s in sides:
+                rows = list(zip(prompts[start : start + batch_size], completions[s][start : start + batch_size]))
+                r = logps(rows, reference=False)
+                if not mean_per_token:
+                    r = r - logps(rows, reference=True)
+                rewards[s] += (beta * r).tolist()
+    model.train(was_training)
+    if len(sides) == 2:
+        margins = [c - r for c, r in zip(rewards["chosen"], rewards["rejected"])]
+        accuracy = sum(m > 0 for m in margins) / len(margins)
+        return {"accuracy": accuracy, "mean_margin": sum(margins) / len(margins), "pairs": len(margins),
+                "mean_reward_chosen": sum(rewards["chosen"]) / len(margins),
+                "mean_reward_rejected": sum(rewards["rejected"]) / len(margins)}
+    labels = table.column("label").to_pylist()
+    good = [r for r, y in zip(rewards["completion"], labels) if y]
+    bad = [r for r, y in zip(rewards["completion"], labels) if not y]
+    mean = lambda xs: sum(xs) / len(xs) if xs else 0.0  # noqa: E731
+    accuracy = sum((r > 0) == y for r, y in zip(rewards["completion"], labels)) / len(labels)
+    return {"accuracy": accuracy, "mean_margin": mean(good) - mean(bad), "completions": len(labels),
+            "mean_reward_chosen": mean(good), "mean_reward_rejected": mean(bad)}

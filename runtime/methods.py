@@ -12,11 +12,13 @@ from typing import Any
 from ftc.errors import FtcError
 
 # train.method -> the module holding its METHOD (imported on demand: each pulls in its own TRL trainer)
-MODULES = {"sft": "ftc.runtime.sft", "grpo": "ftc.runtime.grpo"}
+MODULES = {"sft": "ftc.runtime.sft", "grpo": "ftc.runtime.grpo",
+           **{m: "ftc.runtime.preference" for m in ("dpo", "orpo", "simpo", "kto")}}  # one module, its METHODS
 
 
 def method_for(name: str) -> Any:
     """The `Method` of train.method `name`; FTC709 for a method this ftc has no trainer for."""
     if name not in MODULES:
         raise FtcError("FTC709", path="train.method", method=name, methods=", ".join(MODULES))
-    return importlib.import_module(MODULES[name]).METHOD
+    module = importlib.import_module(MODULES[name])
+    return module.METHODS[name] if hasattr(module, "METHODS") else module.METHOD

@@ -186,6 +186,9 @@ def callbacks(*, metrics_path: Path, counter: TokenCounter, stop: StopFlag, show
                 post["loss"] = f"{logs['loss']:.4f}"
             if "eval_loss" in logs:
                 post["eval_loss"] = f"{logs['eval_loss']:.4f}"
+            for key, short in (("rewards/accuracies", "acc"), ("rewards/margins", "margin"), ("kl", "kl")):  # preference
+                if key in logs:
+                    post[short] = f"{logs[key]:.3f}"
             elapsed = time.perf_counter() - self.start
             rate = (counter.real - self.start_real) / max(elapsed, 1e-9)
             post["tok/s"] = f"{rate:,.0f}"

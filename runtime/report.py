@@ -133,3 +133,24 @@ def write_report(output_dir: Path, facts: dict, sections: list[str] = ()) -> Pat
     path = output_dir / "report.md"
     path.write_text("\n".join(lines))
     return path
+
+
+def preference_section(output_dir: Path, facts: dict, metrics: list[dict], keys: dict[str, str]) -> str:
+    """The preference section of report.md: what the rewards did, the eval accuracy and margin, rewards.png."""
+    p, ev = facts.get("preference", {}), facts.get("eval") or {}
+    rows = [f"| {name} | {_fmt(p.get(f'first_{name}'))} | {_fmt(p.get(f'last_{name}'))} |" for name in keys]
+    lines = ["## Preference", "",
+             f"{p.get('method')} through TRL's {p.get('trainer')}; reference: {p.get('reference')}; "
+             f"settings {', '.join(f'{k} {v}' for k, v in sorted(p.get('settings', {}).items()))}.", "",
+             "| metric (train) | first | last |", "|---|---|---|", *rows, ""]
+    if ev:
+        lines += [f"Eval: preference accuracy {_fmt(ev.get('accuracy'))}, mean margin {_fmt(ev.get('mean_margin'))} "
+                  f"(chosen {_fmt(ev.get('mean_reward_chosen'))}, rejected {_fmt(ev.get('mean_reward_rejected'))}).", ""]
+    series = [(label, style, [(m["step"], m[key]) for m in metrics if m.get(key) is not None])
+              for label, style, key in [("chosen reward", "-", keys["chosen"]), ("rejected reward", "-", keys["rejected"]),
+                                        ("margin", "--", keys["margin"]),
+                                        *([("accuracy", ":", keys["accuracy"])] if "accuracy" in keys else []),
+                                        *([("kl", ":", keys["kl"])] if "kl" in keys else [])]]
+    if plot_lines(output_dir / "rewards.png", series, ylabel="implicit reward (train batches)"):
+        lines += ["![rewards](rewards.png)", ""]
+    return "\n".join(lines)

@@ -270,7 +270,7 @@ def test_a_killed_compiles_tmp_files_are_gone_after_the_next_compile(cli, demo):
 
 def test_an_optimizer_the_trainer_does_not_know_is_refused(cli, demo):
     status, _, err = cli("validate", demo / "demo.json", "--set", "train.optim=adamw_9bit")
-    assert status == 2 and "error[FTC102]" in err and "at train.optim: 'adamw_9bit' is not an optimizer" in err, err
+    assert status == 2 and "error[FTC195]" in err and "at train.optim: train.optim 'adamw_9bit' is not an optimizer" in err, err
     assert "did you mean 'adamw_8bit'?" in err and "adamw_torch_fused" in err
 
 

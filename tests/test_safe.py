@@ -14,6 +14,7 @@ import json
 from pathlib import Path
 
 import pytest
+from fixtures import write_tiny_model_dir
 
 from conftest import DEMO_TOKENIZER, ROOT, write_recipe
 
@@ -227,6 +228,18 @@ def test_a_hub_model_whose_cached_revision_moved_is_refused(cli, tmp_path, monke
     with pytest.raises(FtcError) as e:
         verify(lock)
     assert e.value.code == "FTC510" and str(e.value).splitlines()[0].endswith(": commit changed")
+
+
+def test_a_model_compile_did_not_see_is_not_fingerprinted_and_not_refused(cli, tmp_path):
+    """A plan compiled on a CPU box for a model folder that exists only on the training machine
+    records nothing to compare (no folder, no cached snapshot), so the run is not refused there."""
+    from ftc.runtime.verify import verify
+
+    (tmp_path / "proj").mkdir()
+    lock = compiled(cli, tmp_path / "proj", model={"name": str(tmp_path / "later"), "tokenizer": str(DEMO_TOKENIZER)})
+    assert json.loads(lock.read_text())["model"] == {"kind": "hub", "revision": None, "commit": None}
+    write_tiny_model_dir(tmp_path / "later")  # the folder appears where the run happens
+    verify(lock)
 
 
 # ---------------------------------------------------------------- 5. files a recipe reads lie in the project
