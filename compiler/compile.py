@@ -6,23 +6,29 @@ collects the facts that go into the lock.
 
 from __future__ import annotations
 
-import hashlib
-import os
-from dataclasses import dataclass
+import tempfile
+from dataclasses import asdict, dataclass, field
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
+from typing import Iterable, Iterator, Mapping
 
+import numpy as np
 import pyarrow as pa
 
 from ftc import __version__
-from ftc.compiler import preference, render
+from ftc.compiler import cache, preference, render
+from ftc.compiler.artifacts import Spill, write_parquet
+from ftc.compiler.inputs import model_fingerprint
 from ftc.compiler.lock import LOCK_VERSION, Plan, relpath, seal
 from ftc.compiler.lock import write_lock as write_lock_file
-from ftc.compiler.normalize import INTERNAL, Normalizer, Stage
+from ftc.compiler.normalize import INTERNAL, Normalizer, Stage, standard_lists
 from ftc.compiler.outputs import check_writable, remove_stale_tmp
 from ftc.compiler.recipe import Recipe
 from ftc.compiler.schedule import check_grpo_batch, derive_schedule
+from ftc.compiler.progress import Clock, Progress
 from ftc.compiler.sources import load_source
+from ftc.compiler.tokens import tokenize_splits, tokenizer_location, write_reports
+from ftc.errors import FtcError
 
 OUTPUTS = {"text": ["text"], "prompt_completion": ["prompt", "completion"], "prompt": ["prompt"], "messages": ["messages"],
            **preference.OUTPUTS}
@@ -33,39 +39,47 @@ VERSIONED = ("duckdb", "pyarrow", "jinja2", "jsonschema")
 class Compiled:
     lock: dict
     lock_path: Path
-    splits: dict[str, pa.Table]
-    tokens: dict[str, pa.Table]  # empty when compiled with tokenize=False
+    splits: Mapping[str, pa.Table]
+    tokens: Mapping[str, pa.Table]  # empty when compiled with tokenize=False
+    clock: Clock = field(default_factory=Clock)  # seconds per stage, and the stages a recompile reused
 
 
 def compile_recipe(recipe: Recipe, lock_path: Path, *, progress: bool = False, write: bool = True, tokenize: bool = True,
                    write_lock: bool = True) -> Compiled:
-    """Compile; ``write`` puts artifacts in the cache, ``write_lock`` also writes the lock and its reports."""
-    file = str(recipe.path)
+    """Compile; ``write`` puts artifacts in the cache, ``write_lock`` also writes the lock and its reports.
+
+    With ``write``, what the content fingerprints say is unchanged is taken from the cache
+    (``cache.py``): the whole data-and-tokens half, or only the normalized rows.
+    """
     if write:  # before any reading: a compile that cannot write its output fails first, not last
         check_writable(recipe, Path(lock_path) if write_lock else None)
-    norm = Normalizer(file)
-    adapter = _adapter(recipe, file)  # refused before any source is read
+        for sub in ("data", "tokens"):  # a killed compile's half-written files go, even when nothing is rewritten
+            remove_stale_tmp(cache.cache_root(recipe) / sub)
+    clock = Clock(progress)
+    _adapter(recipe)  # model.adapter refused (FTC170-172) before any source is read (the lock's head records it)
+    versions = _versions(tokenize)
+    store = cache.Cache(cache.cache_root(recipe)) if write else None
+    with clock.stage("fingerprint"):
+        norm_key = cache.normalized_key(recipe, versions) if store else None
+        try:
+            key = cache.plan_key(recipe, norm_key, _templates(recipe, recipe.data["template"]), versions, tokenize,
+                                 tokenizer_location(recipe))
+        except FtcError:  # the cold compile reports it where it always has
+            key = None
+        entry = store.get("plan", key) if store else None
+    if entry is not None:
+        return _reused(recipe, lock_path, store, entry, versions, clock, tokenize=tokenize, write_lock=write_lock)
+    with tempfile.TemporaryDirectory(prefix="ftc-compile-") as tmp:
+        return _compile_cold(recipe, lock_path, store, key, norm_key, versions, clock, Path(tmp), write=write,
+                             tokenize=tokenize, write_lock=write_lock)
 
-    # 1. sources, each with its own transforms
-    source_facts, tables, ord_base = {}, {}, 0
-    for name, spec in recipe.data["sources"].items():
-        sd = load_source(recipe, name, spec, progress=progress)
-        n = sd.table.num_rows
-        malformed = sum(f.malformed_rows for f in sd.files)
-        norm.stages.append(Stage(f"sources.{name}: read", n + malformed, n, {"malformed row (parser skipped it)": malformed} if malformed else {}))
-        table = sd.table.append_column("_ord", pa.array(range(ord_base, ord_base + n), pa.int64()))
-        ord_base += n
-        t = norm.register(table)
-        for i, step in enumerate(spec["transforms"]):
-            t = norm.apply(t, step, f"sources.{name}.transforms[{i}]")
-        tables[name] = t
-        source_facts[name] = sd.hf if sd.hf is not None else {"files": [f.to_lock() for f in sd.files], "rows": n,
-                                                               **({"unread": sd.unread} if sd.unread else {})}
 
-    # 2. mixture, then the recipe-wide transforms
-    t = norm.mix(tables, recipe.data["mix"]) if len(tables) > 1 or recipe.data["mix"] else next(iter(tables.values()))
-    for i, step in enumerate(recipe.data["transforms"]):
-        t = norm.apply(t, step, f"transforms[{i}]")
+def _compile_cold(recipe: Recipe, lock_path: Path, store: cache.Cache | None, key: str | None, norm_key: str | None,
+                  versions: dict, clock: Clock, tmp: Path, *, write: bool, tokenize: bool, write_lock: bool) -> Compiled:
+    """Every stage the cache could not give back, in order; ``tmp`` holds the rows between stages."""
+    file = str(recipe.path)
+    norm = Normalizer(file, temp_dir=tmp / "duckdb")
+    t, source_facts = _normalized(recipe, norm, store, norm_key, clock)
 
     # 3. templates: checked against the fields before any row is rendered
     tpl_spec = recipe.data["template"]
@@ -82,38 +96,33 @@ def compile_recipe(recipe: Recipe, lock_path: Path, *, progress: bool = False, w
     if fmt in preference.OUTPUTS:
         preference.check_fields(tpl_spec, fields, file=file,
                                 files=[f["path"] for s in source_facts.values() for f in s.get("files", [])])
+    _check_grpo(recipe, fields)
 
-    if recipe.data["train"]["method"] == "grpo":
-        from ftc.compiler.rewards import check_rewards
-
-        check_grpo_batch(recipe.data["train"], file=file)
-        grpo = recipe.data["train"]["grpo"]
-        grpo["rewards"] = check_rewards(grpo["rewards"], fields=fields, allow_python=grpo["allow_python"],
-                                        recipe_dir=recipe.dir, file=file)
 
     # 4. split, deterministic from a hash of key fields
     default_key = sorted({v for tpl in templates.values() for v in render.variables(tpl)} & fields) or sorted(fields)
-    train_t, eval_t = norm.split(t, recipe.data["split"], default_key)
+    with clock.stage("split"):
+        train_t, eval_t = norm.split(t, recipe.data["split"], default_key)
 
-    # 5. render and write each split
+    # 5. render and write each split, batch by batch through a spill file
     splits, artifacts, samples, rendered_by = {}, {}, {}, {}
-    cache = recipe.resolve_path(recipe.data["output"]["cache_dir"]) / "data"
+    cache_dir = cache.cache_root(recipe) / "data"
     for split, st in (("train", train_t), ("eval", eval_t)):
-        table = _render_split(norm, st, tpl_spec, templates, types, rendered_by)
-        # the rendered text outputs (KTO's boolean label is the preference module's to check: FTC241/FTC604)
-        texts = {k: tpl_spec[k] for k in OUTPUTS[fmt] if k in tpl_spec and k != "label"}
-        render.check_rendered(table, texts, templates, all_rows=split == "train")
-        splits[split] = table
-        if table.num_rows == 0 and split == "eval":
+        with clock.stage("render"):
+            spill = _render_split(norm, st, tpl_spec, templates, types, rendered_by, Spill(tmp / f"{split}.arrow"),
+                                  clock.progress(f"render ({split})", norm.count(st)), all_rows=split == "train")
+        splits[split] = spill
+        if spill.num_rows == 0 and split == "eval":
             continue
-        artifacts[split] = _write_parquet(table, cache, split, recipe.dir, write)
-        samples[split] = [_sample(r, fmt) for r in table.slice(0, 2).to_pylist()]
+        progress = clock.progress(f"write data ({split})", spill.num_rows)
+        with clock.stage("write"):
+            artifacts[split] = write_parquet(_counted(spill.tables(), progress), cache_dir, split, recipe.dir, write,
+                                             schema=spill.schema)
+        progress.close()
+        samples[split] = [_sample(r, fmt) for r in spill.head.to_pylist()]
 
-    lock = {
-        "lock_version": LOCK_VERSION,
-        "ftc_version": __version__,
-        "recipe": {"path": relpath(recipe.path, lock_path.parent), "sha256": recipe.sha256, "overrides": list(recipe.overrides)},
-        "settings": recipe.data,
+    lock = _lock_head(recipe, lock_path, versions)
+    lock.update({
         "sources": source_facts,
         "stages": [s.to_lock() for s in norm.stages],
         "templates": {
@@ -122,30 +131,134 @@ def compile_recipe(recipe: Recipe, lock_path: Path, *, progress: bool = False, w
         },
         "samples": samples,
         "artifacts": {"data": artifacts},
-        "versions": _versions(),
-        **({"adapter": adapter} if adapter else {}),
-    }
+    })
     sequences = splits["train"].num_rows
     token_tables: dict[str, pa.Table] = {}
+    tokens = None
     if tokenize:
-        tokens = _tokenize(recipe, splits, cache, write)
+        tokens = tokenize_splits(recipe, splits, cache_dir.parent / "tokens", write, clock)
         lock["tokens"] = tokens["lock"]
         lock["artifacts"]["tokens"] = tokens["artifacts"]
         lock["stages"] += tokens["stages"]
-        lock["versions"]["tokenizers"] = _version("tokenizers")
-        lock["versions"]["transformers"] = _version("transformers")
         sequences = tokens["train_sequences"]
         token_tables = tokens["tables"]
-        if write and write_lock:
-            _write_reports(tokens, lock_path)
-    from ftc.compiler.inputs import model_fingerprint  # the one fingerprint, checked again at run
-
-    lock["model"] = model_fingerprint(tokenizer_location(recipe, "name"), recipe.data["model"]["revision"])
+    png = None
+    if tokens is not None and write and write_lock:
+        png = write_reports(lock, tokens["info"], lock_path, lengths=tokens["lengths"])
+    if store is not None:
+        cache.keep_plan(store, key, lock, recipe.dir, normalized=norm_key, train_sequences=sequences, fields=sorted(fields),
+                        report={"info": asdict(tokens["info"])} if tokens is not None else None, png=png)
     lock["schedule"] = derive_schedule(recipe.data["train"], sequences, file=file)
     lock = seal(lock)
     if write and write_lock:
         write_lock_file(lock, lock_path)
-    return Compiled(lock, lock_path, splits, token_tables)
+    if write:  # the spills go with tmp: the tables are the artifacts, read when asked for
+        tables = cache.lazy(recipe.dir, lock["artifacts"]["data"], ("train", "eval"))
+    else:
+        tables = {split: spill.read_all() for split, spill in splits.items()}
+    return Compiled(lock, lock_path, tables, token_tables, clock)
+
+
+def _counted(parts: Iterable[pa.Table], progress: Progress) -> Iterator[pa.Table]:
+    for t in parts:
+        yield t
+        progress.update(t.num_rows)
+
+
+def _lock_head(recipe: Recipe, lock_path: Path, versions: dict) -> dict:
+    """The lock's values that come from the recipe and the installed packages, never from the cache."""
+    return {
+        "lock_version": LOCK_VERSION,
+        "ftc_version": __version__,
+        "recipe": {"path": relpath(recipe.path, lock_path.parent), "sha256": recipe.sha256, "overrides": list(recipe.overrides)},
+        "settings": recipe.data,
+        "versions": dict(versions),
+        # the one fingerprint of the base model, checked again at run (never from the cache: not a data input)
+        "model": model_fingerprint(tokenizer_location(recipe, "name"), recipe.data["model"]["revision"]),
+        # the run this plan starts from (model.adapter), fingerprinted here and at run, like the model
+        **({"adapter": _adapter(recipe)} if recipe.data["model"]["adapter"] else {}),
+    }
+
+
+def _check_grpo(recipe: Recipe, fields: set[str]) -> None:
+    """GRPO's batch rule and its rewards, checked against the fields (which resolves them into the settings)."""
+    if recipe.data["train"]["method"] != "grpo":
+        return
+    from ftc.compiler.rewards import check_rewards
+
+    file = str(recipe.path)
+    check_grpo_batch(recipe.data["train"], file=file)
+    grpo = recipe.data["train"]["grpo"]
+    grpo["rewards"] = check_rewards(grpo["rewards"], fields=fields, allow_python=grpo["allow_python"],
+                                    recipe_dir=recipe.dir, file=file)
+
+
+def _normalized(recipe: Recipe, norm: Normalizer, store: cache.Cache | None, key: str | None,
+                clock: Clock) -> tuple[str, dict]:
+    """Steps 1 and 2 (sources with their transforms, the mixture, the recipe-wide transforms), or
+    their result from the cache; the table's name in ``norm`` and the sources' lock facts."""
+    entry = store.get(cache.NORMALIZED, key) if store else None
+    if entry is not None:
+        with clock.stage("read"):
+            t = cache.restore_normalized(norm, store, entry)
+        if t is not None:
+            norm.stages = [Stage(**s) for s in entry["stages"]]
+            clock.reused += ["read", "normalize"]
+            return t, entry["sources"]
+    # 1. sources, each with its own transforms
+    source_facts, tables, ord_base, registered = {}, {}, 0, []
+    for name, spec in recipe.data["sources"].items():
+        with clock.stage("read"):
+            sd = load_source(recipe, name, spec, progress=clock.show)
+        n = sd.table.num_rows
+        malformed = sum(f.malformed_rows for f in sd.files)
+        norm.stages.append(Stage(f"sources.{name}: read", n + malformed, n, {"malformed row (parser skipped it)": malformed} if malformed else {}))
+        table = sd.table.append_column("_ord", pa.array(np.arange(ord_base, ord_base + n, dtype=np.int64)))
+        ord_base += n
+        with clock.stage("normalize"):
+            t = norm.register(table)
+            registered.append(t)
+            for i, step in enumerate(spec["transforms"]):
+                t = norm.apply(t, step, f"sources.{name}.transforms[{i}]")
+        tables[name] = t
+        source_facts[name] = sd.hf if sd.hf is not None else {"files": [f.to_lock() for f in sd.files], "rows": n,
+                                                               **({"unread": sd.unread} if sd.unread else {})}
+
+    # 2. mixture, then the recipe-wide transforms
+    with clock.stage("normalize"):
+        t = norm.mix(tables, recipe.data["mix"]) if len(tables) > 1 or recipe.data["mix"] else next(iter(tables.values()))
+        for i, step in enumerate(recipe.data["transforms"]):
+            t = norm.apply(t, step, f"transforms[{i}]")
+    if store is not None and key is not None:
+        with clock.stage("normalize"):
+            t = cache.keep_normalized(norm, store, key, t, [s.to_lock() for s in norm.stages], source_facts)
+        del sd, table
+        for r in registered:  # the rows are in DuckDB's own table now (which spills): let Python's copy go
+            norm.con.unregister(f"{r}_arrow")
+    return t, source_facts
+
+
+def _reused(recipe: Recipe, lock_path: Path, store: cache.Cache, entry: dict, versions: dict, clock: Clock, *,
+            tokenize: bool, write_lock: bool) -> Compiled:
+    """The lock from a plan entry: the cold compile's values, the recipe's settings, a fresh schedule."""
+    _check_grpo(recipe, set(entry["fields"]))
+    lock = _lock_head(recipe, lock_path, versions)
+    lock.update(cache.plan_lock_parts(store, entry, recipe.dir))
+    clock.reused += ["read", "normalize", "split", "render", "write"] + (["tokenize", "pack"] if tokenize else [])
+    if tokenize and write_lock:
+        from ftc.compiler.tokenizer import TokenizerInfo
+        png = entry["report"].get("png")
+        write_reports(lock, TokenizerInfo(**entry["report"]["info"]), lock_path,
+                       png=store.root / png["path"] if png else None,
+                       lengths=None if png else {s: cache.lazy(recipe.dir, lock["artifacts"]["tokens"], (s,))[s]
+                                                 .column("length").to_pylist() for s in lock["artifacts"]["tokens"]})
+    lock["schedule"] = derive_schedule(recipe.data["train"], entry["train_sequences"], file=str(recipe.path))
+    lock = seal(lock)
+    if write_lock:
+        write_lock_file(lock, lock_path)
+    arts = lock["artifacts"]
+    return Compiled(lock, lock_path, cache.lazy(recipe.dir, arts["data"], ("train", "eval")),
+                    cache.lazy(recipe.dir, arts["tokens"], tuple(arts["tokens"])) if tokenize else {}, clock)
 
 
 def _templates(recipe: Recipe, spec: dict) -> dict[str, render.Template]:
@@ -166,8 +279,13 @@ def _templates(recipe: Recipe, spec: dict) -> dict[str, render.Template]:
     return out
 
 
-def _render_split(norm: Normalizer, t: str, spec: dict, templates, types, rendered_by) -> pa.Table:
-    """One SELECT for everything lowerable; Jinja for the rest, in row order."""
+def _render_split(norm: Normalizer, t: str, spec: dict, templates, types, rendered_by, spill: Spill,
+                  progress: Progress, *, all_rows: bool) -> Spill:
+    """One SELECT for everything lowerable; Jinja for the rest, in row order; batch by batch into ``spill``.
+
+    The rows stream out of DuckDB in ``_ord`` order (its sort spills to disk when it must), each
+    batch gets its Jinja columns and goes to the spill file, so the split is never whole in memory.
+    """
     fmt = spec["format"]
     sql_cols, jinja_cols = {}, {}
     for key in OUTPUTS[fmt]:
@@ -215,7 +333,31 @@ def _render_split(norm: Normalizer, t: str, spec: dict, templates, types, render
                     h = "_" + h
                 hidden[c] = h
                 cols.append(f"{q(c)} AS {q(h)}")
-    table = norm.read(t, ", ".join(cols))
+    reader = norm.con.sql(f"SELECT {', '.join(cols)} FROM {t} ORDER BY _ord").to_arrow_reader(cache.BATCH)
+    # the rendered text outputs (KTO's boolean label is the preference module's to check: FTC241/FTC604)
+    outputs_spec = {k: spec[k] for k in OUTPUTS[fmt] if k in spec and k != "label"}
+    failed, maybe_blank = False, True
+    for batch in reader:
+        table = _jinja(standard_lists(pa.Table.from_batches([batch])), fields, hidden, jinja_cols)
+        if table.num_rows and not failed:
+            # render.check_rendered batch by batch; where it finds something, the whole split
+            # is checked once more below, so the error names the same row and count as ever.
+            try:
+                render.check_rendered(table, outputs_spec, templates, all_rows=all_rows)
+                maybe_blank = False  # some row of every template printed something
+            except FtcError as e:
+                failed = e.code != "FTC407"
+        spill.write(table)
+        progress.update(table.num_rows)
+    progress.close()
+    spill.close(_jinja(standard_lists(reader.schema.empty_table()), fields, hidden, jinja_cols).schema)
+    if failed or (all_rows and maybe_blank and spill.num_rows):
+        render.check_rendered(spill.read_all(), outputs_spec, templates, all_rows=all_rows)
+    return spill
+
+
+def _jinja(table: pa.Table, fields: list[str], hidden: dict[str, str], jinja_cols: dict) -> pa.Table:
+    """A batch of the render query with its Jinja-rendered columns added (and the hidden inputs gone)."""
     if jinja_cols and table.num_rows:
         inputs = table.select(["row_id"] + [hidden.get(c, c) for c in fields]).rename_columns(["row_id"] + fields)
         table = table.drop_columns(list(hidden.values()))
@@ -234,50 +376,6 @@ def _render_split(norm: Normalizer, t: str, spec: dict, templates, types, render
     return table
 
 
-def _write_parquet(table: pa.Table, cache: Path, split: str, recipe_dir: Path, write: bool) -> dict:
-    """Content-addressed Parquet: the file name carries its own sha256.
-
-    DuckDB writes it (row groups encoded in parallel) from its own connection, which
-    only ever sees this Arrow table, never a recipe's SQL. The bytes are the same on
-    every run (tests/test_determinism.py) because both things they depend on are fixed
-    here: the row order, since the query is a bare scan of one Arrow table and
-    ``preserve_insertion_order`` (set, not left to a default) makes COPY write a scan's
-    batches in their order (an ORDER BY would pin the same order at twice the cost);
-    and the row groups, which DuckDB cuts at batch boundaries, so the table is handed
-    over in batches of 2,048 rows whatever chunks it arrived in (DuckDB's result
-    chunks vary from run to run).
-    """
-    import duckdb
-
-    cache.mkdir(parents=True, exist_ok=True)
-    remove_stale_tmp(cache)
-    tmp = cache / f".{split}-{os.getpid()}.parquet.tmp"
-    con = duckdb.connect(":memory:", config={"threads": 2, "preserve_insertion_order": True})
-    try:
-        batch = 2048  # divides ROW_GROUP_SIZE
-        batches = [b for i in range(0, table.num_rows, batch) for b in table.slice(i, batch).combine_chunks().to_batches()]
-        con.register("artifact", pa.Table.from_batches(batches, table.schema))
-        con.execute(f"COPY (SELECT * FROM artifact) TO '{str(tmp).replace(chr(39), chr(39) * 2)}' "
-                    "(FORMAT parquet, COMPRESSION zstd, ROW_GROUP_SIZE 65536)").fetchall()
-    finally:
-        con.close()
-    data = tmp.read_bytes()
-    digest = hashlib.sha256(data).hexdigest()
-    path = cache / f"{split}-{digest[:16]}.parquet"
-    # An entry is trusted only when its bytes are these bytes: a corrupt one (same name, other
-    # bytes) is replaced, else `ftc run` would refuse it again after the compile it hints at.
-    if write and not (path.is_file() and path.stat().st_size == len(data) and path.read_bytes() == data):
-        tmp.replace(path)
-    else:
-        tmp.unlink()
-    return {
-        "path": relpath(path, recipe_dir),  # the lock's one rule: relative to the recipe's folder
-        "sha256": digest,
-        "rows": table.num_rows,
-        "schema": {f.name: str(f.type) for f in table.schema},
-    }
-
-
 def _sample(row: dict, fmt: str) -> dict:
     return {"row_id": row["row_id"], **{k: row[k] for k in OUTPUTS[fmt] if k in row}}
 
@@ -289,19 +387,15 @@ def _version(pkg: str) -> str | None:
         return None
 
 
-def _versions() -> dict:
-    return {"ftc": __version__, **{pkg: _version(pkg) for pkg in VERSIONED}}
+def _versions(tokenize: bool) -> dict:
+    """The lock's package versions: the tokenizer's packages only when the plan has tokens."""
+    out = {"ftc": __version__, **{pkg: _version(pkg) for pkg in VERSIONED}}
+    if tokenize:
+        out.update({pkg: _version(pkg) for pkg in ("tokenizers", "transformers")})
+    return out
 
 
-def tokenizer_location(recipe: Recipe, key: str = "tokenizer") -> str:
-    """model.tokenizer (or another model key, such as "name") as a local folder (relative to the
-    recipe) when one exists, else the hub id."""
-    name = recipe.data["model"][key]
-    local = recipe.resolve_path(name)
-    return str(local) if local.is_dir() else name
-
-
-def _adapter(recipe: Recipe, file: str) -> dict | None:
+def _adapter(recipe: Recipe) -> dict | None:
     """The lock's record of model.adapter (compiler/inputs.py), or None when the plan starts from the base."""
     from ftc.compiler.inputs import adapter_facts
 
@@ -309,7 +403,8 @@ def _adapter(recipe: Recipe, file: str) -> dict | None:
     if not model["adapter"]:
         return None
     local = recipe.resolve_path(model["name"])
-    return adapter_facts(recipe.resolve_path(model["adapter"]), model, str(local) if local.is_dir() else model["name"], file=file)
+    return adapter_facts(recipe.resolve_path(model["adapter"]), model, str(local) if local.is_dir() else model["name"],
+                         file=str(recipe.path))
 
 
 def rebuild(plan: Plan) -> Compiled:
@@ -325,78 +420,3 @@ def rebuild(plan: Plan) -> Compiled:
         raise FtcError("FTC504", file=str(plan.recipe_file), what="recompiling it gives a different plan",
                        recipe=plan.recipe_file, lock=plan.lock_path)
     return again
-
-
-def _tokenize(recipe: Recipe, splits: dict[str, pa.Table], cache: Path, write: bool) -> dict:
-    """Tokenize every split, plan packing, write the token artifacts; the facts for the lock."""
-    from ftc.compiler import pack
-    from ftc.compiler.encode import tokenize
-    from ftc.compiler.tokenizer import load_tokenizer
-
-    model, train = recipe.data["model"], recipe.data["train"]
-    tok, info = load_tokenizer(tokenizer_location(recipe), model["tokenizer_revision"], model["trust_remote_code"])
-    fmt = recipe.data["template"]["format"]
-    max_len = model["max_seq_length"]
-    packing = train["packing"] and train["method"] == "sft"
-    stats, arts, stages, lengths, pack_facts, tables, warnings = {}, {}, [], {}, {}, {}, []
-    train_sequences = splits["train"].num_rows
-    for split, table in splits.items():
-        if table.num_rows == 0:
-            continue
-        if fmt in preference.OUTPUTS:  # prompt / chosen / rejected ids, as TRL's preference preparation makes them
-            res = preference.tokenize_preference(table, fmt, tok, max_seq_length=max_len, overlong=train["overlong"],
-                                                 has_prompt="prompt" in recipe.data["template"])
-        else:
-            res = tokenize(table, fmt, tok, max_seq_length=max_len, overlong=train["overlong"],
-                           completion_only_loss=train["completion_only_loss"], assistant_only_loss=train["assistant_only_loss"])
-        stages.append(Stage(f"tokenize ({split})", table.num_rows, res.table.num_rows, dict(res.dropped)).to_lock())
-        warnings += [{"split": split, **w} for w in res.warnings]
-        if res.table.num_rows == 0:
-            from ftc.errors import FtcError
-
-            raise FtcError("FTC302", file=str(recipe.path), stage=f"tokenize ({split})",
-                           counts=", ".join(f"{k}: {v}" for k, v in res.dropped.items()))
-        out = res.table
-        lens = out.column("length").to_pylist()
-        lengths[split] = lens
-        if packing:
-            bins = pack.pack_bfd(lens, max_len)
-            order, bin_of = [], []
-            for b, rows in enumerate(bins):
-                order += rows
-                bin_of += [b] * len(rows)
-            out = out.take(pa.array(order, pa.int64())).append_column("pack", pa.array(bin_of, pa.int32()))
-            pack_facts[split] = {"sequences": len(bins), "capacity": max_len,
-                                 "efficiency": round(pack.packing_efficiency(lens, bins, max_len), 6)}
-            if split == "train":
-                train_sequences = len(bins)
-        stats[split] = res.stats
-        tables[split] = out
-        arts[split] = _write_parquet(out, cache.parent / "tokens", split, recipe.dir, write)
-    lock = {
-        "tokenizer": {"name": model["tokenizer"], "revision": info.revision, "fingerprint": info.fingerprint,
-                      "eos_token": info.eos_token, "eos_token_id": info.eos_token_id, "pad_token_id": info.pad_token_id,
-                      "vocab_size": info.vocab_size},
-        "max_seq_length": max_len,
-        "overlong": train["overlong"],
-        "stats": stats,
-        "packing": pack_facts.get("train"),
-        "packing_by_split": pack_facts or None,
-    }
-    if warnings:  # only when there are any, so plans without one keep their hash
-        lock["warnings"] = warnings
-    return {"lock": lock, "artifacts": arts, "stages": stages, "lengths": lengths, "info": info, "tables": tables,
-            "train_sequences": train_sequences, "max_len": max_len}
-
-
-def _write_reports(tokens: dict, lock_path: Path) -> None:
-    """The length histogram and the data report, beside the lock."""
-    from ftc.compiler.views import data_report_md, length_histogram_png
-
-    stem = lock_path.with_suffix("")
-    lock_path.parent.mkdir(parents=True, exist_ok=True)
-    length_histogram_png(tokens["lengths"], f"{stem}.lengths.png", tokens["max_len"])
-    dropped = {st["stage"][len("tokenize ("):-1]: st["dropped"] for st in tokens["stages"]}
-    report = data_report_md(tokens["lock"]["stats"], tokens["info"], tokens["lock"]["packing"], dropped_by_split=dropped,
-                            histogram=Path(f"{stem}.lengths.png").name, warnings=tokens["lock"].get("warnings"))
-    Path(f"{stem}.report.md").write_text(report, encoding="utf-8")

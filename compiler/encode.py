@@ -58,6 +58,7 @@ class TokenizeResult:
     stats: dict  # ints only, so the lock can hold them verbatim
     dropped: dict[str, int]  # reason -> rows
     warnings: list[dict] = field(default_factory=list)  # plain JSON, for the lock: kind, rows, of, example
+    checked: dict[str, int] = field(default_factory=dict)  # warning kind -> rows checked for it (a warning's "of")
 
 
 def encode_prompt(tokenizer: Any, prompt: str | Sequence[dict], tools: list[dict] | None = None) -> list[int]:
@@ -110,6 +111,7 @@ def tokenize(
     row_ids = table.column("row_id").combine_chunks() if table.num_rows else pa.array([], pa.string())
     eos = int(tokenizer.eos_token_id)
     warning = None
+    checked: dict[str, int] = {}
     is_chat = fmt == "messages" or (fmt != "text" and _is_chat(table.schema.field("prompt").type))
     tools = chat_tools.tools_per_row(table, row_ids) if is_chat else None  # plain text has no tools= to give
 
@@ -120,16 +122,20 @@ def tokenize(
         completion = _strings(table, "completion", row_ids)
         rows, warning = _encode_pair(tokenizer, prompt, completion, row_ids, train_prompt=not completion_only_loss,
                                      eos=eos)
+        checked[MERGE] = len(row_ids)
     elif fmt == "prompt_completion":
         prompts = table.column("prompt").to_pylist()
         completion = _strings(table, "completion", row_ids).to_pylist()
         chats = [list(p) + [{"role": "assistant", "content": c}] for p, c in zip(prompts, completion)]
         rows = _encode_chat(tokenizer, chats, row_ids, masked=completion_only_loss, what="completion_only_loss", tools=tools)
         warning = _check_chat_prompts(tokenizer, rows, prompts, row_ids, tools)
+        checked[CHAT_PROMPT] = sum(1 for p in prompts if p)
     elif fmt == "messages":
         chats = table.column("messages").to_pylist()
         rows = _encode_chat(tokenizer, chats, row_ids, masked=assistant_only_loss, what="assistant_only_loss", tools=tools)
-        warning = _check_chat_prompts(tokenizer, rows, [chat_prompt(c) for c in chats], row_ids, tools)
+        prompts = [chat_prompt(c) for c in chats]
+        warning = _check_chat_prompts(tokenizer, rows, prompts, row_ids, tools)
+        checked[CHAT_PROMPT] = sum(1 for p in prompts if p)
     else:  # prompt: exactly what encode_prompt gives, nothing trained
         if _is_chat(table.schema.field("prompt").type):
             rows = _encode_chat(tokenizer, table.column("prompt").to_pylist(), row_ids, generation_prompt=True, tools=tools)
@@ -138,7 +144,7 @@ def tokenize(
         rows.labels = np.full_like(rows.ids, IGNORE)
 
     table_out, stats, dropped = finish(rows, row_ids, fmt, max_seq_length=max_seq_length, overlong=overlong)
-    return TokenizeResult(table_out, stats, dropped, [warning] if warning else [])
+    return TokenizeResult(table_out, stats, dropped, [warning] if warning else [], checked)
 
 
 def chat_prompt(turns: list[dict] | None) -> list[dict] | None:

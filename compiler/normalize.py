@@ -18,6 +18,7 @@ at whatever query happened to touch the column first.
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass, field
 
 import pyarrow as pa
@@ -26,6 +27,7 @@ from ftc.compiler.safe_sql import check_expression
 from ftc.errors import FtcError, did_you_mean
 
 INTERNAL = ("_source", "_file", "_row", "_ord", "row_id")
+MEMORY_LIMIT = "1GB"  # DuckDB's share of a compile's memory when it may spill (issue 15: 2.5 GiB in all)
 # Whitespace for `strip`: ASCII plus no-break and ideographic spaces common in CJK data.
 WHITESPACE = " \t\n\r\f\v\u00a0\u3000\ufeff"
 
@@ -58,12 +60,15 @@ def lit(value: str) -> str:
 class Normalizer:
     """Holds one in-memory DuckDB connection with external access disabled."""
 
-    def __init__(self, recipe_file: str, *, empty_ok: bool = False):
+    def __init__(self, recipe_file: str, *, empty_ok: bool = False, temp_dir: "os.PathLike | None" = None):
         import duckdb
 
         self.file = recipe_file
         self.empty_ok = empty_ok  # `ftc validate` runs the steps on a sample, which a filter may empty
-        self.con = duckdb.connect(":memory:", config={"threads": 2})
+        # With a temp_dir, DuckDB keeps to MEMORY_LIMIT and spills the rest there (sorts, tables).
+        spill = {"memory_limit": MEMORY_LIMIT, "temp_directory": str(temp_dir)} if temp_dir else {}
+        self.con = duckdb.connect(":memory:", config={"threads": 2, **spill})
+        self.x("SET enable_progress_bar = false")  # compile draws its own progress
         # Recipes' SQL expressions must not read files or load extensions: sources are
         # handed over as Arrow, so nothing here needs the filesystem.
         self.x("SET enable_external_access = false")

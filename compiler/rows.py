@@ -150,6 +150,14 @@ def _count(dropped: dict[str, int], reason: str, n: int) -> None:
         dropped[reason] = dropped.get(reason, 0) + n
 
 
+def merged_stats(parts: list[dict], lens: np.ndarray) -> dict:
+    """The stats of a split tokenized in batches: the ``finish`` stats of each batch (``parts``)
+    combined, with the percentiles taken over every kept row's length (``lens``), exactly as
+    ``finish`` gives them for the whole split at once."""
+    return _stats(lens, sum(p["supervised_tokens"] for p in parts), sum(p["truncated"] for p in parts),
+                  sum(p["dropped"] for p in parts))
+
+
 def _stats(lens: np.ndarray, supervised: int, truncated: int, dropped: int) -> dict:
     """Plain ints only. Percentiles are actual row lengths (inverted CDF): p90 = the
     length that 90% of rows do not exceed, the number to choose max_seq_length by."""

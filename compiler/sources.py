@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import re
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -19,6 +18,7 @@ import pyarrow.compute as pc
 
 from ftc.compiler import discovery, readers
 from ftc.compiler.lock import relpath
+from ftc.compiler.progress import MIN_BYTES, Progress
 from ftc.compiler.normalize import not_internal
 from ftc.compiler.recipe import Recipe
 from ftc.errors import FtcError, did_you_mean
@@ -76,17 +76,14 @@ def load_source(recipe: Recipe, name: str, spec: dict, progress: bool = False) -
     pattern = capture_pattern(recipe, name, spec)
     tables, facts = [], []
     total = sum(f.stat().st_size for f in files)
-    done = 0
+    bar = Progress(f"read {name}", total, "bytes", enabled=progress and total >= MIN_BYTES)
     for i, f in enumerate(files):
         data = f.read_bytes()
         table, fact = file_table(recipe, name, spec, f, root, pattern, data)
         tables.append(table)
         facts.append(fact)
-        done += len(data)
-        if progress and total > (32 << 20):
-            print(f"\r  reading {name}: {i + 1}/{len(files)} files, {done >> 20}/{total >> 20} MiB", end="", file=sys.stderr)
-    if progress and total > (32 << 20):
-        print(file=sys.stderr)
+        bar.update(len(data), note=f"{i + 1}/{len(files)} files")
+    bar.close()
     try:
         table = pa.concat_tables(tables, promote_options="permissive")
     except (pa.ArrowInvalid, pa.ArrowTypeError) as e:

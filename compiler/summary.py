@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import unicodedata
+from typing import Any
 
 
 def display_width(text: str) -> int:
@@ -24,7 +25,9 @@ def table(rows: list[list[str]], header: list[str]) -> str:
     return "\n".join([line(header), line(["-" * w for w in widths])] + [line(r) for r in rows])
 
 
-def compile_summary(lock: dict, lock_path: str) -> str:
+def compile_summary(lock: dict, lock_path: str, clock: Any = None) -> str:
+    """What was compiled, stage by stage; with ``clock`` (``progress.Clock``) also each stage's
+    time and which stages a recompile took from the cache."""
     out = [f"compiled {lock['settings']['name']} -> {lock_path}  (plan {lock['plan_hash'][:12]})", ""]
     files = []
     for name, facts in lock["sources"].items():
@@ -44,11 +47,11 @@ def compile_summary(lock: dict, lock_path: str) -> str:
         out += [f"  {v:>8,}  {k}  ({stage})" for stage, k, v in drops]
         out.append("")
     arts = lock["artifacts"]["data"]
-    out.append("splits: " + ", ".join(f"{k} {v['rows']:,} rows" for k, v in arts.items()))
+    out.append("splits: " + ", ".join(f"{k} {v['rows']:,} rows" for k, v in sorted(arts.items(), key=lambda kv: kv[0] != "train")))
     out += schedule_lines(lock["schedule"])
     tok = lock.get("tokens")
     if tok:
-        for split, st in tok["stats"].items():
+        for split, st in sorted(tok["stats"].items(), key=lambda kv: kv[0] != "train"):
             out.append(
                 f"tokens[{split}]: {st['tokens']:,} tokens, {st['supervised_tokens']:,} trained; length p50 {st['length_p50']}, "
                 f"p99 {st['length_p99']}, max {st['length_max']}; truncated {st['truncated']}, dropped {st['dropped']}"
@@ -62,7 +65,18 @@ def compile_summary(lock: dict, lock_path: str) -> str:
         if tok.get("packing"):
             p = tok["packing"]
             out.append(f"packing: {p['sequences']:,} packed sequences of {p['capacity']} tokens, efficiency {p['efficiency']:.1%}")
+    if clock is not None:
+        out += time_lines(clock)
     return "\n".join(out)
+
+
+def time_lines(clock: Any) -> list[str]:
+    """Seconds per stage, and the stages reused because their fingerprints did not change."""
+    spent = ", ".join(f"{stage} {s:.2f}s" for stage, s in clock.seconds.items())
+    lines = [f"time: {spent} (total {sum(clock.seconds.values()):.2f}s)"] if clock.seconds else []
+    if clock.reused:
+        lines.append(f"reused from the cache (inputs unchanged): {', '.join(clock.reused)}")
+    return lines
 
 
 def schedule_lines(sched: dict) -> list[str]:

@@ -29,6 +29,7 @@ def _parser() -> argparse.ArgumentParser:
                    help="override a recipe value by dotted path, e.g. train.learning_rate=1e-4 (repeatable)")
     s.add_argument("-q", "--quiet", action="store_true")
     add_root(s)
+    s.add_argument("--progress", action="store_true", help="show progress with rate and ETA even when stderr is not a tty")
 
     s = sub.add_parser("preview", help="show rendered rows of a recipe or lock")
     s.add_argument("target", help="a recipe (.json) or a lock")
@@ -38,6 +39,11 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--tokens", action="store_true", help="show tokens, masked vs trained")
     s.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     add_root(s)
+
+    s = sub.add_parser("clean", help="remove cache entries and artifacts that no lock in the project uses")
+    s.add_argument("project", nargs="?", default=".", help="folder whose locks and caches to look at (default: .)")
+    s.add_argument("--all", action="store_true", help="remove every cache entry and artifact, also those locks use "
+                   "(ftc run rebuilds them from the sources)")
 
     s = sub.add_parser("diff", help="what changed between two locks (exit 0 equal, 1 different)")
     s.add_argument("a")

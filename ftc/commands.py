@@ -307,9 +307,25 @@ def cmd_compile(args) -> int:
     recipe = load_recipe(args.recipe, args.set)
     _machine_warnings(recipe.data)
     out = Path(args.output)
-    compiled = compile_recipe(recipe, out, progress=not args.quiet and sys.stderr.isatty())
+    show = not args.quiet and (args.progress or sys.stderr.isatty())
+    compiled = compile_recipe(recipe, out, progress=show)
     if not args.quiet:
-        print(compile_summary(compiled.lock, str(out)))
+        print(compile_summary(compiled.lock, str(out), compiled.clock))
+    return 0
+
+
+def cmd_clean(args) -> int:
+    from ftc.compiler.cache import clean
+    from ftc.errors import FtcError
+
+    if not Path(args.project).is_dir():
+        raise FtcError("FTC530", file=args.project)
+    done = clean(Path(args.project), everything=args.all)
+    for u in done["unreadable"]:
+        print(f"ftc clean: {u} is not a readable plan.lock; the artifacts it may name were not kept for it", file=sys.stderr)
+    where = ", ".join(done["caches"]) or "(no cache folder found)"
+    print(f"removed {done['entries']} cache entries and {done['files']} files ({done['bytes'] / (1 << 20):,.1f} MiB) from "
+          f"{where}; kept {done['kept_entries']} entries used by {done['locks']} locks")
     return 0
 
 

@@ -289,6 +289,7 @@ RULES: dict[str, Rule] = {
              "or recompile for this one with `ftc compile {recipe} -o {lock}`"),
         Rule("FTC520", "model.adapter {file} changed since the plan was compiled ({changed})",
              "the lock fingerprints the adapter this run starts from: recompile with `ftc compile {recipe} -o {lock}` to start from the adapter as it is now"),
+        Rule("FTC530", "ftc clean: {file} is not a folder", "give the project folder that holds the locks and their caches (default: .)"),
         # ---- 6xx the tokenizer and tokenization
         Rule("FTC600", "cannot load tokenizer {name!r}: {reason}", "offline? point model.tokenizer at a local folder: --set model.tokenizer=PATH"),
         Rule("FTC602", "row {row} is {tokens} tokens, longer than max_seq_length {max_seq_length} ({count} rows are)",
