@@ -64,6 +64,9 @@ def plan_generation(asked: str, *, load_in_4bit: bool, world_size: int) -> Gener
     return GenerationChoice(asked, FAST, "auto: LoRA merged into a generation copy, re-merged after every optimizer step")
 
 
+PROMPT_BUCKET = 64  # prompt widths the compiled static-cache decode step sees (see MergedGenerator.generate)
+
+
 class MergedGenerator:
     """A generation copy of a PEFT model with its LoRA merged in, kept in step with the adapter."""
 
@@ -109,6 +112,11 @@ class MergedGenerator:
         from transformers import GenerationConfig
 
         width = max(len(p) for p in prompt_ids)
+        if self.compile_cache:
+            # A static cache is as long as prompt + max_new_tokens, and each new length compiles the
+            # decode step again (GRPO's prompts differ step to step): left-pad to a multiple of
+            # PROMPT_BUCKET so a run compiles a few shapes once, not one every step.
+            width = -(-width // PROMPT_BUCKET) * PROMPT_BUCKET
         ids = torch.tensor([[pad_token_id] * (width - len(p)) + list(p) for p in prompt_ids], device=device)
         mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompt_ids], device=device)
         kwargs = {k: v for k, v in generation_kwargs.items() if k != "cache_implementation"}

@@ -98,7 +98,8 @@ def summarize(metrics: list[dict], warmup: int = 1) -> dict:
 
 
 def ftc_variant(args, name: str, lock: str, backend: str) -> dict:
-    run_dir = Path(args.out) / name
+    run_dir = Path(os.environ.get("FTC_BENCH_WORK", "/tmp/ftc-bench")) / "grpo-runs" / name  # kept out of --out: adapters are large
+    shutil.rmtree(run_dir, ignore_errors=True)
     cmd = [sys.executable, "-m", "ftc", "run", str(WORK / lock), "--backend", backend, "--max-steps", str(args.steps),
            "--output", str(run_dir)]
     t0 = time.time()
@@ -106,6 +107,8 @@ def ftc_variant(args, name: str, lock: str, backend: str) -> dict:
     (Path(args.out) / f"{name}.log").write_text(proc.stdout + proc.stderr)
     if proc.returncode != 0:
         return {"error": f"exit {proc.returncode}", "tail": (proc.stdout + proc.stderr)[-1500:]}
+    for kept in ("run.json", "metrics.jsonl"):
+        shutil.copy(run_dir / kept, Path(args.out) / f"{name}.{kept}")
     facts = json.loads((run_dir / "run.json").read_text())
     completions = facts["grpo"]["generation_batch_size"] // facts["grpo"]["steps_per_generation"]
     metrics = [{**json.loads(line), "_completions": completions} for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
@@ -172,10 +175,15 @@ def run_all(args) -> None:
         variants.insert(1, ("ftc_unsloth_fast", "auto.lock", "unsloth"))
     else:
         results["ftc_unsloth_fast"] = {"skipped": "needs CUDA and unsloth"}
+    variants = [v for v in variants if v[0] in args.variants]
     for name, lock, backend in variants:
         log(f"{name} ...")
         results[name] = ftc_variant(args, name, lock, backend)
         log(f"{name}: {json.dumps(results[name])[:400]}")
+    if "trl_plain" not in args.variants:
+        (out / "summary.json").write_text(json.dumps(results, indent=1))
+        print(json.dumps(results, indent=1))
+        return
     log("trl_plain ...")
     proc = subprocess.run([sys.executable, __file__, "trl", "--out", str(out), "--steps", str(args.steps),
                            "--result", str(out / "trl_plain.json")], capture_output=True, text=True)
@@ -203,6 +211,9 @@ def main() -> None:
         s.add_argument("--tiny", action="store_true", help="accepted for symmetry: the shape is what prepare wrote")
         if name == "trl":
             s.add_argument("--result", required=True)
+        else:
+            s.add_argument("--variants", type=lambda x: x.split(","),
+                           default=["ftc_hf_fast", "ftc_unsloth_fast", "ftc_hf_generate", "trl_plain"])
     args = p.parse_args()
     {"prepare": prepare, "run": run_all, "trl": trl_plain}[args.cmd](args)
 
