@@ -164,7 +164,10 @@ def grpo_config(c) -> Any:
     train = c.lock["settings"]["train"]
     kwargs = training_arguments(train, warmup_steps=c.lock["schedule"]["warmup_steps"], checkpoints=Path("/tmp/ftc-ck"),
                                 max_steps=train["max_steps"], dtype="float32", device="cpu", eval_steps=None)
-    cls, own = GRPO().config(train, SimpleNamespace(rewards=train["grpo"]["rewards"]))
+    from ftc.runtime.generation import plan_generation
+
+    generation = plan_generation(train["grpo"]["generation"], load_in_4bit=False, world_size=1)
+    cls, own = GRPO().config(train, SimpleNamespace(rewards=train["grpo"]["rewards"], generation=generation))
     return checked_config(cls, {**kwargs, **own})
 
 
@@ -321,6 +324,14 @@ def p_args(key):
     return arg(pref_config, key)
 
 
+def generation_path(c) -> str:
+    """The generation path the run takes for the plan (runtime/generation.py plan_generation, one process)."""
+    from ftc.runtime.generation import plan_generation
+
+    g = c.lock["settings"]["train"]["grpo"]
+    return plan_generation(g["generation"], load_in_4bit=c.lock["settings"]["model"]["load_in_4bit"], world_size=1).path
+
+
 def g_args(key):
     return arg(grpo_config, key)
 
@@ -422,6 +433,8 @@ CASES: dict[str, Case] = {
     "#model.trust_remote_code": Case(["model.trust_remote_code=true"], safe(lambda c, p: type(hf_model_config(c, p)).__name__), "ToyConfig",
                                      base=["model.name=remote"]),
     "#model.init": Case(["model.init=pretrained"], safe(load_model)),
+    # a folder that holds no adapter: the key is read (and refused there) at compile, before any source
+    "#model.adapter": Case(["model.adapter=tok2"], error="FTC170"),
     "#model.config": Case(['model.config={"num_hidden_layers": 1}'], lambda c, p: hf_model_config(c, p).num_hidden_layers, 1),
     # ---- LoRA: PEFT's LoraConfig
     "#lora.r": Case(["lora.r=4"], arg(lora, "r"), 4),
@@ -484,6 +497,7 @@ CASES: dict[str, Case] = {
     "#train.grpo.max_completion_length": Case(["train.grpo.max_completion_length=9"], g_args("max_completion_length"), 9, recipe=G),
     "#train.grpo.temperature": Case(["train.grpo.temperature=0.5"], g_args("temperature"), 0.5, recipe=G),
     "#train.grpo.top_p": Case(["train.grpo.top_p=0.5"], g_args("top_p"), 0.5, recipe=G),
+    "#train.grpo.generation": Case(["train.grpo.generation=generate"], lambda c, p: generation_path(c), "generate", recipe=G),
     "#train.grpo.beta": Case(["train.grpo.beta=0.1"], g_args("beta"), 0.1, recipe=G),
     "#train.grpo.loss_type": Case(["train.grpo.loss_type=grpo"], g_args("loss_type"), "grpo", recipe=G),
     "#train.grpo.epsilon": Case(["train.grpo.epsilon=0.3"], lambda c, p: (grpo_config(c).epsilon, grpo_config(c).epsilon_high), (0.3, 0.3), recipe=G),
