@@ -67,8 +67,10 @@ def read_lock(path: str | Path) -> dict:
         raise FtcError("FTC508", file=str(path))  # FTC500's hint would compile over the recipe itself
     if not isinstance(lock, dict) or "plan_hash" not in lock or "ftc_version" not in lock:
         raise FtcError("FTC500", file=str(path), reason="not a plan.lock (no plan_hash / ftc_version)")
-    if lock.get("lock_version", 0) > LOCK_VERSION or _version_tuple(lock["ftc_version"]) > _version_tuple(__version__):
-        raise FtcError("FTC501", file=str(path), version=lock["ftc_version"], ours=__version__)
+    version = lock.get("lock_version", 0)
+    if type(version) is not int or version > LOCK_VERSION or _version_tuple(lock["ftc_version"]) > _version_tuple(__version__):
+        raise FtcError("FTC501", file=str(path), path="lock_version", lock_version=version, version=lock["ftc_version"], ours=__version__,
+                       reads=LOCK_VERSION)
     if plan_hash(lock) != lock["plan_hash"]:
         raise FtcError("FTC502", file=str(path))
     return lock

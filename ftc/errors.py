@@ -269,7 +269,9 @@ RULES: dict[str, Rule] = {
              "a template renders one row's text: build long repeats in the data (derive), not in the template"),
         # ---- 5xx the lock and the inputs it fingerprints
         Rule("FTC500", "cannot read lock {file}: {reason}", "compile one with `ftc compile RECIPE -o {file}`"),
-        Rule("FTC501", "{file} was written by ftc {version}, newer than this ftc {ours}", "upgrade ftc, or recompile the recipe with this version"),
+        Rule("FTC501", "{lock_version!r} (written by ftc {version}) is newer than or unknown to this ftc {ours}, "
+                       "which reads lock_version {reads}",
+             "upgrade ftc, or recompile the recipe with this version"),
         Rule("FTC502", "{file}: plan_hash does not match its content (the lock was edited by hand)", "recompile the recipe instead of editing the lock"),
         Rule("FTC503", "artifact {file} is missing or changed", "recompile: `ftc compile {recipe}`"),
         Rule("FTC504", "source {file} changed since the plan was compiled ({what})", "nothing trains on data the lock does not describe: recompile with `ftc compile {recipe} -o {lock}`"),

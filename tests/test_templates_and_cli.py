@@ -191,6 +191,10 @@ def test_lock_checks_and_diff(cli, tmp_path):
     a.write_text(json.dumps(seal(lock)))
     code, _, err = cli("diff", a, b)
     assert code == 2 and "FTC501" in err and "newer" in err
+    lock["ftc_version"], lock["lock_version"] = json.loads(b.read_text())["ftc_version"], 99  # an unknown lock format
+    a.write_text(json.dumps(seal(lock)))
+    code, _, err = cli("diff", a, b)
+    assert code == 2 and f"error[FTC501]: {a}: at lock_version: 99 (written by" in err, err
 
 
 def test_preview_json_lines(cli, tmp_path):
