@@ -391,7 +391,9 @@ def _preview_tokens(args, lock, rows, tok_table) -> int:
     picked = tok_table.filter(pc.is_in(tok_table["row_id"], value_set=wanted))
     by_id = {r["row_id"]: r for r in picked.select(["row_id", "input_ids", "labels"]).to_pylist()}
     lock_file = args.target if not args.target.endswith(".json") else str(Path(args.target).parent / "plan.lock")
-    tok, _ = load_tokenizer(Plan(lock, Path(lock_file).absolute()).tokenizer_location, lock["settings"]["model"]["tokenizer_revision"])
+    model = lock["settings"]["model"]
+    tok, _ = load_tokenizer(Plan(lock, Path(lock_file).absolute()).tokenizer_location, model["tokenizer_revision"],
+                            model["trust_remote_code"])
     color = sys.stdout.isatty() and not args.json
     for r in rows:
         t = by_id.get(r["row_id"])
