@@ -322,7 +322,8 @@ def _generation_facts(choice: GenerationChoice, trainer: Any) -> dict:
     facts: dict[str, Any] = {"asked": choice.asked, "path": choice.path, "reason": choice.reason}
     failed = getattr(trainer, "fast_failed", None)
     if failed:
-        facts.update(path="generate", reason=f"the fast path failed ({failed}); TRL's model.generate ran")
+        why = f"the fast path failed ({failed}); TRL's model.generate ran"
+        facts.update(path="generate", reason=why)
     gen = getattr(trainer, "merged_generator", None)
     if gen is not None:
         merges = gen.merge_seconds

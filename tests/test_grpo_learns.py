@@ -111,7 +111,8 @@ def test_the_gsm8k_recipe_prompts_with_the_articles_system_prompt_byte_for_byte(
     recipe = json.loads((ROOT / "recipes" / "gsm8k_grpo.json").read_text(encoding="utf-8"))
     recipe.pop("$schema")
     recipe["sources"]["gsm8k"]["path"] = str(GSM8K)
-    recipe["template"]["prompt"][0]["content"]["file"] = str(ROOT / "templates" / "gsm8k_system.jinja")
+    shutil.copy(ROOT / "templates" / "gsm8k_system.jinja", tmp_path / "gsm8k_system.jinja")  # files a recipe reads lie in its project
+    recipe["template"]["prompt"][0]["content"]["file"] = "gsm8k_system.jinja"
     recipe["transforms"].append({"limit": 8})
     plan = compile_plan(tmp_path, recipe, "split.eval=0", tokenize=False)
     import pyarrow.parquet as pq

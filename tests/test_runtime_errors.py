@@ -53,9 +53,10 @@ def test_a_method_without_a_trainer_is_refused():
 
     assert method_for("sft").name == "sft" and method_for("grpo").name == "grpo"
     with pytest.raises(FtcError) as err:
-        method_for("dpo")
+        method_for("ppo")
     assert err.value.code == "FTC709" and err.value.path == "train.method"
-    assert "train.method 'dpo' has no trainer in this ftc" in str(err.value) and "(sft, grpo)" in err.value.hint
+    assert "train.method 'ppo' has no trainer in this ftc" in str(err.value)
+    assert "(sft, grpo, dpo, orpo, simpo, kto)" in err.value.hint
 
 
 @pytest.fixture
