@@ -52,7 +52,7 @@ demo: $(STAMP)
 	@echo "GRPO report (rewards first vs last steps): runs/demo_grpo/run/report.md, rewards.png"
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q --durations=15
 
 bench: $(STAMP)
 	$(BIN)/python -m pytest -q tests/bench --benchmark-enable --benchmark-only
