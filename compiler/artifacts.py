@@ -8,7 +8,8 @@ from typing import Iterable, Iterator
 
 import pyarrow as pa
 
-from ftc.compiler.cache import file_sha256, store
+from ftc.compiler.cache import store
+from ftc.compiler.inputs import sha256_file
 from ftc.compiler.lock import relpath
 
 WRITE_BATCH = 2048  # rows per batch handed to DuckDB's Parquet writer; divides ROW_GROUP_SIZE
@@ -53,7 +54,7 @@ def write_parquet(table: pa.Table | Iterable[pa.Table], cache: Path, split: str,
         con.close()
     if not isinstance(table, pa.Table):
         rows = counted[0]
-    digest = file_sha256(tmp)
+    digest = sha256_file(tmp)
     path = cache / f"{split}-{digest[:16]}.parquet"
     if write:
         store(tmp, path, digest)  # an existing file of that name is kept only when its bytes match

@@ -23,12 +23,12 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Iterator, Mapping
 
 import pyarrow as pa
 
+from ftc.compiler.inputs import sha256_file
 from ftc.compiler.lock import canonical, relpath
 from ftc.compiler.recipe import Recipe
 from ftc.errors import FtcError
@@ -47,15 +47,6 @@ def digest(obj: Any) -> str:
     return hashlib.sha256(canonical({"v": obj}).encode("utf-8")).hexdigest()
 
 
-def file_sha256(path: Path) -> str:
-    """sha256 of a file, read in blocks (a token artifact can be gigabytes)."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 22), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def verified(path: Path, sha256: str) -> bool:
     """Whether ``path`` exists and holds exactly the bytes ``sha256`` names.
 
@@ -63,7 +54,7 @@ def verified(path: Path, sha256: str) -> bool:
     artifact already at its name is kept, only when this says so.
     """
     try:
-        return file_sha256(path) == sha256
+        return sha256_file(path) == sha256
     except OSError:
         return False
 
@@ -152,7 +143,7 @@ def normalized_key(recipe: Recipe, versions: dict) -> str | None:
         files = {}
         for name, spec in data["sources"].items():
             found = discover(recipe, name, spec)
-            files[name] = {"read": [[relpath(f, recipe.dir), relpath(f, found.root), file_sha256(f)] for f in found.files],
+            files[name] = {"read": [[relpath(f, recipe.dir), relpath(f, found.root), sha256_file(f)] for f in found.files],
                            "unread": found.unread}
     except (FtcError, OSError):
         return None
@@ -208,7 +199,7 @@ def keep_normalized(norm: Any, cache: Cache, key: str, t: str, stages: list[dict
     with pq.ParquetWriter(tmp, reader.schema, compression="zstd") as writer:
         for batch in reader:
             writer.write_batch(batch)
-    sha = file_sha256(tmp)
+    sha = sha256_file(tmp)
     path = folder / f"{sha[:16]}.parquet"
     store(tmp, path, sha)
     f = {"path": cache.rel(path), "sha256": sha}
@@ -262,10 +253,6 @@ def plan_lock_parts(cache: Cache, entry: dict, recipe_dir: Path) -> dict:
         for art in arts.values():
             art["path"] = relpath(cache.root / art["path"], recipe_dir)
     return parts
-
-
-def tokenizer_info_dict(info: Any) -> dict:
-    return asdict(info)
 
 
 class LazyTables(Mapping):

@@ -33,6 +33,8 @@ class Drift:
 
 
 def sha256_file(path: Path) -> str:
+    """sha256 of a file, read in blocks (a token artifact can be gigabytes): the one file hash of the
+    lock, its drift checks and the artifact cache."""
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 22), b""):

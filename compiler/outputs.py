@@ -19,7 +19,9 @@ if TYPE_CHECKING:
 def check_writable(recipe: Recipe, lock_path: Path | None) -> None:
     """The lock's path (-o) names a file in a writable folder, and the cache is a folder: said as such
     before the sources are read, instead of a traceback from the last write of a long compile."""
-    cache = recipe.resolve_path(recipe.data["output"]["cache_dir"])
+    from ftc.compiler.cache import cache_root
+
+    cache = cache_root(recipe)
     try:
         for sub in ("data", "tokens"):
             (cache / sub).mkdir(parents=True, exist_ok=True)

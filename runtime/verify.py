@@ -13,7 +13,8 @@ import dataclasses
 import sys
 from pathlib import Path
 
-from ftc.compiler.inputs import drift, sha256_file
+from ftc.compiler.cache import verified
+from ftc.compiler.inputs import drift
 from ftc.compiler.lock import Plan
 from ftc.errors import FtcError
 
@@ -24,7 +25,7 @@ def verify(lock_path: str | Path) -> Plan:
     changed = [d for d in found if not d.missing]
     if changed:  # an input that is there but is not the one the lock fingerprints: never train on it
         raise changed[0].error(plan)
-    damaged = [(kind, split, art) for kind, split, art in plan.artifacts() if not _intact(plan.path(art["path"]), art["sha256"])]
+    damaged = [(kind, split, art) for kind, split, art in plan.artifacts() if not verified(plan.path(art["path"]), art["sha256"])]
     if not damaged:
         if found:
             print(f"ftc: not here, so not re-checked: {', '.join(d.file or '?' for d in found)}; the artifacts match "
@@ -37,10 +38,7 @@ def verify(lock_path: str | Path) -> Plan:
     print(f"ftc: artifacts missing from the cache; rebuilding them from {plan.recipe_file}", file=sys.stderr)
     rebuild(plan)
     for kind, split, art in damaged:
-        if not _intact(plan.path(art["path"]), art["sha256"]):
+        if not verified(plan.path(art["path"]), art["sha256"]):
             raise FtcError("FTC503", file=str(plan.path(art["path"])), recipe=plan.lock["recipe"]["path"])
     return dataclasses.replace(plan, rebuilt=tuple(f"{kind}/{split}" for kind, split, _ in damaged))
 
-
-def _intact(path: Path, sha: str) -> bool:
-    return path.exists() and sha256_file(path) == sha

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import shutil
 
-from ftc.compiler.cache import file_sha256
+from ftc.compiler.inputs import sha256_file
 
 FULL = ["read", "normalize", "split", "render", "write", "tokenize", "pack"]
 
@@ -75,7 +75,7 @@ def test_a_damaged_cache_file_is_rebuilt_not_trusted(demo):
     tokens.write_bytes(b"not parquet")  # the right name, the wrong bytes
     out = _compile(demo / "demo.json", demo / "b.lock", "train.learning_rate=0.001")
     assert "tokenize" not in out.clock.reused  # the plan entry names a file that no longer matches
-    assert file_sha256(tokens) == lock["artifacts"]["tokens"]["train"]["sha256"]  # rewritten, though its name existed
+    assert sha256_file(tokens) == lock["artifacts"]["tokens"]["train"]["sha256"]  # rewritten, though its name existed
     normalized = next((demo / ".ftc" / "normalized").glob("*.parquet"))
     normalized.write_bytes(b"truncated")
     out = _compile(demo / "demo.json", demo / "c.lock", "template.completion= {{ answer }}.")
