@@ -41,6 +41,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
+from ftc.compiler.rows import _count  # drops counted by reason as SFT rows count them
 from ftc.errors import FtcError, did_you_mean
 
 # train.method -> the template format it trains on: the one place this pairing is stated
@@ -298,11 +299,6 @@ def _overlong(row_ids: list[str], prompt: list[list[int]], sides: dict[str, list
     pick = lambda xs: [x for x, k in zip(xs, keep) if k]  # noqa: E731
     return _Rows(pick(row_ids), pick(prompt), {s: pick(v) for s, v in sides.items()}, pick(labels) if labels else None,
                  truncated - sum(1 for k in over if not keep[k]) if overlong == "truncate" else 0)
-
-
-def _count(dropped: dict[str, int], reason: str, n: int) -> None:
-    if n:
-        dropped[reason] = dropped.get(reason, 0) + n
 
 
 def _ids(lists: list[list[int]]) -> pa.Array:

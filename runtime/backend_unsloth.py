@@ -111,12 +111,6 @@ def _random_base(model: dict, *, seed: int, folder: Path) -> tuple[str, str]:
 
 
 def _versions() -> dict:
-    from importlib.metadata import PackageNotFoundError, version
+    from ftc.runtime.facts import versions
 
-    out = {}
-    for pkg in ("unsloth", "unsloth_zoo", "bitsandbytes", "triton"):
-        try:
-            out[pkg] = version(pkg)
-        except PackageNotFoundError:
-            out[pkg] = None
-    return out
+    return versions(("unsloth", "unsloth_zoo", "bitsandbytes", "triton"), python=False)

@@ -15,11 +15,15 @@ from pathlib import Path
 from typing import Any
 
 
-def versions() -> dict:
+RUN_PACKAGES = ("ftc", "torch", "transformers", "peft", "trl", "accelerate", "datasets")
+
+
+def versions(packages: tuple[str, ...] = RUN_PACKAGES, *, python: bool = True) -> dict:
+    """Installed version of each package (None where it is absent), for run.json."""
     from importlib.metadata import PackageNotFoundError, version
 
-    out = {"python": platform.python_version()}
-    for pkg in ("ftc", "torch", "transformers", "peft", "trl", "accelerate", "datasets"):
+    out = {"python": platform.python_version()} if python else {}
+    for pkg in packages:
         try:
             out[pkg] = version(pkg)
         except PackageNotFoundError:

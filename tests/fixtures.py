@@ -16,6 +16,7 @@ from typing import Any, Sequence
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+import pytest
 
 # Qwen2-shaped, small enough to train in seconds on two cores; the vocabulary matches the
 # Qwen2.5 tokenizer so real token ids fit. Tied embeddings halve the 151936 x 64 matrix.
@@ -107,3 +108,15 @@ def write_token_artifact(path: Path, rows: Sequence[tuple[list[int], list[int]]]
     path.parent.mkdir(parents=True, exist_ok=True)
     pq.write_table(pa.table(columns), path)
     return path
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_torch_thread():
+    """Two cores shared with other jobs: a second intra-op thread spins against them and makes
+    the tiny matmuls hundreds of times slower, so training tests use one. A module takes it with
+    `from fixtures import one_torch_thread` (autouse, module scope)."""
+    torch = pytest.importorskip("torch")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

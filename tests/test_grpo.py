@@ -21,7 +21,7 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("trl")
 
-from fixtures import compile_plan, train, write_tiny_model_dir  # noqa: E402
+from fixtures import compile_plan, one_torch_thread, train, write_tiny_model_dir  # noqa: E402,F401
 
 from ftc.errors import FtcError  # noqa: E402
 
@@ -93,16 +93,6 @@ def interrupt_at(step: int):
                 os.kill(os.getpid(), signal.SIGINT)
 
     return SigintAt()
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """Two cores shared with other jobs: a second intra-op thread spins against them and
-    makes the tiny matmuls hundreds of times slower, so these runs use one."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

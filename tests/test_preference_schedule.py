@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from conftest import DEMO_TOKENIZER, NEEDS_SHARED, ROOT, SHARED
-from fixtures import compile_plan, train
+from fixtures import compile_plan, one_torch_thread, train  # noqa: F401 (autouse)
 
 pytestmark = NEEDS_SHARED
 
@@ -40,16 +40,6 @@ def plan_for(folder: Path, recipe_name: str, *extra: str):
     recipe["transforms"] = [{"limit": ROWS}]
     demo = ROOT / "recipes" / "demo"
     return compile_plan(folder, recipe, f"model.name={demo / 'model'}", f"model.tokenizer={DEMO_TOKENIZER}", *COMMON, *extra)
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """Two shared cores: one intra-op thread keeps the tiny matmuls fast (see test_grpo.py)."""
-    torch = pytest.importorskip("torch")
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 CASES = {

@@ -16,6 +16,7 @@ import json
 import pytest
 
 from conftest import DEMO_TOKENIZER, ROOT, write_recipe
+from fixtures import one_torch_thread  # noqa: F401 (autouse)
 from ftc.errors import FtcError
 
 DEMO = ROOT / "recipes" / "demo"
@@ -198,16 +199,6 @@ def grpo_recipe(*, rows: int, max_steps: int = -1) -> dict:
     base["train"]["grpo"] = {"num_generations": 2, "max_completion_length": 4, "max_prompt_length": 256,
                              "rewards": [{"kind": "regex", "name": "digit", "pattern": "[0-9]"}]}
     return base
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """Two shared cores: one intra-op thread keeps the tiny matmuls fast (see test_grpo.py)."""
-    torch = pytest.importorskip("torch")
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 CASES = {
