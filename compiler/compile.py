@@ -56,8 +56,8 @@ def compile_recipe(recipe: Recipe, lock_path: Path, *, progress: bool = False, w
         for sub in ("data", "tokens"):  # a killed compile's half-written files go, even when nothing is rewritten
             remove_stale_tmp(cache.cache_root(recipe) / sub)
     clock = Clock(progress)
-    _adapter(recipe)  # model.adapter refused (FTC170-172) before any source is read (the lock's head records it)
     versions = _versions(tokenize)
+    head = _lock_head(recipe, lock_path, versions)  # before any source is read: model.adapter is refused here (FTC170-172)
     store = cache.Cache(cache.cache_root(recipe)) if write else None
     with clock.stage("fingerprint"):
         norm_key = cache.normalized_key(recipe, versions) if store else None
@@ -68,14 +68,14 @@ def compile_recipe(recipe: Recipe, lock_path: Path, *, progress: bool = False, w
             key = None
         entry = store.get("plan", key) if store else None
     if entry is not None:
-        return _reused(recipe, lock_path, store, entry, versions, clock, tokenize=tokenize, write_lock=write_lock)
+        return _reused(recipe, lock_path, store, entry, head, clock, tokenize=tokenize, write_lock=write_lock)
     with tempfile.TemporaryDirectory(prefix="ftc-compile-") as tmp:
-        return _compile_cold(recipe, lock_path, store, key, norm_key, versions, clock, Path(tmp), write=write,
+        return _compile_cold(recipe, lock_path, store, key, norm_key, head, clock, Path(tmp), write=write,
                              tokenize=tokenize, write_lock=write_lock)
 
 
 def _compile_cold(recipe: Recipe, lock_path: Path, store: cache.Cache | None, key: str | None, norm_key: str | None,
-                  versions: dict, clock: Clock, tmp: Path, *, write: bool, tokenize: bool, write_lock: bool) -> Compiled:
+                  head: dict, clock: Clock, tmp: Path, *, write: bool, tokenize: bool, write_lock: bool) -> Compiled:
     """Every stage the cache could not give back, in order; ``tmp`` holds the rows between stages."""
     file = str(recipe.path)
     norm = Normalizer(file, temp_dir=tmp / "duckdb")
@@ -121,7 +121,7 @@ def _compile_cold(recipe: Recipe, lock_path: Path, store: cache.Cache | None, ke
         progress.close()
         samples[split] = [_sample(r, fmt) for r in spill.head.to_pylist()]
 
-    lock = _lock_head(recipe, lock_path, versions)
+    lock = head
     lock.update({
         "sources": source_facts,
         "stages": [s.to_lock() for s in norm.stages],
@@ -238,11 +238,11 @@ def _normalized(recipe: Recipe, norm: Normalizer, store: cache.Cache | None, key
     return t, source_facts
 
 
-def _reused(recipe: Recipe, lock_path: Path, store: cache.Cache, entry: dict, versions: dict, clock: Clock, *,
+def _reused(recipe: Recipe, lock_path: Path, store: cache.Cache, entry: dict, head: dict, clock: Clock, *,
             tokenize: bool, write_lock: bool) -> Compiled:
     """The lock from a plan entry: the cold compile's values, the recipe's settings, a fresh schedule."""
     _check_grpo(recipe, set(entry["fields"]))
-    lock = _lock_head(recipe, lock_path, versions)
+    lock = head
     lock.update(cache.plan_lock_parts(store, entry, recipe.dir))
     clock.reused += ["read", "normalize", "split", "render", "write"] + (["tokenize", "pack"] if tokenize else [])
     if tokenize and write_lock:
