@@ -34,7 +34,7 @@ from ftc.errors import FtcError
 from ftc.runtime.metrics import TokenCounter, read_metrics
 from ftc.runtime.model import ModelSetup
 from ftc.runtime.session import Finished
-from ftc.runtime.token_data import read_artifact
+from ftc.runtime.token_data import check_vocab, read_artifact
 
 __all__ = ["METHODS", "Preference", "reward_keys"]
 
@@ -108,15 +108,8 @@ class Preference:
         return datasets.Dataset(table.select(list(required(self.fmt)[1:])))
 
     def check_model(self, setup: ModelSetup, data: PreferenceData) -> None:
-        import pyarrow.compute as pc
-
-        vocab = setup.loaded.model.get_input_embeddings().num_embeddings
-        for column in required(self.fmt)[1:]:
-            if column == "label":
-                continue
-            top = int(pc.max(data.train_table.column(column).combine_chunks().flatten()).as_py())
-            if top >= vocab:
-                raise FtcError("FTC715", file=str(data.train_path), token_id=top, vocab=vocab)
+        ids = tuple(c for c in required(self.fmt)[1:] if c != "label")
+        check_vocab(setup.loaded.model, data.train_table, data.train_path, ids)
         setup.loaded.model.config.use_cache = False
 
     def config(self, train: dict, data: PreferenceData) -> tuple[type, dict]:

@@ -70,10 +70,7 @@ class SFT:
 
     def check_model(self, setup: ModelSetup, data: TokenData) -> None:
         base = setup.loaded.model
-        vocab = base.get_input_embeddings().num_embeddings
-        top = token_data.max_token_id(data.train_table)
-        if top >= vocab:
-            raise FtcError("FTC715", file=str(data.train_path), token_id=top, vocab=vocab)
+        token_data.check_vocab(base, data.train_table, data.train_path)
         if data.packed and not setup.packing_safe:
             raise FtcError("FTC731", path="train.packing", attention=setup.attention)
         base.config.use_cache = False  # a cache disables transformers' packed-sequence masks

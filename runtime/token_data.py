@@ -171,5 +171,10 @@ def collator(pad_token_id: int, *, packed: bool, lengths_key: str | None = None)
     return with_lengths
 
 
-def max_token_id(table: pa.Table) -> int:
-    return int(pc.max(table.column("input_ids").combine_chunks().flatten()).as_py())
+def check_vocab(model: Any, table: pa.Table, file: Path, columns: tuple[str, ...] = ("input_ids",)) -> None:
+    """Every token id of ``columns`` is below the model's embedding rows (FTC715): a plan compiled
+    for another tokenizer fails here, not as an index error inside the first forward pass."""
+    vocab = model.get_input_embeddings().num_embeddings
+    top = max(int(pc.max(table.column(c).combine_chunks().flatten()).as_py()) for c in columns)
+    if top >= vocab:
+        raise FtcError("FTC715", file=str(file), token_id=top, vocab=vocab)
