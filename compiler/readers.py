@@ -58,13 +58,14 @@ def _bom(data: bytes, enc: str) -> int:
 
 def undecodable_offset(data: bytes, enc: str) -> int | None:
     """Byte offset of the first byte ``enc`` cannot decode strictly, or None."""
+    bom = _bom(data, enc)
+    if enc == "utf-8":
+        bad = decoding.first_invalid_utf8(data, bom)  # C fast path
+        return None if bad is None else bad.start + bom
     try:
-        if enc == "utf-8":
-            codecs.decode(memoryview(data)[_bom(data, enc):], "utf-8")  # C fast path
-        else:
-            _check_decodes(data, enc)
+        _check_decodes(data, enc)
     except UnicodeDecodeError as e:
-        return e.start + _bom(data, enc)
+        return e.start + bom
     return None
 
 
