@@ -12,9 +12,13 @@ static compiled cache. So:
   into the copy's Linear in place (`sync`); the seconds it takes are logged as
   `generation/merge_seconds`. In-place writes keep the tensors' addresses, so a compiled decode
   step stays valid.
-- Decoding is transformers' own `generate` with the trainer's sampling settings; on CUDA with
-  `cache_implementation="static"` and compilation allowed (TRL turns it off for its own path).
-  No hand-written decoder.
+- Decoding is transformers' own `generate` with the trainer's sampling settings; on CUDA over a
+  static KV cache with compilation allowed (TRL turns it off for its own path). No hand-written
+  decoder. The cache is ONE `StaticCache` for the run, as long as the longest prompt the plan
+  allows (in PROMPT_BUCKET steps) plus max_completion_length, `reset()` and passed again on
+  every call: transformers' own `cache_implementation="static"` allocates a new cache per call,
+  sized to that call's prompt, so a longer prompt compiled the decode step again (about 45 s on
+  the H200) and every call re-recorded its CUDA graph (measured: tests/bench/gpu_gen_probe.py).
 - Only the samples come from the copy: the log-probabilities of the loss (and the old-policy
   ones) are computed by the training model, so the importance ratios stay exact.
 
@@ -64,18 +68,35 @@ def plan_generation(asked: str, *, load_in_4bit: bool, world_size: int) -> Gener
     return GenerationChoice(asked, FAST, "auto: LoRA merged into a generation copy, re-merged after every optimizer step")
 
 
-PROMPT_BUCKET = 64  # prompt widths the compiled static-cache decode step sees (see MergedGenerator.generate)
+
+def for_backend(choice: GenerationChoice, backend: str) -> GenerationChoice:
+    """`choice` once the backend is known. Under unsloth, "auto" takes TRL's own generate: unsloth
+    patches the Qwen2/Llama classes process-wide, so a merged copy runs unsloth's forward, and its
+    static-cache decoding measured 33.9 s a step on the H200 at the 1.5B shape, against 17-31 s for
+    TRL's generate under unsloth and 5.8 s for the copy on the hf backend (BENCHMARKS.md, issue 13)."""
+    if backend == "unsloth" and choice.asked == "auto" and choice.path == FAST:
+        return GenerationChoice(choice.asked, GENERATE, "auto: the unsloth backend (its patched model classes make the merged "
+                                                        "copy slower than TRL's generate; measured, BENCHMARKS.md)")
+    return choice
+
+PROMPT_BUCKET = 64  # prompt widths and the static cache's length go in these steps (see MergedGenerator.static_cache)
 
 
 class MergedGenerator:
     """A generation copy of a PEFT model with its LoRA merged in, kept in step with the adapter."""
 
-    def __init__(self, peft_model: Any, *, compile_cache: bool) -> None:
+    def __init__(self, peft_model: Any, *, compile_cache: bool, max_prompt_length: int | None = None) -> None:
+        """`compile_cache`: decode over one reused static cache with the step compiled (CUDA);
+        `max_prompt_length`: the longest prompt the run feeds (the cache is sized for it once)."""
         t0 = time.perf_counter()
         self.copy = copy.deepcopy(peft_model).merge_and_unload()
         self.copy.eval()
         self.copy.requires_grad_(False)
         self.compile_cache = compile_cache
+        self.max_prompt_length = max_prompt_length
+        self.cache: Any = None  # the run's StaticCache, built at the first call (it needs the batch size)
+        self.cache_shape: tuple[int, int] = (0, 0)  # (batch, max_cache_len) it was built for
+        self.caches_built = 0
         self.synced_step: int | None = None
         self.build_seconds = time.perf_counter() - t0
         self.merge_seconds: list[float] = []
@@ -113,19 +134,37 @@ class MergedGenerator:
 
         width = max(len(p) for p in prompt_ids)
         if self.compile_cache:
-            # A static cache is as long as prompt + max_new_tokens, and each new length compiles the
-            # decode step again (GRPO's prompts differ step to step): left-pad to a multiple of
-            # PROMPT_BUCKET so a run compiles a few shapes once, not one every step.
+            # Prompt widths in PROMPT_BUCKET steps: the prefill sees a few shapes, not one per step.
             width = -(-width // PROMPT_BUCKET) * PROMPT_BUCKET
         ids = torch.tensor([[pad_token_id] * (width - len(p)) + list(p) for p in prompt_ids], device=device)
         mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompt_ids], device=device)
         kwargs = {k: v for k, v in generation_kwargs.items() if k != "cache_implementation"}
-        if self.compile_cache:  # transformers compiles the decode step for a static cache
-            kwargs["cache_implementation"] = "static"
+        extra: dict[str, Any] = {}
+        if self.compile_cache:  # transformers compiles the decode step when the cache is a static one
+            from transformers.generation.utils import ALL_CACHE_NAMES  # the keyword: past_key_values, later cache
+
+            extra[ALL_CACHE_NAMES[0]] = self.static_cache(len(prompt_ids), width, kwargs["max_new_tokens"])
         config = GenerationConfig(**kwargs, disable_compile=not self.compile_cache)
         with torch.no_grad():
-            out = self.copy.generate(input_ids=ids, attention_mask=mask, generation_config=config)
+            out = self.copy.generate(input_ids=ids, attention_mask=mask, generation_config=config, **extra)
         return cut_after_eos(out[:, width:].tolist(), eos_token_ids)
+
+    def static_cache(self, batch: int, width: int, max_new_tokens: int) -> Any:
+        """The run's one StaticCache, reset for this call: same tensors, so the compiled decode step and
+        its CUDA graph are reused. Rebuilt only when this batch does not fit it (another batch size,
+        a prompt longer than the plan's max_prompt_length said)."""
+        from transformers import StaticCache
+
+        longest = max(width, self.max_prompt_length or 0)
+        length = -(-longest // PROMPT_BUCKET) * PROMPT_BUCKET + max_new_tokens
+        if self.cache is not None:
+            built_batch, built_length = self.cache_shape
+            if built_batch == batch and built_length >= width + max_new_tokens:
+                self.cache.reset()
+                return self.cache
+        self.cache, self.cache_shape = StaticCache(config=self.copy.config, max_cache_len=length), (batch, length)
+        self.caches_built += 1
+        return self.cache
 
 
 def cut_after_eos(rows: list[list[int]], eos_token_ids: list[int]) -> list[list[int]]:

@@ -45,7 +45,7 @@ from ftc.compiler.rewards import reward_from_dict
 from ftc.compiler.schedule import check_grpo_batch
 from ftc.errors import FtcError
 from ftc.runtime.metrics import TokenCounter, read_metrics
-from ftc.runtime.generation import FAST, VLLM, GenerationChoice, MergedGenerator, plan_generation
+from ftc.runtime.generation import FAST, VLLM, GenerationChoice, MergedGenerator, for_backend, plan_generation
 from ftc.runtime.token_data import read_artifact
 from ftc.runtime.model import ModelSetup
 from ftc.runtime.rewards_trl import build_reward_funcs, reward_weights
@@ -132,8 +132,10 @@ class GRPO:
         )
 
     def trainer(self, data: PromptData, *, tokenizer: Any, setup: ModelSetup) -> tuple[type, dict]:
-        trainer_class = _trainer_class(data.max_prompt_length, data.prompt_ids, fast=data.generation.path == FAST)
-        print(f"ftc: GRPO generation: {data.generation.path} ({data.generation.reason})", file=sys.stderr)
+        choice = for_backend(data.generation, setup.backend)  # what generates, now that the backend is known
+        trainer_class = _trainer_class(data.max_prompt_length, data.prompt_ids, fast=choice.path == FAST)
+        trainer_class.generation_choice = choice
+        print(f"ftc: GRPO generation: {choice.path} ({choice.reason})", file=sys.stderr)
         return trainer_class, {"reward_funcs": data.reward_funcs}
 
     def flops(self, model: Any, data: PromptData, *, device: str) -> None:
@@ -176,7 +178,7 @@ class GRPO:
                      "last_quarter_mean": _quarter(steps, f"rewards/{d['name']}/mean", first=False)}
                     for d in data.rewards
                 ],
-                "generation": _generation_facts(data.generation, run.trainer),
+                "generation": _generation_facts(run.trainer.generation_choice, run.trainer),
                 "last_completion_mean_length": _last(steps, "completions/mean_length"),
                 # groups whose completions all scored alike give no advantage, hence no learning signal
                 "last_frac_reward_zero_std": _last(steps, "frac_reward_zero_std"),
@@ -273,6 +275,7 @@ def _trainer_class(max_prompt_length: int, prompt_ids: dict[str, list[int]], bas
 
     class FtcGRPOTrainer(base):
         token_counter: TokenCounter | None = None
+        generation_choice: GenerationChoice | None = None  # set by GRPO.trainer, for run.json
         merged_generator: MergedGenerator | None = None
         fast_generation = fast
         fast_failed: str | None = None  # why the fast path fell back to TRL's, if it did
@@ -284,7 +287,8 @@ def _trainer_class(max_prompt_length: int, prompt_ids: dict[str, list[int]], bas
 
             if self.merged_generator is None:  # built at the first batch: the trainer has put the LoRA on by then
                 try:
-                    self.merged_generator = MergedGenerator(self.model, compile_cache=torch.cuda.is_available())
+                    self.merged_generator = MergedGenerator(self.model, compile_cache=torch.cuda.is_available(),
+                                                           max_prompt_length=max_prompt_length)
                 except Exception as err:  # a model PEFT cannot copy and merge (a backend's patched one): TRL's path, said
                     self.fast_generation, self.fast_failed = False, f"{type(err).__name__}: {' '.join(str(err).split())[:200]}"
                     print(f"ftc: WARNING the fast generation path failed ({self.fast_failed}); generating with TRL's "
@@ -329,7 +333,7 @@ def _generation_facts(choice: GenerationChoice, trainer: Any) -> dict:
         merges = gen.merge_seconds
         facts.update(copy_build_seconds=round(gen.build_seconds, 4), merges=len(merges),
                      merge_seconds_mean=round(sum(merges) / len(merges), 5) if merges else None,
-                     static_compiled_cache=gen.compile_cache)
+                     static_compiled_cache=gen.compile_cache, static_caches_built=gen.caches_built)
     return facts
 
 

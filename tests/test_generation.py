@@ -19,7 +19,7 @@ pytest.importorskip("peft")
 from fixtures import write_tiny_model_dir  # noqa: E402
 
 from ftc.errors import FtcError  # noqa: E402
-from ftc.runtime.generation import FAST, GENERATE, MergedGenerator, cut_after_eos, plan_generation  # noqa: E402
+from ftc.runtime.generation import FAST, GENERATE, MergedGenerator, cut_after_eos, for_backend, plan_generation  # noqa: E402
 
 EOS, PAD = 2, 0
 PROMPTS = [[5, 17, 99, 4, 250], [7, 8, 9], [300, 301, 302, 303, 304, 305, 306]]
@@ -102,11 +102,37 @@ def test_after_an_optimizer_step_the_copy_follows_the_adapter(policy):
     assert len(fast.merge_seconds) == 2 and all(s >= 0 for s in fast.merge_seconds)
 
 
+def test_one_static_cache_serves_every_call_that_fits_it(policy):
+    """The CUDA path's cache (without compiling: transformers compiles only on an accelerator): one
+    StaticCache sized for the plan's longest prompt, reset and reused by calls of other prompt widths,
+    with the same greedy completions as the plain path; another batch size builds a second one."""
+    policy.eval()
+    fast = MergedGenerator(policy, compile_cache=True, max_prompt_length=70)
+    fast.sync(policy, step=0)
+    first = fast.generate(PROMPTS, generation_kwargs=GREEDY, eos_token_ids=[EOS], pad_token_id=PAD, device="cpu")
+    cache = fast.cache
+    assert fast.cache_shape == (3, 128 + GREEDY["max_new_tokens"])  # 70 in steps of 64, then the completion
+    longer = [p * 9 for p in PROMPTS]  # 27-63 tokens: another width, the same cache
+    second = fast.generate(longer, generation_kwargs=GREEDY, eos_token_ids=[EOS], pad_token_id=PAD, device="cpu")
+    assert fast.cache is cache and fast.caches_built == 1
+    assert first == plain_generate(policy, PROMPTS) and second == plain_generate(policy, longer)
+    assert any(len(c) > 3 for c in first + second)
+    again = fast.generate(PROMPTS, generation_kwargs=GREEDY, eos_token_ids=[EOS], pad_token_id=PAD, device="cpu")
+    assert again == first  # reset: nothing of the longer call's keys and values is left
+    fast.generate(PROMPTS[:2], generation_kwargs=GREEDY, eos_token_ids=[EOS], pad_token_id=PAD, device="cpu")
+    assert fast.caches_built == 2 and fast.cache_shape[0] == 2
+
+
 def test_generation_choice():
     assert plan_generation("auto", load_in_4bit=False, world_size=1).path == FAST
     assert plan_generation("auto", load_in_4bit=True, world_size=1).path == GENERATE
     assert plan_generation("auto", load_in_4bit=False, world_size=2).path == GENERATE
     assert plan_generation("generate", load_in_4bit=False, world_size=1).path == GENERATE
+    auto = plan_generation("auto", load_in_4bit=False, world_size=1)
+    assert for_backend(auto, "hf") == auto
+    assert for_backend(auto, "unsloth").path == GENERATE and "unsloth" in for_backend(auto, "unsloth").reason
+    asked = plan_generation("generate", load_in_4bit=False, world_size=1)
+    assert for_backend(asked, "unsloth") == asked
 
 
 @pytest.mark.skipif(importlib.util.find_spec("vllm") is not None, reason="vllm is installed here")
