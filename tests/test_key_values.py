@@ -77,7 +77,6 @@ def test_the_scheduler_and_tracker_names_are_the_trainers():
     from transformers.trainer_utils import SchedulerType
 
     assert set(TRAIN["lr_scheduler_type"]["enum"]) <= {s.value for s in SchedulerType}
-    from transformers.integrations import get_available_reporting_integrations  # noqa: F401  (the module exists)
     from transformers.integrations.integration_utils import INTEGRATION_TO_CALLBACK
 
     assert set(TRAIN["report_to"]["oneOf"][0]["enum"]) - {"none"} <= set(INTEGRATION_TO_CALLBACK)
