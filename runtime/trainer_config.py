@@ -74,9 +74,9 @@ def training_arguments(train: dict, *, warmup_steps: int, checkpoints: Path, max
 def fsdp_arguments(fsdp: str) -> dict[str, Any]:
     """TrainingArguments keywords for `train.fsdp` (FSDPOption words, checked at compile by
     trainer_choices.check_fsdp). Where transformers has moved FSDP into `fsdp_config`
-    (`fsdp2_only`: passing the words warns on every run there), the words become that config: a sharding strategy sets
-    `reshard_after_forward` (full_shard: True, shard_grad_op: False), `offload` sets `cpu_offload`,
-    `auto_wrap` is its default; elsewhere the words pass as they are."""
+    (`fsdp2_only`; passing the words warns on every run there), the words become that config:
+    a sharding strategy sets `reshard_after_forward` (full_shard: True, shard_grad_op: False),
+    `offload` sets `cpu_offload`, `auto_wrap` is its default. Elsewhere they pass as they are."""
     from ftc.compiler.trainer_choices import fsdp2_only
 
     words = fsdp.split()
