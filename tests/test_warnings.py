@@ -30,9 +30,9 @@ from fixtures import compile_plan, write_jsonl, write_tiny_model_dir
 
 from conftest import DEMO_TOKENIZER, ROOT
 
-# The runs happen in a fresh process (a warning a module gives when first imported would be
+# The commands run in a fresh process (a warning a module gives when first imported would be
 # missed in a test process where another test imported it already). It starts with the
-# collector on, then imports ftc and runs each plan: argv is lock, output, ..., then the report file.
+# collector on, then imports ftc and runs each command: argv is the commands (JSON), the report file.
 RUNNER = """
 import json, sys
 sys.path[:0] = [{tests!r}]
@@ -43,11 +43,11 @@ with Collector() as seen:
     import torch
     torch.set_num_threads(1)
     from ftc.cli import main
-    for lock, out in zip(sys.argv[1:-1:2], sys.argv[2:-1:2]):
-        code = main(["run", lock, "--output", out])
-        report.append({{"lock": lock, "code": code, "warnings": [asdict(w) for w in seen.warnings], "logged": seen.logged}})
+    for args in json.loads(sys.argv[1]):
+        code = main(args)
+        report.append({{"code": code, "warnings": [asdict(w) for w in seen.warnings], "logged": seen.logged}})
         seen.warnings, seen.logged = [], []
-open(sys.argv[-1], "w").write(json.dumps(report))
+open(sys.argv[2], "w").write(json.dumps(report))
 """
 
 # (category, message pattern, the package whose code calls the deprecated API): warnings from
@@ -138,10 +138,11 @@ def project(tmp: Path) -> dict:
 
 
 def recipe(method: str, common: dict) -> dict:
-    train = {**common["train"], "method": method}
+    train, extra = {**common["train"], "method": method}, {}
     if method == "sft":
         template = {"format": "prompt_completion", "prompt": "Q: {{ question }}\nA:", "completion": " {{ answer }}"}
         sources, train["per_device_train_batch_size"] = {"qa": {"path": "qa.jsonl"}}, 4
+        extra = {"split": {"eval": 2, "seed": 0}}  # for `ftc eval` of the run
     elif method == "grpo":
         template = {"format": "prompt", "prompt": "Q: {{ question }}\nA:"}
         sources, train["per_device_train_batch_size"] = {"qa": {"path": "qa.jsonl"}}, 4
@@ -151,35 +152,41 @@ def recipe(method: str, common: dict) -> dict:
         template = {"format": "preference", "prompt": {"field": "prompt"}, "chosen": {"field": "chosen"},
                     "rejected": {"field": "rejected"}}
         sources, train["per_device_train_batch_size"] = {"pairs": {"path": "pairs.jsonl"}}, 2
-    return {"name": f"warn-{method}", "sources": sources, "template": template, **common, "train": train}
+    return {"name": f"warn-{method}", "sources": sources, "template": template, **common, "train": train, **extra}
 
 
 METHODS = ("sft", "grpo", "dpo")
+AFTER = ("eval", "export", "infer")  # what a user runs next on the SFT run (each loads base + adapter)
 
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory) -> dict[str, dict]:
-    """One step of each method's tiny plan through `ftc run`, in one fresh process; per method,
-    its exit code, the Python warnings (with their callers) and the library log warnings."""
+    """One step of each method's tiny plan through `ftc run`, then `ftc eval`, `export` and
+    `infer` of the SFT run, in one fresh process; per command, its exit code, the Python warnings
+    (with their callers) and the library log warnings."""
     pytest.importorskip("torch")
     pytest.importorskip("trl")
-    args = []
+    commands, outs = [], {}
     for method in METHODS:
         folder = tmp_path_factory.mktemp(method)
         plan = compile_plan(folder, recipe(method, project(folder)))
-        args += [str(plan.lock_path), str(folder / "run")]
+        outs[method] = str(folder / "run")
+        commands.append(["run", str(plan.lock_path), "--output", outs[method]])
+    sft = outs["sft"]
+    commands += [["eval", sft], ["export", sft, "--merged", sft + "-merged"],
+                 ["infer", sft, "--input", json.dumps({"question": "What is 2 + 2?"}), "--max-new-tokens", "4"]]
     report = tmp_path_factory.mktemp("report") / "report.json"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    done = subprocess.run([sys.executable, "-c", RUNNER.format(tests=str(ROOT / "tests")), *args, str(report)],
+    done = subprocess.run([sys.executable, "-c", RUNNER.format(tests=str(ROOT / "tests")), json.dumps(commands), str(report)],
                           capture_output=True, text=True, env=env, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
-    return {method: run for method, run in zip(METHODS, json.loads(report.read_text()))}
+    assert [r["code"] for r in json.loads(report.read_text())] == [0] * len(commands), done.stderr[-3000:]
+    return dict(zip(METHODS + AFTER, json.loads(report.read_text())))
 
 
-@pytest.mark.parametrize("method", METHODS)
-def test_ftc_run_prints_no_warning_of_its_own_making(runs, method):
+@pytest.mark.parametrize("method", METHODS + AFTER)
+def test_ftc_prints_no_warning_of_its_own_making(runs, method):
     run = runs[method]
-    assert run["code"] == 0
     seen = [Seen(**w) for w in run["warnings"]]
     assert not_allowed(seen) == [], "\n".join(map(str, not_allowed(seen)))
     assert run["logged"] == []
