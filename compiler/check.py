@@ -75,7 +75,7 @@ def check_recipe(recipe) -> Checked:
         norm._check_fields(t, [spec["messages"]["field"]], "template.messages.field")
     train = recipe.data["train"]
     if train["method"] == "grpo":
-        from ftc.compiler.rewards import check_rewards
+        from ftc.compiler.reward_check import check_rewards
         from ftc.compiler.schedule import check_grpo_batch
 
         check_grpo_batch(train, file=file)

@@ -184,7 +184,7 @@ def _check_grpo(recipe: Recipe, fields: set[str]) -> None:
     """GRPO's batch rule and its rewards, checked against the fields (which resolves them into the settings)."""
     if recipe.data["train"]["method"] != "grpo":
         return
-    from ftc.compiler.rewards import check_rewards
+    from ftc.compiler.reward_check import check_rewards
 
     file = str(recipe.path)
     check_grpo_batch(recipe.data["train"], file=file)

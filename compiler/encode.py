@@ -15,7 +15,7 @@ and those rows are counted in a warning that says how to end the prompt at a tok
 boundary. Chat rows go through the tokenizer's chat template, whose
 ``{% generation %}`` markers say what the assistant wrote; the prompt turns
 rendered with the generation prompt are checked against the start of the row, and
-rows where they differ are counted too. Overlong rows are truncated, dropped (with
+rows where they differ are counted too (``chat_encode.py``). Overlong rows are truncated, dropped (with
 a counted reason) or rejected, as the recipe says (``rows.py``).
 
 transformers is only reached through the tokenizer's own methods; importing this
@@ -26,7 +26,6 @@ from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from itertools import chain
 from typing import Any, Sequence
 
 import numpy as np
@@ -34,20 +33,20 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from ftc.compiler import chat_tools
+from ftc.compiler.chat_encode import CHAT_PROMPT, chat_prompt, check_chat_prompts, encode_chat
 from ftc.compiler.rows import IGNORE, Rows, concat_rows, finish
-from ftc.compiler.tokenizer import has_generation_markers
 from ftc.errors import FtcError
+
+_encode_chat = encode_chat  # the name compiler/preference.py imports from here
 
 FORMATS = ("text", "prompt_completion", "messages", "prompt")
 OVERLONG = ("truncate", "drop", "error")
-MERGE = "prompt_merges_with_completion"  # warning kinds, as the lock records them
-CHAT_PROMPT = "chat_prompt_differs"
-_CHAT_BATCH = 1024  # rows per apply_chat_template call: bounds memory, keeps Rust batches large
+MERGE = "prompt_merges_with_completion"  # the warning kind, as the lock records it (chat_encode has the chat one)
 _CHUNKS, _MIN_CHUNK = 8, 1024  # plain-text encode pipeline: ~8 chunks, none tiny
 _EXAMPLE_CHARS = 16  # how much of a prompt's end / a completion's start a warning quotes
 
 __all__ = ["IGNORE", "FORMATS", "OVERLONG", "MERGE", "CHAT_PROMPT", "TokenizeResult", "tokenize", "encode_prompt",
-           "chat_prompt", "prompt_of_request"]
+           "chat_prompt"]
 
 
 @dataclass(frozen=True)
@@ -72,17 +71,8 @@ def encode_prompt(tokenizer: Any, prompt: str | Sequence[dict], tools: list[dict
     """
     if isinstance(prompt, str):
         return _plain_prompts(tokenizer, pa.array([prompt], pa.string())).ids.tolist()
-    return _encode_chat(tokenizer, [list(prompt)], pa.array(["request"]), generation_prompt=True,
+    return encode_chat(tokenizer, [list(prompt)], pa.array(["request"]), generation_prompt=True,
                         tools=None if tools is None else [tools]).ids.tolist()
-
-
-def prompt_of_request(lock: dict, request: dict, tokenizer: Any) -> tuple[str | list[dict], list[int]]:
-    """(the rendered prompt, its ids) for an inference request, with the plan's own templates."""
-    from ftc.compiler.render import request_prompt
-
-    prompt = request_prompt(lock, request)
-    tools = chat_tools.of_request(request.get(chat_tools.FIELD)) if not isinstance(prompt, str) else None
-    return prompt, encode_prompt(tokenizer, prompt, tools)
 
 
 def tokenize(
@@ -127,30 +117,24 @@ def tokenize(
         prompts = table.column("prompt").to_pylist()
         completion = _strings(table, "completion", row_ids).to_pylist()
         chats = [list(p) + [{"role": "assistant", "content": c}] for p, c in zip(prompts, completion)]
-        rows = _encode_chat(tokenizer, chats, row_ids, masked=completion_only_loss, what="completion_only_loss", tools=tools)
-        warning = _check_chat_prompts(tokenizer, rows, prompts, row_ids, tools)
+        rows = encode_chat(tokenizer, chats, row_ids, masked=completion_only_loss, what="completion_only_loss", tools=tools)
+        warning = check_chat_prompts(tokenizer, rows, prompts, row_ids, tools)
         checked[CHAT_PROMPT] = sum(1 for p in prompts if p)
     elif fmt == "messages":
         chats = table.column("messages").to_pylist()
-        rows = _encode_chat(tokenizer, chats, row_ids, masked=assistant_only_loss, what="assistant_only_loss", tools=tools)
+        rows = encode_chat(tokenizer, chats, row_ids, masked=assistant_only_loss, what="assistant_only_loss", tools=tools)
         prompts = [chat_prompt(c) for c in chats]
-        warning = _check_chat_prompts(tokenizer, rows, prompts, row_ids, tools)
+        warning = check_chat_prompts(tokenizer, rows, prompts, row_ids, tools)
         checked[CHAT_PROMPT] = sum(1 for p in prompts if p)
     else:  # prompt: exactly what encode_prompt gives, nothing trained
         if _is_chat(table.schema.field("prompt").type):
-            rows = _encode_chat(tokenizer, table.column("prompt").to_pylist(), row_ids, generation_prompt=True, tools=tools)
+            rows = encode_chat(tokenizer, table.column("prompt").to_pylist(), row_ids, generation_prompt=True, tools=tools)
         else:
             rows = _plain_prompts(tokenizer, _strings(table, "prompt", row_ids))
         rows.labels = np.full_like(rows.ids, IGNORE)
 
     table_out, stats, dropped = finish(rows, row_ids, fmt, max_seq_length=max_seq_length, overlong=overlong)
     return TokenizeResult(table_out, stats, dropped, [warning] if warning else [], checked)
-
-
-def chat_prompt(turns: list[dict] | None) -> list[dict] | None:
-    """The prompt of a chat row at inference: the turns before its last assistant turn."""
-    last = max((k for k, m in enumerate(turns or []) if m["role"] == "assistant"), default=0)
-    return list(turns[:last]) if last else None
 
 
 def _is_chat(dtype: pa.DataType) -> bool:
@@ -308,96 +292,3 @@ def _append_eos(rows: Rows, eos: int) -> Rows:
     ids = np.insert(rows.ids, at, np.int32(eos))
     labels = np.insert(rows.labels, at, np.int32(eos))
     return Rows(ids, labels, rows.lens + (~has))
-
-
-# -- chat: the template decides ------------------------------------------------
-
-
-def _encode_chat(
-    tok: Any,
-    chats: list[list[dict]],
-    row_ids: pa.Array,
-    *,
-    masked: bool = False,
-    what: str = "",
-    generation_prompt: bool = False,
-    tools: list[list[dict] | None] | None = None,
-) -> Rows:
-    """Apply the chat template (batched); train what ``{% generation %}`` marks, if ``masked``.
-
-    ``tools`` (one list per row, or None) go to the template as ``tools=``; the template
-    takes one per call, so rows are batched by their tools and put back in row order.
-    """
-    if masked and not has_generation_markers(tok):
-        raise FtcError("FTC606", setting=what, tokenizer=tok.name_or_path)
-    id_lists: list[list[int]] = [[] for _ in chats]
-    mask_lists: list[list[int]] = [[] for _ in chats]
-    for row_tools, rows in chat_tools.groups(tools, len(chats)):
-        for lo in range(0, len(rows), _CHAT_BATCH):
-            at = rows[lo : lo + _CHAT_BATCH]
-            batch = [chats[i] for i in at]
-            try:
-                out = tok.apply_chat_template(
-                    batch,
-                    tools=row_tools,
-                    tokenize=True,
-                    return_dict=True,
-                    add_generation_prompt=generation_prompt,
-                    return_assistant_tokens_mask=masked,
-                )
-            except Exception as err:  # noqa: BLE001 - name the first row that fails
-                bad = _first_failing_chat(tok, batch, generation_prompt, row_tools)
-                rid = row_ids[at[bad]].as_py() if bad is not None else "?"
-                raise FtcError("FTC607", row=rid, reason=err) from err
-            for k, i in enumerate(at):
-                id_lists[i] = out["input_ids"][k]
-                if masked:
-                    mask_lists[i] = out["assistant_masks"][k]
-    lens = np.fromiter(map(len, id_lists), dtype=np.int64, count=len(id_lists))
-    ids = np.fromiter(chain.from_iterable(id_lists), dtype=np.int32, count=int(lens.sum()))
-    if masked:
-        mask = np.fromiter(chain.from_iterable(mask_lists), dtype=bool, count=len(ids))
-        labels = np.where(mask, ids, np.int32(IGNORE)).astype(np.int32)
-    else:
-        labels = ids.copy()
-    return Rows(ids, labels, lens)
-
-
-def _first_failing_chat(tok: Any, batch: list, generation_prompt: bool, tools: list[dict] | None = None) -> int | None:
-    for k, chat in enumerate(batch):
-        try:
-            tok.apply_chat_template(chat, tools=tools, tokenize=False, add_generation_prompt=generation_prompt)
-        except Exception:  # noqa: BLE001
-            return k
-    return None
-
-
-def _check_chat_prompts(tok: Any, rows: Rows, prompts: list[list[dict] | None], row_ids: pa.Array,
-                        tools: list[list[dict] | None] | None = None) -> dict | None:
-    """Count the chat rows that do not start with ``encode_prompt`` of their prompt turns.
-
-    Inference renders the turns before the reply with the generation prompt; that is
-    the start of the training row only if the template renders an assistant turn's
-    header exactly as its generation prompt (ChatML does; a template that adds, say,
-    an empty think block to the generation prompt does not).
-    """
-    todo = np.array([i for i, p in enumerate(prompts) if p], np.int64)
-    if not todo.size:
-        return None
-    asked = _encode_chat(tok, [prompts[i] for i in todo], row_ids.take(pa.array(todo)), generation_prompt=True,
-                         tools=None if tools is None else [tools[i] for i in todo])
-    trained = rows.select(todo)
-    differ = np.flatnonzero(~trained.starts_with(asked))
-    if not differ.size:
-        return None
-    d = int(differ[0])
-    t, q = trained.row(d), asked.row(d)
-    m = next(i for i in range(len(q)) if i >= len(t) or q[i] != t[i])
-    piece = lambda ids: [tok.backend_tokenizer.decode([x]) for x in ids]  # noqa: E731
-    return {
-        "kind": CHAT_PROMPT,
-        "rows": int(differ.size),
-        "of": int(todo.size),
-        "example": {"row_id": row_ids[int(todo[d])].as_py(), "training": piece(t[max(m - 2, 0) : m + 3]),
-                    "inference": piece(q[max(m - 2, 0) : m + 3])},
-    }

@@ -162,7 +162,7 @@ def settings_drift(plan: Plan) -> Drift | None:
     expected = recipe.data
     grpo = expected["train"].get("grpo")
     if grpo is not None:
-        from ftc.compiler.rewards import check_rewards
+        from ftc.compiler.reward_check import check_rewards
 
         columns = plan.lock["artifacts"]["data"]["train"]["schema"]
         try:

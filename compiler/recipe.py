@@ -334,9 +334,10 @@ def resolve(data: dict, file: str) -> dict:
         if fmt == "prompt":
             raise FtcError("FTC109", file=file, path="template.format")
     out["train"] = train
-    from ftc.compiler.trainer_choices import check_optim
+    from ftc.compiler.trainer_choices import check_fsdp, check_optim
 
     check_optim(train["optim"], file)  # a free string in the schema: the installed Trainer's names decide
+    check_fsdp(train["fsdp"], file)  # so is train.fsdp: its FSDPOption words
     out["output"] = {"cache_dir": ".ftc", **out.get("output", {})}
     _check_template_keys(out["template"], file)
     _check_applies(data, out, file)

@@ -175,7 +175,7 @@ def _answer(session, args, req: dict, ids: list[int], sink) -> None:
 
 def _interactive(session, args, sink) -> None:
     """A line a request until end of input; a bad line is named and the session goes on."""
-    from ftc.compiler.render import prompt_fields
+    from ftc.compiler.request import prompt_fields
     from ftc.errors import FtcError
 
     fields = prompt_fields(session.lock)

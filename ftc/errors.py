@@ -127,6 +127,11 @@ RULES: dict[str, Rule] = {
         # -- 19x a free string of the plan checked against the trainer's own choices
         Rule("FTC195", "train.optim {optim!r} is not an optimizer of the installed transformers{suggest}",
              "one of: {choices}"),
+        Rule("FTC196", "train.fsdp word {word!r} is not an FSDP option of the installed transformers{suggest}",
+             "train.fsdp is space-separated words, each one of: {choices} ('' trains with DDP)"),
+        Rule("FTC197", "train.fsdp {fsdp!r} names the sharding strategy {strategies}; the installed transformers "
+             "takes exactly one of {allowed}",
+             "write one sharding strategy: {allowed} (hybrid and no_shard are FSDP1's, which ftc does not configure)"),
         Rule("FTC180", "train.method {method!r} trains on template.format {needs!r}, and template.format is {format!r}",
              "write template.format \"{needs}\" ({keys}), or choose a train.method for {format!r}: {methods}"),
         Rule("FTC181", "train.{key} configures {key}, and train.method is {method!r}",

@@ -263,3 +263,17 @@ def load_tokenizer(path: str, revision: str | None = None, trust_remote_code: bo
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
     return tok
+
+
+def align_pad_token(model: Any, tokenizer: Any) -> None:
+    """The model's config and generation config told the pad id the tokenizer pads with (see
+    `load_tokenizer`). The Trainer makes the same change when training starts, but logs a warning
+    on every run whose model config names no pad token (Qwen2.5's does not): the choice is ftc's,
+    so ftc makes it here. BOS/EOS are left to the Trainer, whose warning there is news."""
+    pad = tokenizer.pad_token_id
+    config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
+    if pad is None or getattr(config, "pad_token_id", None) == pad:
+        return
+    config.pad_token_id = pad
+    if getattr(model, "generation_config", None) is not None:
+        model.generation_config.pad_token_id = pad

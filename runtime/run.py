@@ -183,7 +183,7 @@ def plan_tokenizer(run_dir: Path) -> Any:
 def encode_requests(run_dir: Path, requests: list[dict]) -> tuple[Any, list[tuple[str | list[dict], list[int]]]]:
     """(the plan's tokenizer, [(prompt, prompt ids) per request, in order]): the plan's templates
     and `encode_prompt`, exactly as training made its prompt part. No model is loaded."""
-    from ftc.compiler.encode import prompt_of_request
+    from ftc.compiler.request import prompt_of_request
 
     lock = run_lock(Path(run_dir))
     tok = plan_tokenizer(Path(run_dir))
@@ -203,7 +203,7 @@ class InferSession:
 
     def encode(self, requests: list[dict]) -> list[tuple[str | list[dict], list[int]]]:
         """[(prompt, prompt ids)] per request, through the plan's `encode_prompt` (a bad request is refused here)."""
-        from ftc.compiler.encode import prompt_of_request
+        from ftc.compiler.request import prompt_of_request
 
         return [prompt_of_request(self.lock, req, self._plan_tokenizer) for req in requests]
 

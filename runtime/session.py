@@ -46,7 +46,7 @@ from ftc.runtime.facts import (checkpoint_step, device_name, distributed_facts, 
 from ftc.runtime.flops import mfu
 from ftc.runtime.launch import per_rank_accumulation, world
 from ftc.runtime.metrics import StopFlag, TokenCounter, callbacks as run_callbacks, read_metrics, truncate_metrics
-from ftc.runtime.model import ModelSetup, load_tokenizer
+from ftc.runtime.model import ModelSetup, align_pad_token, load_tokenizer
 from ftc.runtime.trainer_config import checked_config, refuse_changes, refuse_missing_optimizer, tracking, training_arguments
 
 CHECKPOINTS = "checkpoints"
@@ -165,6 +165,7 @@ def run_method(method: Method, plan: Plan, *, output_dir: Path, resume: bool = F
     tracked, untrack = tracking(train, plan_name=plan.name, plan_hash=plan.plan_hash, run_dir=folder.root)
     counter, stop, perf = TokenCounter(), StopFlag(), {"device": loaded.device}
     trainer_class, extra = method.trainer(data, tokenizer=tokenizer, setup=setup)
+    align_pad_token(loaded.model, tokenizer)  # as the Trainer would, without its warning on every run
     trainer = trainer_class(
         model=loaded.model, args=args, train_dataset=data.train_dataset, eval_dataset=data.eval_dataset,
         processing_class=tokenizer, peft_config=setup.peft_config,

@@ -64,11 +64,30 @@ def training_arguments(train: dict, *, warmup_steps: int, checkpoints: Path, max
         # LoRA leaves most parameters frozen, so DDP must not search for unused ones
         use_cpu=device != "cuda",
         ddp_find_unused_parameters=False,
-        fsdp=train["fsdp"],
+        **fsdp_arguments(train["fsdp"]),
         disable_tqdm=True,  # ftc's own progress bar shows loss, tokens/s and ETA
         dataloader_num_workers=0,
         dataloader_pin_memory=device == "cuda",
     )
+
+
+def fsdp_arguments(fsdp: str) -> dict[str, Any]:
+    """TrainingArguments keywords for `train.fsdp` (FSDPOption words, checked at compile by
+    trainer_choices.check_fsdp). Where transformers has moved FSDP into `fsdp_config`
+    (`fsdp2_only`; passing the words warns on every run there), the words become that config:
+    a sharding strategy sets `reshard_after_forward` (full_shard: True, shard_grad_op: False),
+    `offload` sets `cpu_offload`, `auto_wrap` is its default. Elsewhere they pass as they are."""
+    from ftc.compiler.trainer_choices import fsdp2_only
+
+    words = fsdp.split()
+    if not words or not fsdp2_only():
+        return {"fsdp": fsdp}
+    config: dict[str, Any] = {}
+    if "full_shard" in words or "shard_grad_op" in words:
+        config["reshard_after_forward"] = "full_shard" in words
+    if "offload" in words:
+        config["cpu_offload"] = True
+    return {"fsdp": True, "fsdp_config": config}
 
 
 def checkpointing_key() -> str:

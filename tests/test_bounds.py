@@ -68,7 +68,8 @@ def test_catastrophic_regex_is_scored_in_linear_time_by_ftc_score(cli, tmp_path,
 
 def test_the_same_patterns_score_the_same_on_re2(tmp_path):
     """What RE2 scores agrees with Python re on patterns both run quickly (the GSM8K ones)."""
-    from ftc.compiler.rewards import check_rewards, reward_from_dict
+    from ftc.compiler.reward_check import check_rewards
+    from ftc.compiler.rewards import reward_from_dict
 
     specs = [{"kind": "regex", "pattern": r"^<reasoning>[\s\S]+?</reasoning>\s*最终答案[:：]\s*-?[\d,.]+\s*$"},
              {"kind": "answer", "pattern": r"最终答案[:：]\s*(-?[\d,.]+)", "field": "n", "occurrence": "last"}]
@@ -98,7 +99,7 @@ def test_a_pattern_re2_cannot_run_is_refused_at_compile(cli, tmp_path, pattern, 
 
 def test_re2_prints_nothing_of_its_own_on_a_refused_pattern(tmp_path):
     """RE2 logs parse errors to stderr by default; the error says it once, as FTC166."""
-    code = ("from ftc.compiler.rewards import check_rewards\n"
+    code = ("from ftc.compiler.reward_check import check_rewards\n"
             "try:\n    check_rewards([{'kind': 'regex', 'pattern': '(a)\\\\1'}], fields=set(), allow_python=False, recipe_dir='.')\n"
             "except Exception as e:\n    print(e.code)\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path, timeout=60)

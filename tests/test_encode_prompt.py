@@ -15,7 +15,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from ftc.compiler.encode import CHAT_PROMPT, IGNORE, MERGE, chat_prompt, encode_prompt, prompt_of_request, tokenize
+from ftc.compiler.encode import CHAT_PROMPT, IGNORE, MERGE, chat_prompt, encode_prompt, tokenize
+from ftc.compiler.request import prompt_of_request
 from ftc.compiler.tokenizer import load_tokenizer
 
 from conftest import DEMO_TOKENIZER, ROOT, TOKENIZER as QWEN, write_recipe

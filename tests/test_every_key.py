@@ -462,7 +462,8 @@ CASES: dict[str, Case] = {
     "#train.save_steps": Case(["train.save_steps=7"], s_args("save_steps"), 7),
     "#train.eval_steps": Case(["train.eval_steps=3"], lambda c, p: (s_args("eval_strategy")(c, p), sft_config(c).eval_steps), ("steps", 3),
                               base=["split.eval=2"]),
-    "#train.fsdp": Case(["train.fsdp=full_shard auto_wrap"], lambda c, p: targs(c)["fsdp"], "full_shard auto_wrap"),
+    "#train.fsdp": Case(["train.fsdp=full_shard auto_wrap"], lambda c, p: (targs(c)["fsdp"], targs(c).get("fsdp_config")),
+                        (True, {"reshard_after_forward": True})),  # the words as transformers 5's fsdp_config
     "#train.packing": Case(["train.packing=true"], lambda c, p: (c.lock["tokens"].get("packing") is not None, c.lock["schedule"]["counts"]), tokenize=True),
     "#train.completion_only_loss": Case(["train.completion_only_loss=false"], lambda c, p: c.lock["tokens"]["stats"]["train"]["supervised_tokens"], tokenize=True),
     "#train.assistant_only_loss": Case(["train.assistant_only_loss=false"], lambda c, p: c.lock["tokens"]["stats"]["train"]["supervised_tokens"],

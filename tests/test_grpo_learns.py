@@ -123,7 +123,8 @@ def test_the_gsm8k_recipe_prompts_with_the_articles_system_prompt_byte_for_byte(
 
 @pytest.mark.parametrize("colon", [":", "："])
 def test_the_rewards_accept_what_the_prompt_asks_for_with_either_colon(colon):
-    from ftc.compiler.rewards import check_rewards, reward_from_dict
+    from ftc.compiler.reward_check import check_rewards
+    from ftc.compiler.rewards import reward_from_dict
 
     resolved = check_rewards(rewards(), fields={"answer_number"}, allow_python=False, recipe_dir=ROOT, file="gsm8k_grpo.json")
     correctness, fmt = (reward_from_dict(d) for d in resolved)

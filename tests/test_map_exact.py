@@ -181,7 +181,7 @@ def test_sharegpt_tools_reach_the_chat_template(cli, tmp_path, shared, tools_tok
         without = tok.apply_chat_template(chat, tokenize=True, return_dict=True)["input_ids"]
         assert (len(row["input_ids"]) > len(without)) == bool(r["tools"] and json.loads(r["tools"]))  # tools, where there are any
     # inference sees the tools too: a request's prompt is what the chat template makes of its turns and tools
-    from ftc.compiler.encode import prompt_of_request
+    from ftc.compiler.request import prompt_of_request
 
     r = raw[0]
     chat = [{"role": ROLES[t["from"]], "content": t["value"]} for t in r["conversations"]][:3]

@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 
 from ftc.errors import FtcError
-from ftc.compiler.rewards import REWARD_SCHEMA, check_drift, check_rewards
+from ftc.compiler.reward_check import check_rewards
+from ftc.compiler.rewards import REWARD_SCHEMA, check_drift
 from ftc.runtime.rewards_trl import build_reward_funcs, completion_text, reward_weights
 
 from conftest import ROOT, SHARED, write_recipe  # noqa: E402
@@ -468,7 +469,8 @@ def test_compiler_checks_rewards_without_importing_the_runtime(tmp_path):
     (tmp_path / "rewards.py").write_text(REWARD_PY, encoding="utf-8")
     code = (
         "import sys\nfrom pathlib import Path\n"
-        "from ftc.compiler.rewards import check_drift, check_rewards\n"
+        "from ftc.compiler.reward_check import check_rewards\n"
+        "from ftc.compiler.rewards import check_drift\n"
         f"d = Path({str(tmp_path)!r})\n"
         "r = check_rewards([{'kind': 'python', 'function': 'rewards.py:has_number'}, {'kind': 'length', 'max': 9}],\n"
         "                  fields={'answer_number'}, allow_python=True, recipe_dir=d)\n"

@@ -101,7 +101,7 @@ def dry_run(cli, run_dir: Path, requests: list[dict], tmp_path: Path) -> list[di
 
 def test_infer_feeds_the_training_prompt_ids(cli, demo):
     """The prompt ids at inference are exactly the trained prompt part's ids, row by row."""
-    from ftc.compiler.encode import prompt_of_request
+    from ftc.compiler.request import prompt_of_request
     from ftc.runtime.run import plan_tokenizer
 
     lock_path = compile_demo(cli, demo)

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from ftc.errors import FtcError
-from ftc.compiler.rewards import check_rewards
+from ftc.compiler.reward_check import check_rewards
 from ftc.runtime.score import format_summary, read_completions, score_file, score_rows
 
 from conftest import SHARED, write_recipe  # noqa: E402

@@ -148,7 +148,8 @@ def test_schema_command_and_recipes_validate(cli):
 def test_reward_checks_read_the_reward_schema_that_ftc_schema_prints(cli, tmp_path):
     """The reward fragment is defined once, in recipe.schema.json: what `ftc schema` prints
     is what the compiler checks rewards with, and its defaults are what the lock records."""
-    from ftc.compiler.rewards import KINDS, REWARD_SCHEMA, check_rewards
+    from ftc.compiler.reward_check import check_rewards
+    from ftc.compiler.rewards import KINDS, REWARD_SCHEMA
 
     code, out, _ = cli("schema")
     assert code == 0
