@@ -24,7 +24,8 @@ CPU smoke test of the whole thing (tiny shape, seq 128, hf, hf-plain and TRL):
   .venv/bin/python tests/bench/gpu_dpo.py --tiny
 CPU study of where ftc's and TRL's losses part (tiny shape in float32, untruncated pairs; see
 BENCHMARKS.md "DPO on the GPU"): ftc and TRL at 1 x 8 and at 2 x 4, losses and pair order compared:
-  .venv/bin/python tests/bench/gpu_dpo.py study --steps 10
+  .venv/bin/python tests/bench/gpu_dpo.py study --steps 8   (about 40 min on 2 shared cores; the seconds-long
+  version of the same check is tests/test_preference_vs_trl.py)
 """
 
 from __future__ import annotations
