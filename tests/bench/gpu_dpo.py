@@ -143,7 +143,8 @@ def variant_trl(args) -> None:
                       target_modules=lora["target_modules"], task_type="CAUSAL_LM")
     cfg = DPOConfig(output_dir=str(Path(args.result).parent / "trl-run"), max_length=s["model"]["max_seq_length"],
                     per_device_train_batch_size=micro, gradient_accumulation_steps=accumulation,
-                    learning_rate=t["learning_rate"],
+                    learning_rate=t["learning_rate"], optim=t["optim"], weight_decay=t["weight_decay"],
+                    max_grad_norm=t["max_grad_norm"],  # the lock's, not DPOConfig's defaults (adamw_torch_fused)
                     lr_scheduler_type=t["lr_scheduler_type"], max_steps=args.warmup + args.steps,
                     # the warmup ftc resolves for --max-steps (schedule.run_warmup_steps): the same learning rates
                     warmup_steps=math.ceil((args.warmup + args.steps) * t["warmup_ratio"]),
