@@ -2,8 +2,8 @@
 
 Python never holds a source whole (issue 15): each batch a reader gives is appended to the
 source's DuckDB table (which spills to disk past the Normalizer's memory limit) and let go.
-Each file is one transaction, so a file whose reading fails or must start over (a CSV record
-longer than the parser's block) leaves no rows behind. The table is what registering the
+A file whose reading fails or must start over (a CSV record longer than the parser's block)
+leaves no rows behind. The table is what registering the
 concatenation of all files' tables gave before: the same columns, types and rows, with
 ``_ord`` numbering the rows in source order from ``ord_base``; files whose columns disagree are
 read again, each cast to the schema Arrow's permissive promotion unifies them to.
@@ -47,16 +47,19 @@ class SourceTable:
 
     @contextmanager
     def file(self) -> Iterator[None]:
-        """One file's batches, all or none of them."""
+        """One file's batches, all or none of them. Not a DuckDB transaction: until it commits,
+        DuckDB keeps every Arrow batch inserted in it alive (measured: the whole file), so a
+        failed file's rows are deleted instead, by their ``_ord``."""
         before = self.rows, self.ord, self.schema
-        self.norm.x("BEGIN TRANSACTION")
         try:
             yield
         except BaseException:
-            self.norm.x("ROLLBACK")
+            if before[2] is None:
+                self.norm.x(f"DROP TABLE IF EXISTS {self.name}")
+            elif self.rows > before[0]:
+                self.norm.x(f"DELETE FROM {self.name} WHERE _ord >= {int(before[1])}")
             self.rows, self.ord, self.schema = before
             raise
-        self.norm.x("COMMIT")
 
     def add(self, table: pa.Table) -> None:
         """Append one batch (fields and the bookkeeping columns ``_source``, ``_file``, ``_row``)."""

@@ -18,6 +18,7 @@ import codecs
 import csv
 import io
 import json
+import os
 from dataclasses import dataclass, field
 from typing import Iterator
 
@@ -29,8 +30,11 @@ from ftc.errors import FtcError
 
 FORMATS = {".csv": "csv", ".tsv": "tsv", ".json": "json", ".jsonl": "jsonl", ".ndjson": "jsonl", ".parquet": "parquet"}
 AUTO = ("utf-8", "gb18030")
-CSV_BLOCK = 1 << 22  # pyarrow's CSV block: a record must fit in one, else the file is read again with a larger one
-ROWS = 1 << 16  # rows per batch of JSON Lines and Parquet
+# Batch sizes (the environment may shrink them, to show that no result depends on them):
+# pyarrow's CSV block (a record must fit in one, else the file is read again with a larger one),
+# and rows per batch of JSON Lines and Parquet.
+CSV_BLOCK = int(os.environ.get("FTC_CSV_BLOCK", 1 << 22))
+ROWS = int(os.environ.get("FTC_READ_ROWS", 1 << 16))
 
 
 @dataclass
@@ -120,9 +124,12 @@ def read_delimited(data: Blob, enc: str, bom: int, delimiter: str, file: str, so
             parse_options=pcsv.ParseOptions(delimiter=delimiter, newlines_in_values=True, invalid_row_handler=on_invalid),
             convert_options=pcsv.ConvertOptions(column_types={h: pa.string() for h in header}, strings_can_be_null=False),
         )
-        for batch in reader:
-            rows += batch.num_rows
-            yield pa.Table.from_batches([batch])
+        try:
+            for batch in reader:
+                rows += batch.num_rows
+                yield pa.Table.from_batches([batch])
+        finally:
+            reader.close()  # stop its read-ahead thread (up to 32 blocks) when the rows are not all wanted
     except pa.ArrowInvalid as e:
         if "straddling" in str(e) and size < 2 * data.size + 1:  # one record longer than a block: valid CSV
             raise Restart(min(max(4 * size, 1 << 20), 2 * data.size + 1, 2**31 - 1)) from None  # transcoded may grow

@@ -95,10 +95,7 @@ class _Schema:
 
     @contextmanager
     def file(self) -> Iterator[None]:
-        try:
-            yield
-        except _Schema.Enough:
-            pass
+        yield
 
     def add(self, table: pa.Table) -> None:
         self.schema = table.schema
@@ -148,7 +145,10 @@ def load_source(recipe: Recipe, name: str, spec: dict, norm, ord_base: int, prog
         schemas = []
         for f in files:
             probe = _Schema()
-            read_path_file(recipe, name, spec, f, root, pattern, probe)
+            try:
+                read_path_file(recipe, name, spec, f, root, pattern, probe)
+            except _Schema.Enough:
+                pass
             schemas.append(probe.schema)
         try:
             target = pa.unify_schemas(schemas, promote_options="permissive")
