@@ -67,8 +67,34 @@ def build(work: Path, rows: int) -> Path:
     return proj
 
 
+# ``ftc compile`` with each stage's peak resident memory sampled (every 50 ms, /proc/self/statm),
+# printed to stderr as "[stage NAME] PEAK_MIB": which stage sets the process's peak.
+_STAGES = r"""
+import contextlib, sys, threading, time
+from ftc.compiler import progress
+orig, peak = progress.Clock.stage, [0.0]
+def rss():
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * 4096 / 2**20
+def sample():
+    while True:
+        peak[0] = max(peak[0], rss())
+        time.sleep(0.05)
+threading.Thread(target=sample, daemon=True).start()
+@contextlib.contextmanager
+def stage(self, name):
+    peak[0] = rss()
+    with orig(self, name):
+        yield
+    print(f"[stage {name}] {max(peak[0], rss()):.0f}", file=sys.stderr, flush=True)
+progress.Clock.stage = stage
+from ftc.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
 def timed_compile(proj: Path, lock: str, *sets: str) -> dict:
-    cmd = ["/usr/bin/time", "-v", sys.executable, "-m", "ftc", "compile", str(proj / "recipe.json"), "-o", str(proj / lock)]
+    cmd = ["/usr/bin/time", "-v", sys.executable, "-c", _STAGES, "compile", str(proj / "recipe.json"), "-o", str(proj / lock)]
     for s in sets:
         cmd += ["--set", s]
     t0 = time.perf_counter()
@@ -78,7 +104,10 @@ def timed_compile(proj: Path, lock: str, *sets: str) -> dict:
         raise SystemExit(f"compile failed ({res.returncode}):\n{res.stderr[-3000:]}")
     rss_kb = int(re.search(r"Maximum resident set size \(kbytes\): (\d+)", res.stderr).group(1))
     times = next((ln for ln in res.stdout.splitlines() if ln.startswith("time: ")), "")
-    return {"wall_s": round(wall, 2), "peak_rss_mib": round(rss_kb / 1024), "stages": times}
+    peaks: dict[str, int] = {}
+    for name, mib in re.findall(r"^\[stage (\w+)\] (\d+)$", res.stderr, re.M):
+        peaks[name] = max(peaks.get(name, 0), int(mib))
+    return {"wall_s": round(wall, 2), "peak_rss_mib": round(rss_kb / 1024), "stages": times, "stage_peak_rss_mib": peaks}
 
 
 # -- the throughput comparisons (each one a child process: its imports are part of its time)
@@ -214,6 +243,7 @@ def main() -> None:
         print(f"{n:>10,} rows  cold {cold['wall_s']:>7.1f} s  {cold['peak_rss_mib']:>6,} MiB   "
               f"recompile {warm['wall_s']:.2f} s  {warm['peak_rss_mib']:,} MiB   (load {load})", flush=True)
         print(f"            {cold['stages']}", flush=True)
+        print(f"            peak RSS by stage (MiB): {cold['stage_peak_rss_mib']}", flush=True)
         if i == 0 and not args.no_compare:
             report["comparisons_at_first_size"] = comparisons(proj, cold)
             for k, v in report["comparisons_at_first_size"].items():
