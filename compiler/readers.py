@@ -191,28 +191,60 @@ def _jsonl_rows(data: Blob, enc: str, bom: int, file: str, source: str) -> Itera
 
 
 def read_jsonl(data: Blob, enc: str, bom: int, file: str, source: str) -> Iterator[pa.Table]:
-    """JSON Lines in batches of ``ROWS`` objects. A file's batches must share one schema, as one
-    table of all its rows would have (a key first seen late, an int column that turns float): the
-    batches are joined under Arrow's permissive promotion, which is what whole-file inference
-    gives; where it cannot join them, the file is read whole as before, and that says why."""
-    tables, batch = [], []
-    for row in _jsonl_rows(data, enc, bom, file, source):
-        batch.append(row)
-        if len(batch) == ROWS:
-            tables.append(_from_rows(batch, file, "jsonl", source))
-            batch = []
-    if batch:
-        tables.append(_from_rows(batch, file, "jsonl", source))
-    if not tables:
-        raise FtcError("FTC220", file=file, path=f"sources.{source}.path",
-                       what="the file is empty" if data.size <= bom else "only blank lines")
-    try:
-        table = pa.concat_tables(tables, promote_options="permissive") if len(tables) > 1 else tables[0]
-    except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError):
-        del tables
-        table = _from_rows(list(_jsonl_rows(data, enc, bom, file, source)), file, "jsonl", source)
-    for b in table.to_batches(ROWS):
-        yield pa.Table.from_batches([b], table.schema)
+    """JSON Lines in batches of ``ROWS`` objects, spilled to a temporary Arrow file until the file
+    is parsed: its batches must share one schema, as one table of all its rows would have (a key
+    first seen late, an int column that turns float). Batches are cast to the schema Arrow's
+    permissive promotion unifies theirs to, which is what whole-file inference gives; where that
+    cast is not possible, the file is read whole as before."""
+    import tempfile
+
+    from ftc.compiler.ingest import conform
+
+    with tempfile.TemporaryDirectory(prefix="ftc-jsonl-") as tmp:
+        pieces: list[tuple[pa.Schema, str]] = []  # runs of batches of one schema, each an IPC stream
+        writer = None
+
+        def spill(rows: list[dict]) -> None:
+            nonlocal writer
+            t = _from_rows(rows, file, "jsonl", source)
+            if writer is None or not t.schema.equals(pieces[-1][0]):
+                if writer is not None:
+                    writer.close()
+                pieces.append((t.schema, f"{tmp}/{len(pieces)}.arrow"))
+                writer = pa.ipc.new_stream(pieces[-1][1], t.schema)
+            writer.write_table(t)
+
+        batch: list[dict] = []
+        try:
+            for row in _jsonl_rows(data, enc, bom, file, source):
+                batch.append(row)
+                if len(batch) == ROWS:
+                    spill(batch)
+                    batch = []
+            if batch:
+                spill(batch)
+        finally:
+            if writer is not None:
+                writer.close()
+        if not pieces:
+            raise FtcError("FTC220", file=file, path=f"sources.{source}.path",
+                           what="the file is empty" if data.size <= bom else "only blank lines")
+        target = pieces[0][0]
+        try:
+            if len(pieces) > 1:
+                target = pa.unify_schemas([sch for sch, _ in pieces], promote_options="permissive")
+                for sch, _ in pieces:  # a cast Arrow cannot make shows on an empty table of the piece's schema
+                    conform(sch.empty_table(), target)
+        except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError):
+            table = _from_rows(list(_jsonl_rows(data, enc, bom, file, source)), file, "jsonl", source)
+            for b in table.to_batches(ROWS):
+                yield pa.Table.from_batches([b], table.schema)
+            return
+        for sch, path in pieces:
+            with pa.OSFile(path) as f:
+                for b in pa.ipc.open_stream(f):
+                    t = pa.Table.from_batches([b], sch)
+                    yield t if sch.equals(target) else conform(t, target)
 
 
 def _from_rows(rows: list[dict], file: str, fmt: str, source: str) -> pa.Table:
