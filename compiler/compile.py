@@ -12,7 +12,6 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Iterable, Iterator, Mapping
 
-import numpy as np
 import pyarrow as pa
 
 from ftc import __version__
@@ -206,18 +205,16 @@ def _normalized(recipe: Recipe, norm: Normalizer, store: cache.Cache | None, key
             clock.reused += ["read", "normalize"]
             return t, entry["sources"]
     # 1. sources, each with its own transforms
-    source_facts, tables, ord_base, registered = {}, {}, 0, []
+    source_facts, tables, ord_base = {}, {}, 0
     for name, spec in recipe.data["sources"].items():
-        with clock.stage("read"):
-            sd = load_source(recipe, name, spec, progress=clock.show)
-        n = sd.table.num_rows
+        with clock.stage("read"):  # into a DuckDB table of norm, batch by batch
+            sd = load_source(recipe, name, spec, norm, ord_base, progress=clock.show)
+        n = sd.rows
         malformed = sum(f.malformed_rows for f in sd.files)
         norm.stages.append(Stage(f"sources.{name}: read", n + malformed, n, {"malformed row (parser skipped it)": malformed} if malformed else {}))
-        table = sd.table.append_column("_ord", pa.array(np.arange(ord_base, ord_base + n, dtype=np.int64)))
         ord_base += n
         with clock.stage("normalize"):
-            t = norm.register(table)
-            registered.append(t)
+            t = sd.table
             for i, step in enumerate(spec["transforms"]):
                 t = norm.apply(t, step, f"sources.{name}.transforms[{i}]")
         tables[name] = t
@@ -232,9 +229,6 @@ def _normalized(recipe: Recipe, norm: Normalizer, store: cache.Cache | None, key
     if store is not None and key is not None:
         with clock.stage("normalize"):
             t = cache.keep_normalized(norm, store, key, t, [s.to_lock() for s in norm.stages], source_facts)
-        del sd, table
-        for r in registered:  # the rows are in DuckDB's own table now (which spills): let Python's copy go
-            norm.con.unregister(f"{r}_arrow")
     return t, source_facts
 
 

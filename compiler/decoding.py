@@ -32,10 +32,12 @@ from __future__ import annotations
 
 import codecs
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
+from ftc.compiler.blob import Blob, spooled
 from ftc.errors import FtcError
 
-BLOCK = 1 << 22  # decode in blocks: a 1 GB file is never held twice as str
+BLOCK = 1 << 22  # the evidence scan's blocks after the first (its result depends on them: not blob.BLOCK)
 FIRST_BLOCK = 1 << 18  # GB18030 shows itself within 256 KiB (every undecodable byte costs an error-handler call)
 GB_SAMPLE = 1 << 20  # bytes of a GB18030 candidate checked for plausibility (the reader decodes it all)
 NOT_UTF8 = 2  # invalid bytes per valid multi-byte character past which a block is plainly not UTF-8 (GB18030: 3.5)
@@ -50,31 +52,51 @@ class Decoded:
     bom: int  # bytes of BOM to skip
     evidence: dict = field(default_factory=dict)
     replaced: int = 0  # undecodable bytes read as U+FFFD under encoding_errors "replace"
-    utf8: bytes | None = None  # the file re-encoded as UTF-8, when replacement changed it
+    utf8: Blob | None = None  # the file re-encoded as UTF-8 (a temporary file), when replacement changed it
 
 
-def line_of(data: bytes, offset: int) -> int:
+def line_of(data: Blob, offset: int) -> int:
     """1-based line of a byte offset (every ASCII-compatible codec writes a newline as 0x0A)."""
     return data.count(b"\n", 0, offset) + 1
 
 
-def _context(data: bytes, offset: int) -> str:
+def _context(data: Blob, offset: int) -> str:
     """The bytes around ``offset`` on its line, undecodable ones written as \\xNN."""
-    start = max(data.rfind(b"\n", 0, offset) + 1, offset - 30)
-    return '"' + data[start: offset + 8].split(b"\n")[0].decode("utf-8", "backslashreplace") + '"'
+    start = max(offset - 30, 0)
+    window = data.read(start, offset + 8 - start)
+    start += window.rfind(b"\n", 0, offset - start) + 1
+    return '"' + data.read(start, offset + 8 - start).split(b"\n")[0].decode("utf-8", "backslashreplace") + '"'
 
 
-def first_invalid_utf8(data: bytes, bom: int) -> UnicodeDecodeError | None:
-    """The first strict UTF-8 failure after the BOM (offsets relative to ``data[bom:]``), or None."""
-    try:
-        codecs.decode(memoryview(data)[bom:], "utf-8")  # C fast path
-    except UnicodeDecodeError as e:
-        return e
+class Invalid(NamedTuple):
+    """Where a strict decode failed: ``start`` counts from the first byte decoded (after a BOM)."""
+
+    start: int
+    reason: str
+
+
+def first_invalid(data: Blob, codec: str, start: int) -> Invalid | None:
+    """The first strict ``codec`` failure from byte ``start`` on, decoded block by block (a 1 GB
+    file is never held as str), or None. Offsets are exact across block ends: the decoder's
+    pending bytes of a character cut by a block end are counted back."""
+    dec = codecs.getincrementaldecoder(codec)("strict")
+    for at, chunk in data.blocks(start):
+        pending = len(dec.getstate()[0])
+        try:
+            dec.decode(chunk, final=at + len(chunk) >= data.size)
+        except UnicodeDecodeError as e:
+            return Invalid(at - pending + e.start - start, e.reason)
     return None
 
 
-def utf8_evidence(data: bytes) -> tuple[int, int, int]:
-    """(valid multi-byte UTF-8 characters, bytes that are not UTF-8, bytes scanned), at C speed.
+def first_invalid_utf8(data: Blob, bom: int) -> Invalid | None:
+    """The first strict UTF-8 failure after the BOM (offsets relative to ``data[bom:]``), or None."""
+    return first_invalid(data, "utf-8", bom)
+
+
+def utf8_evidence(data: Blob, bom: int) -> tuple[int, int, int]:
+    """(valid multi-byte UTF-8 characters, bytes that are not UTF-8, bytes scanned), at C speed,
+    over the bytes after the BOM.
 
     Undecodable bytes become one lone surrogate each under ``surrogateescape``; a surrogate
     re-encodes to 3 bytes under ``surrogatepass``, a valid character to its own length. The
@@ -82,23 +104,25 @@ def utf8_evidence(data: bytes) -> tuple[int, int, int]:
     than valid characters, and at least 64): a 1 GB GB18030 file is not scanned twice."""
     dec = codecs.getincrementaldecoder("utf-8")("surrogateescape")
     valid = invalid = scanned = 0
+    size = data.size - bom
     while True:
-        block = data[scanned: scanned + (FIRST_BLOCK if not scanned else BLOCK)]
-        s = dec.decode(block, final=scanned + len(block) >= len(data))
+        block = data.read(bom + scanned, FIRST_BLOCK if not scanned else BLOCK)
+        s = dec.decode(block, final=scanned + len(block) >= size)
         bad = (len(s.encode("utf-8", "surrogatepass")) - len(s.encode("utf-8", "surrogateescape"))) // 2
         invalid += bad
         valid += len(s) - len(s.encode("ascii", "ignore")) - bad  # non-ASCII characters that are not surrogates
         scanned += len(block)
-        if scanned >= len(data) or (invalid >= 64 and invalid >= NOT_UTF8 * valid):
+        if scanned >= size or (invalid >= 64 and invalid >= NOT_UTF8 * valid):
             return valid, invalid, scanned
 
 
-def gb2312_share(data: bytes) -> tuple[float, int] | UnicodeDecodeError:
+def gb2312_share(data: Blob) -> tuple[float, int] | Invalid:
     """Share of the non-ASCII characters of the first GB_SAMPLE bytes (strict GB18030) that GB2312 has."""
     try:
-        text = codecs.getincrementaldecoder("gb18030")("strict").decode(data[:GB_SAMPLE], final=len(data) <= GB_SAMPLE)
+        text = codecs.getincrementaldecoder("gb18030")("strict").decode(data.read(0, GB_SAMPLE),
+                                                                        final=data.size <= GB_SAMPLE)
     except UnicodeDecodeError as e:
-        return e
+        return Invalid(e.start, e.reason)
     non_ascii = len(text) - len(text.encode("ascii", "ignore"))
     if not non_ascii:
         return 0.0, 0
@@ -106,12 +130,14 @@ def gb2312_share(data: bytes) -> tuple[float, int] | UnicodeDecodeError:
     return 1 - missing / non_ascii, non_ascii
 
 
-def replaced(data: bytes, codec: str, bom: int) -> bytes:
-    """The file as UTF-8 with each undecodable sequence read as U+FFFD."""
-    return codecs.decode(memoryview(data)[bom:], codec, "replace").encode("utf-8")
+def replaced(data: Blob, codec: str, bom: int) -> Blob:
+    """The file as UTF-8 with each undecodable sequence read as U+FFFD (a temporary file)."""
+    dec = codecs.getincrementaldecoder(codec)("replace")
+    return spooled(dec.decode(chunk, final=at + len(chunk) >= data.size).encode("utf-8")
+                   for at, chunk in data.blocks(bom))
 
 
-def utf8_first(data: bytes, errors: str, file: str, source: str) -> tuple[Decoded | None, dict]:
+def utf8_first(data: Blob, errors: str, file: str, source: str) -> tuple[Decoded | None, dict]:
     """Steps 1 and 2 of the rule: (how to read the file as UTF-8, or None when it is not UTF-8; the evidence).
 
     UTF-8 with a defect raises FTC213, or under ``errors="replace"`` reads with U+FFFD."""
@@ -121,9 +147,9 @@ def utf8_first(data: bytes, errors: str, file: str, source: str) -> tuple[Decode
     if bad is None:
         return Decoded(label, bom, {"rule": "strict UTF-8" + (" after a BOM" if bom else "")}), {}
     offset = bad.start + bom
-    valid, invalid, scanned = utf8_evidence(data[bom:])
+    valid, invalid, scanned = utf8_evidence(data, bom)
     ev = {"utf8_first_invalid_offset": offset, "utf8_invalid_bytes": invalid, "utf8_multibyte_chars": valid}
-    if scanned < len(data) - bom:
+    if scanned < data.size - bom:
         ev["utf8_scanned_bytes"] = scanned
     cut = bad.reason == "unexpected end of data"
     if not (bom or cut or (valid and valid >= invalid)):
@@ -137,7 +163,7 @@ def utf8_first(data: bytes, errors: str, file: str, source: str) -> tuple[Decode
     return Decoded(label, bom, ev, invalid, replaced(data, "utf-8", bom)), ev
 
 
-def auto(data: bytes, errors: str, file: str, source: str) -> Decoded:
+def auto(data: Blob, errors: str, file: str, source: str) -> Decoded:
     """UTF-8, UTF-8 with a defect, or GB18030, by the rule in the module docstring."""
     dec, ev = utf8_first(data, errors, file, source)
     if dec is not None:
@@ -145,7 +171,7 @@ def auto(data: bytes, errors: str, file: str, source: str) -> Decoded:
     label, bom, offset = "utf-8", 0, ev["utf8_first_invalid_offset"]
     valid, invalid = ev["utf8_multibyte_chars"], ev["utf8_invalid_bytes"]
     share = gb2312_share(data)
-    if isinstance(share, UnicodeDecodeError):
+    if isinstance(share, Invalid):
         if errors == "replace":
             ev["rule"] = f"neither UTF-8 nor GB18030 (invalid at byte {share.start}); encoding_errors replace reads UTF-8"
             return Decoded(label, bom, ev, invalid, replaced(data, "utf-8", bom))

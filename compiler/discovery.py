@@ -40,27 +40,6 @@ def data_suffix(p: Path) -> tuple[str, str | None]:
     return suffix, None
 
 
-def decompress(data: bytes, compression: str | None, file: str, source: str) -> bytes:
-    """The file's bytes as its format reader reads them."""
-    if compression is None:
-        return data
-    try:
-        if compression == "gzip":
-            import gzip
-            return gzip.decompress(data)
-        if compression == "bz2":
-            import bz2
-            return bz2.decompress(data)
-        if compression == "xz":
-            import lzma
-            return lzma.decompress(data)
-        import pyarrow as pa
-        return pa.CompressedInputStream(pa.BufferReader(data), "zstd").read()
-    except Exception as e:  # each codec raises its own class (OSError, EOFError, LZMAError, ArrowInvalid)
-        raise FtcError("FTC216", file=file, path=f"sources.{source}.path", compression=compression,
-                       reason=(str(e).splitlines() or [type(e).__name__])[0][:200]) from None
-
-
 _TEXT_KEYS = {"delimiter": ("csv", "tsv"), "on_malformed": ("csv", "tsv"),
               "encoding": ("csv", "tsv", "json", "jsonl"), "encoding_errors": ("csv", "tsv", "json", "jsonl")}
 

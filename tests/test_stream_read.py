@@ -1,0 +1,157 @@
+"""Sources are read in bounded batches (issue 15, section 1), and that changes no result.
+
+The same project is compiled twice: with the default batch sizes, and with every read unit
+shrunk (blocks of 4 KiB, CSV parser blocks that a long cell does not fit in, JSON Lines and
+Parquet batches of 7 rows). The lock and every artifact must be the same bytes. Then: Arrow
+never holds a file whole while it is read, files that disagree on columns get the schema
+``pa.concat_tables`` gives them, and a strict decode that fails across a block end names the
+exact byte.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from conftest import write_recipe
+
+TPL = {"format": "prompt_completion", "prompt": "{{ q }} {{ n or '' }} {{ late or '' }}", "completion": "{{ a }}"}
+
+
+def _medical(shared: Path, nbytes: int) -> bytes:
+    """The head of the real GB18030 medical CSV, cut at a line end (it holds multi-line records)."""
+    data = (shared / "data/medical/IM_内科/内科5000-6000_part1.csv").read_bytes()
+    return data[:nbytes].rsplit(b"\n", 1)[0] + b"\n"
+
+
+def _project(folder: Path, shared: Path) -> Path:
+    """One folder source of every format: GB18030 CSV (gzip), UTF-8 CSV with a BOM and a long cell,
+    JSON Lines whose types change along the file, Parquet in many row groups."""
+    d = folder / "data"
+    d.mkdir(parents=True)
+    (d / "a.csv.gz").write_bytes(gzip.compress(_medical(shared, 150_000), mtime=0))
+    rows = "".join(f"café {i},\"naïve\nrésumé {i}\"\n" if i % 9 else f"q{i},{'长' * 6000}\n" for i in range(200))
+    (d / "b.csv").write_bytes(b"\xef\xbb\xbf" + ("q,a\n" + rows).encode("utf-8"))
+    lines = []
+    for i in range(150):  # int, then float; a key first seen at row 100; alternatives row by row
+        r = {"question": f"jq{i}"} if i % 3 else {"q": f"jq{i}", "question": ""}
+        r.update(a=f"ja{i}", n=i if i < 60 else i + 0.5, **({"late": f"l{i}"} if i >= 100 else {}))
+        lines.append(json.dumps(r, ensure_ascii=False))
+    (d / "c.jsonl").write_text("\n".join(lines) + "\n\n", encoding="utf-8")
+    pq.write_table(pa.table({"q": [f"pq{i}" for i in range(90)], "answer": [f"pa{i}" for i in range(90)]}),
+                   d / "d.parquet", row_group_size=11)
+    (d / "jl").mkdir()
+    (d / "c.jsonl").rename(d / "jl" / "c.jsonl")
+    src = {"path": "data", "columns": {"q": ["q", "question", "ask"], "a": ["a", "answer"]}, "transforms": [{"strip": True}]}
+    jl = {"path": "data/jl", "columns": {"q": ["q", "question"], "a": "a", "n": "n", "late": "late"},
+          "transforms": [{"derive": {"late": "coalesce(late, '-')"}}]}
+    return write_recipe(folder, {"sources": {"s": src, "j": jl}, "template": TPL,
+                                 "transforms": [{"drop_empty": ["q", "a"]}], "split": {"eval": 0.1, "seed": 1}})
+
+
+def _shrink(monkeypatch) -> None:
+    from ftc.compiler import blob, readers
+
+    monkeypatch.setattr(blob, "BLOCK", 4096)
+    monkeypatch.setattr(readers, "CSV_BLOCK", 4096)  # smaller than the long cells: the file restarts
+    monkeypatch.setattr(readers, "ROWS", 7)
+
+
+def _compiled(cli, recipe: Path) -> tuple[bytes, dict[str, bytes]]:
+    out = recipe.parent / "plan.lock"
+    code, _, err = cli("compile", recipe, "-o", out)
+    assert code == 0, err
+    lock = json.loads(out.read_text(encoding="utf-8"))
+    arts = {f"{kind}.{split}": (recipe.parent / a["path"]).read_bytes()
+            for kind, group in lock["artifacts"].items() for split, a in group.items()}
+    return out.read_bytes(), arts
+
+
+def test_tiny_read_batches_give_the_same_lock_and_artifacts(cli, tmp_path, shared, monkeypatch):
+    lock_a, arts_a = _compiled(cli, _project(tmp_path / "a", shared))
+    _shrink(monkeypatch)
+    from ftc.compiler import ingest
+
+    batches = []
+    add = ingest.SourceTable.add
+    monkeypatch.setattr(ingest.SourceTable, "add", lambda self, t: (batches.append(t.num_rows), add(self, t))[1])
+    lock_b, arts_b = _compiled(cli, _project(tmp_path / "b", shared))
+    assert len(batches) > 40 and max(batches) < 400  # it did read in small batches
+    assert lock_b == lock_a
+    assert arts_b.keys() == arts_a.keys() and all(arts_b[k] == arts_a[k] for k in arts_a)
+    sources = json.loads(lock_a)["sources"]
+    files = {f["path"]: f for s in sources.values() for f in s["files"]}
+    assert files["data/a.csv.gz"]["encoding"] == "gb18030" and files["data/a.csv.gz"]["compression"] == "gzip"
+    assert files["data/b.csv"]["lines"]["multiline_records"] == 177  # the quoted values with a line break (i % 9)
+    assert files["data/jl/c.jsonl"]["columns"]["q"] == "q (50 rows), question (100 rows)"
+    assert files["data/b.csv"]["encoding"] == "utf-8-sig" and files["data/d.parquet"]["rows"] == 90
+
+
+def test_arrow_never_holds_a_file_whole(cli, tmp_path, shared, monkeypatch):
+    """What Arrow holds while a GB18030 file is read does not grow with the file: four times the
+    rows add less than a quarter of the bigger file (holding it whole, as UTF-8 Arrow strings,
+    would add more than the file)."""
+    from ftc.compiler import ingest, readers
+
+    monkeypatch.setattr(readers, "CSV_BLOCK", 1 << 14)  # pyarrow reads up to 32 blocks ahead
+    held: list[int] = []
+    add = ingest.SourceTable.add
+    monkeypatch.setattr(ingest.SourceTable, "add", lambda self, t: (held.append(pa.total_allocated_bytes()), add(self, t))[1])
+    data = _medical(shared, 1_700_000)
+    peaks = []
+    for copies in (1, 4):
+        folder = tmp_path / str(copies)
+        folder.mkdir()
+        (folder / "big.csv").write_bytes(data + data.split(b"\n", 1)[1] * (copies - 1))
+        recipe = write_recipe(folder, {"sources": {"s": {"path": "big.csv", "columns": {"q": "ask", "a": "answer"}}},
+                                       "template": {"format": "prompt_completion", "prompt": "{{ q }}", "completion": "{{ a }}"}})
+        held.clear()
+        code, _, err = cli("compile", recipe, "-o", folder / "plan.lock")
+        assert code == 0, err
+        peaks.append(max(held))
+    assert len(held) > 200
+    assert peaks[1] - peaks[0] < len(data) * 4 / 4, (peaks, len(data))
+
+
+def test_files_that_disagree_get_the_schema_concat_gives(cli, tmp_path):
+    """A second file with one more column and a third with a number: read again under the unified
+    schema, with nulls where a file has no such column (as ``pa.concat_tables`` would)."""
+    (tmp_path / "d").mkdir()
+    (tmp_path / "d/a.csv").write_text("q,a\nx1,y1\n", encoding="utf-8")
+    (tmp_path / "d/b.csv").write_text("q,a,extra\nx2,y2,e2\n", encoding="utf-8")
+    (tmp_path / "d/c.jsonl").write_text('{"q": "x3", "a": "y3", "score": 3}\n', encoding="utf-8")
+    recipe = write_recipe(tmp_path, {"sources": {"s": {"path": "d"}}, "split": {"eval": 0, "seed": 0},
+                                     "template": {"format": "prompt_completion", "prompt": "{{ q }}", "completion": "{{ a }}"}})
+    code, _, err = cli("compile", recipe, "-o", tmp_path / "plan.lock")
+    assert code == 0, err
+    lock = json.loads((tmp_path / "plan.lock").read_text(encoding="utf-8"))
+    data = pq.read_table(tmp_path / lock["artifacts"]["data"]["train"]["path"]).to_pylist()
+    assert [r["prompt"] for r in data] == ["x1", "x2", "x3"]
+    assert [f["rows"] for f in lock["sources"]["s"]["files"]] == [1, 1, 1]
+
+
+@pytest.mark.parametrize("block", [4096, 4097, 4099])
+def test_a_strict_decode_names_the_exact_byte_across_block_ends(cli, tmp_path, shared, monkeypatch, block):
+    """GB18030 past the 1 MiB plausibility sample fails at a byte a block end may cut a character
+    before: the offset is the byte's own. And UTF-8 with a defect, likewise."""
+    from ftc.compiler import blob
+
+    monkeypatch.setattr(blob, "BLOCK", block)
+    head = _medical(shared, 1_200_000)
+    data = head + "好".encode("gb18030") * 5 + b"\xff\xff,x\n"
+    (tmp_path / "g.csv").write_bytes(data)
+    recipe = write_recipe(tmp_path, {"sources": {"s": {"path": "g.csv", "columns": {"q": "ask", "a": "answer"}}},
+                                     "template": {"format": "prompt_completion", "prompt": "{{ q }}", "completion": "{{ a }}"}})
+    code, _, err = cli("compile", recipe, "-o", tmp_path / "plan.lock")
+    at = data.index(b"\xff\xff")
+    assert code == 2 and "FTC201" in err and f"invalid byte at offset {at} " in err, err
+    utf8 = ("q,a\n" + "".join(f"café {i},naïve {i}\n" for i in range(2000))).encode("utf-8")
+    bad = utf8.index("café 1500".encode()) + 3  # inside "é": its second byte replaced
+    (tmp_path / "g.csv").write_bytes(utf8[:bad + 1] + b"\x41" + utf8[bad + 2:])
+    code, _, err = cli("compile", recipe, "-o", tmp_path / "plan.lock")
+    assert code == 2 and "FTC213" in err and f"byte offset {bad}" in err, err
