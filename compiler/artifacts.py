@@ -13,28 +13,35 @@ from ftc.compiler.inputs import sha256_file
 from ftc.compiler.lock import relpath
 
 WRITE_BATCH = 2048  # rows per batch handed to DuckDB's Parquet writer; divides ROW_GROUP_SIZE
+WRITE_THREADS = 1  # one: the row groups' cut (so the bytes) and the memory do not depend on timing (see write_parquet)
 
 
 def write_parquet(table: pa.Table | Iterable[pa.Table], cache: Path, split: str, recipe_dir: Path, write: bool,
                    schema: pa.Schema | None = None) -> dict:
     """Content-addressed Parquet: the file name carries its own sha256.
 
-    DuckDB writes it (row groups encoded in parallel) from its own connection, which
-    only ever sees this Arrow table, never a recipe's SQL. The bytes are the same on
-    every run (tests/test_determinism.py) because both things they depend on are fixed
-    here: the row order, since the query is a bare scan of one Arrow table and
-    ``preserve_insertion_order`` (set, not left to a default) makes COPY write a scan's
-    batches in their order (an ORDER BY would pin the same order at twice the cost);
-    and the row groups, which DuckDB cuts at batch boundaries, so the table is handed
-    over in batches of 2,048 rows whatever chunks it arrived in (DuckDB's result
-    chunks vary from run to run). ``table`` may also be an iterable of tables (of ``schema``),
-    written as they come: the same 2,048-row batches, so the same bytes, in bounded memory.
+    DuckDB writes it from its own connection, which only ever sees this Arrow table,
+    never a recipe's SQL. The bytes are the same on every run (tests/test_determinism.py)
+    because everything they depend on is fixed here: the row order, since the query is a
+    bare scan of one Arrow table and ``preserve_insertion_order`` (set, not left to a
+    default) makes COPY write a scan's batches in their order (an ORDER BY would pin the
+    same order at twice the cost); and the row groups, which DuckDB cuts at batch
+    boundaries, so the table is handed over in batches of 2,048 rows whatever chunks it
+    arrived in (DuckDB's result chunks vary from run to run), by ONE writer thread
+    (WRITE_THREADS). With two, the cut raced: of three concurrent writes of the same
+    1.2M token rows, one cut row group 13 of 19 a batch short (63,488 rows), so other
+    bytes and another sha256 for the same rows; and the two threads read the stream far
+    ahead of the encoder, 2.5 GiB peak against 0.8 GiB with one (the compile's peak at
+    0.6M-2.4M rows was this write). One thread costs about 10 s per 470M ids encoded.
+    ``table`` may also be an iterable of tables (of ``schema``), written as they come:
+    the same 2,048-row batches, so the same bytes, in bounded memory.
     """
     import duckdb
 
     cache.mkdir(parents=True, exist_ok=True)
     tmp = cache / f".{split}-{os.getpid()}.parquet.tmp"
-    con = duckdb.connect(":memory:", config={"threads": 2, "preserve_insertion_order": True})
+    con = duckdb.connect(":memory:", config={"threads": WRITE_THREADS, "preserve_insertion_order": True})
+    con.execute("SET enable_progress_bar = false")  # compile draws its own; DuckDB's went to stdout
     try:
         if isinstance(table, pa.Table):
             schema, rows = table.schema, table.num_rows
