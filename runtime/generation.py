@@ -68,7 +68,6 @@ def plan_generation(asked: str, *, load_in_4bit: bool, world_size: int) -> Gener
     return GenerationChoice(asked, FAST, "auto: LoRA merged into a generation copy, re-merged after every optimizer step")
 
 
-
 def for_backend(choice: GenerationChoice, backend: str) -> GenerationChoice:
     """`choice` once the backend is known. Under unsloth, "auto" takes TRL's own generate: unsloth
     patches the Qwen2/Llama classes process-wide, so a merged copy runs unsloth's forward, and its
@@ -79,7 +78,13 @@ def for_backend(choice: GenerationChoice, backend: str) -> GenerationChoice:
                                                         "copy slower than TRL's generate; measured, BENCHMARKS.md)")
     return choice
 
+
 PROMPT_BUCKET = 64  # prompt widths and the static cache's length go in these steps (see MergedGenerator.static_cache)
+
+
+def bucketed(n: int) -> int:
+    """`n` rounded up to a multiple of PROMPT_BUCKET."""
+    return -(-n // PROMPT_BUCKET) * PROMPT_BUCKET
 
 
 class MergedGenerator:
@@ -135,7 +140,7 @@ class MergedGenerator:
         width = max(len(p) for p in prompt_ids)
         if self.compile_cache:
             # Prompt widths in PROMPT_BUCKET steps: the prefill sees a few shapes, not one per step.
-            width = -(-width // PROMPT_BUCKET) * PROMPT_BUCKET
+            width = bucketed(width)
         ids = torch.tensor([[pad_token_id] * (width - len(p)) + list(p) for p in prompt_ids], device=device)
         mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompt_ids], device=device)
         kwargs = {k: v for k, v in generation_kwargs.items() if k != "cache_implementation"}
@@ -155,8 +160,7 @@ class MergedGenerator:
         a prompt longer than the plan's max_prompt_length said)."""
         from transformers import StaticCache
 
-        longest = max(width, self.max_prompt_length or 0)
-        length = -(-longest // PROMPT_BUCKET) * PROMPT_BUCKET + max_new_tokens
+        length = bucketed(max(width, self.max_prompt_length or 0)) + max_new_tokens
         if self.cache is not None:
             built_batch, built_length = self.cache_shape
             if built_batch == batch and built_length >= width + max_new_tokens:

@@ -133,8 +133,7 @@ class GRPO:
 
     def trainer(self, data: PromptData, *, tokenizer: Any, setup: ModelSetup) -> tuple[type, dict]:
         choice = for_backend(data.generation, setup.backend)  # what generates, now that the backend is known
-        trainer_class = _trainer_class(data.max_prompt_length, data.prompt_ids, fast=choice.path == FAST)
-        trainer_class.generation_choice = choice
+        trainer_class = _trainer_class(data.max_prompt_length, data.prompt_ids, generation=choice)
         print(f"ftc: GRPO generation: {choice.path} ({choice.reason})", file=sys.stderr)
         return trainer_class, {"reward_funcs": data.reward_funcs}
 
@@ -259,10 +258,10 @@ def _dataset(table: Any) -> Any:
 
 
 def _trainer_class(max_prompt_length: int, prompt_ids: dict[str, list[int]], base: type | None = None, *,
-                   fast: bool = False) -> type:
+                   generation: GenerationChoice | None = None) -> type:
     """GRPOTrainer (or `base`, a class that stands for it) that cuts prompts to max_prompt_length
-    (TRL 1.x no longer does), counts the tokens of every batch it trains on and, with `fast`,
-    samples from a merged generation copy (`generation.py`). FTC756 when the class has no
+    (TRL 1.x no longer does), counts the tokens of every batch it trains on and, when `generation`
+    is the fast path, samples from a merged generation copy (`generation.py`). FTC756 when the class has no
     `_tokenize_prompts` to cut them in (another TRL than the README's)."""
     if base is None:
         from trl import GRPOTrainer
@@ -275,9 +274,9 @@ def _trainer_class(max_prompt_length: int, prompt_ids: dict[str, list[int]], bas
 
     class FtcGRPOTrainer(base):
         token_counter: TokenCounter | None = None
-        generation_choice: GenerationChoice | None = None  # set by GRPO.trainer, for run.json
+        generation_choice = generation  # what generates, and why (run.json)
         merged_generator: MergedGenerator | None = None
-        fast_generation = fast
+        fast_generation = generation is not None and generation.path == FAST
         fast_failed: str | None = None  # why the fast path fell back to TRL's, if it did
 
         def _generate_single_turn(self, prompt_ids, images, multimodal_fields, num_generations, has_tool_images=False):

@@ -127,25 +127,8 @@ if what == "compile_no_tokenize":
 elif what in ("article_loader", "article_datasets_map"):
     from pathlib import Path
     import pandas as pd
-    PROMPT = "你是一个专业的医疗助手。请根据患者的问题提供专业、准确的回答。\n\n### 问题:\n{}\n\n### 回答:\n"  # test_bench_compile.py
-    rows = []
-    for csv in sorted((Path(proj) / "data").glob("*/*.csv")):
-        department = csv.parent.name.split("_", 1)[1]
-        for enc in ("utf-8", "gb18030"):
-            try:
-                df = pd.read_csv(csv, encoding=enc)
-                break
-            except UnicodeDecodeError:
-                continue
-        for _, row in df.iterrows():
-            try:
-                q = str(row["ask"]).strip()
-                a = str(row["answer"]).strip()
-                if not q or not a or q == "nan" or a == "nan":
-                    continue
-                rows.append({"prompt": PROMPT.format(q), "completion": a, "department": department})
-            except Exception:
-                continue
+    from article import article_rows  # tests/bench/article.py (sys.argv[3] is on the path)
+    rows = article_rows(Path(proj))
     out["loaded_s"] = round(time.perf_counter() - t0, 2)
     if what == "article_loader":
         pd.DataFrame(rows).to_parquet(Path(proj) / "article.parquet")

@@ -14,14 +14,12 @@ from pathlib import Path
 
 import pytest
 
+from article import article_rows
 from conftest import SHARED
 
 SRC = SHARED / "data/medical/IM_内科/内科5000-6000_part1.csv"
 REPEAT = 52  # 3,822 rows x 52 = 198,744 rows
 pytestmark = pytest.mark.skipif(not SRC.exists(), reason=f"{SRC} is absent")
-
-PROMPT = "你是一个专业的医疗助手。请根据患者的问题提供专业、准确的回答。\n\n### 问题:\n{}\n\n### 回答:\n"
-
 
 @pytest.fixture(scope="module")
 def project(tmp_path_factory) -> Path:
@@ -55,27 +53,10 @@ def ftc_compile(project: Path) -> int:
 
 
 def article_loader(project: Path) -> int:
-    """The seed article's way: pandas with an encoding fallback, then iterrows."""
+    """The seed article's way: pandas with an encoding fallback, then iterrows (article.py), written to Parquet."""
     import pandas as pd
 
-    rows = []
-    for csv in sorted((project / "data").glob("*/*.csv")):
-        department = csv.parent.name.split("_", 1)[1]
-        for enc in ("utf-8", "gb18030"):
-            try:
-                df = pd.read_csv(csv, encoding=enc)
-                break
-            except UnicodeDecodeError:
-                continue
-        for _, row in df.iterrows():
-            try:
-                q = str(row["ask"]).strip()
-                a = str(row["answer"]).strip()
-                if not q or not a or q == "nan" or a == "nan":
-                    continue
-                rows.append({"prompt": PROMPT.format(q), "completion": a, "department": department})
-            except Exception:
-                continue
+    rows = article_rows(project)
     pd.DataFrame(rows).to_parquet(project / "article.parquet")
     return len(rows)
 

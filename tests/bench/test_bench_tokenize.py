@@ -28,6 +28,7 @@ import io
 from pathlib import Path
 
 import pytest
+from article import PROMPT  # the seed article's prompt (article.py)
 
 SHARED = Path(__file__).resolve().parents[2].parent / "shared"
 SRC = SHARED / "data/medical/IM_内科/内科5000-6000_part1.csv"
@@ -35,7 +36,6 @@ TOKENIZER = SHARED / "tokenizers/qwen2.5-bpe"
 REPEAT = 13  # 3,822 rows x 13 = 49,686 rows
 ROUNDS = 5
 CHUNKS = 8  # as ftc.compiler.encode._CHUNKS
-PROMPT = "你是一个专业的医疗助手。请根据患者的问题提供专业、准确的回答。\n\n### 问题:\n{}\n\n### 回答:\n"
 
 pytestmark = pytest.mark.skipif(
     not SRC.exists() or not TOKENIZER.is_dir(), reason=f"real data or tokenizer absent under {SHARED}"
