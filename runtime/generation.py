@@ -5,7 +5,8 @@ Why (measured on the H200, ../shared/gpu/README.md): a GRPO step is generation, 
 `model.generate` through an unmerged PEFT adapter is per-token launch overhead plus the
 adapter's extra kernels: 25.4 s for the gsm8k_grpo batch, 2.3 s with the LoRA merged and a
 static compiled cache. So:
-- The copy is built once (`copy.deepcopy` of the PEFT model, `merge_and_unload`): a plain
+- The copy is built once (`copy.deepcopy` of the PEFT model, `merge_and_unload`, and any
+  forward a trainer patched onto the instance removed: see `_drop_forward_patches`): a plain
   transformers model, in eval mode, no gradients. Its memory is one more copy of the base.
 - After every optimizer step (checked when a generation batch starts, like TRL's vLLM weight
   sync on `global_step`) each LoRA layer's merged weight, base + `get_delta_weight`, is written
@@ -95,6 +96,7 @@ class MergedGenerator:
         `max_prompt_length`: the longest prompt the run feeds (the cache is sized for it once)."""
         t0 = time.perf_counter()
         self.copy = copy.deepcopy(peft_model).merge_and_unload()
+        self.patches_dropped = _drop_forward_patches(self.copy)
         self.copy.eval()
         self.copy.requires_grad_(False)
         self.compile_cache = compile_cache
@@ -169,6 +171,23 @@ class MergedGenerator:
         self.cache, self.cache_shape = StaticCache(config=self.copy.config, max_cache_len=length), (batch, length)
         self.caches_built += 1
         return self.cache
+
+
+def _drop_forward_patches(model: Any) -> list[str]:
+    """Remove instance-level `forward` overrides from every module of the copy; the modules' names.
+
+    Trainers patch the training model's forward in place: TRL's GRPOTrainer (`add_fused_lm_head`)
+    sets `model.forward = MethodType(_fused_forward, model)`, whose closure calls the ORIGINAL
+    model's bound forward. `deepcopy` rebinds the method to the copy but not the closure, so the
+    copy's generate ran the training model, the LoRA unmerged (measured on the H200: two fp32
+    LoRA GEMMs per Linear in every decode step, 40% of the GPU time). The copy only generates, so
+    the class's own forward is the right one."""
+    dropped = []
+    for name, module in model.named_modules():
+        if "forward" in vars(module):
+            del module.forward
+            dropped.append(name or "<root>")
+    return dropped
 
 
 def cut_after_eos(rows: list[list[int]], eos_token_ids: list[int]) -> list[list[int]]:

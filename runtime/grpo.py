@@ -332,7 +332,8 @@ def _generation_facts(choice: GenerationChoice, trainer: Any) -> dict:
         merges = gen.merge_seconds
         facts.update(copy_build_seconds=round(gen.build_seconds, 4), merges=len(merges),
                      merge_seconds_mean=round(sum(merges) / len(merges), 5) if merges else None,
-                     static_compiled_cache=gen.compile_cache, static_caches_built=gen.caches_built)
+                     static_compiled_cache=gen.compile_cache, static_caches_built=gen.caches_built,
+                     forward_patches_dropped=gen.patches_dropped)
     return facts
 
 

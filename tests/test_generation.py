@@ -102,6 +102,45 @@ def test_after_an_optimizer_step_the_copy_follows_the_adapter(policy):
     assert len(fast.merge_seconds) == 2 and all(s >= 0 for s in fast.merge_seconds)
 
 
+def test_the_copy_generates_even_after_trl_patched_the_training_models_forward(tmp_path):
+    """TRL's GRPOTrainer replaces the policy's forward on the instance (`add_fused_lm_head`), by a closure
+    over the original bound forward. A deepcopy kept that closure, so the "merged copy" generated through
+    the training model, LoRA unmerged: the fast path was only the compiled cache. Here the training
+    model's LoRA layers must not run at all while the copy generates, and the copy must still be stale
+    until synced (it is its own weights, not the policy's)."""
+    from peft import LoraConfig, get_peft_model
+    from peft.tuners.lora import LoraLayer
+    from transformers import AutoConfig, AutoModelForCausalLM
+    from trl.trainer.utils import add_fused_lm_head
+
+    torch.manual_seed(1)
+    folder = write_tiny_model_dir(tmp_path / "tiny", vocab_size=1024, eos_token_id=EOS, pad_token_id=PAD, bos_token_id=None,
+                                  initializer_range=0.2)
+    base = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(folder), dtype=torch.float32)
+    model = get_peft_model(base, LoraConfig(r=8, lora_alpha=16, target_modules="all-linear", task_type="CAUSAL_LM"))
+    add_fused_lm_head(model.get_base_model())  # what GRPOTrainer.__init__ does to the policy
+    assert "forward" in vars(model.get_base_model())
+    fast = MergedGenerator(model, compile_cache=False)
+    assert fast.patches_dropped == ["<root>"]
+    calls = []
+    hooks = [m.register_forward_hook(lambda *a: calls.append(1)) for m in model.modules() if isinstance(m, LoraLayer)]
+    try:
+        before = fast.generate(PROMPTS, generation_kwargs=GREEDY, eos_token_ids=[EOS], pad_token_id=PAD, device="cpu")
+    finally:
+        for h in hooks:
+            h.remove()
+    assert calls == []  # no LoRA layer of the training model ran
+    with torch.no_grad():  # change the policy: the unsynced copy must not see it
+        for name, param in model.named_parameters():
+            if "lora_B" in name:
+                param.normal_(0, 0.5)
+    changed = plain_generate(model, PROMPTS)
+    assert changed != before
+    assert fast.generate(PROMPTS, generation_kwargs=GREEDY, eos_token_ids=[EOS], pad_token_id=PAD, device="cpu") == before
+    fast.sync(model, step=1)
+    assert fast.generate(PROMPTS, generation_kwargs=GREEDY, eos_token_ids=[EOS], pad_token_id=PAD, device="cpu") == changed
+
+
 def test_one_static_cache_serves_every_call_that_fits_it(policy):
     """The CUDA path's cache (without compiling: transformers compiles only on an accelerator): one
     StaticCache sized for the plan's longest prompt, reset and reused by calls of other prompt widths,

@@ -16,7 +16,7 @@ the LoRA merge cost per optimizer step, and peak GPU memory. Results: one JSON p
 CPU side, once (writes .bench/grpo/, git-ignored; compiles with the real Qwen2.5 tokenizer):
   .venv/bin/python tests/bench/gpu_grpo.py prepare            # add --tiny for the CPU check
 Device side (carry [".whl", ".bench/grpo"]; see ../shared/gpu/README.md for the install line):
-  python3 tests/bench/gpu_grpo.py run --out $OUT --steps 6
+  python3 tests/bench/gpu_grpo.py run --out $OUT --steps 6 [--variants trl_plain,ftc_hf_fast,...] [--trace]
 CPU check of the whole script: prepare --tiny, then run --tiny --out /tmp/g --steps 2.
 """
 
@@ -78,9 +78,10 @@ def prepare(args) -> None:
     log(f"prepared {WORK} ({'tiny' if args.tiny else '1.5b'} shape); carry it with .whl")
 
 
-def summarize(metrics: list[dict], warmup: int = 1) -> dict:
-    """s/step after the first `warmup` steps, generated tokens/s and ftc's own generation timings."""
-    rows = [m for m in metrics if m.get("step_time") is not None][warmup:]
+def summarize(metrics: list[dict], warmup: int = 1, skip: int = 0) -> dict:
+    """s/step after the first `warmup` steps, generated tokens/s and ftc's own generation timings;
+    step `skip` (1-based: the one traced under torch.profiler) is left out."""
+    rows = [m for k, m in enumerate(m for m in metrics if m.get("step_time") is not None) if k + 1 != skip][warmup:]
     if not rows:
         return {"steps_timed": 0}
     step = sum(m["step_time"] for m in rows) / len(rows)
@@ -100,19 +101,25 @@ def summarize(metrics: list[dict], warmup: int = 1) -> dict:
 def ftc_variant(args, name: str, lock: str, backend: str) -> dict:
     run_dir = Path(os.environ.get("FTC_BENCH_WORK", "/tmp/ftc-bench")) / "grpo-runs" / name  # kept out of --out: adapters are large
     shutil.rmtree(run_dir, ignore_errors=True)
-    cmd = [sys.executable, "-m", "ftc", "run", str(WORK / lock), "--backend", backend, "--max-steps", str(args.steps),
+    entry = [__file__, "traced", "--trace", str(Path(args.out) / f"{name}.trace.json"), "--profile-call", str(args.profile_call),
+             "--"] if args.trace and name.endswith("_fast") else ["-m", "ftc"]
+    steps = args.fast_steps if args.trace and args.fast_steps and name.endswith("_fast") else args.steps
+    cmd = [sys.executable, *entry, "run", str(WORK / lock), "--backend", backend, "--max-steps", str(steps),
            "--output", str(run_dir)]
     t0 = time.time()
-    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
-    (Path(args.out) / f"{name}.log").write_text(proc.stdout + proc.stderr)
+    log_file = Path(args.out) / f"{name}.log"
+    with log_file.open("w") as fh:  # streamed: a call cut short still has the log so far
+        proc = subprocess.run(cmd, cwd=ROOT, stdout=fh, stderr=subprocess.STDOUT, text=True)
     if proc.returncode != 0:
-        return {"error": f"exit {proc.returncode}", "tail": (proc.stdout + proc.stderr)[-1500:]}
+        return {"error": f"exit {proc.returncode}", "tail": log_file.read_text()[-1500:]}
     for kept in ("run.json", "metrics.jsonl"):
         shutil.copy(run_dir / kept, Path(args.out) / f"{name}.{kept}")
     facts = json.loads((run_dir / "run.json").read_text())
     completions = facts["grpo"]["generation_batch_size"] // facts["grpo"]["steps_per_generation"]
     metrics = [{**json.loads(line), "_completions": completions} for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    return {**summarize(metrics), "wall_s": round(time.time() - t0, 1), "generation": facts["grpo"]["generation"],
+    profiled = args.profile_call if args.trace and name.endswith("_fast") else 0
+    return {**summarize(metrics, skip=profiled), "steps_run": steps, "profiled_step_left_out": profiled or None,
+            "wall_s": round(time.time() - t0, 1), "generation": facts["grpo"]["generation"],
             "peak_memory": facts.get("peak_memory"), "backend": facts["backend"]}
 
 
@@ -140,9 +147,13 @@ def trl_plain(args) -> None:
 
     metrics: list[dict] = []
 
+    peak = lambda: round(torch.cuda.max_memory_allocated() / 2**30, 2) if cuda else None  # noqa: E731
+
     class Keep(TrainerCallback):
         def on_log(self, a, state, control, logs=None, **kw):
             metrics.append({**(logs or {}), "_completions": train["per_device_train_batch_size"]})
+            log(f"trl_plain step {state.global_step}: {json.dumps(logs)[:300]}")  # progress, streamed to the log
+            Path(args.result).write_text(json.dumps({**summarize(metrics), "peak_memory_gib": peak(), "partial": True}, indent=1))
 
     config = GRPOConfig(output_dir=str(Path(args.out) / "trl_plain"), max_steps=args.steps, learning_rate=train["learning_rate"],
                         per_device_train_batch_size=train["per_device_train_batch_size"], gradient_accumulation_steps=1,
@@ -156,11 +167,12 @@ def trl_plain(args) -> None:
     if cuda:
         torch.cuda.reset_peak_memory_stats()
     trainer.train()
-    peak = round(torch.cuda.max_memory_allocated() / 2**30, 2) if cuda else None
-    Path(args.result).write_text(json.dumps({**summarize(metrics), "peak_memory_gib": peak}, indent=1))
+    Path(args.result).write_text(json.dumps({**summarize(metrics), "peak_memory_gib": peak()}, indent=1))
 
 
 def run_all(args) -> None:
+    """Each variant of --variants in the order given (put the anchor first: a call cut short keeps it);
+    summary.json is rewritten after every variant."""
     import importlib.util
 
     import torch
@@ -170,33 +182,73 @@ def run_all(args) -> None:
     results: dict = {"env": {"cuda": torch.cuda.is_available(), "torch": torch.__version__,
                              "device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"},
                      "steps": args.steps, "shape": json.loads((WORK / "model" / "config.json").read_text())["hidden_size"]}
-    variants = [("ftc_hf_fast", "auto.lock", "hf"), ("ftc_hf_generate", "generate.lock", "hf")]
-    if torch.cuda.is_available() and importlib.util.find_spec("unsloth") is not None:
-        variants.insert(1, ("ftc_unsloth_fast", "auto.lock", "unsloth"))
-    else:
-        results["ftc_unsloth_fast"] = {"skipped": "needs CUDA and unsloth"}
-    variants = [v for v in variants if v[0] in args.variants]
-    for name, lock, backend in variants:
+    ftc = {"ftc_hf_fast": ("auto.lock", "hf"), "ftc_unsloth_fast": ("auto.lock", "unsloth"),
+           "ftc_hf_generate": ("generate.lock", "hf")}
+    for name in args.variants:
         log(f"{name} ...")
-        results[name] = ftc_variant(args, name, lock, backend)
+        if name == "trl_plain":
+            with (out / "trl_plain.log").open("w") as fh:
+                proc = subprocess.run([sys.executable, __file__, "trl", "--out", str(out), "--steps", str(args.trl_steps or args.steps),
+                                       "--result", str(out / "trl_plain.json")], stdout=fh, stderr=subprocess.STDOUT, text=True)
+            results[name] = (json.loads((out / "trl_plain.json").read_text()) if proc.returncode == 0
+                              else {"error": f"exit {proc.returncode}", "tail": (out / "trl_plain.log").read_text()[-1500:]})
+        elif name == "ftc_unsloth_fast" and not (torch.cuda.is_available() and importlib.util.find_spec("unsloth")):
+            results[name] = {"skipped": "needs CUDA and unsloth"}
+        else:
+            results[name] = ftc_variant(args, name, *ftc[name])
         log(f"{name}: {json.dumps(results[name])[:400]}")
-    if "trl_plain" not in args.variants:
+        anchor = results.get("trl_plain", {}).get("s_per_step")
+        for other in ftc:
+            if anchor and results.get(other, {}).get("s_per_step"):
+                results[other]["speedup_vs_trl_plain"] = round(anchor / results[other]["s_per_step"], 2)
         (out / "summary.json").write_text(json.dumps(results, indent=1))
-        print(json.dumps(results, indent=1))
-        return
-    log("trl_plain ...")
-    proc = subprocess.run([sys.executable, __file__, "trl", "--out", str(out), "--steps", str(args.steps),
-                           "--result", str(out / "trl_plain.json")], capture_output=True, text=True)
-    (out / "trl_plain.log").write_text(proc.stdout + proc.stderr)
-    results["trl_plain"] = (json.loads((out / "trl_plain.json").read_text()) if proc.returncode == 0
-                            else {"error": f"exit {proc.returncode}", "tail": (proc.stdout + proc.stderr)[-1500:]})
-    log(f"trl_plain: {json.dumps(results['trl_plain'])[:400]}")
-    anchor = results["trl_plain"].get("s_per_step")
-    for name, _, _ in variants:
-        if anchor and results[name].get("s_per_step"):
-            results[name]["speedup_vs_trl_plain"] = round(anchor / results[name]["s_per_step"], 2)
-    (out / "summary.json").write_text(json.dumps(results, indent=1))
     print(json.dumps(results, indent=1))
+
+
+def traced(args) -> None:
+    """`ftc run` in this process with `MergedGenerator.generate` timed per call (CUDA-synchronized wall
+    seconds) and one call (--profile-call) under torch.profiler: is the in-trainer generation slower
+    because the GPU works longer (other kernels) or because it waits on the CPU (launches, Python)?"""
+    import torch
+
+    from ftc.cli import main as ftc_main
+    from ftc.runtime import generation
+
+    calls: list[dict] = []
+    plain = generation.MergedGenerator.generate
+
+    def timed(self, prompt_ids, **kw):
+        sync = torch.cuda.synchronize if torch.cuda.is_available() else (lambda: None)
+        k = len(calls) + 1
+        sync()
+        t0 = time.perf_counter()
+        if k == args.profile_call:
+            from torch.profiler import ProfilerActivity, profile
+
+            acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if torch.cuda.is_available() else [])
+            with profile(activities=acts) as prof:
+                out = plain(self, prompt_ids, **kw)
+                sync()
+            events = prof.key_averages()
+            device_us = sum(getattr(e, "self_device_time_total", 0) or 0 for e in events)
+            table = events.table(sort_by="self_device_time_total" if torch.cuda.is_available() else "self_cpu_time_total",
+                                 row_limit=30, max_name_column_width=60)
+            Path(args.trace).with_suffix(".profile.txt").write_text(table)
+        else:
+            out = plain(self, prompt_ids, **kw)
+            device_us = None
+        sync()
+        row = {"call": k, "seconds": round(time.perf_counter() - t0, 3), "new_tokens": sum(len(o) for o in out),
+               "width": max(len(p) for p in prompt_ids), "cache_len": self.cache_shape[1], "caches_built": self.caches_built}
+        if device_us is not None:
+            row["profiled_device_busy_s"] = round(device_us / 1e6, 3)
+        calls.append(row)
+        log(f"generate {json.dumps(row)}")
+        Path(args.trace).write_text(json.dumps(calls, indent=1))
+        return out
+
+    generation.MergedGenerator.generate = timed
+    raise SystemExit(ftc_main(args.rest))
 
 
 def main() -> None:
@@ -213,9 +265,19 @@ def main() -> None:
             s.add_argument("--result", required=True)
         else:
             s.add_argument("--variants", type=lambda x: x.split(","),
-                           default=["ftc_hf_fast", "ftc_unsloth_fast", "ftc_hf_generate", "trl_plain"])
+                           default=["trl_plain", "ftc_hf_fast", "ftc_unsloth_fast", "ftc_hf_generate"])
+            s.add_argument("--trl-steps", type=int, default=0, help="steps for trl_plain (default: --steps)")
+            s.add_argument("--fast-steps", type=int, default=0, help="with --trace: steps for the traced fast variants")
+            s.add_argument("--trace", action="store_true", help="time every fast-path generate call (traced)")
+            s.add_argument("--profile-call", type=int, default=3, help="with --trace: the call run under torch.profiler")
+    s = sub.add_parser("traced", help="ftc run with the fast generator timed per call (what run --trace runs)")
+    s.add_argument("--trace", required=True)
+    s.add_argument("--profile-call", type=int, default=0)
+    s.add_argument("rest", nargs=argparse.REMAINDER)
     args = p.parse_args()
-    {"prepare": prepare, "run": run_all, "trl": trl_plain}[args.cmd](args)
+    if args.cmd == "traced" and args.rest[:1] == ["--"]:
+        args.rest = args.rest[1:]
+    {"prepare": prepare, "run": run_all, "trl": trl_plain, "traced": traced}[args.cmd](args)
 
 
 if __name__ == "__main__":
