@@ -8,7 +8,6 @@ what was read, how it was decoded, which column fed which field.
 
 from __future__ import annotations
 
-import hashlib
 import re
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -19,6 +18,7 @@ import pyarrow as pa
 
 from ftc.compiler import blob, discovery, readers
 from ftc.compiler.blob import Blob
+from ftc.compiler.inputs import source_sha256
 from ftc.compiler.lock import relpath
 from ftc.compiler.progress import MIN_BYTES, Progress
 from ftc.compiler.columns import _map, describe, map_columns, merge
@@ -189,7 +189,7 @@ def read_path_file(recipe: Recipe, name: str, spec: dict, f: Path, root: Path, p
         captured = {k: v for k, v in m.groupdict().items() if v is not None}
     raw = Blob.of_bytes(data) if data is not None else Blob.open(f)
     with raw:
-        size, sha = raw.size, raw.sha256()
+        size, sha = raw.size, (raw.sha256() if data is not None else source_sha256(f))
         block = None
         while True:
             body = blob.decompressed(raw, compression, rel_recipe, name) if compressed else raw
@@ -263,7 +263,7 @@ def _load_hf(recipe: Recipe, name: str, spec: dict, sink) -> SourceData:
              "rows": n, "columns": chosen}
     if hf.get("data_files"):
         facts["data_files"] = [
-            {"path": relpath(Path(p), recipe.dir), "sha256": hashlib.sha256(Path(p).read_bytes()).hexdigest()}
+            {"path": relpath(Path(p), recipe.dir), "sha256": source_sha256(Path(p))}  # in blocks, not read whole
             for p in kwargs["data_files"]
         ]
         facts["fingerprint"] = None  # the datasets cache fingerprint is path-dependent; the file hashes say it all

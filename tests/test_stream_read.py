@@ -294,3 +294,40 @@ def test_a_json_array_is_never_held_whole(tmp_path, monkeypatch):
         tracemalloc.stop()
     assert n == 24_000
     assert peak < size / 4, (peak, size)
+
+
+def test_a_source_file_is_hashed_once_per_compile(cli, tmp_path, monkeypatch):
+    """The cache key and the file's facts share one sha256 pass over each source file, and a file
+    written again (same size) is hashed again, not taken from that memory."""
+    import hashlib
+
+    made: list[str] = []
+    real = hashlib.sha256
+
+    class Counting:
+        def __init__(self, data: bytes = b""):
+            self.h = real(data)
+
+        def update(self, data) -> None:
+            self.h.update(data)
+
+        def hexdigest(self) -> str:
+            made.append(self.h.hexdigest())
+            return made[-1]
+
+    (tmp_path / "d").mkdir()
+    src = tmp_path / "d/a.csv"
+    src.write_text("q,a\n" + "".join(f"x{i},y{i}\n" for i in range(50)), encoding="utf-8")
+    recipe = write_recipe(tmp_path, {"sources": {"s": {"path": "d"}}, "split": {"eval": 0, "seed": 0},
+                                     "template": {"format": "prompt_completion", "prompt": "{{ q }}", "completion": "{{ a }}"}})
+    monkeypatch.setattr(hashlib, "sha256", Counting)
+    code, _, err = cli("compile", recipe, "-o", tmp_path / "plan.lock")
+    assert code == 0, err
+    sha = real(src.read_bytes()).hexdigest()
+    assert made.count(sha) == 1
+    assert json.loads((tmp_path / "plan.lock").read_text(encoding="utf-8"))["sources"]["s"]["files"][0]["sha256"] == sha
+    src.write_text(src.read_text(encoding="utf-8").replace("x7,", "z7,"), encoding="utf-8")
+    code, _, err = cli("compile", recipe, "-o", tmp_path / "plan.lock")
+    assert code == 0, err
+    lock = json.loads((tmp_path / "plan.lock").read_text(encoding="utf-8"))
+    assert lock["sources"]["s"]["files"][0]["sha256"] == real(src.read_bytes()).hexdigest() != sha
