@@ -19,7 +19,7 @@ import csv
 import io
 import os
 from dataclasses import dataclass, field
-from typing import Iterator
+from typing import Callable, Iterator
 
 import pyarrow as pa
 
@@ -45,6 +45,7 @@ class ReadResult:
     evidence: dict = field(default_factory=dict)  # why this encoding (compiler/decoding.py)
     replaced: int = 0  # undecodable bytes read as U+FFFD (encoding_errors "replace")
     lines: dict = field(default_factory=dict)  # CSV physical lines against records (compiler/csv_records.py)
+    tick: Callable[[], None] | None = None  # called as a JSON reader's parse moves on (the caller's progress bar)
 
 
 class Restart(Exception):
@@ -225,6 +226,15 @@ def _count_undecodable(data: Blob, enc: str, bom: int) -> int:
     return count
 
 
+def _ticking(pieces: Iterator[str], res: ReadResult) -> Iterator[str]:
+    """The pieces, telling ``res.tick`` after each one: a JSON file is parsed whole before its
+    first batch comes out, so its progress is the text's, not the batches'."""
+    for piece in pieces:
+        yield piece
+        if res.tick is not None:
+            res.tick()
+
+
 def _reading(data: Blob, fmt: str, dec: "decoding.Decoded", delimiter: str | None, file: str, source: str,
              on_malformed: str, block: int | None, refuse) -> ReadResult:
     """One text file through its format's reader; replaced text is read as the UTF-8 it became.
@@ -238,9 +248,9 @@ def _reading(data: Blob, fmt: str, dec: "decoding.Decoded", delimiter: str | Non
                 yield from read_delimited(body, label, bom, delimiter or ("\t" if fmt == "tsv" else ","), file, source,
                                           on_malformed, res, block)
             elif fmt == "json":
-                yield from read_json(lambda: _text(body, label, bom), file, source)
+                yield from read_json(lambda: _ticking(_text(body, label, bom), res), file, source)
             else:
-                yield from read_jsonl(lambda: _text(body, label, bom), body.size, bom, file, source)
+                yield from read_jsonl(lambda: _ticking(_text(body, label, bom), res), body.size, bom, file, source)
         except UnicodeDecodeError:
             raise refuse() from None
         finally:

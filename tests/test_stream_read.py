@@ -331,3 +331,40 @@ def test_a_source_file_is_hashed_once_per_compile(cli, tmp_path, monkeypatch):
     assert code == 0, err
     lock = json.loads((tmp_path / "plan.lock").read_text(encoding="utf-8"))
     assert lock["sources"]["s"]["files"][0]["sha256"] == real(src.read_bytes()).hexdigest() != sha
+
+
+@pytest.mark.parametrize("name, compress", [("big.csv", False), ("big.jsonl.gz", True)])
+def test_the_read_progress_moves_within_a_file(cli, tmp_path, monkeypatch, name, compress):
+    """One file of a source: the read bar moves batch by batch (in the file's own bytes, a
+    compressed file's too), never back, and ends at the file's size."""
+    from ftc.compiler import blob, progress, readers, sources
+
+    monkeypatch.setattr(blob, "BLOCK", 4096)
+    monkeypatch.setattr(readers, "CSV_BLOCK", 4096)  # pyarrow reads up to 32 blocks ahead of its rows
+    monkeypatch.setattr(readers, "ROWS", 500)
+    monkeypatch.setattr(sources, "MIN_BYTES", 1)
+    monkeypatch.setattr(progress, "_EVERY", 0.0)
+    seen: list[tuple[int, str]] = []
+
+    class Spy(progress.Progress):
+        def update(self, n: int, note: str = "") -> None:
+            super().update(n, note)
+            if self.label == "read s":
+                seen.append((self.done, note))
+    monkeypatch.setattr(sources, "Progress", Spy)
+    rows = [{"q": f"question {i}", "a": f"answer {i}"} for i in range(20_000)]
+    if name.endswith(".csv"):
+        body = ("q,a\n" + "".join(f"{r['q']},{r['a']}\n" for r in rows)).encode("utf-8")
+    else:
+        body = "".join(json.dumps(r) + "\n" for r in rows).encode("utf-8")
+    (tmp_path / name).write_bytes(gzip.compress(body, mtime=0) if compress else body)
+    size = (tmp_path / name).stat().st_size
+    recipe = write_recipe(tmp_path, {"sources": {"s": {"path": name}}, "split": {"eval": 0, "seed": 0},
+                                     "template": {"format": "prompt_completion", "prompt": "{{ q }}", "completion": "{{ a }}"}})
+    code, _, err = cli("compile", recipe, "-o", tmp_path / "plan.lock", "--progress")
+    assert code == 0, err
+    done = [d for d, note in seen]
+    assert done == sorted(done) and len([d for d in done if d < size]) >= 5, seen
+    assert {note for _, note in seen} == {"file 1/1"}
+    assert seen[-1] == (size, "file 1/1")
+    assert "read s:" in err and "/s, ETA" in err
