@@ -36,14 +36,17 @@ def assign_bins(lengths: Sequence[int] | np.ndarray, capacity: int) -> np.ndarra
     """
     if capacity < 1:
         raise ValueError("capacity must be positive")
-    lens = np.asarray(lengths, dtype=np.int64).reshape(-1)
+    lens = np.asarray(lengths).reshape(-1)  # an int32 array stays one (no 8-byte copy of a split's lengths)
+    if lens.dtype.kind not in "iu":
+        lens = lens.astype(np.int64)
     bad = np.flatnonzero((lens > capacity) | (lens < 0))
     if len(bad):
         i = int(bad[0])
         if lens[i] > capacity:
             raise FtcError("FTC603", row=i, tokens=int(lens[i]), capacity=capacity)
         raise ValueError(f"negative length {int(lens[i])} at index {i}")
-    order = np.argsort(-lens, kind="stable")  # longest first, ties by index
+    signed = lens.astype(np.int64) if lens.dtype.kind == "u" else lens
+    order = np.argsort(-signed, kind="stable")  # longest first, ties by index
     bin_of = np.empty(len(lens), np.int32)
     bins = 0
     by_room: dict[int, list[int]] = {}  # room -> heap of bin numbers with exactly that room
