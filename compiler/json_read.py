@@ -1,8 +1,8 @@
 """JSON sources, read in bounded memory: JSON Lines line by line, a JSON array element by element.
 
-Both go through one pipeline (``_spilled``): objects in batches of ``readers.ROWS``, each batch made a
-table the way one table of all the file's rows is made (``_from_rows``), spilled to a temporary
-Arrow file until the file is parsed, then cast to the schema Arrow's permissive promotion
+Both go through one pipeline (``_spilled``): objects in batches of ``size`` (``readers.ROWS``),
+each batch made a table the way one table of all the file's rows is made (``_from_rows``),
+spilled to a temporary Arrow file until the file is parsed, then cast to the schema Arrow's permissive promotion
 unifies the batches' schemas to, which is what inference over the whole file gives (a key
 first seen late, an int column that turns float). Where that cast is not possible the file is
 read whole, as it always was.
@@ -34,18 +34,19 @@ class _Whole(Exception):
     """The element-wise reading cannot vouch for this file: read it whole."""
 
 
-def read_json(text: Callable[[], Iterator[str]], file: str, source: str) -> Iterator[pa.Table]:
-    """A JSON array of objects (Alpaca, ShareGPT files). ``text`` gives the decoded text in pieces,
-    afresh at each call."""
+def read_json(text: Callable[[], Iterator[str]], file: str, source: str, size: int) -> Iterator[pa.Table]:
+    """A JSON array of objects (Alpaca, ShareGPT files) in batches of ``size`` objects. ``text`` gives
+    the decoded text in pieces, afresh at each call."""
     try:
-        yield from _spilled(lambda: _checked_objects(text()), file, "json", source, strict=True,
+        yield from _spilled(lambda: _checked_objects(text()), file, "json", source, size, strict=True,
                             whole=lambda: _json_whole(text, file, source))
     except _Whole:
         yield from _json_whole(text, file, source)
 
 
-def _json_whole(text: Callable[[], Iterator[str]], file: str, source: str) -> Iterator[pa.Table]:
-    """The document parsed whole: the one place JSON array errors are worded."""
+def _json_whole(text: Callable[[], Iterator[str]], file: str, source: str, size: int = 0) -> Iterator[pa.Table]:
+    """The document parsed whole, as one table: the one place JSON array errors are worded
+    (``size`` is not used: the signature is ``read_json``'s, so either can read a file)."""
     try:
         rows = json.loads("".join(text()))
     except json.JSONDecodeError as e:
@@ -130,19 +131,18 @@ def array_elements(pieces: Iterator[str]) -> Iterator[object]:
         raise _Whole()  # extra data after the array
 
 
-def read_jsonl(text: Callable[[], Iterator[str]], size: int, bom: int, file: str, source: str) -> Iterator[pa.Table]:
-    """JSON Lines in batches of ``readers.ROWS`` objects (``size`` and ``bom`` word an empty file)."""
+def read_jsonl(text: Callable[[], Iterator[str]], nbytes: int, bom: int, file: str, source: str,
+               size: int) -> Iterator[pa.Table]:
+    """JSON Lines in batches of ``size`` objects (``nbytes`` and ``bom`` word an empty file)."""
     def whole() -> Iterator[pa.Table]:
-        from ftc.compiler.readers import ROWS
-
         table = _from_rows(list(_jsonl_rows(text(), file, source)), file, "jsonl", source)
-        for b in table.to_batches(ROWS):
+        for b in table.to_batches(size):
             yield pa.Table.from_batches([b], table.schema)
 
     def empty() -> FtcError:
         return FtcError("FTC220", file=file, path=f"sources.{source}.path",
-                        what="the file is empty" if size <= bom else "only blank lines")
-    yield from _spilled(lambda: _jsonl_rows(text(), file, source), file, "jsonl", source, whole=whole, empty=empty)
+                        what="the file is empty" if nbytes <= bom else "only blank lines")
+    yield from _spilled(lambda: _jsonl_rows(text(), file, source), file, "jsonl", source, size, whole=whole, empty=empty)
 
 
 def _jsonl_rows(pieces: Iterator[str], file: str, source: str) -> Iterator[dict]:
@@ -173,14 +173,13 @@ def _with_end(pieces: Iterator[str]) -> Iterator[str | None]:
     yield None
 
 
-def _spilled(rows: Callable[[], Iterator[dict]], file: str, fmt: str, source: str, *,
+def _spilled(rows: Callable[[], Iterator[dict]], file: str, fmt: str, source: str, size: int, *,
              whole: Callable[[], Iterator[pa.Table]], empty: Callable[[], FtcError] | None = None,
              strict: bool = False) -> Iterator[pa.Table]:
     """The objects of ``rows()`` as tables of one schema, in bounded memory (see the module's text).
     ``strict``: a batch whose types disagree is ``_Whole`` (the whole reading words the error),
     not this batch's error."""
     from ftc.compiler.ingest import conform
-    from ftc.compiler.readers import ROWS  # read at each call: a test shrinks it
 
     with tempfile.TemporaryDirectory(prefix=f"ftc-{fmt}-") as tmp:
         pieces: list[tuple[pa.Schema, str]] = []  # runs of batches of one schema, each an IPC stream
@@ -205,7 +204,7 @@ def _spilled(rows: Callable[[], Iterator[dict]], file: str, fmt: str, source: st
         try:
             for row in rows():
                 batch.append(row)
-                if len(batch) == ROWS:
+                if len(batch) == size:
                     spill(batch)
                     batch = []
             if batch:

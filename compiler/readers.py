@@ -248,9 +248,9 @@ def _reading(data: Blob, fmt: str, dec: "decoding.Decoded", delimiter: str | Non
                 yield from read_delimited(body, label, bom, delimiter or ("\t" if fmt == "tsv" else ","), file, source,
                                           on_malformed, res, block)
             elif fmt == "json":
-                yield from read_json(lambda: _ticking(_text(body, label, bom), res), file, source)
+                yield from read_json(lambda: _ticking(_text(body, label, bom), res), file, source, ROWS)
             else:
-                yield from read_jsonl(lambda: _ticking(_text(body, label, bom), res), body.size, bom, file, source)
+                yield from read_jsonl(lambda: _ticking(_text(body, label, bom), res), body.size, bom, file, source, ROWS)
         except UnicodeDecodeError:
             raise refuse() from None
         finally:
