@@ -368,3 +368,31 @@ def test_the_read_progress_moves_within_a_file(cli, tmp_path, monkeypatch, name,
     assert {note for _, note in seen} == {"file 1/1"}
     assert seen[-1] == (size, "file 1/1")
     assert "read s:" in err and "/s, ETA" in err
+
+
+def test_duckdb_lets_go_of_the_rows_before_tokenizing(cli, tmp_path, monkeypatch):
+    """Once every row is rendered to a spill, the Normalizer's DuckDB (up to its 1 GB memory limit,
+    what grew under the token stages between 0.6M and 1.2M rows) is closed: tokenizing and the
+    token write run without it."""
+    import duckdb
+
+    from ftc.compiler import compile as compile_module
+
+    made, seen = [], []
+    init = compile_module.Normalizer.__init__
+    monkeypatch.setattr(compile_module.Normalizer, "__init__", lambda self, *a, **k: (made.append(self), init(self, *a, **k))[1])
+    tokenize = compile_module.tokenize_splits
+
+    def spy(*a, **k):
+        for norm in made:
+            with pytest.raises(duckdb.ConnectionException):
+                norm.con.execute("SELECT 1")
+        seen.append(len(made))
+        return tokenize(*a, **k)
+    monkeypatch.setattr(compile_module, "tokenize_splits", spy)
+    (tmp_path / "d.csv").write_text("q,a\n" + "".join(f"x{i},y{i}\n" for i in range(30)), encoding="utf-8")
+    recipe = write_recipe(tmp_path, {"sources": {"s": {"path": "d.csv"}}, "split": {"eval": 0.2, "seed": 0},
+                                     "template": {"format": "prompt_completion", "prompt": "{{ q }}", "completion": "{{ a }}"}})
+    code, _, err = cli("compile", recipe, "-o", tmp_path / "plan.lock")
+    assert code == 0, err
+    assert seen == [1]
