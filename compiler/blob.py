@@ -81,6 +81,11 @@ class Blob:
             h.update(chunk)
         return h.hexdigest()
 
+    def position(self) -> int:
+        """How far into the file the last read reached (a reader's progress; pyarrow's CSV reader
+        reads a few blocks ahead of the rows it has given)."""
+        return self.fh.tell()
+
     def stream(self, start: int = 0) -> BinaryIO:
         """The file object, positioned at ``start``, for a reader that pulls bytes itself (pyarrow's CSV)."""
         self.fh.seek(start)

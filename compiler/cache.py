@@ -28,7 +28,7 @@ from typing import Any, Iterator, Mapping
 
 import pyarrow as pa
 
-from ftc.compiler.inputs import sha256_file
+from ftc.compiler.inputs import sha256_file, source_sha256
 from ftc.compiler.lock import canonical, relpath
 from ftc.compiler.recipe import Recipe
 from ftc.errors import FtcError
@@ -143,7 +143,7 @@ def normalized_key(recipe: Recipe, versions: dict) -> str | None:
         files = {}
         for name, spec in data["sources"].items():
             found = discover(recipe, name, spec)
-            files[name] = {"read": [[relpath(f, recipe.dir), relpath(f, found.root), sha256_file(f)] for f in found.files],
+            files[name] = {"read": [[relpath(f, recipe.dir), relpath(f, found.root), source_sha256(f)] for f in found.files],
                            "unread": found.unread}
     except (FtcError, OSError):
         return None

@@ -119,6 +119,7 @@ def _compile_cold(recipe: Recipe, lock_path: Path, store: cache.Cache | None, ke
                                              schema=spill.schema)
         progress.close()
         samples[split] = [_sample(r, fmt) for r in spill.head.to_pylist()]
+    norm.con.close()  # every row is in a spill now: DuckDB's memory (up to its MEMORY_LIMIT) goes before tokenizing
 
     lock = head
     lock.update({

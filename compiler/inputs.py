@@ -42,6 +42,32 @@ def sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
+_SOURCE_HASHES: dict[tuple, str] = {}  # (device, inode, size, mtime_ns, ctime_ns) -> sha256 of a source file
+_SOURCE_HASHES_MAX = 65_536  # entries kept (a few MiB); past it the memo starts again
+
+
+def source_sha256(path: Path) -> str:
+    """sha256 of a source file, read once per compile: the cache key (``cache.normalized_key``)
+    and the file's facts (``sources.read_path_file``) both need it, and a 1 GB corpus took
+    seconds a pass. Remembered under the file's identity and change times (a write to the file
+    changes its ctime, which nothing can set back), and only when they did not move while it
+    was read; the drift checks and the artifact cache hash afresh (``sha256_file``)."""
+    def identity() -> tuple:
+        st = os.stat(path)
+        return st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns
+
+    before = identity()
+    known = _SOURCE_HASHES.get(before)
+    if known is not None:
+        return known
+    digest = sha256_file(path)
+    if identity() == before:
+        if len(_SOURCE_HASHES) >= _SOURCE_HASHES_MAX:
+            _SOURCE_HASHES.clear()
+        _SOURCE_HASHES[before] = digest
+    return digest
+
+
 def recipe_drift(plan: Plan) -> Drift | None:
     file = plan.recipe_file
     if not file.exists():

@@ -7,8 +7,8 @@ decoding happens here (pyarrow's transcoding stream / Python codecs) and DuckDB 
 ever sees Arrow.
 
 Nothing holds a file whole (issue 15): CSV/TSV go through pyarrow's streaming reader,
-JSON Lines are decoded and parsed in line batches, Parquet is read by batches. A JSON
-array is the exception: it is parsed whole (one document). A reading is a generator of
+JSON Lines and JSON arrays are decoded and parsed in batches of objects (``json_read.py``),
+Parquet is read by batches. A reading is a generator of
 tables whose facts (malformed rows, line accounting) are final once it is exhausted.
 """
 
@@ -17,15 +17,15 @@ from __future__ import annotations
 import codecs
 import csv
 import io
-import json
 import os
 from dataclasses import dataclass, field
-from typing import Iterator
+from typing import Callable, Iterator
 
 import pyarrow as pa
 
 from ftc.compiler import csv_records, decoding
 from ftc.compiler.blob import Blob
+from ftc.compiler.json_read import read_json, read_jsonl
 from ftc.errors import FtcError
 
 FORMATS = {".csv": "csv", ".tsv": "tsv", ".json": "json", ".jsonl": "jsonl", ".ndjson": "jsonl", ".parquet": "parquet"}
@@ -45,6 +45,7 @@ class ReadResult:
     evidence: dict = field(default_factory=dict)  # why this encoding (compiler/decoding.py)
     replaced: int = 0  # undecodable bytes read as U+FFFD (encoding_errors "replace")
     lines: dict = field(default_factory=dict)  # CSV physical lines against records (compiler/csv_records.py)
+    tick: Callable[[], None] | None = None  # called as a JSON reader's parse moves on (the caller's progress bar)
 
 
 class Restart(Exception):
@@ -143,120 +144,6 @@ def read_delimited(data: Blob, enc: str, bom: int, delimiter: str, file: str, so
                                     source, on_malformed)
 
 
-_JSON_TYPES = {str: "string", int: "number", float: "number", bool: "boolean", list: "array", type(None): "null"}
-
-
-def read_json(data: Blob, enc: str, bom: int, file: str, source: str) -> Iterator[pa.Table]:
-    """A JSON array of objects (Alpaca, ShareGPT files): one document, parsed whole."""
-    try:
-        rows = json.loads("".join(_text(data, enc, bom)))
-    except json.JSONDecodeError as e:
-        raise FtcError("FTC202", file=file, format="json", reason=f"{e.msg} at line {e.lineno}, column {e.colno}", source=source) from None
-    if isinstance(rows, dict):  # {"data": [...]} is common; take the single list inside
-        lists = [v for v in rows.values() if isinstance(v, list)]
-        if len(lists) == 1:
-            rows = lists[0]
-    if not isinstance(rows, list):
-        raise FtcError("FTC202", file=file, format="json", reason="expected an array of objects", source=source)
-    for i, r in enumerate(rows):
-        if not isinstance(r, dict):
-            raise FtcError("FTC221", file=file, path=f"sources.{source}.path", index=i, type=_JSON_TYPES.get(type(r), "value"),
-                           value=json.dumps(r, ensure_ascii=False)[:60])
-    if not rows:
-        raise FtcError("FTC220", file=file, path=f"sources.{source}.path", what="an empty array")
-    yield _from_rows(rows, file, "json", source)
-
-
-def _jsonl_rows(data: Blob, enc: str, bom: int, file: str, source: str) -> Iterator[dict]:
-    """The objects of a JSON Lines file, one line at a time."""
-    n, tail = 0, ""
-    # lines end at \n only: str.splitlines would also split at U+2028, U+0085..., which JSON strings may hold raw
-    for piece in [*_text(data, enc, bom), None]:
-        if piece is None:
-            lines, tail = [tail], ""
-        else:
-            lines = (tail + piece).split("\n")
-            tail = lines.pop()
-        for line in lines:
-            n += 1
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise FtcError("FTC202", file=file, format="jsonl", reason=f"line {n}: {e.msg} (column {e.colno})", source=source) from None
-            if not isinstance(row, dict):
-                raise FtcError("FTC202", file=file, format="jsonl", reason=f"line {n}: expected a JSON object", source=source)
-            yield row
-
-
-def read_jsonl(data: Blob, enc: str, bom: int, file: str, source: str) -> Iterator[pa.Table]:
-    """JSON Lines in batches of ``ROWS`` objects, spilled to a temporary Arrow file until the file
-    is parsed: its batches must share one schema, as one table of all its rows would have (a key
-    first seen late, an int column that turns float). Batches are cast to the schema Arrow's
-    permissive promotion unifies theirs to, which is what whole-file inference gives; where that
-    cast is not possible, the file is read whole as before."""
-    import tempfile
-
-    from ftc.compiler.ingest import conform
-
-    with tempfile.TemporaryDirectory(prefix="ftc-jsonl-") as tmp:
-        pieces: list[tuple[pa.Schema, str]] = []  # runs of batches of one schema, each an IPC stream
-        writer = None
-
-        def spill(rows: list[dict]) -> None:
-            nonlocal writer
-            t = _from_rows(rows, file, "jsonl", source)
-            if writer is None or not t.schema.equals(pieces[-1][0]):
-                if writer is not None:
-                    writer.close()
-                pieces.append((t.schema, f"{tmp}/{len(pieces)}.arrow"))
-                writer = pa.ipc.new_stream(pieces[-1][1], t.schema)
-            writer.write_table(t)
-
-        batch: list[dict] = []
-        try:
-            for row in _jsonl_rows(data, enc, bom, file, source):
-                batch.append(row)
-                if len(batch) == ROWS:
-                    spill(batch)
-                    batch = []
-            if batch:
-                spill(batch)
-        finally:
-            if writer is not None:
-                writer.close()
-        if not pieces:
-            raise FtcError("FTC220", file=file, path=f"sources.{source}.path",
-                           what="the file is empty" if data.size <= bom else "only blank lines")
-        target = pieces[0][0]
-        try:
-            if len(pieces) > 1:
-                target = pa.unify_schemas([sch for sch, _ in pieces], promote_options="permissive")
-                for sch, _ in pieces:  # a cast Arrow cannot make shows on an empty table of the piece's schema
-                    conform(sch.empty_table(), target)
-        except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError):
-            table = _from_rows(list(_jsonl_rows(data, enc, bom, file, source)), file, "jsonl", source)
-            for b in table.to_batches(ROWS):
-                yield pa.Table.from_batches([b], table.schema)
-            return
-        for sch, path in pieces:
-            with pa.OSFile(path) as f:
-                for b in pa.ipc.open_stream(f):
-                    t = pa.Table.from_batches([b], sch)
-                    yield t if sch.equals(target) else conform(t, target)
-
-
-def _from_rows(rows: list[dict], file: str, fmt: str, source: str) -> pa.Table:
-    # Every key of every row, in order of first appearance (from_pylist would take the
-    # first row's keys only and silently drop a key that first appears later).
-    keys = dict.fromkeys(k for r in rows for k in r)
-    try:
-        return pa.Table.from_pydict({k: [r.get(k) for r in rows] for k in keys})
-    except (pa.ArrowInvalid, pa.ArrowTypeError) as e:
-        raise FtcError("FTC202", file=file, format=fmt, reason=f"inconsistent value types across rows: {e}", source=source) from None
-
-
 def read_parquet(data: Blob, file: str, source: str) -> Iterator[pa.Table]:
     """Row groups as batches of ``ROWS`` rows; a file of no rows still gives its schema."""
     import pyarrow.parquet as pq
@@ -339,6 +226,15 @@ def _count_undecodable(data: Blob, enc: str, bom: int) -> int:
     return count
 
 
+def _ticking(pieces: Iterator[str], res: ReadResult) -> Iterator[str]:
+    """The pieces, telling ``res.tick`` after each one: a JSON file is parsed whole before its
+    first batch comes out, so its progress is the text's, not the batches'."""
+    for piece in pieces:
+        yield piece
+        if res.tick is not None:
+            res.tick()
+
+
 def _reading(data: Blob, fmt: str, dec: "decoding.Decoded", delimiter: str | None, file: str, source: str,
              on_malformed: str, block: int | None, refuse) -> ReadResult:
     """One text file through its format's reader; replaced text is read as the UTF-8 it became.
@@ -352,9 +248,9 @@ def _reading(data: Blob, fmt: str, dec: "decoding.Decoded", delimiter: str | Non
                 yield from read_delimited(body, label, bom, delimiter or ("\t" if fmt == "tsv" else ","), file, source,
                                           on_malformed, res, block)
             elif fmt == "json":
-                yield from read_json(body, label, bom, file, source)
+                yield from read_json(lambda: _ticking(_text(body, label, bom), res), file, source, ROWS)
             else:
-                yield from read_jsonl(body, label, bom, file, source)
+                yield from read_jsonl(lambda: _ticking(_text(body, label, bom), res), body.size, bom, file, source, ROWS)
         except UnicodeDecodeError:
             raise refuse() from None
         finally:

@@ -8,17 +8,17 @@ what was read, how it was decoded, which column fed which field.
 
 from __future__ import annotations
 
-import hashlib
 import re
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import ContextManager, Iterator, Protocol
+from typing import Callable, ContextManager, Iterator, Protocol
 
 import pyarrow as pa
 
 from ftc.compiler import blob, discovery, readers
 from ftc.compiler.blob import Blob
+from ftc.compiler.inputs import source_sha256
 from ftc.compiler.lock import relpath
 from ftc.compiler.progress import MIN_BYTES, Progress
 from ftc.compiler.columns import _map, describe, map_columns, merge
@@ -132,8 +132,14 @@ def load_source(recipe: Recipe, name: str, spec: dict, norm, ord_base: int, prog
         bar = Progress(f"read {name}", total, "bytes", enabled=progress and total >= MIN_BYTES)
         facts = []
         for i, f in enumerate(files):
-            facts.append(read_path_file(recipe, name, spec, f, root, pattern, sink))
-            bar.update(facts[-1].bytes, note=f"{i + 1}/{len(files)} files")
+            moved = [0]  # this file's bytes already on the bar (a file read again does not move it back)
+
+            def step(done: int, note: str = f"file {i + 1}/{len(files)}") -> None:
+                if done > moved[0]:
+                    bar.update(done - moved[0], note=note)
+                    moved[0] = done
+            facts.append(read_path_file(recipe, name, spec, f, root, pattern, sink, progress=step))
+            step(facts[-1].bytes)
         bar.close()
         return facts
 
@@ -170,11 +176,13 @@ def file_table(recipe: Recipe, name: str, spec: dict, f: Path, root: Path, patte
 
 
 def read_path_file(recipe: Recipe, name: str, spec: dict, f: Path, root: Path, pattern: re.Pattern | None,
-                   sink: Sink, *, data: bytes | None = None, compressed: bool = True) -> FileFacts:
+                   sink: Sink, *, data: bytes | None = None, compressed: bool = True,
+                   progress: Callable[[int], None] | None = None) -> FileFacts:
     """One file of a path source, as tables of fields plus the bookkeeping columns into ``sink``,
     and its facts. The one place a file's bytes become rows: read from disk block by block, or
     from ``data`` when given. A CSV record longer than the parser's block undoes the file's rows
-    (``sink.file()``) and reads it again with a block that holds it."""
+    (``sink.file()``) and reads it again with a block that holds it. ``progress`` is told, after
+    each batch, how far into the file (its bytes on disk) the reading has come."""
     rel_recipe = relpath(f, recipe.dir)
     rel_root = relpath(f, root)
     suffix, compression = discovery.data_suffix(f)
@@ -189,13 +197,14 @@ def read_path_file(recipe: Recipe, name: str, spec: dict, f: Path, root: Path, p
         captured = {k: v for k, v in m.groupdict().items() if v is not None}
     raw = Blob.of_bytes(data) if data is not None else Blob.open(f)
     with raw:
-        size, sha = raw.size, raw.sha256()
+        size, sha = raw.size, (raw.sha256() if data is not None else source_sha256(f))
         block = None
         while True:
             body = blob.decompressed(raw, compression, rel_recipe, name) if compressed else raw
             try:
                 with sink.file():
-                    res, rows, chosen = _read_rows(spec, fmt, body, captured, rel_recipe, rel_root, name, sink, block)
+                    res, rows, chosen = _read_rows(spec, fmt, body, captured, rel_recipe, rel_root, name, sink, block,
+                                                   _bytes_read(body, size, progress))
                 break
             except readers.Restart as r:
                 block = r.block
@@ -206,11 +215,20 @@ def read_path_file(recipe: Recipe, name: str, spec: dict, f: Path, root: Path, p
                      res.replaced, res.lines, compression)
 
 
+def _bytes_read(body: Blob, size: int, progress: Callable[[int], None] | None) -> Callable[[], None] | None:
+    """A call that tells ``progress`` how far the reader is into ``body``, in the file's own bytes
+    (a decompressed copy's position scaled to the compressed file's size)."""
+    if progress is None:
+        return None
+    return lambda: progress(min(size, body.position() * size // max(body.size, 1)))
+
+
 def _read_rows(spec: dict, fmt: str, body: Blob, captured: dict, file: str, rel_root: str, name: str, sink: Sink,
-               block: int | None) -> tuple[readers.ReadResult, int, dict]:
+               block: int | None, moved: Callable[[], None] | None = None) -> tuple[readers.ReadResult, int, dict]:
     """The file's batches through the column mapping into ``sink``: (the reading, rows, columns chosen)."""
     res = readers.read_file(body, fmt, spec.get("encoding", "auto"), spec.get("delimiter"), file, name,
                             spec["encoding_errors"], spec["on_malformed"], block)
+    res.tick = moved
     n, fed = 0, {}
     for raw in res.batches:
         table, chosen = _map(raw, spec.get("columns"), captured, file, name, n)
@@ -223,6 +241,8 @@ def _read_rows(spec: dict, fmt: str, body: Blob, captured: dict, file: str, rel_
         table = table.append_column("_row", pa.array(range(n + 1, n + k + 1), pa.int64()))
         sink.add(table)
         n += k
+        if moved is not None:
+            moved()
     return res, n, {k: describe(v) for k, v in fed.items()}
 
 
@@ -263,7 +283,7 @@ def _load_hf(recipe: Recipe, name: str, spec: dict, sink) -> SourceData:
              "rows": n, "columns": chosen}
     if hf.get("data_files"):
         facts["data_files"] = [
-            {"path": relpath(Path(p), recipe.dir), "sha256": hashlib.sha256(Path(p).read_bytes()).hexdigest()}
+            {"path": relpath(Path(p), recipe.dir), "sha256": source_sha256(Path(p))}  # in blocks, not read whole
             for p in kwargs["data_files"]
         ]
         facts["fingerprint"] = None  # the datasets cache fingerprint is path-dependent; the file hashes say it all

@@ -10,9 +10,8 @@ from __future__ import annotations
 import shutil
 import tempfile
 from dataclasses import dataclass
-from itertools import chain
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any, Iterable, Iterator, Sequence
 
 import numpy as np
 import pyarrow as pa
@@ -74,17 +73,17 @@ def tokenize_splits(recipe: Recipe, splits: dict[str, Spill], folder: Path, writ
             if res.rows == 0:
                 raise FtcError("FTC302", file=str(recipe.path), stage=f"tokenize ({split})",
                                counts=", ".join(f"{k}: {v}" for k, v in res.dropped.items()))
-            lens = res.lengths.tolist()
-            lengths[split] = lens
+            lengths[split] = res.lengths  # int32, for the histogram: never a list (36 bytes a row, not 4)
             schema = res.schema
             if packing:
                 with clock.stage("pack"):
-                    bins = pack.pack_bfd(lens, max_len)
-                pack_facts[split] = {"sequences": len(bins), "capacity": max_len,
-                                     "efficiency": round(pack.packing_efficiency(lens, bins, max_len), 6)}
+                    bin_of = pack.assign_bins(res.lengths, max_len)
+                sequences = int(bin_of.max()) + 1
+                pack_facts[split] = {"sequences": sequences, "capacity": max_len,
+                                     "efficiency": round(pack.packing_efficiency(res.lengths, sequences, max_len), 6)}
                 if split == "train":
-                    train_sequences = len(bins)
-                parts = _packed(res, bins, Path(tmp))
+                    train_sequences = sequences
+                parts = _packed(res, bin_of, Path(tmp))
                 schema = schema.append(pa.field("pack", pa.int32()))
             else:
                 parts = _unpacked(res.spill)
@@ -203,19 +202,24 @@ def _unpacked(spill: Path) -> Iterator[pa.Table]:
             yield pa.Table.from_batches([reader.get_batch(k)])
 
 
-def _packed(res: _Split, bins: list[list[int]], tmp: Path) -> Iterator[pa.Table]:
+def _packed(res: _Split, bin_of: np.ndarray, tmp: Path) -> Iterator[pa.Table]:
     """The spilled rows in packed order (bin after bin) with their ``pack`` number, a bucket at a time.
 
-    Each row's output position is known from the bins, so one pass over the spill sends every
-    row to the bucket of its position (a file per ``BUCKET`` positions), and each bucket is then
-    read alone, put in position order and handed on: two sequential passes, one bucket in memory.
+    Each row's output position is known from its bin (``bin_of``, a bin number per row), so one
+    pass over the spill sends every row to the bucket of its position (a file per ``BUCKET``
+    positions), and each bucket is then read alone, put in position order and handed on: two
+    sequential passes, one bucket in memory. Per row only two int32 arrays are held (the
+    position of each row, the bin at each position), not the bins as lists.
     """
+    from ftc.compiler.pack import packed_order
+
     n = res.rows
-    order = np.fromiter(chain.from_iterable(bins), np.int64, count=n)
-    pos = np.empty(n, np.int64)
-    pos[order] = np.arange(n, dtype=np.int64)
-    bin_of = np.repeat(np.arange(len(bins), dtype=np.int32), [len(b) for b in bins])
-    schema = res.schema.append(pa.field("_pos", pa.int64()))
+    order = packed_order(bin_of)
+    pos = np.empty(n, order.dtype)
+    pos[order] = np.arange(n, dtype=order.dtype)
+    del order
+    bin_at = np.sort(bin_of)  # the bin of each output position: bins are contiguous, in bin order
+    schema = res.schema.append(pa.field("_pos", pa.from_numpy_dtype(pos.dtype)))
     writers: dict[int, Any] = {}
     start = 0
     try:
@@ -237,7 +241,7 @@ def _packed(res: _Split, bins: list[list[int]], tmp: Path) -> Iterator[pa.Table]
             t = pa.ipc.open_stream(f).read_all()
         path.unlink()
         t = t.take(pc.sort_indices(t.column("_pos"))).drop_columns(["_pos"])
-        yield t.append_column("pack", pa.array(bin_of[j * BUCKET : j * BUCKET + t.num_rows], pa.int32()))
+        yield t.append_column("pack", pa.array(bin_at[j * BUCKET : j * BUCKET + t.num_rows], pa.int32()))
 
 
 def _keeping(parts: Iterable[pa.Table], kept: list[pa.Table]) -> Iterator[pa.Table]:
@@ -260,7 +264,7 @@ def tokenizer_location(recipe: Recipe, key: str = "tokenizer") -> str:
     return str(local) if local.is_dir() else name
 
 
-def write_reports(lock: dict, info: Any, lock_path: Path, *, lengths: dict[str, list[int]] | None = None,
+def write_reports(lock: dict, info: Any, lock_path: Path, *, lengths: dict[str, Sequence[int]] | None = None,
                   png: Path | None = None) -> bytes:
     """The length histogram (drawn from ``lengths``, or copied from ``png``) and the data report,
     beside the lock; the histogram's bytes, so the cache can keep them."""

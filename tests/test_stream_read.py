@@ -155,3 +155,244 @@ def test_a_strict_decode_names_the_exact_byte_across_block_ends(cli, tmp_path, s
     (tmp_path / "g.csv").write_bytes(utf8[:bad + 1] + b"\x41" + utf8[bad + 2:])
     code, _, err = cli("compile", recipe, "-o", tmp_path / "plan.lock")
     assert code == 2 and "FTC213" in err and f"byte offset {bad}" in err, err
+
+
+# -- JSON arrays: element by element, with exactly what reading the document whole gave
+
+
+def _json_text(n: int = 300) -> str:
+    """An array whose elements vary in spelling (indented, escaped, compact), with a number ending
+    most of them (a block end inside ``123`` must not give ``12``), an int column that turns float
+    at row 60, a key first seen at row 100, and cells longer than a 4 KiB block."""
+    parts = []
+    for i in range(n):
+        r = {"ask": f"jq{i} café \"{i}\"", "answer": ("长" * 3000 if i % 37 == 0 else f"ja{i}\n\u2028x"),
+             **({"late": f"l{i}"} if i >= 100 else {}), "n": i * 1001 if i < 60 else i + 0.25}
+        parts.append(json.dumps(r, ensure_ascii=i % 2 == 0, indent=2 if i % 5 == 0 else None))
+    return "  [\n" + ",\n\t ".join(parts) + "\r\n]\n\n"
+
+
+def _json_project(folder: Path, text: str) -> Path:
+    folder.mkdir(parents=True)
+    (folder / "d.json").write_text(text, encoding="utf-8")
+    src = {"path": "d.json", "columns": {"q": "ask", "a": "answer", "n": "n", "late": "late"},
+           "transforms": [{"derive": {"late": "coalesce(late, '-')"}}]}
+    return write_recipe(folder, {"sources": {"s": src}, "template": TPL, "split": {"eval": 0.1, "seed": 1}})
+
+
+def _read_whole(monkeypatch) -> None:
+    """Today's reading of a JSON array, the oracle: the document parsed whole."""
+    from ftc.compiler import json_read, readers
+
+    monkeypatch.setattr(readers, "read_json", json_read._json_whole)
+
+
+def _never_whole(monkeypatch) -> None:
+    from ftc.compiler import json_read
+
+    def refuse(*a, **k):
+        raise AssertionError("a valid JSON array was read whole")
+    monkeypatch.setattr(json_read, "_json_whole", refuse)
+
+
+def test_json_array_elements_match_json_loads_wherever_the_text_is_cut():
+    """Fed in pieces of every small size (so a cut falls at every offset once), the elements
+    are exactly ``json.loads``'s."""
+    from ftc.compiler.json_read import array_elements
+
+    text = _json_text(12) + " "
+    want = json.loads(text)
+    for size in (1, 2, 3, 5, 7, 64, 4096, len(text)):
+        pieces = (text[i : i + size] for i in range(0, len(text), size))
+        assert list(array_elements(pieces)) == want, size
+
+
+def test_a_json_array_streams_and_gives_the_lock_reading_it_whole_gave(cli, tmp_path, monkeypatch):
+    text = _json_text()
+    with monkeypatch.context() as m:
+        _read_whole(m)
+        lock_a, arts_a = _compiled(cli, _json_project(tmp_path / "a", text))
+    _never_whole(monkeypatch)
+    lock_b, arts_b = _compiled(cli, _json_project(tmp_path / "b", text))
+    _shrink(monkeypatch)
+    from ftc.compiler import ingest
+
+    batches = []
+    add = ingest.SourceTable.add
+    monkeypatch.setattr(ingest.SourceTable, "add", lambda self, t: (batches.append(t.num_rows), add(self, t))[1])
+    lock_c, arts_c = _compiled(cli, _json_project(tmp_path / "c", text))
+    assert len(batches) == -(-300 // 7)  # in batches of 7 objects
+    assert lock_b == lock_a and lock_c == lock_a
+    assert arts_b == arts_a and arts_c == arts_a
+    files = json.loads(lock_a)["sources"]["s"]["files"]
+    assert files[0]["rows"] == 300
+    data = pq.read_table(tmp_path / "a" / json.loads(lock_a)["artifacts"]["data"]["train"]["path"])
+    assert data.schema.field("n").type == pa.float64()  # the whole file's type, not the first batch's int64
+
+
+_P = "".join(f'{{"q": "p{i}", "a": "r{i}"}}, ' for i in range(40))  # 40 good objects (1,020 characters) first
+
+
+@pytest.mark.parametrize("text, words", [
+    ('[P{"q": "x", "a": "y"},\n {"q": "x2", "a": }]', ["FTC202", "Expecting value at line 2, column 19"]),
+    ('[P{"q": "x", "a": "y"}, 5]', ["FTC221", "element 41 of the array is a number (5), not an object"]),
+    ('[P{"q": "x", "a": "y"}] x', ["FTC202", "Extra data at line 1, column 1044"]),
+    ('[P{"q": "x", "a": "y"}, {"q": 1, "a": "z"}]', ["FTC202", "inconsistent value types across rows"]),
+    ('[P{"q": "x", "a": "y"}', ["FTC202", "Expecting ',' delimiter"]),
+    ('[P]', ["FTC202", "Expecting value at line 1, column 1022"]),  # a trailing comma
+    (' [ ] ', ["FTC220", "an empty array"]),
+    ('{"data": [P{"q": "x", "a": "y"}]}', None),  # the single list inside an object: rows, read whole
+])
+def test_a_json_array_that_cannot_stream_says_what_reading_it_whole_said(cli, tmp_path, monkeypatch, text, words):
+    """Where the element-wise reading cannot vouch for the file, the file is read whole: the same
+    error, word for word (or the same rows), also when the fault lies batches after the start."""
+    text = text.replace("P", _P)
+    results = []
+    for whole in (True, False):
+        with monkeypatch.context() as m:
+            if whole:
+                _read_whole(m)
+            else:
+                _shrink(m)
+            folder = tmp_path / str(whole)
+            folder.mkdir()
+            (folder / "d.json").write_text(text, encoding="utf-8")
+            recipe = write_recipe(folder, {"sources": {"s": {"path": "d.json"}}, "split": {"eval": 0, "seed": 0},
+                                           "template": {"format": "prompt_completion", "prompt": "{{ q }}",
+                                                        "completion": "{{ a }}"}})
+            code, _, err = cli("compile", recipe, "-o", folder / "plan.lock")
+            lock = (folder / "plan.lock").read_bytes() if code == 0 else None
+            results.append((code, err.replace(str(folder), "F"), lock))
+    assert results[1] == results[0]
+    if words is None:
+        assert results[0][0] == 0
+    else:
+        assert results[0][0] == 2 and all(w in results[0][1] for w in words), results[0][1]
+
+
+def test_a_json_array_is_never_held_whole(tmp_path, monkeypatch):
+    """Python's peak allocation while a 6 MB JSON array is read stays a small part of the file
+    (parsed whole, the text alone is the file and its objects several times it)."""
+    import tracemalloc
+
+    from ftc.compiler import blob, readers
+    from ftc.compiler.blob import Blob
+
+    monkeypatch.setattr(blob, "BLOCK", 1 << 16)
+    monkeypatch.setattr(readers, "ROWS", 1000)
+    rows = [{"q": f"question {i} " + "x" * 100, "a": f"answer {i} " + "y" * 100, "n": i} for i in range(24_000)]
+    path = tmp_path / "d.json"
+    path.write_text(json.dumps(rows, indent=1), encoding="utf-8")
+    size = path.stat().st_size
+    tracemalloc.start()
+    try:
+        with Blob.open(path) as data:
+            res = readers.read_file(data, "json", "utf-8", None, "d.json", "s", "strict", "error")
+            n = sum(t.num_rows for t in res.batches)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert n == 24_000
+    assert peak < size / 4, (peak, size)
+
+
+def test_a_source_file_is_hashed_once_per_compile(cli, tmp_path, monkeypatch):
+    """The cache key and the file's facts share one sha256 pass over each source file, and a file
+    written again (same size) is hashed again, not taken from that memory."""
+    import hashlib
+
+    made: list[str] = []
+    real = hashlib.sha256
+
+    class Counting:
+        def __init__(self, data: bytes = b""):
+            self.h = real(data)
+
+        def update(self, data) -> None:
+            self.h.update(data)
+
+        def hexdigest(self) -> str:
+            made.append(self.h.hexdigest())
+            return made[-1]
+
+    (tmp_path / "d").mkdir()
+    src = tmp_path / "d/a.csv"
+    src.write_text("q,a\n" + "".join(f"x{i},y{i}\n" for i in range(50)), encoding="utf-8")
+    recipe = write_recipe(tmp_path, {"sources": {"s": {"path": "d"}}, "split": {"eval": 0, "seed": 0},
+                                     "template": {"format": "prompt_completion", "prompt": "{{ q }}", "completion": "{{ a }}"}})
+    monkeypatch.setattr(hashlib, "sha256", Counting)
+    code, _, err = cli("compile", recipe, "-o", tmp_path / "plan.lock")
+    assert code == 0, err
+    sha = real(src.read_bytes()).hexdigest()
+    assert made.count(sha) == 1
+    assert json.loads((tmp_path / "plan.lock").read_text(encoding="utf-8"))["sources"]["s"]["files"][0]["sha256"] == sha
+    src.write_text(src.read_text(encoding="utf-8").replace("x7,", "z7,"), encoding="utf-8")
+    code, _, err = cli("compile", recipe, "-o", tmp_path / "plan.lock")
+    assert code == 0, err
+    lock = json.loads((tmp_path / "plan.lock").read_text(encoding="utf-8"))
+    assert lock["sources"]["s"]["files"][0]["sha256"] == real(src.read_bytes()).hexdigest() != sha
+
+
+@pytest.mark.parametrize("name, compress", [("big.csv", False), ("big.jsonl.gz", True)])
+def test_the_read_progress_moves_within_a_file(cli, tmp_path, monkeypatch, name, compress):
+    """One file of a source: the read bar moves batch by batch (in the file's own bytes, a
+    compressed file's too), never back, and ends at the file's size."""
+    from ftc.compiler import blob, progress, readers, sources
+
+    monkeypatch.setattr(blob, "BLOCK", 4096)
+    monkeypatch.setattr(readers, "CSV_BLOCK", 4096)  # pyarrow reads up to 32 blocks ahead of its rows
+    monkeypatch.setattr(readers, "ROWS", 500)
+    monkeypatch.setattr(sources, "MIN_BYTES", 1)
+    monkeypatch.setattr(progress, "_EVERY", 0.0)
+    seen: list[tuple[int, str]] = []
+
+    class Spy(progress.Progress):
+        def update(self, n: int, note: str = "") -> None:
+            super().update(n, note)
+            if self.label == "read s":
+                seen.append((self.done, note))
+    monkeypatch.setattr(sources, "Progress", Spy)
+    rows = [{"q": f"question {i}", "a": f"answer {i}"} for i in range(20_000)]
+    if name.endswith(".csv"):
+        body = ("q,a\n" + "".join(f"{r['q']},{r['a']}\n" for r in rows)).encode("utf-8")
+    else:
+        body = "".join(json.dumps(r) + "\n" for r in rows).encode("utf-8")
+    (tmp_path / name).write_bytes(gzip.compress(body, mtime=0) if compress else body)
+    size = (tmp_path / name).stat().st_size
+    recipe = write_recipe(tmp_path, {"sources": {"s": {"path": name}}, "split": {"eval": 0, "seed": 0},
+                                     "template": {"format": "prompt_completion", "prompt": "{{ q }}", "completion": "{{ a }}"}})
+    code, _, err = cli("compile", recipe, "-o", tmp_path / "plan.lock", "--progress")
+    assert code == 0, err
+    done = [d for d, note in seen]
+    assert done == sorted(done) and len([d for d in done if d < size]) >= 5, seen
+    assert {note for _, note in seen} == {"file 1/1"}
+    assert seen[-1] == (size, "file 1/1")
+    assert "read s:" in err and "/s, ETA" in err
+
+
+def test_duckdb_lets_go_of_the_rows_before_tokenizing(cli, tmp_path, monkeypatch):
+    """Once every row is rendered to a spill, the Normalizer's DuckDB (up to its 1 GB memory limit,
+    what grew under the token stages between 0.6M and 1.2M rows) is closed: tokenizing and the
+    token write run without it."""
+    import duckdb
+
+    from ftc.compiler import compile as compile_module
+
+    made, seen = [], []
+    init = compile_module.Normalizer.__init__
+    monkeypatch.setattr(compile_module.Normalizer, "__init__", lambda self, *a, **k: (made.append(self), init(self, *a, **k))[1])
+    tokenize = compile_module.tokenize_splits
+
+    def spy(*a, **k):
+        for norm in made:
+            with pytest.raises(duckdb.ConnectionException):
+                norm.con.execute("SELECT 1")
+        seen.append(len(made))
+        return tokenize(*a, **k)
+    monkeypatch.setattr(compile_module, "tokenize_splits", spy)
+    (tmp_path / "d.csv").write_text("q,a\n" + "".join(f"x{i},y{i}\n" for i in range(30)), encoding="utf-8")
+    recipe = write_recipe(tmp_path, {"sources": {"s": {"path": "d.csv"}}, "split": {"eval": 0.2, "seed": 0},
+                                     "template": {"format": "prompt_completion", "prompt": "{{ q }}", "completion": "{{ a }}"}})
+    code, _, err = cli("compile", recipe, "-o", tmp_path / "plan.lock")
+    assert code == 0, err
+    assert seen == [1]
