@@ -73,7 +73,9 @@ def for_backend(choice: GenerationChoice, backend: str) -> GenerationChoice:
     """`choice` once the backend is known. Under unsloth, "auto" takes TRL's own generate: unsloth
     patches the Qwen2/Llama classes process-wide, so a merged copy runs unsloth's forward, and its
     static-cache decoding measured 33.9 s a step on the H200 at the 1.5B shape, against 17-31 s for
-    TRL's generate under unsloth and 5.8 s for the copy on the hf backend (BENCHMARKS.md, issue 13)."""
+    TRL's generate under unsloth (BENCHMARKS.md, issue 13). That 33.9 s was measured before
+    `_drop_forward_patches`, when the copy still ran the training model through TRL's patched
+    forward; the copy under unsloth has not been measured since, so this stays until it is."""
     if backend == "unsloth" and choice.asked == "auto" and choice.path == FAST:
         return GenerationChoice(choice.asked, GENERATE, "auto: the unsloth backend (its patched model classes make the merged "
                                                         "copy slower than TRL's generate; measured, BENCHMARKS.md)")
