@@ -49,11 +49,13 @@ class GenerationChoice:
     reason: str
 
 
-def plan_generation(asked: str, *, load_in_4bit: bool, world_size: int) -> GenerationChoice:
+def plan_generation(asked: str, *, load_in_4bit: bool, world_size: int = 1, fsdp: str = "") -> GenerationChoice:
     """The path for `train.grpo.generation`, decided before any model loads. "vllm" without an
     importable vllm is FTC782. "auto" takes the fast path except where it does not apply: a
-    4-bit base (merging into nf4 weights rounds the update away) and several processes (each rank
-    would hold a copy, and sharded weights need gathering first)."""
+    4-bit base (merging into nf4 weights rounds the update away) and FSDP (`train.fsdp`: each rank
+    holds a shard, and the copy would need the whole weights gathered). Under DDP (several
+    processes, no FSDP) every rank holds the whole model, so each builds its own copy and generates
+    for its own prompts; the copies stay alike because DDP keeps the adapters alike."""
     if asked == VLLM:
         try:
             import vllm  # noqa: F401
@@ -64,9 +66,11 @@ def plan_generation(asked: str, *, load_in_4bit: bool, world_size: int) -> Gener
         return GenerationChoice(asked, GENERATE, "asked for: TRL's model.generate through the unmerged adapter")
     if load_in_4bit:
         return GenerationChoice(asked, GENERATE, "auto: the base is 4-bit, and merging the LoRA into nf4 weights would round it")
-    if world_size > 1:
-        return GenerationChoice(asked, GENERATE, f"auto: {world_size} processes (the fast path runs in one)")
-    return GenerationChoice(asked, FAST, "auto: LoRA merged into a generation copy, re-merged after every optimizer step")
+    if fsdp:
+        return GenerationChoice(asked, GENERATE, f"auto: train.fsdp ({fsdp!r}) shards the weights, and the copy would need "
+                                                 "them gathered on every rank")
+    where = f", one copy on each of the {world_size} processes" if world_size > 1 else ""
+    return GenerationChoice(asked, FAST, f"auto: LoRA merged into a generation copy, re-merged after every optimizer step{where}")
 
 
 def for_backend(choice: GenerationChoice, backend: str) -> GenerationChoice:

@@ -84,7 +84,7 @@ class GRPO:
         grpo = train["grpo"]
         check_grpo_batch(train, world_size=world_size)
         generation = plan_generation(grpo["generation"], load_in_4bit=plan.settings["model"]["load_in_4bit"],
-                                     world_size=world_size)  # "vllm" without vllm is refused before any model loads
+                                     world_size=world_size, fsdp=train.get("fsdp") or "")  # "vllm" without vllm is refused before any model loads
         resolved = list(grpo["rewards"])
         if not resolved:
             raise FtcError("FTC750", path="train.grpo.rewards")

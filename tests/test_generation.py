@@ -165,7 +165,10 @@ def test_one_static_cache_serves_every_call_that_fits_it(policy):
 def test_generation_choice():
     assert plan_generation("auto", load_in_4bit=False, world_size=1).path == FAST
     assert plan_generation("auto", load_in_4bit=True, world_size=1).path == GENERATE
-    assert plan_generation("auto", load_in_4bit=False, world_size=2).path == GENERATE
+    ddp = plan_generation("auto", load_in_4bit=False, world_size=2)  # DDP: each rank its own copy
+    assert ddp.path == FAST and "each of the 2 processes" in ddp.reason
+    fsdp = plan_generation("auto", load_in_4bit=False, world_size=2, fsdp="full_shard auto_wrap")
+    assert fsdp.path == GENERATE and "train.fsdp" in fsdp.reason
     assert plan_generation("generate", load_in_4bit=False, world_size=1).path == GENERATE
     auto = plan_generation("auto", load_in_4bit=False, world_size=1)
     assert for_backend(auto, "hf") == auto
