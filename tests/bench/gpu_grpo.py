@@ -8,6 +8,8 @@ the worst case). One process per variant, one after another on the one GPU:
   ftc_hf_fast        ftc run --backend hf, train.grpo.generation=auto (the merged, compiled copy)
   ftc_unsloth_fast   ftc run --backend unsloth, generation=auto (skipped without CUDA + unsloth)
   ftc_hf_generate    ftc run --backend hf, generation=generate (TRL's model.generate through the adapter)
+  ftc_unsloth_copy   ftc run --backend unsloth with the merged copy kept (auto takes TRL's generate there)
+  ftc_hf_7b_qlora    the 7B shape with a 4-bit base (TRL's generate): the memory figure
   trl_plain          TRL GRPOTrainer + PEFT written by hand (the anchor), the same settings
 Each reports seconds per step after the first (TRL's own step_time), generated tokens per second
 (completion tokens / step time; and over the generation alone where ftc's fast path times it),
@@ -37,6 +39,15 @@ SHAPE_15B = dict(hidden_size=1536, intermediate_size=8960, num_hidden_layers=28,
                  vocab_size=151936, tie_word_embeddings=True, max_position_embeddings=32768, rms_norm_eps=1e-6,
                  rope_theta=1000000.0, hidden_act="silu", model_type="qwen2", architectures=["Qwen2ForCausalLM"],
                  torch_dtype="bfloat16", use_sliding_window=False, bos_token_id=151643, eos_token_id=151645)
+
+
+def model_7b() -> Path:
+    """The folder of gpu_bench.py make-model's random 7B model (it saves it there on the device)."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from gpu_bench import model_dir
+
+    return model_dir("7b")
+
 TINY = {**SHAPE_15B, "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4,
         "torch_dtype": "float32"}
 ROWS = 64  # prompts compiled: more than the steps take
@@ -75,6 +86,12 @@ def prepare(args) -> None:
         cmd = [sys.executable, "-m", "ftc", "compile", str(WORK / "recipe.json"), "-o", str(WORK / f"{gen}.lock"),
                *[a for s in [*settings(args.tiny), f"train.grpo.generation={gen}"] for a in ("--set", s)]]
         subprocess.run(cmd, check=True, cwd=ROOT)
+    if not args.tiny:  # the 7B shape with QLoRA, for the memory figure (variant ftc_hf_7b_qlora)
+        # 4-bit needs saved weights (FTC710 refuses it with model.init=random): gpu_bench.py make-model's random
+        # 7B folder, which the variant builds on the device first
+        sets = [*settings(False), f"model.name={model_7b()}", "model.init=pretrained", "model.load_in_4bit=true"]
+        subprocess.run([sys.executable, "-m", "ftc", "compile", str(WORK / "recipe.json"), "-o", str(WORK / "qlora7b.lock"),
+                        *[a for s in sets for a in ("--set", s)]], check=True, cwd=ROOT)
     log(f"prepared {WORK} ({'tiny' if args.tiny else '1.5b'} shape); carry it with .whl")
 
 
@@ -101,8 +118,9 @@ def summarize(metrics: list[dict], warmup: int = 1, skip: int = 0) -> dict:
 def ftc_variant(args, name: str, lock: str, backend: str) -> dict:
     run_dir = Path(os.environ.get("FTC_BENCH_WORK", "/tmp/ftc-bench")) / "grpo-runs" / name  # kept out of --out: adapters are large
     shutil.rmtree(run_dir, ignore_errors=True)
+    traced = args.trace and name.endswith("_fast") or name.endswith("_copy")
     entry = [__file__, "traced", "--trace", str(Path(args.out) / f"{name}.trace.json"), "--profile-call", str(args.profile_call),
-             "--"] if args.trace and name.endswith("_fast") else ["-m", "ftc"]
+             *(["--keep-copy"] if name.endswith("_copy") else []), "--"] if traced else ["-m", "ftc"]
     steps = args.fast_steps if args.trace and args.fast_steps and name.endswith("_fast") else args.steps
     cmd = [sys.executable, *entry, "run", str(WORK / lock), "--backend", backend, "--max-steps", str(steps),
            "--output", str(run_dir)]
@@ -183,7 +201,11 @@ def run_all(args) -> None:
                              "device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"},
                      "steps": args.steps, "shape": json.loads((WORK / "model" / "config.json").read_text())["hidden_size"]}
     ftc = {"ftc_hf_fast": ("auto.lock", "hf"), "ftc_unsloth_fast": ("auto.lock", "unsloth"),
-           "ftc_hf_generate": ("generate.lock", "hf")}
+           "ftc_hf_generate": ("generate.lock", "hf"),
+           # unsloth with the merged copy kept (generation.for_backend overridden): is the copy slower there?
+           "ftc_unsloth_copy": ("auto.lock", "unsloth"),
+           # the 7B shape, 4-bit base (auto takes TRL's generate there): the memory figure
+           "ftc_hf_7b_qlora": ("qlora7b.lock", "hf")}
     for name in args.variants:
         log(f"{name} ...")
         if name == "trl_plain":
@@ -192,9 +214,13 @@ def run_all(args) -> None:
                                        "--result", str(out / "trl_plain.json")], stdout=fh, stderr=subprocess.STDOUT, text=True)
             results[name] = (json.loads((out / "trl_plain.json").read_text()) if proc.returncode == 0
                               else {"error": f"exit {proc.returncode}", "tail": (out / "trl_plain.log").read_text()[-1500:]})
-        elif name == "ftc_unsloth_fast" and not (torch.cuda.is_available() and importlib.util.find_spec("unsloth")):
+        elif "unsloth" in name and not (torch.cuda.is_available() and importlib.util.find_spec("unsloth")):
             results[name] = {"skipped": "needs CUDA and unsloth"}
         else:
+            if name == "ftc_hf_7b_qlora" and not (model_7b() / "config.json").exists():
+                subprocess.run([sys.executable, str(Path(__file__).with_name("gpu_bench.py")), "make-model", "--shape", "7b",
+                                "--dir", str(model_7b())],
+                               check=True)
             results[name] = ftc_variant(args, name, *ftc[name])
         log(f"{name}: {json.dumps(results[name])[:400]}")
         anchor = results.get("trl_plain", {}).get("s_per_step")
@@ -248,6 +274,10 @@ def traced(args) -> None:
         return out
 
     generation.MergedGenerator.generate = timed
+    if args.keep_copy:  # measure the merged copy where `auto` would take TRL's generate (unsloth)
+        from ftc.runtime import grpo
+
+        grpo.for_backend = lambda choice, backend: choice
     raise SystemExit(ftc_main(args.rest))
 
 
@@ -273,6 +303,7 @@ def main() -> None:
     s = sub.add_parser("traced", help="ftc run with the fast generator timed per call (what run --trace runs)")
     s.add_argument("--trace", required=True)
     s.add_argument("--profile-call", type=int, default=0)
+    s.add_argument("--keep-copy", action="store_true", help="keep the fast path where for_backend would leave it")
     s.add_argument("rest", nargs=argparse.REMAINDER)
     args = p.parse_args()
     if args.cmd == "traced" and args.rest[:1] == ["--"]:
