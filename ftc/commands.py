@@ -171,7 +171,7 @@ def cmd_score(args) -> int:
 
 
 def cmd_schema(args) -> int:
-    from ftc.compiler.recipe import SCHEMA_PATH
+    from ftc.compiler.recipe_schema import SCHEMA_PATH
 
     sys.stdout.write(SCHEMA_PATH.read_text(encoding="utf-8"))
     return 0
