@@ -224,7 +224,7 @@ RULES: dict[str, Rule] = {
              "fix that value in the data, or let the expression yield NULL instead of failing "
              "(TRY_CAST(x AS INTEGER), try(expr)) and drop those rows with a filter"),
         Rule("FTC306", "mix names an unknown source {name!r}", "mix keys are source names: {sources}{suggest}"),
-        # -- 307-319: column mapping and stage accounting: nothing lost or invented (compiler/sources.py, normalize.py)
+        # -- 307-319: column mapping and stage accounting: nothing lost or invented (compiler/sources.py, duckdb_engine.py)
         Rule("FTC307", "field {field!r}: its alternative columns have types that cannot be one field ({types})",
              "map them to separate fields, or list only columns of one kind (text, or lists of turns)"),
         Rule("FTC308", "internal error: {stage}: {rows_in} rows in, {rows_out} rows out and {dropped} counted as dropped do not add up",
