@@ -75,8 +75,13 @@ def prepare(args) -> None:
     subprocess.run(grpo, check=True, cwd=ROOT)
     import gpu_grpo
 
+    # Random weights score 0 on both gsm8k rewards (no std in a group: loss 0, nothing to compare across
+    # GPU counts); a third reward that about half of random completions earn gives the groups a spread.
+    grpo_recipe = json.loads((gpu_grpo.WORK / "recipe.json").read_text(encoding="utf-8"))
+    grpo_recipe["train"]["grpo"]["rewards"].append({"kind": "regex", "name": "starts_latin", "weight": 1.0, "pattern": "^\\s*[A-Za-z]"})
+    (gpu_grpo.WORK / "recipe-multi.json").write_text(json.dumps(grpo_recipe, ensure_ascii=False, indent=1), encoding="utf-8")
     split = ["train.per_device_train_batch_size=2"] if tiny else ["train.per_device_train_batch_size=4"]
-    compile_lock(gpu_grpo.WORK / "recipe.json", MULTI / f"grpo-{args.shape}.lock",
+    compile_lock(gpu_grpo.WORK / "recipe-multi.json", MULTI / f"grpo-{args.shape}.lock",
                  [*gpu_grpo.settings(tiny), "train.grpo.generation=auto", *split, "train.gradient_accumulation_steps=2"])
     sizes = subprocess.run(["du", "-sh", str(BENCH)], capture_output=True, text=True).stdout.strip()
     log(f"prepared {MULTI} for {args.shape} ({sizes}); carry .whl-bench and .bench")
@@ -141,6 +146,8 @@ def install_spy(spy_dir: Path) -> None:
         from torch.nn.parallel import DistributedDataParallel
 
         wrapped = trainer.model_wrapped
+        if "wrapper" not in rec:  # which parallelism the Trainer really applied (FSDP is not applied on the CPU)
+            rec["wrapper"] = f"{type(wrapped).__name__}; Trainer.is_fsdp_enabled={getattr(trainer, 'is_fsdp_enabled', None)}"
         if rec.get("comm_hook") is None and isinstance(wrapped, DistributedDataParallel):
             wrapped.register_comm_hook(None, timed_hook)
             rec["comm_hook"] = "DDP buckets timed from ready to reduced"
@@ -236,9 +243,9 @@ def summarize(spy: Path, run_dir: Path) -> dict:
         out["per_rank"].append({
             "rank": r["rank"], "device": r["device"], "steps": len(r["step_s"]), "first_steps_s": r["step_s"][:3],
             "median_step_s": median(step), "median_data_wait_s": median(r["data_wait_s"][steady]),
-            "tokens_per_s": round(sum(tokens) / sum(step), 1) if step and sum(step) else None,
+            "tokens_per_s": round(sum(tokens) / sum(step), 1) if step and sum(step) and sum(tokens) else None,
             "median_allreduce_sum_ms": median([a["sum_ms"] for a in red]), "median_allreduce_last_bucket_ms": median([a["last_ms"] for a in red]),
-            "buckets_per_step": red[0]["buckets"] if red else 0, "comm_hook": r.get("comm_hook"),
+            "buckets_per_step": red[0]["buckets"] if red else 0, "wrapper": r.get("wrapper"), "comm_hook": r.get("comm_hook"),
             "peak_allocated_gib": r.get("peak_allocated_gib"), "peak_reserved_gib": r.get("peak_reserved_gib"),
             "generate_calls": r["generate_calls"], "generate_s": r["generate_s"]})
     rates = [r["tokens_per_s"] for r in out["per_rank"] if r["tokens_per_s"]]
@@ -247,7 +254,7 @@ def summarize(spy: Path, run_dir: Path) -> dict:
         out["facts"] = {k: facts.get(k) for k in ("backend", "distributed", "peak_memory", "memory_plan", "throughput_tokens_per_second")}
         if facts.get("grpo"):
             out["grpo"] = {"generation": facts["grpo"].get("generation"), "generation_batch_size": facts["grpo"].get("generation_batch_size")}
-            keys = ("reward", "loss", "step_time", "completions/mean_length")
+            keys = ("reward", "reward_std", "loss", "grad_norm", "step_time", "generation/seconds", "completions/mean_length")
             out["per_step"] = [{k: m.get(k) for k in keys if k in m} for m in metrics if "loss" in m]
     return out
 
@@ -271,7 +278,11 @@ def train(args, name: str, lock: str, gpus: int, backend: str = "hf") -> tuple[d
         rc = subprocess.run(cmd, cwd=ROOT, env=env, stdout=fh, stderr=subprocess.STDOUT).returncode
     result = {"rc": rc, "wall_s": round(time.time() - t0, 1), "lock": lock, "gpus": gpus, "backend": backend}
     if rc != 0:
-        result["tail"] = log_file.read_text(errors="replace")[-2500:]
+        text = log_file.read_text(errors="replace")
+        result["tail"] = text[-2500:]
+        refused = sorted({line.strip() for line in text.splitlines() if line.startswith("error[FTC")})
+        if refused:  # a rank refused the run (unsloth2 today: FTC702, or FTC701 without CUDA/unsloth)
+            result["refused"] = refused
     return {**result, **summarize(spy, run_dir)}, run_dir
 
 
@@ -279,7 +290,13 @@ def compare(a: dict | None, b: dict | None) -> dict:
     if not (a and b and a.get("losses") and b.get("losses")):
         return {}
     n = min(len(a["losses"]), len(b["losses"]))
-    return {"steps_compared": n, "max_abs_loss_diff": round(max(abs(x - y) for x, y in zip(a["losses"][:n], b["losses"][:n])), 6)}
+    out = {"steps_compared": n, "max_abs_loss_diff": round(max(abs(x - y) for x, y in zip(a["losses"][:n], b["losses"][:n])), 6)}
+    if a.get("per_step") and b.get("per_step"):  # GRPO: the logged loss is ~0 on-policy; rewards and gradients say more
+        mean = lambda rows, k: round(sum(r.get(k) or 0 for r in rows[:n]) / n, 4)  # noqa: E731
+        out.update({f"mean_{k}": [mean(a["per_step"], k), mean(b["per_step"], k)] for k in ("reward", "grad_norm", "step_time")})
+        out["max_abs_grad_norm_diff"] = round(max(abs((x.get("grad_norm") or 0) - (y.get("grad_norm") or 0))
+                                                  for x, y in zip(a["per_step"][:n], b["per_step"][:n])), 6)
+    return out
 
 
 def check_adapter(args, run_dir: Path) -> dict:
@@ -317,13 +334,15 @@ def run_all(args) -> None:
         res[name], run_dir = train(args, name, *plan[name])
         if name == "fsdp2" and res[name]["rc"] == 0:
             res[name]["adapter_check"] = check_adapter(args, run_dir)
-        for a, b in (("ddp1", "ddp2"), ("ddp2", "fsdp2"), ("grpo1", "grpo2")):
+        for a, b in (("ddp1", "ddp2"), ("ddp2", "fsdp2"), ("ddp2", "unsloth2"), ("grpo1", "grpo2")):
+            if a not in res and (out / f"{a}.json").exists():  # measured by an earlier call of this plan
+                res[a] = json.loads((out / f"{a}.json").read_text())
             if b == name:
                 res[name][f"loss_vs_{a}"] = compare(res.get(a), res[name])
-        if name in ("ddp2", "fsdp2") and res.get("ddp1", {}).get("tokens_per_s_total") and res[name].get("tokens_per_s_total"):
+        if name in ("ddp2", "fsdp2", "unsloth2") and res.get("ddp1", {}).get("tokens_per_s_total") and res[name].get("tokens_per_s_total"):
             res[name]["scaling_vs_ddp1"] = round(res[name]["tokens_per_s_total"] / res["ddp1"]["tokens_per_s_total"], 3)
         (out / f"{name}.json").write_text(json.dumps(res[name], indent=1))
-        brief = {k: res[name].get(k) for k in ("rc", "wall_s", "tokens_per_s_total", "scaling_vs_ddp1", "loss_vs_ddp1", "loss_vs_ddp2", "loss_vs_grpo1")}
+        brief = {k: res[name].get(k) for k in ("rc", "wall_s", "tokens_per_s_total", "scaling_vs_ddp1", "loss_vs_ddp1", "loss_vs_ddp2", "loss_vs_grpo1", "refused")}
         log(f"{name}: {json.dumps(brief)}")
         for r in res[name]["per_rank"]:
             log(f"  rank {r['rank']}: {json.dumps({k: v for k, v in r.items() if k != 'rank'})}")
