@@ -36,6 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from gpu_bench import BENCH, SHAPES, model_dir  # noqa: E402  (the 7B shape, the model built on the device)
 
 MULTI = BENCH / "multi"
+WORK_GRPO = BENCH / "grpo"  # gpu_grpo.py's folder (its WORK)
 RUNS = Path(os.environ.get("FTC_MULTI_RUNS", "/tmp/ftc-multi"))  # adapters: never under --out
 FSDP = "full_shard auto_wrap"
 WARMUP = 5  # steps left out of the medians (the first steps are reported on their own)
@@ -56,25 +57,23 @@ def prepare(args) -> None:
     8 completions a step as 4 x 2 accumulation so that 2 ranks can divide it)."""
     tiny = args.shape == "tiny"
     MULTI.mkdir(parents=True, exist_ok=True)
-    if not (BENCH / "tok").exists():  # gpu_bench.py make-model copies it next to the weights
-        shutil.copytree(ROOT.parent / "shared" / "tokenizers" / "qwen2.5-bpe", BENCH / "tok")
+    grpo = [sys.executable, str(ROOT / "tests/bench/gpu_grpo.py"), "prepare"] + (["--tiny"] if tiny else [])
+    subprocess.run(grpo, check=True, cwd=ROOT)  # also the one tokenizer copy every lock here names (18 MB)
+    import gpu_grpo
     shutil.copytree(ROOT / "templates", MULTI / "templates", dirs_exist_ok=True)  # the recipe's ../templates/
     (MULTI / "recipes").mkdir(exist_ok=True)
     recipe = json.loads((ROOT / "recipes/medical.json").read_text(encoding="utf-8"))
     recipe.pop("$schema", None)
     recipe["sources"]["medical"]["path"] = os.path.relpath(ROOT.parent / "shared/data/medical", MULTI / "recipes")
     (MULTI / "recipes/medical.json").write_text(json.dumps(recipe, ensure_ascii=False, indent=1), encoding="utf-8")
-    sets = [f"model.name={model_dir(args.shape)}", f"model.tokenizer={BENCH / 'tok'}", "model.load_in_4bit=false",
+    # paths relative to the recipe's folder (the lock keeps them so): the device's checkout lies elsewhere
+    sets = [f"model.name={model_dir(args.shape)}", "model.tokenizer=../../grpo/tok", "model.load_in_4bit=false",
             "train.packing=true", "train.optim=adamw_torch", "train.save_steps=100000", "train.logging_steps=1",
             "split.eval=0"]
     sets += (["model.dtype=float32", "model.max_seq_length=256", "train.gradient_checkpointing=false"] if tiny
              else ["model.dtype=bfloat16", "model.max_seq_length=2048"])
     compile_lock(MULTI / "recipes/medical.json", MULTI / f"sft-{args.shape}.lock", sets)
     compile_lock(MULTI / "recipes/medical.json", MULTI / f"fsdp-{args.shape}.lock", [*sets, f"train.fsdp={FSDP}"])
-    grpo = [sys.executable, str(ROOT / "tests/bench/gpu_grpo.py"), "prepare"] + (["--tiny"] if tiny else [])
-    subprocess.run(grpo, check=True, cwd=ROOT)
-    import gpu_grpo
-
     # Random weights score 0 on both gsm8k rewards (no std in a group: loss 0, nothing to compare across
     # GPU counts); a third reward that about half of random completions earn gives the groups a spread.
     grpo_recipe = json.loads((gpu_grpo.WORK / "recipe.json").read_text(encoding="utf-8"))
@@ -82,9 +81,10 @@ def prepare(args) -> None:
     (gpu_grpo.WORK / "recipe-multi.json").write_text(json.dumps(grpo_recipe, ensure_ascii=False, indent=1), encoding="utf-8")
     split = ["train.per_device_train_batch_size=2"] if tiny else ["train.per_device_train_batch_size=4"]
     compile_lock(gpu_grpo.WORK / "recipe-multi.json", MULTI / f"grpo-{args.shape}.lock",
-                 [*gpu_grpo.settings(tiny), "train.grpo.generation=auto", *split, "train.gradient_accumulation_steps=2"])
+                 [*gpu_grpo.settings(tiny), "train.grpo.generation=auto", *split, "train.gradient_accumulation_steps=2",
+                  "model.name=model", "model.tokenizer=tok"])  # gpu_grpo's absolute paths, made relative
     sizes = subprocess.run(["du", "-sh", str(BENCH)], capture_output=True, text=True).stdout.strip()
-    log(f"prepared {MULTI} for {args.shape} ({sizes}); carry .whl-bench and .bench")
+    log(f"prepared {MULTI} for {args.shape} ({sizes}); carry .whl-bench, .bench/multi and .bench/grpo (not .bench/tok)")
 
 
 # ------------------------------------------------------------------ the spy (in each rank, before ftc starts)
@@ -250,9 +250,18 @@ def summarize(spy: Path, run_dir: Path) -> dict:
             "generate_calls": r["generate_calls"], "generate_s": r["generate_s"]})
     rates = [r["tokens_per_s"] for r in out["per_rank"] if r["tokens_per_s"]]
     out["tokens_per_s_total"] = round(sum(rates), 1) if rates else None
+    if not ranks and facts:  # no spy in this process tree (the unsloth backend trains in a child process)
+        warm = [m["tokens_per_second"] for m in metrics if "tokens_per_second" in m][WARMUP:]
+        out["tokens_per_s_total"] = round(median(warm) * (facts.get("distributed") or {}).get("world_size", 1), 1) if warm else None
+        out["spy"] = "none: tokens/s from rank 0's metrics.jsonl (median after the warm-up) x world size"
     if facts:
         out["facts"] = {k: facts.get(k) for k in ("backend", "distributed", "peak_memory", "memory_plan", "throughput_tokens_per_second")}
         if facts.get("grpo"):
+            try:
+                cfg_file = Path(facts["settings"]["model"]["name"]) / "config.json"
+                out["grpo_model_hidden_size"] = json.loads(cfg_file.read_text())["hidden_size"]  # 1536: gpu_grpo's 1.5B shape; 64: its tiny one
+            except (KeyError, OSError, ValueError):
+                out["grpo_model_hidden_size"] = None
             out["grpo"] = {"generation": facts["grpo"].get("generation"), "generation_batch_size": facts["grpo"].get("generation_batch_size")}
             keys = ("reward", "reward_std", "loss", "grad_norm", "step_time", "generation/seconds", "completions/mean_length")
             out["per_step"] = [{k: m.get(k) for k in keys if k in m} for m in metrics if "loss" in m]
@@ -319,12 +328,45 @@ def check_adapter(args, run_dir: Path) -> dict:
             "infer_rc": infer.returncode, "infer_answer": answers[:600], "infer_tail": "" if infer.returncode == 0 else infer.stderr[-1500:]}
 
 
+PAIRS = (("ddp1", "ddp2"), ("ddp2", "fsdp2"), ("ddp2", "unsloth2"), ("grpo1", "grpo2"))
+
+
+def cross(res: dict, name: str) -> None:
+    """res[name] against the variant it is measured against (loss curves, scaling, peak memory)."""
+    for a, b in PAIRS:
+        if b == name and a in res:
+            res[name][f"loss_vs_{a}"] = compare(res[a], res[name])
+    one = res.get("ddp1", {}).get("tokens_per_s_total")
+    if name in ("ddp2", "fsdp2", "unsloth2") and one and res[name].get("tokens_per_s_total"):
+        res[name]["scaling_vs_ddp1"] = round(res[name]["tokens_per_s_total"] / one, 3)
+    if name == "fsdp2" and res.get("ddp2"):
+        res[name]["peak_allocated_gib_vs_ddp2"] = [[r.get("peak_allocated_gib") for r in res[v]["per_rank"]] for v in ("fsdp2", "ddp2")]
+
+
+def compare_dirs(args) -> None:
+    """The comparisons across device calls: every <variant>.json under the folders given (fetched from
+    each call's $OUT), compared as `run` compares within one call; written to --write."""
+    res = {}
+    for d in args.dirs:
+        for p in sorted(Path(d).rglob("*.json")):
+            if p.stem in dict.fromkeys(v for pair in PAIRS for v in pair):
+                res[p.stem] = json.loads(p.read_text())
+    for name in list(res):
+        cross(res, name)
+    table = {n: {k: r.get(k) for k in ("tokens_per_s_total", "scaling_vs_ddp1", "peak_allocated_gib_vs_ddp2", "refused",
+                                     *(f"loss_vs_{a}" for a, b in PAIRS if b == n))} for n, r in res.items()}
+    Path(args.write).write_text(json.dumps(res, indent=1))
+    print(json.dumps(table, indent=1))
+
+
 def run_all(args) -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     s, res = args.shape, {}
     plan = {"ddp1": (f"sft-{s}.lock", 1, "hf"), "ddp2": (f"sft-{s}.lock", 2, "hf"), "fsdp2": (f"fsdp-{s}.lock", 2, "hf"),
             "unsloth2": (f"sft-{s}.lock", 2, "unsloth"), "grpo1": (f"grpo-{s}.lock", 1, "hf"), "grpo2": (f"grpo-{s}.lock", 2, "hf")}
+    if not (BENCH / "tok").exists():  # gpu_bench.py make-model copies BENCH/tok next to the weights
+        shutil.copytree(WORK_GRPO / "tok", BENCH / "tok")
     if s != "tiny" or not model_dir(s).joinpath("config.json").exists():  # the SFT base, built once per machine
         if any(v in args.variants for v in ("ddp1", "ddp2", "fsdp2", "unsloth2")):
             subprocess.run([sys.executable, str(ROOT / "tests/bench/gpu_bench.py"), "make-model", "--shape", s, "--dir", str(model_dir(s))],
@@ -334,13 +376,7 @@ def run_all(args) -> None:
         res[name], run_dir = train(args, name, *plan[name])
         if name == "fsdp2" and res[name]["rc"] == 0:
             res[name]["adapter_check"] = check_adapter(args, run_dir)
-        for a, b in (("ddp1", "ddp2"), ("ddp2", "fsdp2"), ("ddp2", "unsloth2"), ("grpo1", "grpo2")):
-            if a not in res and (out / f"{a}.json").exists():  # measured by an earlier call of this plan
-                res[a] = json.loads((out / f"{a}.json").read_text())
-            if b == name:
-                res[name][f"loss_vs_{a}"] = compare(res.get(a), res[name])
-        if name in ("ddp2", "fsdp2", "unsloth2") and res.get("ddp1", {}).get("tokens_per_s_total") and res[name].get("tokens_per_s_total"):
-            res[name]["scaling_vs_ddp1"] = round(res[name]["tokens_per_s_total"] / res["ddp1"]["tokens_per_s_total"], 3)
+        cross(res, name)
         (out / f"{name}.json").write_text(json.dumps(res[name], indent=1))
         brief = {k: res[name].get(k) for k in ("rc", "wall_s", "tokens_per_s_total", "scaling_vs_ddp1", "loss_vs_ddp1", "loss_vs_ddp2", "loss_vs_grpo1", "refused")}
         log(f"{name}: {json.dumps(brief)}")
@@ -359,13 +395,16 @@ def main() -> None:
     s.add_argument("--variants", type=lambda x: x.split(","), default=["ddp1", "ddp2", "fsdp2", "unsloth2", "grpo1", "grpo2"])
     s.add_argument("--steps", type=int, default=30)
     s.add_argument("--out", default=os.environ.get("OUT", "/tmp/multi-out"))
+    s = sub.add_parser("compare", help="compare variants measured in different calls (their fetched $OUT folders)")
+    s.add_argument("dirs", nargs="+")
+    s.add_argument("--write", default="/tmp/multi-compare.json")
     s = sub.add_parser("worker", help="one rank: the spy, then ftc's CLI with the arguments after --")
     s.add_argument("--spy", required=True)
     s.add_argument("rest", nargs=argparse.REMAINDER)
     args = p.parse_args()
     if args.cmd == "worker" and args.rest[:1] == ["--"]:
         args.rest = args.rest[1:]
-    {"prepare": prepare, "run": run_all, "worker": worker}[args.cmd](args)
+    {"prepare": prepare, "run": run_all, "compare": compare_dirs, "worker": worker}[args.cmd](args)
 
 
 if __name__ == "__main__":
