@@ -73,6 +73,9 @@ def cmd_run(args) -> int:
 
         plan = verify(args.lock)  # once, before the workers start: a rebuild must not race across ranks
         per_rank_accumulation(plan.lock["settings"]["train"], args.gpus * args.nnodes)  # refuse before launching
+        from ftc.runtime.trainer_config import refuse_fsdp_without_cuda
+
+        refuse_fsdp_without_cuda(plan.lock["settings"]["train"])
         argv = ["run", args.lock, "--backend", args.backend] + (["--output", args.output] if args.output else []) \
             + (["--resume"] if args.resume else []) + (["--max-steps", str(args.max_steps)] if args.max_steps else []) \
             + [a for r in args.root for a in ("--root", os.path.abspath(r))]

@@ -408,7 +408,7 @@ RULES: dict[str, Rule] = {
              "--set train.gradient_accumulation_steps=<a multiple of {world_size}>"),
         Rule("FTC761", "--nnodes {nnodes} needs --rdzv-endpoint HOST:PORT",
              "give every host the same endpoint (the first host's address and a free port)"),
-        # 762+: untrusted recipe code and interrupted runs
+        # 762+: untrusted recipe code and interrupted runs (765: FSDP, with the other several-process rules)
         Rule("FTC762", "python reward {name!r} ({function}) raised {exception} at {line}, on completion {index} of the batch (row {row})",
              "return None for a completion the reward cannot judge (it is left out of the mean) instead of raising; "
              "that completion begins {start!r}"),
@@ -417,6 +417,8 @@ RULES: dict[str, Rule] = {
         Rule("FTC764", "train.optim {optim!r} needs the {module} module, which is not installed here",
              "install it on the machine that trains (pip install {module}; bitsandbytes also needs a CUDA GPU), "
              "or recompile with another optimizer: --set train.optim=adamw_torch"),
+        Rule("FTC765", "train.fsdp {fsdp!r} needs CUDA GPUs: without one, accelerate does not shard, and the run would be "
+             "plain DDP with the key ignored", "run the plan on GPUs, or recompile it for the CPU with --set train.fsdp="),
         # 78x: model.adapter and GRPO generation at run time
         Rule("FTC780", "model.adapter {folder} does not fit the base model: {reason}",
              "the adapter's LoRA shape (target modules, sizes) must match the base model it is put on: use the base it was trained on"),

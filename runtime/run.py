@@ -107,10 +107,11 @@ def run_plan(lock_path: str, *, output: str | None = None, resume: bool = False,
         return {**done, "output_dir": str(out), "already_finished": True}
     from ftc.runtime.model import refuse_unloadable
     from ftc.runtime.session import CHECKPOINTS, refuse_resume
-    from ftc.runtime.trainer_config import refuse_missing_trackers
+    from ftc.runtime.trainer_config import refuse_fsdp_without_cuda, refuse_missing_trackers
 
     refuse_unloadable(plan.settings["model"])  # 4-bit without CUDA or on random weights: before any loading
     refuse_missing_trackers(plan.settings["train"])
+    refuse_fsdp_without_cuda(plan.settings["train"])
     if resume:  # refused before the run folder is written to
         refuse_resume(out / CHECKPOINTS)
     fresh = not out.exists() or not any(out.iterdir())  # this run makes the folder: a failure before training removes it

@@ -123,6 +123,19 @@ def refuse_missing_trackers(train: dict) -> None:
             raise FtcError("FTC779", path="train.report_to", tracker=name, package=TRACKERS[name][0])
 
 
+def refuse_fsdp_without_cuda(train: dict) -> None:
+    """FTC765 before any loading when `train.fsdp` is set and there is no CUDA GPU: accelerate
+    turns FSDP on for GPU processes only, so on the CPU the Trainer would run plain DDP (or one
+    process) and the key would be ignored without a word (measured: gloo ranks got
+    DistributedDataParallel, Trainer.is_fsdp_enabled False)."""
+    if not train.get("fsdp"):
+        return
+    import torch
+
+    if not torch.cuda.is_available():
+        raise FtcError("FTC765", path="train.fsdp", fsdp=train["fsdp"])
+
+
 def tracking(train: dict, *, plan_name: str, plan_hash: str, run_dir: Path) -> tuple[dict[str, str], Callable[[], None]]:
     """What each tracker of `train.report_to` reads from the environment, set for this run (a
     value the user exported wins): TensorBoard's event folder in the run folder, the plan hash

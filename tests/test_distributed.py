@@ -101,3 +101,20 @@ def test_grpo_on_two_processes_takes_the_fast_path_on_each_rank(cli, tmp_path):
     assert two["generation_batch_size"] == one["generation_batch_size"] == 4  # the global batch: 2 whole groups
     assert facts[2]["distributed"]["world_size"] == 2 and facts[2]["distributed"]["global_batch"] == 4
     assert (tmp_path / "r2" / "adapter_model.safetensors").exists()
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="the refusal is for machines without CUDA")
+def test_fsdp_without_cuda_is_refused_not_ignored(cli, tmp_path):
+    """On the CPU accelerate does not turn FSDP on (gloo ranks get plain DDP): train.fsdp would be
+    ignored without a word, so `ftc run` refuses it, with one process and with several, before any
+    process starts or any folder is made."""
+    shutil.copytree(ROOT / "recipes" / "demo", tmp_path / "demo")
+    shutil.copy(ROOT / "recipes" / "demo.json", tmp_path / "demo.json")
+    lock = tmp_path / "plan.lock"
+    code, _, err = cli("compile", tmp_path / "demo.json", "-o", lock, "-q", "--set", "train.gradient_accumulation_steps=2",
+                       "--set", "train.fsdp=full_shard auto_wrap")
+    assert code == 0, err
+    for extra in ([], ["--gpus", "2"]):
+        code, _, err = cli("run", lock, *extra, "--output", tmp_path / "r")
+        assert code == 2 and "error[FTC765]" in err and "train.fsdp 'full_shard auto_wrap' needs CUDA GPUs" in err, err
+        assert "launching" not in err and "Traceback" not in err and not (tmp_path / "r").exists()
