@@ -13,6 +13,17 @@ pytest.importorskip("torch")
 pytest.importorskip("trl")
 
 
+def demo_lock(cli, tmp_path, *sets: str):
+    """The demo recipe compiled in tmp_path with 2 accumulation steps (so 2 processes can split it) and `sets`."""
+    shutil.copytree(ROOT / "recipes" / "demo", tmp_path / "demo")
+    shutil.copy(ROOT / "recipes" / "demo.json", tmp_path / "demo.json")
+    lock = tmp_path / "plan.lock"
+    code, _, err = cli("compile", tmp_path / "demo.json", "-o", lock, "-q", "--set", "train.gradient_accumulation_steps=2",
+                       *[a for x in sets for a in ("--set", x)])
+    assert code == 0, err
+    return lock
+
+
 def test_per_rank_accumulation_keeps_the_global_batch():
     from ftc.errors import FtcError
     from ftc.runtime.launch import per_rank_accumulation, torchrun_command
@@ -34,11 +45,7 @@ def test_per_rank_accumulation_keeps_the_global_batch():
 
 def test_several_processes_are_refused_before_any_starts(cli, tmp_path):
     """`ftc run --gpus/--nnodes` checks the plan before launching torchrun: nothing starts."""
-    shutil.copytree(ROOT / "recipes" / "demo", tmp_path / "demo")
-    shutil.copy(ROOT / "recipes" / "demo.json", tmp_path / "demo.json")
-    lock = tmp_path / "plan.lock"
-    code, _, err = cli("compile", tmp_path / "demo.json", "-o", lock, "-q", "--set", "train.gradient_accumulation_steps=2")
-    assert code == 0, err
+    lock = demo_lock(cli, tmp_path)
     code, _, err = cli("run", lock, "--gpus", "3", "--output", tmp_path / "r3")
     assert code == 2 and "error[FTC760]" in err and "cannot be split evenly over 3 processes" in err and "Traceback" not in err
     code, _, err = cli("run", lock, "--nnodes", "2", "--output", tmp_path / "r2")
@@ -48,12 +55,7 @@ def test_several_processes_are_refused_before_any_starts(cli, tmp_path):
 
 @pytest.mark.slow
 def test_two_processes_shard_the_data_and_keep_the_global_batch(cli, tmp_path):
-    shutil.copytree(ROOT / "recipes" / "demo", tmp_path / "demo")
-    shutil.copy(ROOT / "recipes" / "demo.json", tmp_path / "demo.json")
-    lock = tmp_path / "plan.lock"
-    code, _, err = cli("compile", tmp_path / "demo.json", "-o", lock, "-q", "--set", "train.gradient_accumulation_steps=2",
-                       "--set", "train.logging_steps=1")
-    assert code == 0, err
+    lock = demo_lock(cli, tmp_path, "train.logging_steps=1")
     facts = {}
     for n in (1, 2):
         code, _, err = cli("run", lock, "--gpus", str(n), "--max-steps", "2", "--output", tmp_path / f"r{n}")
@@ -108,12 +110,7 @@ def test_fsdp_without_cuda_is_refused_not_ignored(cli, tmp_path):
     """On the CPU accelerate does not turn FSDP on (gloo ranks get plain DDP): train.fsdp would be
     ignored without a word, so `ftc run` refuses it, with one process and with several, before any
     process starts or any folder is made."""
-    shutil.copytree(ROOT / "recipes" / "demo", tmp_path / "demo")
-    shutil.copy(ROOT / "recipes" / "demo.json", tmp_path / "demo.json")
-    lock = tmp_path / "plan.lock"
-    code, _, err = cli("compile", tmp_path / "demo.json", "-o", lock, "-q", "--set", "train.gradient_accumulation_steps=2",
-                       "--set", "train.fsdp=full_shard auto_wrap")
-    assert code == 0, err
+    lock = demo_lock(cli, tmp_path, "train.fsdp=full_shard auto_wrap")
     for extra in ([], ["--gpus", "2"]):
         code, _, err = cli("run", lock, *extra, "--output", tmp_path / "r")
         assert code == 2 and "error[FTC765]" in err and "train.fsdp 'full_shard auto_wrap' needs CUDA GPUs" in err, err

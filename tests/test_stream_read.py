@@ -72,14 +72,20 @@ def _compiled(cli, recipe: Path) -> tuple[bytes, dict[str, bytes]]:
     return out.read_bytes(), arts
 
 
+def _batch_sizes(monkeypatch) -> list[int]:
+    """The row counts of the batches appended to DuckDB from here on (filled as the compile reads)."""
+    from ftc.compiler import ingest
+
+    batches: list[int] = []
+    add = ingest.SourceTable.add
+    monkeypatch.setattr(ingest.SourceTable, "add", lambda self, t: (batches.append(t.num_rows), add(self, t))[1])
+    return batches
+
+
 def test_tiny_read_batches_give_the_same_lock_and_artifacts(cli, tmp_path, shared, monkeypatch):
     lock_a, arts_a = _compiled(cli, _project(tmp_path / "a", shared))
     _shrink(monkeypatch)
-    from ftc.compiler import ingest
-
-    batches = []
-    add = ingest.SourceTable.add
-    monkeypatch.setattr(ingest.SourceTable, "add", lambda self, t: (batches.append(t.num_rows), add(self, t))[1])
+    batches = _batch_sizes(monkeypatch)
     lock_b, arts_b = _compiled(cli, _project(tmp_path / "b", shared))
     assert len(batches) > 40 and max(batches) < 400  # it did read in small batches
     assert lock_b == lock_a
@@ -215,11 +221,7 @@ def test_a_json_array_streams_and_gives_the_lock_reading_it_whole_gave(cli, tmp_
     _never_whole(monkeypatch)
     lock_b, arts_b = _compiled(cli, _json_project(tmp_path / "b", text))
     _shrink(monkeypatch)
-    from ftc.compiler import ingest
-
-    batches = []
-    add = ingest.SourceTable.add
-    monkeypatch.setattr(ingest.SourceTable, "add", lambda self, t: (batches.append(t.num_rows), add(self, t))[1])
+    batches = _batch_sizes(monkeypatch)
     lock_c, arts_c = _compiled(cli, _json_project(tmp_path / "c", text))
     assert len(batches) == -(-300 // 7)  # in batches of 7 objects
     assert lock_b == lock_a and lock_c == lock_a
