@@ -118,16 +118,20 @@ def summarize(metrics: list[dict], warmup: int = 1, skip: int = 0) -> dict:
 def ftc_variant(args, name: str, lock: str, backend: str) -> dict:
     run_dir = Path(os.environ.get("FTC_BENCH_WORK", "/tmp/ftc-bench")) / "grpo-runs" / name  # kept out of --out: adapters are large
     shutil.rmtree(run_dir, ignore_errors=True)
-    traced = args.trace and name.endswith("_fast") or name.endswith("_copy")
+    traced = args.trace and name.endswith("_fast")
     entry = [__file__, "traced", "--trace", str(Path(args.out) / f"{name}.trace.json"), "--profile-call", str(args.profile_call),
-             *(["--keep-copy"] if name.endswith("_copy") else []), "--"] if traced else ["-m", "ftc"]
+             "--"] if traced else ["-m", "ftc"]
+    env = dict(os.environ)
+    if name.endswith("_copy"):  # the merged copy where `auto` takes TRL's generate (unsloth), in the child too
+        env.update(FTC_BENCH_KEEP_COPY="1", PYTHONPATH=os.pathsep.join(
+            [str(Path(__file__).parent / "keep_copy"), *filter(None, [env.get("PYTHONPATH")])]))
     steps = args.fast_steps if args.trace and args.fast_steps and name.endswith("_fast") else args.steps
     cmd = [sys.executable, *entry, "run", str(WORK / lock), "--backend", backend, "--max-steps", str(steps),
            "--output", str(run_dir)]
     t0 = time.time()
     log_file = Path(args.out) / f"{name}.log"
     with log_file.open("w") as fh:  # streamed: a call cut short still has the log so far
-        proc = subprocess.run(cmd, cwd=ROOT, stdout=fh, stderr=subprocess.STDOUT, text=True)
+        proc = subprocess.run(cmd, cwd=ROOT, stdout=fh, stderr=subprocess.STDOUT, text=True, env=env)
     if proc.returncode != 0:
         return {"error": f"exit {proc.returncode}", "tail": log_file.read_text()[-1500:]}
     for kept in ("run.json", "metrics.jsonl"):
@@ -274,10 +278,6 @@ def traced(args) -> None:
         return out
 
     generation.MergedGenerator.generate = timed
-    if args.keep_copy:  # measure the merged copy where `auto` would take TRL's generate (unsloth)
-        from ftc.runtime import grpo
-
-        grpo.for_backend = lambda choice, backend: choice
     raise SystemExit(ftc_main(args.rest))
 
 
@@ -303,7 +303,6 @@ def main() -> None:
     s = sub.add_parser("traced", help="ftc run with the fast generator timed per call (what run --trace runs)")
     s.add_argument("--trace", required=True)
     s.add_argument("--profile-call", type=int, default=0)
-    s.add_argument("--keep-copy", action="store_true", help="keep the fast path where for_backend would leave it")
     s.add_argument("rest", nargs=argparse.REMAINDER)
     args = p.parse_args()
     if args.cmd == "traced" and args.rest[:1] == ["--"]:
