@@ -73,16 +73,25 @@ def plan_generation(asked: str, *, load_in_4bit: bool, world_size: int = 1, fsdp
     return GenerationChoice(asked, FAST, f"auto: LoRA merged into a generation copy, re-merged after every optimizer step{where}")
 
 
+def for_plan(train: dict, model: dict, *, world_size: int = 1) -> GenerationChoice:
+    """`plan_generation` for a plan's settings (`train.grpo.generation`, `model.load_in_4bit`,
+    `train.fsdp`): the one place both the backend choice and GRPO's preparation ask."""
+    return plan_generation(train["grpo"]["generation"], load_in_4bit=model["load_in_4bit"], world_size=world_size,
+                           fsdp=train.get("fsdp") or "")
+
+
 def for_backend(choice: GenerationChoice, backend: str) -> GenerationChoice:
-    """`choice` once the backend is known. Under unsloth, "auto" takes TRL's own generate: unsloth
-    patches the Qwen2/Llama classes process-wide, so a merged copy runs unsloth's forward, and its
-    static-cache decoding measured 33.9 s a step on the H200 at the 1.5B shape, against 17-31 s for
-    TRL's generate under unsloth (BENCHMARKS.md, issue 13). That 33.9 s was measured before
-    `_drop_forward_patches`, when the copy still ran the training model through TRL's patched
-    forward; the copy under unsloth has not been measured since, so this stays until it is."""
+    """`choice` once the backend is known. Under unsloth (which `auto` no longer picks for GRPO
+    where the copy applies, see run.choose_backend) "auto" takes TRL's own generate. unsloth
+    patches the Qwen2/Llama classes process-wide, so a merged copy runs unsloth's forward: on the
+    H200 at the 1.5B shape it measured 19.4 s a step (generation 18.8 s, 217 tokens/s) against
+    24.0 s with TRL's generate under unsloth and 3.0 s for the copy on the hf backend
+    (BENCHMARKS.md, issue 13). The copy's greedy agreement with the training model is tested on
+    the hf backend only, not under unsloth's patched classes, and 1.2x does not pay for that."""
     if backend == "unsloth" and choice.asked == "auto" and choice.path == FAST:
-        return GenerationChoice(choice.asked, GENERATE, "auto: the unsloth backend (its patched model classes make the merged "
-                                                        "copy slower than TRL's generate; measured, BENCHMARKS.md)")
+        return GenerationChoice(choice.asked, GENERATE, "auto: the unsloth backend (the merged copy would run unsloth's "
+                                                        "patched classes, untested there; 19.4 s a step against 24.0 s "
+                                                        "with TRL's generate, 3.0 s on --backend hf; BENCHMARKS.md)")
     return choice
 
 

@@ -45,7 +45,7 @@ from ftc.compiler.rewards import reward_from_dict
 from ftc.compiler.schedule import check_grpo_batch
 from ftc.errors import FtcError
 from ftc.runtime.metrics import TokenCounter, read_metrics
-from ftc.runtime.generation import FAST, VLLM, GenerationChoice, MergedGenerator, for_backend, plan_generation
+from ftc.runtime.generation import FAST, VLLM, GenerationChoice, MergedGenerator, for_backend, for_plan
 from ftc.runtime.token_data import read_artifact
 from ftc.runtime.model import ModelSetup
 from ftc.runtime.rewards_trl import build_reward_funcs, reward_weights
@@ -83,8 +83,7 @@ class GRPO:
     def prepare(self, plan: Plan, train: dict, *, tokenizer: Any, world_size: int) -> PromptData:
         grpo = train["grpo"]
         check_grpo_batch(train, world_size=world_size)
-        generation = plan_generation(grpo["generation"], load_in_4bit=plan.settings["model"]["load_in_4bit"],
-                                     world_size=world_size, fsdp=train.get("fsdp") or "")  # "vllm" without vllm is refused before any model loads
+        generation = for_plan(train, plan.settings["model"], world_size=world_size)  # "vllm" without vllm: refused before any model loads
         resolved = list(grpo["rewards"])
         if not resolved:
             raise FtcError("FTC750", path="train.grpo.rewards")

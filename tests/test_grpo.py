@@ -336,3 +336,13 @@ def test_interrupted_and_resumed_run_ends_where_a_straight_run_ends(compiled):
     assert per_step("cut") == pytest.approx(per_step("straight"), rel=1e-5, abs=1e-7)
     a, b = (load_file(str(folder / out / "adapter_model.safetensors")) for out in ("straight", "cut"))
     assert a.keys() == b.keys() and all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
+
+
+@needs_shared
+def test_the_backend_choice_asks_the_plan_whether_the_copy_generates(tmp_path):
+    """run.grpo_takes_the_copy reads the same fact GRPO's preparation reads (generation.for_plan):
+    `auto` generation on a 16-bit base takes the copy, `generate` does not (SFT: test_runtime_backends)."""
+    from ftc.runtime.run import grpo_takes_the_copy
+
+    assert grpo_takes_the_copy(compile_gsm8k(tmp_path / "auto"), 1)
+    assert not grpo_takes_the_copy(compile_gsm8k(tmp_path / "generate", "train.grpo.generation=generate"), 1)

@@ -55,6 +55,26 @@ def test_auto_picks_unsloth_only_where_it_runs(machine, cuda, unsloth, world, ex
     assert choose_backend("auto", world_size=world) == expected
 
 
+def test_auto_takes_hf_for_grpo_that_generates_from_the_merged_copy(machine, tmp_path):
+    """The copy runs on the hf backend (generation.for_backend keeps TRL's generate under unsloth),
+    and generation is most of a GRPO step: 3.0 s a step there against 19.4-24.0 under unsloth.
+    Which GRPO plans take the copy: test_grpo; an SFT plan never does."""
+    from ftc.runtime.run import choose_backend, grpo_takes_the_copy
+
+    write_jsonl(tmp_path / "s.jsonl", [{"t": f"row {i}"} for i in range(4)])
+    sft = compile_plan(tmp_path, {"name": "t", "sources": {"s": {"path": "s.jsonl"}},
+                                  "template": {"format": "text", "text": "{{ t }}"},
+                                  "model": {"name": "tiny", "tokenizer": str(DEMO_TOKENIZER)}})
+    assert sft.method == "sft" and not grpo_takes_the_copy(sft, 1)
+
+    machine(True, True)
+    chosen, why = choose_backend("auto", fast_grpo=True)
+    assert chosen == "hf" and "merged copy" in why and "--backend unsloth" in why
+    assert choose_backend("unsloth", fast_grpo=True) == ("unsloth", "asked for with --backend unsloth")  # by name, as asked
+    machine(False, False)
+    assert choose_backend("auto", fast_grpo=True) == ("hf", "auto: no CUDA GPU")
+
+
 def test_unsloth_by_name_is_refused_with_the_reason(machine):
     from ftc.runtime.run import choose_backend
 

@@ -222,6 +222,9 @@ def run_all(args) -> None:
             results[name] = {"skipped": "needs CUDA and unsloth"}
         else:
             if name == "ftc_hf_7b_qlora" and not (model_7b() / "config.json").exists():
+                bench_tok = ROOT / ".bench" / "tok"  # make-model copies it next to the weights; WORK/tok is the same tokenizer
+                if not bench_tok.exists():
+                    shutil.copytree(WORK / "tok", bench_tok)
                 subprocess.run([sys.executable, str(Path(__file__).with_name("gpu_bench.py")), "make-model", "--shape", "7b",
                                 "--dir", str(model_7b())],
                                check=True)
