@@ -27,6 +27,7 @@ from ftc.errors import FtcError
 
 TOKEN_BATCH = 16_384  # rows tokenized at once: bounds the id arrays in flight, keeps Rust batches large
 BUCKET = 32_768  # packed output rows gathered at once when packing reorders the rows on disk
+OPEN_BUCKETS = 256  # bucket files written at once: more buckets take more passes over the spill, not more file handles
 
 
 @dataclass
@@ -205,11 +206,14 @@ def _unpacked(spill: Path) -> Iterator[pa.Table]:
 def _packed(res: _Split, bin_of: np.ndarray, tmp: Path) -> Iterator[pa.Table]:
     """The spilled rows in packed order (bin after bin) with their ``pack`` number, a bucket at a time.
 
-    Each row's output position is known from its bin (``bin_of``, a bin number per row), so one
+    Each row's output position is known from its bin (``bin_of``, a bin number per row), so a
     pass over the spill sends every row to the bucket of its position (a file per ``BUCKET``
-    positions), and each bucket is then read alone, put in position order and handed on: two
-    sequential passes, one bucket in memory. Per row only two int32 arrays are held (the
-    position of each row, the bin at each position), not the bins as lists.
+    positions), and each bucket is then read alone, put in position order and handed on: one
+    bucket in memory. A pass writes at most ``OPEN_BUCKETS`` bucket files (one file handle each),
+    so past ``BUCKET * OPEN_BUCKETS`` rows (8.4M) the spill is read once per group of buckets,
+    and a group's buckets are handed on before the next group is written. Per row only two
+    int32 arrays are held (the position of each row, the bin at each position), not the bins as
+    lists.
     """
     from ftc.compiler.pack import packed_order
 
@@ -220,28 +224,37 @@ def _packed(res: _Split, bin_of: np.ndarray, tmp: Path) -> Iterator[pa.Table]:
     del order
     bin_at = np.sort(bin_of)  # the bin of each output position: bins are contiguous, in bin order
     schema = res.schema.append(pa.field("_pos", pa.from_numpy_dtype(pos.dtype)))
-    writers: dict[int, Any] = {}
-    start = 0
-    try:
-        for t in _unpacked(res.spill):
-            p = pos[start : start + t.num_rows]
-            start += t.num_rows
-            t = t.append_column("_pos", pa.array(p))
-            bucket = p // BUCKET
-            for j in np.unique(bucket):
-                if j not in writers:
-                    writers[j] = pa.ipc.new_stream(str(tmp / f"bucket-{j}.arrow"), schema)
-                writers[j].write_table(t.take(pa.array(np.flatnonzero(bucket == j))))
-    finally:
-        for w in writers.values():
-            w.close()
-    for j in range(-(-n // BUCKET)):
-        path = tmp / f"bucket-{j}.arrow"
-        with pa.OSFile(str(path)) as f:
-            t = pa.ipc.open_stream(f).read_all()
-        path.unlink()
-        t = t.take(pc.sort_indices(t.column("_pos"))).drop_columns(["_pos"])
-        yield t.append_column("pack", pa.array(bin_at[j * BUCKET : j * BUCKET + t.num_rows], pa.int32()))
+    buckets = -(-n // BUCKET)
+    for first in range(0, buckets, OPEN_BUCKETS):
+        group = range(first, min(first + OPEN_BUCKETS, buckets))
+        lo, hi = group.start * BUCKET, group.stop * BUCKET  # the output positions this pass gathers
+        writers: dict[int, Any] = {}
+        start = 0
+        try:
+            for t in _unpacked(res.spill):
+                p = pos[start : start + t.num_rows]
+                start += t.num_rows
+                here = np.flatnonzero((p >= lo) & (p < hi))
+                if not len(here):
+                    continue
+                if len(here) < len(p):  # one pass (up to 8.4M rows) takes every row: no copy
+                    p, t = p[here], t.take(pa.array(here))
+                t = t.append_column("_pos", pa.array(p))
+                bucket = p // BUCKET
+                for j in np.unique(bucket):
+                    if j not in writers:
+                        writers[j] = pa.ipc.new_stream(str(tmp / f"bucket-{j}.arrow"), schema)
+                    writers[j].write_table(t.take(pa.array(np.flatnonzero(bucket == j))))
+        finally:
+            for w in writers.values():
+                w.close()
+        for j in group:
+            path = tmp / f"bucket-{j}.arrow"
+            with pa.OSFile(str(path)) as f:
+                t = pa.ipc.open_stream(f).read_all()
+            path.unlink()
+            t = t.take(pc.sort_indices(t.column("_pos"))).drop_columns(["_pos"])
+            yield t.append_column("pack", pa.array(bin_at[j * BUCKET : j * BUCKET + t.num_rows], pa.int32()))
 
 
 def _keeping(parts: Iterable[pa.Table], kept: list[pa.Table]) -> Iterator[pa.Table]:

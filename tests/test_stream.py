@@ -69,6 +69,26 @@ def test_batches_and_buckets_give_the_bytes_of_one_batch(project, monkeypatch, o
     monkeypatch.setattr(cache, "BATCH", 11)
     monkeypatch.setattr(tokens, "TOKEN_BATCH", 16)
     monkeypatch.setattr(tokens, "BUCKET", 7)
+    monkeypatch.setattr(tokens, "OPEN_BUCKETS", 3)  # several passes over the spill, 3 bucket files open at a time
+    opened, open_now = [], []  # every bucket file, and the writers open at each opening
+    real_stream = tokens.pa.ipc.new_stream
+
+    class Counted:
+        def __init__(self, path, schema):
+            self.writer, self.path = real_stream(path, schema), path
+            opened.append(path)
+            live.add(path)
+            open_now.append(len(live))
+
+        def write_table(self, t):
+            self.writer.write_table(t)
+
+        def close(self):
+            live.discard(self.path)
+            self.writer.close()
+
+    live: set = set()
+    monkeypatch.setattr(tokens.pa.ipc, "new_stream", Counted)
     out = _compile(project, folder / "batched.lock", f"train.overlong={overlong}")
     assert out.clock.reused == []
     assert (folder / "batched.lock").read_bytes() == (folder / "whole.lock").read_bytes()
@@ -78,6 +98,7 @@ def test_batches_and_buckets_give_the_bytes_of_one_batch(project, monkeypatch, o
     # the recipe really exercises what has to be summed across batches
     assert (stats["truncated"] if overlong == "truncate" else stats["dropped"]) > 0
     assert lock["tokens"]["packing"]["sequences"] > 1
+    assert len(opened) > 3 * 2 and max(open_now) == 3  # more than two passes' worth of buckets, never over 3 open
     merged = [w for w in lock["tokens"].get("warnings", []) if w["split"] == "train"]
     assert merged and merged[0]["of"] == lock["stages"][-2]["rows_in"]  # "of" = every row of the split
 
