@@ -356,6 +356,30 @@ def test_validate_reads_only_the_head_of_a_large_file_and_a_filter_that_empties_
     assert cli("compile", r, "-o", tmp_path / "p.lock", "-q")[0] == 2
 
 
+@pytest.mark.parametrize("bom", [False, True])
+def test_validate_reads_only_the_head_of_a_large_json_array(cli, tmp_path, monkeypatch, bom):
+    """A JSON array (Alpaca's own format) is cut after its last element complete in the head and
+    closed: the sample is the file's first records, read as compile reads them, with a multi-byte
+    character and the array's whitespace around the cut; a defect past the head is compile's."""
+    from ftc.compiler import check
+
+    rows = [{"q": f"问题 {i}", "a": "答" * 40} for i in range(4000)]
+    body = "[\n  " + ",\n  ".join(json.dumps(r, ensure_ascii=False) for r in rows) + ',\n  {"q": broken}\n]\n'
+    (tmp_path / "big.json").write_bytes((b"\xef\xbb\xbf" if bom else b"") + body.encode("utf-8"))
+    r = write_recipe(tmp_path, {"sources": {"s": {"path": "big.json"}}, "template": PC})
+    whole, real = [], Path.read_bytes
+    monkeypatch.setattr(Path, "read_bytes", lambda self: whole.append(self.name) or real(self))  # never big.json whole
+
+    code, out, err = cli("validate", r)
+    assert code == 0 and "big.json" not in whole, (err, whole)
+    n = int(err.split("the first ")[1].split(" rows")[0])
+    assert 0 < n < 4000 and n * len(json.dumps(rows[0], ensure_ascii=False).encode()) < check.HEAD_BYTES
+    head = check._read_head(tmp_path / "big.json", {})[0]
+    assert json.loads(head.decode("utf-8-sig")) == rows[:n]  # the file's own first records, nothing else
+    monkeypatch.undo()
+    assert cli("compile", r, "-o", tmp_path / "p.lock", "-q")[0] == 2
+
+
 def test_in_a_git_work_tree_the_project_is_the_work_tree(cli, tmp_path):
     """The shipped recipes read ../templates/: in a checkout that is the project; past it is not."""
     proj = tmp_path / "proj"
