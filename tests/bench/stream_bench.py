@@ -22,7 +22,10 @@ At the first size (about 199k rows), each in its own child process, timed from i
   the very texts compile tokenized (prompt + completion of both splits, read from its artifacts;
   one call, and in 8 chunks as ftc calls it; target: compile <= 1.3x) and against
   ``article_datasets_map``: the article's loader followed by ``datasets.map`` tokenization of its
-  prompt + completion (the HF tokenizer call of tests/bench/test_bench_tokenize.py; target >= 1.8x).
+  prompt + completion (the HF tokenizer call of tests/bench/test_bench_tokenize.py; target >= 1.8x);
+- and the same three with the work compile does: ``*_prompt_too`` encode each prompt on its own as
+  well as inside its joint text (compile's prompt part is ``encode_prompt`` of the prompt, as TRL's
+  preparation of prompt-completion rows encodes the prompt apart).
 """
 
 from __future__ import annotations
@@ -124,7 +127,7 @@ if what == "compile_no_tokenize":
     from ftc.compiler.recipe import load_recipe
     r = compile_recipe(load_recipe(Path(proj) / "notok.json"), Path(proj) / "notok.lock", tokenize=False)
     out["rows"] = sum(t.num_rows for t in r.splits.values())
-elif what in ("article_loader", "article_datasets_map"):
+elif what in ("article_loader", "article_datasets_map", "article_datasets_map_prompt_too"):
     from pathlib import Path
     import pandas as pd
     from article import article_rows  # tests/bench/article.py (sys.argv[3] is on the path)
@@ -138,8 +141,16 @@ elif what in ("article_loader", "article_datasets_map"):
         datasets.disable_progress_bars()
         tok = AutoTokenizer.from_pretrained(sys.argv[4])
         ds = datasets.Dataset.from_list(rows)
-        ds = ds.map(lambda b: tok([p + c for p, c in zip(b["prompt"], b["completion"])], add_special_tokens=False),
-                    batched=True, remove_columns=ds.column_names, load_from_cache_file=False)
+        if what == "article_datasets_map":
+            ds = ds.map(lambda b: tok([p + c for p, c in zip(b["prompt"], b["completion"])], add_special_tokens=False),
+                        batched=True, remove_columns=ds.column_names, load_from_cache_file=False)
+        else:  # the prompt on its own as well, as TRL's SFT preparation of prompt-completion rows encodes it
+            def both(b):
+                prompt = tok(b["prompt"], add_special_tokens=False)["input_ids"]
+                joint = tok([p + c for p, c in zip(b["prompt"], b["completion"])], add_special_tokens=False)["input_ids"]
+                return {"prompt_ids": prompt, "input_ids": joint}
+            ds = ds.map(both, batched=True, remove_columns=ds.column_names, load_from_cache_file=False)
+            out["prompt_tokens"] = sum(len(x) for x in ds["prompt_ids"])
         out["tokens"] = sum(len(x) for x in ds["input_ids"])
     out["rows"] = len(rows)
 elif what.startswith("encode_batch_fast"):
@@ -150,9 +161,11 @@ elif what.startswith("encode_batch_fast"):
     for a in lock["artifacts"]["data"].values():
         t = pq.read_table(proj + "/" + a["path"], columns=["prompt", "completion"])
         texts += [p + c for p, c in zip(t.column("prompt").to_pylist(), t.column("completion").to_pylist())]
+        if what.endswith("_prompt_too"):  # what compile encodes: each prompt alone too (encode_prompt)
+            texts += t.column("prompt").to_pylist()
     tok = Tokenizer.from_file(sys.argv[4] + "/tokenizer.json")
     t1 = time.perf_counter()
-    if what == "encode_batch_fast":
+    if what in ("encode_batch_fast", "encode_batch_fast_prompt_too"):
         out["tokens"] = sum(len(e.ids) for e in tok.encode_batch_fast(texts, add_special_tokens=False))
     else:
         step = -(-len(texts) // 8)
@@ -183,7 +196,8 @@ def comparisons(proj: Path, cold: dict) -> dict:
     (proj / "notok.json").write_text(json.dumps(recipe, ensure_ascii=False, indent=1), encoding="utf-8")
     subprocess.run(["rm", "-rf", str(proj / ".ftc")], check=True)  # a cold compile, not the cache
     got = {k: child(k, proj) for k in ("compile_no_tokenize", "article_loader", "encode_batch_fast",
-                                       "encode_batch_fast_chunked", "article_datasets_map")}
+                                       "encode_batch_fast_chunked", "article_datasets_map", "encode_batch_fast_prompt_too",
+                                       "encode_batch_fast_chunked_prompt_too", "article_datasets_map_prompt_too")}
     got["compile_tokenize"] = {"wall_s": cold["wall_s"], "stages": cold["stages"]}
     w = {k: v["wall_s"] for k, v in got.items()}
     got["ratios"] = {
@@ -195,6 +209,13 @@ def comparisons(proj: Path, cold: dict) -> dict:
         "compile_tokenize / encode_batch_fast, its process (read the texts, load, encode)":
             round(w["compile_tokenize"] / w["encode_batch_fast"], 2),
         "article_datasets_map / compile_tokenize (target >= 1.8)": round(w["article_datasets_map"] / w["compile_tokenize"], 2),
+        # the same work as compile: the prompts encoded on their own as well as inside the joint texts
+        "compile_tokenize / encode_batch_fast_prompt_too, encode alone":
+            round(w["compile_tokenize"] / got["encode_batch_fast_prompt_too"]["encode_s"], 2),
+        "compile_tokenize / encode_batch_fast_chunked_prompt_too, encode alone":
+            round(w["compile_tokenize"] / got["encode_batch_fast_chunked_prompt_too"]["encode_s"], 2),
+        "article_datasets_map_prompt_too / compile_tokenize":
+            round(w["article_datasets_map_prompt_too"] / w["compile_tokenize"], 2),
     }
     return got
 
