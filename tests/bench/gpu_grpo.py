@@ -209,7 +209,9 @@ def run_all(args) -> None:
            # unsloth with the merged copy kept (generation.for_backend overridden): is the copy slower there?
            "ftc_unsloth_copy": ("auto.lock", "unsloth"),
            # the 7B shape, 4-bit base (auto takes TRL's generate there): the memory figure
-           "ftc_hf_7b_qlora": ("qlora7b.lock", "hf")}
+           "ftc_hf_7b_qlora": ("qlora7b.lock", "hf"),
+           # the same on unsloth: which backend should `auto` take for GRPO on a 4-bit base?
+           "ftc_unsloth_7b_qlora": ("qlora7b.lock", "unsloth")}
     for name in args.variants:
         log(f"{name} ...")
         if name == "trl_plain":
@@ -221,7 +223,7 @@ def run_all(args) -> None:
         elif "unsloth" in name and not (torch.cuda.is_available() and importlib.util.find_spec("unsloth")):
             results[name] = {"skipped": "needs CUDA and unsloth"}
         else:
-            if name == "ftc_hf_7b_qlora" and not (model_7b() / "config.json").exists():
+            if name.endswith("_7b_qlora") and not (model_7b() / "config.json").exists():
                 bench_tok = ROOT / ".bench" / "tok"  # make-model copies it next to the weights; WORK/tok is the same tokenizer
                 if not bench_tok.exists():
                     shutil.copytree(WORK / "tok", bench_tok)
