@@ -339,10 +339,22 @@ def test_interrupted_and_resumed_run_ends_where_a_straight_run_ends(compiled):
 
 
 @needs_shared
-def test_the_backend_choice_asks_the_plan_whether_the_copy_generates(tmp_path):
+def test_the_backend_choice_asks_the_plan_whether_the_copy_generates(tmp_path, monkeypatch):
     """run.grpo_takes_the_copy reads the same fact GRPO's preparation reads (generation.for_plan):
     `auto` generation on a 16-bit base takes the copy, `generate` does not (SFT: test_runtime_backends)."""
+    from ftc.runtime import run
     from ftc.runtime.run import grpo_takes_the_copy
 
-    assert grpo_takes_the_copy(compile_gsm8k(tmp_path / "auto"), 1)
+    auto = compile_gsm8k(tmp_path / "auto")
+    assert grpo_takes_the_copy(auto, 1)
     assert not grpo_takes_the_copy(compile_gsm8k(tmp_path / "generate", "train.grpo.generation=generate"), 1)
+    asked = {}
+
+    def spy(backend, **kw):  # what `ftc run` hands the backend choice; stops the run there
+        asked.update(kw, backend=backend)
+        raise FtcError("FTC701", missing="a CUDA GPU")
+
+    monkeypatch.setattr(run, "choose_backend", spy)
+    with pytest.raises(FtcError):
+        run.run_plan(str(auto.lock_path), output=str(tmp_path / "run"))
+    assert asked == {"backend": "auto", "world_size": 1, "fast_grpo": True}
