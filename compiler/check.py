@@ -128,8 +128,8 @@ def _head(recipe, name: str, spec: dict) -> tuple[pa.Table, int]:
 
 def _read_head(f: Path, spec: dict) -> tuple[bytes, bool, bool]:
     """(bytes, still compressed, whole file) of a file's head: the first HEAD_BYTES cut at a
-    line end for an uncompressed CSV, TSV or JSONL file, the first complete elements of an
-    uncompressed UTF-8 JSON array (closed with ``]``); the whole file otherwise (a parquet file
+    line end for an uncompressed CSV, TSV or JSONL file, the first complete objects of an
+    uncompressed UTF-8 JSON array (as an array of them); the whole file otherwise (a parquet file
     cannot be cut, and a compressed one is decompressed by the reader)."""
     from ftc.compiler import discovery, readers
 
@@ -151,36 +151,19 @@ def _read_head(f: Path, spec: dict) -> tuple[bytes, bool, bool]:
 
 
 def _json_array_head(data: bytes) -> bytes | None:
-    """The bytes of a UTF-8 JSON array's first complete elements, closed with ``]``: a document
-    of the file's own first records (Python's decoder finds where each element ends). None
-    where the head is not plainly that (not UTF-8, not an array, no element complete in it):
-    the caller then reads the whole file, as compile does."""
+    """A JSON array of the first complete objects of a UTF-8 JSON array's head (``json_read.head_objects``,
+    the elements as compile reads them), as UTF-8 bytes. None where the head is not plainly that (not
+    UTF-8, not an array of objects, no object complete in it): the caller then reads the whole file,
+    as compile does."""
     import codecs
     import json
+
+    from ftc.compiler.json_read import head_objects
 
     bom = codecs.BOM_UTF8 if data.startswith(codecs.BOM_UTF8) else b""
     try:  # a multi-byte character cut at the end of the head is left out, not an error
         text = codecs.getincrementaldecoder("utf-8")().decode(data[len(bom):], final=False)
     except UnicodeDecodeError:
         return None
-    decoder, ws = json.JSONDecoder(), " \t\n\r"
-    i = len(text) - len(text.lstrip(ws))
-    if not text.startswith("[", i):
-        return None
-    i, end = i + 1, None
-    while True:
-        while i < len(text) and text[i] in ws:
-            i += 1
-        try:
-            element, i = decoder.raw_decode(text, i)
-        except json.JSONDecodeError:
-            break  # the element cut by the head's end (or a syntax error compile will name)
-        if not isinstance(element, dict):
-            return None
-        end = i
-        while i < len(text) and text[i] in ws:
-            i += 1
-        if not text.startswith(",", i):
-            break
-        i += 1
-    return None if end is None else bom + text[:end].encode("utf-8") + b"]"
+    objects = head_objects(text)
+    return json.dumps(objects, ensure_ascii=False).encode("utf-8") if objects else None

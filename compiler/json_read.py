@@ -131,6 +131,21 @@ def array_elements(pieces: Iterator[str]) -> Iterator[object]:
         raise _Whole()  # extra data after the array
 
 
+def head_objects(text: str) -> list[dict]:
+    """The objects a JSON array's text begins with, as many as are complete in it (``ftc validate``
+    samples a large file's head): ``array_elements`` over the one piece, stopping where the text is
+    cut. [] where it does not begin as an array of objects."""
+    out: list[dict] = []
+    try:
+        for value in array_elements(iter([text])):
+            if not isinstance(value, dict):
+                return []
+            out.append(value)
+    except _Whole:  # the element the head's end cuts (or a defect compile will name)
+        pass
+    return out
+
+
 def read_jsonl(text: Callable[[], Iterator[str]], nbytes: int, bom: int, file: str, source: str,
                size: int) -> Iterator[pa.Table]:
     """JSON Lines in batches of ``size`` objects (``nbytes`` and ``bom`` word an empty file)."""

@@ -358,9 +358,9 @@ def test_validate_reads_only_the_head_of_a_large_file_and_a_filter_that_empties_
 
 @pytest.mark.parametrize("bom", [False, True])
 def test_validate_reads_only_the_head_of_a_large_json_array(cli, tmp_path, monkeypatch, bom):
-    """A JSON array (Alpaca's own format) is cut after its last element complete in the head and
-    closed: the sample is the file's first records, read as compile reads them, with a multi-byte
-    character and the array's whitespace around the cut; a defect past the head is compile's."""
+    """A JSON array (Alpaca's own format) is sampled from its head: the objects complete in it, read
+    as compile reads them (a multi-byte character and the array's whitespace around the cut), and
+    nothing else; a defect past the head is compile's."""
     from ftc.compiler import check
 
     rows = [{"q": f"问题 {i}", "a": "答" * 40} for i in range(4000)]
