@@ -227,27 +227,7 @@ def _packed(res: _Split, bin_of: np.ndarray, tmp: Path) -> Iterator[pa.Table]:
     buckets = -(-n // BUCKET)
     for first in range(0, buckets, OPEN_BUCKETS):
         group = range(first, min(first + OPEN_BUCKETS, buckets))
-        lo, hi = group.start * BUCKET, group.stop * BUCKET  # the output positions this pass gathers
-        writers: dict[int, Any] = {}
-        start = 0
-        try:
-            for t in _unpacked(res.spill):
-                p = pos[start : start + t.num_rows]
-                start += t.num_rows
-                here = np.flatnonzero((p >= lo) & (p < hi))
-                if not len(here):
-                    continue
-                if len(here) < len(p):  # one pass (up to 8.4M rows) takes every row: no copy
-                    p, t = p[here], t.take(pa.array(here))
-                t = t.append_column("_pos", pa.array(p))
-                bucket = p // BUCKET
-                for j in np.unique(bucket):
-                    if j not in writers:
-                        writers[j] = pa.ipc.new_stream(str(tmp / f"bucket-{j}.arrow"), schema)
-                    writers[j].write_table(t.take(pa.array(np.flatnonzero(bucket == j))))
-        finally:
-            for w in writers.values():
-                w.close()
+        _scatter(res.spill, pos, group, schema, tmp)
         for j in group:
             path = tmp / f"bucket-{j}.arrow"
             with pa.OSFile(str(path)) as f:
@@ -255,6 +235,32 @@ def _packed(res: _Split, bin_of: np.ndarray, tmp: Path) -> Iterator[pa.Table]:
             path.unlink()
             t = t.take(pc.sort_indices(t.column("_pos"))).drop_columns(["_pos"])
             yield t.append_column("pack", pa.array(bin_at[j * BUCKET : j * BUCKET + t.num_rows], pa.int32()))
+
+
+def _scatter(spill: Path, pos: np.ndarray, group: range, schema: pa.Schema, tmp: Path) -> None:
+    """One pass over the spill: every row whose output position (``pos``) falls in ``group``'s
+    buckets goes, with its ``_pos``, to its bucket's file; one file open per bucket of the group."""
+    lo, hi = group.start * BUCKET, group.stop * BUCKET
+    writers: dict[int, Any] = {}
+    start = 0
+    try:
+        for t in _unpacked(spill):
+            p = pos[start : start + t.num_rows]
+            start += t.num_rows
+            here = np.flatnonzero((p >= lo) & (p < hi))
+            if not len(here):
+                continue
+            if len(here) < len(p):  # one pass (up to 8.4M rows) takes every row: no copy
+                p, t = p[here], t.take(pa.array(here))
+            t = t.append_column("_pos", pa.array(p))
+            bucket = p // BUCKET
+            for j in np.unique(bucket):
+                if j not in writers:
+                    writers[j] = pa.ipc.new_stream(str(tmp / f"bucket-{j}.arrow"), schema)
+                writers[j].write_table(t.take(pa.array(np.flatnonzero(bucket == j))))
+    finally:
+        for w in writers.values():
+            w.close()
 
 
 def _keeping(parts: Iterable[pa.Table], kept: list[pa.Table]) -> Iterator[pa.Table]:
