@@ -200,20 +200,20 @@ def comparisons(proj: Path, cold: dict) -> dict:
                                        "encode_batch_fast_chunked_prompt_too", "article_datasets_map_prompt_too")}
     got["compile_tokenize"] = {"wall_s": cold["wall_s"], "stages": cold["stages"]}
     w = {k: v["wall_s"] for k, v in got.items()}
+
+    def per_encode(k: str) -> float:  # compile's wall against a contender's encode alone
+        return round(w["compile_tokenize"] / got[k]["encode_s"], 2)
+
     got["ratios"] = {
         "article_loader / compile_no_tokenize (target >= 10)": round(w["article_loader"] / w["compile_no_tokenize"], 2),
-        "compile_tokenize / encode_batch_fast, encode alone (target <= 1.3)":
-            round(w["compile_tokenize"] / got["encode_batch_fast"]["encode_s"], 2),
-        "compile_tokenize / encode_batch_fast_chunked, encode alone":
-            round(w["compile_tokenize"] / got["encode_batch_fast_chunked"]["encode_s"], 2),
+        "compile_tokenize / encode_batch_fast, encode alone (target <= 1.3)": per_encode("encode_batch_fast"),
+        "compile_tokenize / encode_batch_fast_chunked, encode alone": per_encode("encode_batch_fast_chunked"),
         "compile_tokenize / encode_batch_fast, its process (read the texts, load, encode)":
             round(w["compile_tokenize"] / w["encode_batch_fast"], 2),
         "article_datasets_map / compile_tokenize (target >= 1.8)": round(w["article_datasets_map"] / w["compile_tokenize"], 2),
         # the same work as compile: the prompts encoded on their own as well as inside the joint texts
-        "compile_tokenize / encode_batch_fast_prompt_too, encode alone":
-            round(w["compile_tokenize"] / got["encode_batch_fast_prompt_too"]["encode_s"], 2),
-        "compile_tokenize / encode_batch_fast_chunked_prompt_too, encode alone":
-            round(w["compile_tokenize"] / got["encode_batch_fast_chunked_prompt_too"]["encode_s"], 2),
+        "compile_tokenize / encode_batch_fast_prompt_too, encode alone": per_encode("encode_batch_fast_prompt_too"),
+        "compile_tokenize / encode_batch_fast_chunked_prompt_too, encode alone": per_encode("encode_batch_fast_chunked_prompt_too"),
         "article_datasets_map_prompt_too / compile_tokenize":
             round(w["article_datasets_map_prompt_too"] / w["compile_tokenize"], 2),
     }
