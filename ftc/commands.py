@@ -59,23 +59,23 @@ def add_runtime_parsers(sub) -> None:
 def cmd_run(args) -> int:
     import os
 
-    from ftc.runtime.launch import WORKER_FLAG, launch
+    from ftc.runtime.launch import WORKER_FLAG, launch, needs_launch
     from ftc.runtime.run import run_plan
 
     if args.gpus == 1 and args.nnodes == 1 and "LOCAL_RANK" not in os.environ:
         # One process on a host with several GPUs: the Trainer would wrap the model in
         # nn.DataParallel, which TRL refuses. One GPU means the first one, unless told otherwise.
         os.environ.setdefault("CUDA_VISIBLE_DEVICES", "0")
-    if (args.gpus > 1 or args.nnodes > 1) and not os.environ.get(WORKER_FLAG):
+    if not os.environ.get(WORKER_FLAG) and needs_launch(args.lock, gpus=args.gpus, nnodes=args.nnodes):
         from ftc.runtime.verify import verify
 
         from ftc.runtime.launch import per_rank_accumulation
 
         plan = verify(args.lock)  # once, before the workers start: a rebuild must not race across ranks
         per_rank_accumulation(plan.lock["settings"]["train"], args.gpus * args.nnodes)  # refuse before launching
-        from ftc.runtime.trainer_config import refuse_fsdp_without_cuda
+        from ftc.runtime.trainer_config import refuse_unsharded_fsdp
 
-        refuse_fsdp_without_cuda(plan.lock["settings"]["train"])
+        refuse_unsharded_fsdp(plan.lock["settings"]["train"], launching=True)
         argv = ["run", args.lock, "--backend", args.backend] + (["--output", args.output] if args.output else []) \
             + (["--resume"] if args.resume else []) + (["--max-steps", str(args.max_steps)] if args.max_steps else []) \
             + [a for r in args.root for a in ("--root", os.path.abspath(r))]

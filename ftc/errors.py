@@ -419,6 +419,15 @@ RULES: dict[str, Rule] = {
              "or recompile with another optimizer: --set train.optim=adamw_torch"),
         Rule("FTC765", "train.fsdp {fsdp!r} needs CUDA GPUs: without one, accelerate does not shard, and the run would be "
              "plain DDP with the key ignored", "run the plan on GPUs, or recompile it for the CPU with --set train.fsdp="),
+        Rule("FTC766", "train.fsdp {fsdp!r} shards across the processes of a distributed launch, and this process is "
+             "not one (transformers' Trainer refuses FSDP outside distributed training)",
+             "run the plan with `ftc run PLAN` (it launches torchrun for an FSDP plan, one GPU included; --gpus N for "
+             "more), or start this process under torchrun"),
+        Rule("FTC767", "train.fsdp {fsdp!r} is not in force: the Trainer did not turn FSDP on (accelerate's distributed "
+             "type is {distributed_type})", "run the plan with `ftc run PLAN --gpus N` on CUDA GPUs; to train without "
+             "sharding, recompile with --set train.fsdp="),
+        Rule("FTC768", "the unsloth backend does not shard the model, and the plan sets train.fsdp {fsdp!r}",
+             "use --backend hf for FSDP, or recompile with --set train.fsdp= to train on unsloth"),
         # 78x: model.adapter and GRPO generation at run time
         Rule("FTC780", "model.adapter {folder} does not fit the base model: {reason}",
              "the adapter's LoRA shape (target modules, sizes) must match the base model it is put on: use the base it was trained on"),

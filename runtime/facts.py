@@ -100,14 +100,20 @@ def token_facts(counter: Any, *, note: str) -> dict:
     }
 
 
-def distributed_facts(plan_train: dict, rank_train: dict, world_size: int, tokens_per_second: float | None) -> dict:
-    """run.json's "distributed": the lock's global batch and what each rank ran of it."""
+def distributed_facts(plan_train: dict, rank_train: dict, world_size: int, tokens_per_second: float | None,
+                      trainer: Any) -> dict:
+    """run.json's "distributed": the lock's global batch, what each rank ran of it, and what the
+    Trainer applied, read from it rather than from the plan: FSDP or not, and the class of the model
+    it trained (DistributedDataParallel, an FSDP wrapper, or the model itself in one process)."""
+    wrapped = getattr(trainer, "model_wrapped", None)
     return {
         "world_size": world_size,
         "gradient_accumulation_steps_per_rank": rank_train["gradient_accumulation_steps"],
         "global_batch": plan_train["per_device_train_batch_size"] * plan_train["gradient_accumulation_steps"],
         "tokens_per_second_per_gpu": tokens_per_second,  # measured on rank 0's shard
         "tokens_per_second_total": tokens_per_second * world_size if tokens_per_second else None,  # rank 0's rate x world size
+        "fsdp": bool(getattr(trainer, "is_fsdp_enabled", False)),
+        "wrapper": None if wrapped is None else type(wrapped).__name__,
     }
 
 

@@ -34,6 +34,18 @@ def per_rank_accumulation(train: dict, world_size: int) -> dict:
     return {**train, "gradient_accumulation_steps": ga // world_size}
 
 
+def needs_launch(lock_path: str, *, gpus: int, nnodes: int) -> bool:
+    """Whether `ftc run` starts torchrun rather than training in its own process: for several
+    processes, and for a plan with `train.fsdp` on one GPU too, since the Trainer takes FSDP only in
+    distributed training (trainer_config.refuse_unsharded_fsdp). The lock is read
+    (its hash checked) only when one process would otherwise do."""
+    if gpus > 1 or nnodes > 1:
+        return True
+    from ftc.compiler.lock import read_lock
+
+    return bool(read_lock(lock_path)["settings"]["train"].get("fsdp"))
+
+
 def torchrun_command(argv: list[str], *, gpus: int, nnodes: int, node_rank: int, rdzv_endpoint: str | None) -> list[str]:
     """The torchrun command that runs `ftc <argv>` once per GPU (and host)."""
     cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={gpus}"]

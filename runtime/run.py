@@ -18,7 +18,7 @@ from ftc.runtime.verify import verify
 RUN_LOCK = "plan.lock"  # a copy of the plan, kept in the run folder
 
 
-def choose_backend(asked: str, *, world_size: int = 1, fast_grpo: bool = False) -> tuple[str, str]:
+def choose_backend(asked: str, *, world_size: int = 1, fast_grpo: bool = False, fsdp: str = "") -> tuple[str, str]:
     """(backend, why). unsloth needs CUDA and the unsloth package and runs SFT or GRPO on one
     GPU in its own process (runtime/unsloth_process.py); hf runs anywhere. `auto` takes unsloth
     when it can run, since it is the faster one there, else hf, and says why; unsloth asked for
@@ -26,7 +26,9 @@ def choose_backend(asked: str, *, world_size: int = 1, fast_grpo: bool = False) 
     `fast_grpo` (a GRPO plan whose generation takes the merged copy, `grpo_takes_the_copy`): `auto`
     takes hf, where the copy runs, since generation is most of a GRPO step; measured in one H200
     session at the 1.5B shape, 3.0 s a step on hf against 19.4-24.0 s under unsloth. Where the copy
-    does not apply (a 4-bit base) unsloth stays: 32.2 s a step against 50.9 s on hf at the 7B shape."""
+    does not apply (a 4-bit base) unsloth stays: 32.2 s a step against 50.9 s on hf at the 7B shape.
+    `fsdp` (the plan's train.fsdp): unsloth does not shard, so `auto` takes hf and unsloth by name
+    is refused (FTC768), since FSDP plans run as torchrun ranks even on one GPU."""
     import importlib.util
 
     has_unsloth = importlib.util.find_spec("unsloth") is not None
@@ -39,6 +41,8 @@ def choose_backend(asked: str, *, world_size: int = 1, fast_grpo: bool = False) 
         if not cuda or not has_unsloth:
             missing = " and ".join(x for x, ok in (("a CUDA GPU", cuda), ("the unsloth package", has_unsloth)) if not ok)
             raise FtcError("FTC701", missing=missing)
+        if fsdp:
+            raise FtcError("FTC768", path="train.fsdp", fsdp=fsdp)
         if world_size > 1:
             raise FtcError("FTC702", world_size=world_size)
         return "unsloth", "asked for with --backend unsloth"
@@ -46,6 +50,8 @@ def choose_backend(asked: str, *, world_size: int = 1, fast_grpo: bool = False) 
         return "hf", "auto: no CUDA GPU"
     if not has_unsloth:
         return "hf", "auto: unsloth is not installed"
+    if fsdp:
+        return "hf", f"auto: train.fsdp ({fsdp!r}) shards the model, which the unsloth backend does not do"
     if world_size > 1:
         return "hf", "auto: the unsloth backend runs on one GPU, and this run has several processes"
     if fast_grpo:
@@ -110,7 +116,8 @@ def run_plan(lock_path: str, *, output: str | None = None, resume: bool = False,
 
     plan = verify(lock_path)
     rank, world_size = world()
-    chosen, why = choose_backend(backend, world_size=world_size, fast_grpo=grpo_takes_the_copy(plan, world_size))
+    chosen, why = choose_backend(backend, world_size=world_size, fast_grpo=grpo_takes_the_copy(plan, world_size),
+                                 fsdp=plan.settings["train"].get("fsdp") or "")
     out = run_dir_for(plan, output)
     guard_output(out, plan, resume)
     done = finished_run(out, plan, max_steps)
@@ -123,11 +130,11 @@ def run_plan(lock_path: str, *, output: str | None = None, resume: bool = False,
         return {**done, "output_dir": str(out), "already_finished": True}
     from ftc.runtime.model import refuse_unloadable
     from ftc.runtime.session import CHECKPOINTS, refuse_resume
-    from ftc.runtime.trainer_config import refuse_fsdp_without_cuda, refuse_missing_trackers
+    from ftc.runtime.trainer_config import refuse_missing_trackers, refuse_unsharded_fsdp
 
     refuse_unloadable(plan.settings["model"])  # 4-bit without CUDA or on random weights: before any loading
     refuse_missing_trackers(plan.settings["train"])
-    refuse_fsdp_without_cuda(plan.settings["train"])
+    refuse_unsharded_fsdp(plan.settings["train"])
     if resume:  # refused before the run folder is written to
         refuse_resume(out / CHECKPOINTS)
     fresh = not out.exists() or not any(out.iterdir())  # this run makes the folder: a failure before training removes it

@@ -47,7 +47,8 @@ from ftc.runtime.flops import mfu
 from ftc.runtime.launch import per_rank_accumulation, world
 from ftc.runtime.metrics import StopFlag, TokenCounter, callbacks as run_callbacks, read_metrics, truncate_metrics
 from ftc.runtime.model import ModelSetup, align_pad_token, load_tokenizer
-from ftc.runtime.trainer_config import checked_config, refuse_changes, refuse_missing_optimizer, tracking, training_arguments
+from ftc.runtime.trainer_config import (checked_config, refuse_changes, refuse_missing_optimizer, refuse_unapplied_fsdp, tracking,
+                                        training_arguments)
 
 CHECKPOINTS = "checkpoints"
 
@@ -175,6 +176,7 @@ def run_method(method: Method, plan: Plan, *, output_dir: Path, resume: bool = F
         **extra,
     )
     refuse_changes(trainer.args, planned, who=type(trainer).__mro__[1].__name__)  # unsloth's trainer may rewrite args
+    refuse_unapplied_fsdp(trainer, train)
     trainer.token_counter = counter
     trainer.remove_callback(ProgressCallback)
     trainer.remove_callback(PrinterCallback)
@@ -226,7 +228,7 @@ def run_method(method: Method, plan: Plan, *, output_dir: Path, resume: bool = F
         "memory_plan": memory,
         "tracking": {"report_to": train["report_to"], "run_name": args.run_name, "environment": tracked},
         "peak_memory": peak_memory(loaded.device),
-        "distributed": distributed_facts(settings["train"], rank_train, world_size, per_second),
+        "distributed": distributed_facts(settings["train"], rank_train, world_size, per_second, trainer),
         "adapter_dir": ".",
         "checkpoint": relative(last_checkpoint(folder.checkpoints), folder.root),
         **({"flops": flops, "mfu": mfu(counter.real, train_time, flops)} if flops else {}),

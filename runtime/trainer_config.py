@@ -123,17 +123,35 @@ def refuse_missing_trackers(train: dict) -> None:
             raise FtcError("FTC779", path="train.report_to", tracker=name, package=TRACKERS[name][0])
 
 
-def refuse_fsdp_without_cuda(train: dict) -> None:
-    """FTC765 before any loading when `train.fsdp` is set and there is no CUDA GPU: accelerate
-    turns FSDP on for GPU processes only, so on the CPU the Trainer would run plain DDP (or one
-    process) and the key would be ignored without a word (measured: gloo ranks got
-    DistributedDataParallel, Trainer.is_fsdp_enabled False)."""
+def refuse_unsharded_fsdp(train: dict, *, launching: bool = False) -> None:
+    """Before any loading, refuse a `train.fsdp` that cannot be in force here. FSDP shards across the
+    ranks of a distributed launch on CUDA GPUs. On the CPU accelerate does not turn it on, and the
+    ranks get plain DDP with the key dropped without a word (FTC765; measured: gloo ranks got
+    DistributedDataParallel, Trainer.is_fsdp_enabled False). In one process that is not a rank (no
+    LOCAL_RANK, as torchrun sets it), transformers' Trainer raises "Using fsdp only works in
+    distributed training", after the model has loaded (FTC766 says it first). `ftc run` launches
+    torchrun for every FSDP plan, one GPU included (`launch.needs_launch`), so FTC766 is for a
+    process started some other way. ``launching``: the check of the process that is about to start
+    torchrun, which is not a rank itself."""
     if not train.get("fsdp"):
         return
+    import os
+
     import torch
 
     if not torch.cuda.is_available():
         raise FtcError("FTC765", path="train.fsdp", fsdp=train["fsdp"])
+    if not launching and int(os.environ.get("LOCAL_RANK", "-1")) == -1:
+        raise FtcError("FTC766", path="train.fsdp", fsdp=train["fsdp"])
+
+
+def refuse_unapplied_fsdp(trainer: Any, train: dict) -> None:
+    """After the Trainer is built: `train.fsdp` is in force (Trainer.is_fsdp_enabled, which it reads
+    from accelerate's state), or the run stops before training (FTC767). The checks before loading
+    cover the cases known; this one holds for any other path that would drop it."""
+    if train.get("fsdp") and not getattr(trainer, "is_fsdp_enabled", False):
+        state = getattr(getattr(trainer, "accelerator", None), "distributed_type", None)
+        raise FtcError("FTC767", path="train.fsdp", fsdp=train["fsdp"], distributed_type=str(getattr(state, "value", state)))
 
 
 def tracking(train: dict, *, plan_name: str, plan_hash: str, run_dir: Path) -> tuple[dict[str, str], Callable[[], None]]:

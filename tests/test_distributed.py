@@ -75,6 +75,9 @@ def test_two_processes_shard_the_data_and_keep_the_global_batch(cli, tmp_path):
     assert two["train"]["epoch"] == pytest.approx(one["train"]["epoch"], rel=0.35)
     assert abs(two["train"]["first_loss"] - one["train"]["first_loss"]) / one["train"]["first_loss"] < 0.05
     assert (tmp_path / "r2" / "adapter_model.safetensors").exists()
+    # what the Trainer applied, read from it: DDP on two ranks, no wrapper in one process, FSDP on neither
+    assert two["distributed"]["wrapper"] == "DistributedDataParallel" and two["distributed"]["fsdp"] is False
+    assert one["distributed"]["wrapper"] == "PeftModelForCausalLM" and one["distributed"]["fsdp"] is False
 
 
 @pytest.mark.slow
@@ -103,6 +106,57 @@ def test_grpo_on_two_processes_takes_the_fast_path_on_each_rank(cli, tmp_path):
     assert two["generation_batch_size"] == one["generation_batch_size"] == 4  # the global batch: 2 whole groups
     assert facts[2]["distributed"]["world_size"] == 2 and facts[2]["distributed"]["global_batch"] == 4
     assert (tmp_path / "r2" / "adapter_model.safetensors").exists()
+
+
+def test_an_fsdp_plan_is_launched_through_torchrun_on_one_gpu_too(cli, tmp_path):
+    """accelerate applies FSDP only to the ranks of a distributed launch, so `ftc run` of an FSDP plan
+    starts torchrun whatever --gpus says; a plan without it trains in the process on one GPU."""
+    from ftc.runtime.launch import needs_launch
+
+    fsdp, plain = demo_lock(cli, tmp_path / "a", "train.fsdp=full_shard auto_wrap"), demo_lock(cli, tmp_path / "b")
+    assert needs_launch(str(fsdp), gpus=1, nnodes=1) and not needs_launch(str(plain), gpus=1, nnodes=1)
+    assert needs_launch(str(plain), gpus=2, nnodes=1) and needs_launch(str(plain), gpus=1, nnodes=2)
+
+
+def test_fsdp_outside_a_distributed_launch_is_refused_on_a_gpu(monkeypatch):
+    """On a CUDA machine, a process that is not a torchrun rank (no LOCAL_RANK) cannot train an FSDP
+    plan (the Trainer raises once the model has loaded): refused before loading (FTC766); a rank, or
+    the process about to launch the ranks, goes on. (CUDA is what the check asks torch; this
+    machine's answer is replaced.)"""
+    import torch
+
+    from ftc.errors import FtcError
+    from ftc.runtime.trainer_config import refuse_unsharded_fsdp
+
+    train = {"fsdp": "full_shard auto_wrap"}
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.delenv("LOCAL_RANK", raising=False)
+    with pytest.raises(FtcError) as e:
+        refuse_unsharded_fsdp(train)
+    assert e.value.code == "FTC766" and "this process is not one" in str(e.value) and "ftc run PLAN" in e.value.hint
+    refuse_unsharded_fsdp(train, launching=True)
+    refuse_unsharded_fsdp({"fsdp": ""})
+    monkeypatch.setenv("LOCAL_RANK", "0")
+    refuse_unsharded_fsdp(train)
+
+
+def test_fsdp_that_the_trainer_did_not_turn_on_stops_the_run(tmp_path):
+    """The net behind the checks before loading: a real Trainer built without FSDP (one CPU process)
+    and a plan that asks for it is refused (FTC767); without train.fsdp the same Trainer goes on."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM, Trainer, TrainingArguments
+
+    from ftc.errors import FtcError
+    from ftc.runtime.trainer_config import refuse_unapplied_fsdp
+
+    model = LlamaForCausalLM(LlamaConfig(vocab_size=32, hidden_size=8, intermediate_size=16, num_hidden_layers=1,
+                                         num_attention_heads=2, num_key_value_heads=2))
+    trainer = Trainer(model=model, args=TrainingArguments(output_dir=str(tmp_path), use_cpu=True, report_to=[]))
+    assert trainer.is_fsdp_enabled is False and next(model.parameters()).device == torch.device("cpu")
+    with pytest.raises(FtcError) as e:
+        refuse_unapplied_fsdp(trainer, {"fsdp": "full_shard auto_wrap"})
+    assert e.value.code == "FTC767" and "is not in force" in str(e.value) and "distributed type is NO" in str(e.value)
+    refuse_unapplied_fsdp(trainer, {"fsdp": ""})
 
 
 @pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="the refusal is for machines without CUDA")

@@ -75,6 +75,20 @@ def test_auto_takes_hf_for_grpo_that_generates_from_the_merged_copy(machine, tmp
     assert choose_backend("auto", fast_grpo=True) == ("hf", "auto: no CUDA GPU")
 
 
+def test_fsdp_plans_train_on_hf(machine):
+    """unsloth does not shard: `auto` takes hf for a plan with train.fsdp, with the reason, and unsloth by
+    name is refused (FSDP plans run as torchrun ranks even on one GPU, so world_size says nothing here)."""
+    from ftc.runtime.run import choose_backend
+
+    machine(True, True)
+    chosen, why = choose_backend("auto", fsdp="full_shard auto_wrap")
+    assert chosen == "hf" and "train.fsdp ('full_shard auto_wrap')" in why and "unsloth backend does not" in why
+    with pytest.raises(FtcError) as err:
+        choose_backend("unsloth", fsdp="full_shard auto_wrap")
+    assert err.value.code == "FTC768" and "--backend hf" in err.value.hint
+    assert choose_backend("auto", fsdp="") == ("unsloth", "auto: a CUDA GPU and unsloth are here")
+
+
 def test_unsloth_by_name_is_refused_with_the_reason(machine):
     from ftc.runtime.run import choose_backend
 

@@ -7,6 +7,8 @@ rank before ftc's CLI starts (nothing in ftc's runtime changes):
   ddp1 / ddp2    the medical plan, packed, the memory plan's split, on 1 and 2 GPUs (the SAME lock)
   fsdp2          the same plan with train.fsdp="full_shard auto_wrap" on 2 GPUs; then the saved adapter
                  loads with PEFT on one GPU and `ftc infer` answers a short request
+  fsdp1          the FSDP plan on one GPU, as `ftc run --gpus 1` launches it (torchrun, one rank: the Trainer
+                 takes FSDP in distributed training only), checked as fsdp2; against ddp1
   unsloth2       `ftc run --backend unsloth --gpus 2` as it is today (refused: FTC702, runtime/run.py
                  choose_backend); if the refusal were lifted the same variant measures it (metrics.jsonl)
   grpo1 / grpo2  gsm8k_grpo (gpu_grpo.py's work, generation=auto: the fast path) on 1 and 2 GPUs
@@ -275,7 +277,9 @@ def train(args, name: str, lock: str, gpus: int, backend: str = "hf") -> tuple[d
     ftc_args = ["run", str(MULTI / lock), "--backend", backend, "--gpus", str(gpus), "--max-steps", str(args.steps), "--output", str(run_dir)]
     me = [str(Path(__file__).resolve()), "worker", "--spy", str(spy), "--"]
     env = {**os.environ, "NCCL_NVLS_ENABLE": "0", "TORCH_SYMM_MEM_DISABLE_MULTICAST": "1"}
-    if gpus > 1:  # what `ftc run --gpus N` runs (runtime/launch.py), with the spy as the entry point
+    from ftc.runtime.launch import needs_launch
+
+    if needs_launch(str(MULTI / lock), gpus=gpus, nnodes=1):  # what `ftc run --gpus N` runs, with the spy as the entry point
         env["FTC_DISTRIBUTED_WORKER"] = "1"
         cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={gpus}", *me, *ftc_args]
     else:  # the first GPU, as `ftc run --gpus 1` pins it (set here: the spy imports torch first)
@@ -308,7 +312,7 @@ def compare(a: dict | None, b: dict | None) -> dict:
     return out
 
 
-def check_adapter(args, run_dir: Path) -> dict:
+def check_adapter(args, run_dir: Path, name: str) -> dict:
     """The FSDP adapter on one GPU: PEFT loads it onto the base (every LoRA tensor found, B non-zero:
     trained), and `ftc infer` answers a short request."""
     code = ("import json,sys,torch; from peft import PeftModel; from transformers import AutoModelForCausalLM\n"
@@ -322,13 +326,13 @@ def check_adapter(args, run_dir: Path) -> dict:
     peft = subprocess.run([sys.executable, "-c", code, str(run_dir)], cwd=ROOT, env=env, capture_output=True, text=True)
     req = json.dumps({"input": "What helps a mild headache?"})
     infer = subprocess.run([sys.executable, "-m", "ftc", "infer", str(run_dir), "--input", req, "--max-new-tokens", "8",
-                            "--output", str(RUNS / "fsdp2-infer.jsonl")], cwd=ROOT, env=env, capture_output=True, text=True)
-    answers = (RUNS / "fsdp2-infer.jsonl").read_text() if (RUNS / "fsdp2-infer.jsonl").exists() else ""
+                            "--output", str(RUNS / f"{name}-infer.jsonl")], cwd=ROOT, env=env, capture_output=True, text=True)
+    answers = (RUNS / f"{name}-infer.jsonl").read_text() if (RUNS / f"{name}-infer.jsonl").exists() else ""
     return {"peft_rc": peft.returncode, "peft": peft.stdout.strip()[-400:] or peft.stderr[-1500:],
             "infer_rc": infer.returncode, "infer_answer": answers[:600], "infer_tail": "" if infer.returncode == 0 else infer.stderr[-1500:]}
 
 
-PAIRS = (("ddp1", "ddp2"), ("ddp2", "fsdp2"), ("ddp2", "unsloth2"), ("grpo1", "grpo2"))
+PAIRS = (("ddp1", "ddp2"), ("ddp2", "fsdp2"), ("ddp1", "fsdp1"), ("ddp2", "unsloth2"), ("grpo1", "grpo2"))
 
 
 def cross(res: dict, name: str) -> None:
@@ -339,8 +343,9 @@ def cross(res: dict, name: str) -> None:
     one = res.get("ddp1", {}).get("tokens_per_s_total")
     if name in ("ddp2", "fsdp2", "unsloth2") and one and res[name].get("tokens_per_s_total"):
         res[name]["scaling_vs_ddp1"] = round(res[name]["tokens_per_s_total"] / one, 3)
-    if name == "fsdp2" and res.get("ddp2"):
-        res[name]["peak_allocated_gib_vs_ddp2"] = [[r.get("peak_allocated_gib") for r in res[v]["per_rank"]] for v in ("fsdp2", "ddp2")]
+    for fsdp, ddp in (("fsdp2", "ddp2"), ("fsdp1", "ddp1")):
+        if name == fsdp and res.get(ddp):
+            res[name][f"peak_allocated_gib_vs_{ddp}"] = [[r.get("peak_allocated_gib") for r in res[v]["per_rank"]] for v in (fsdp, ddp)]
 
 
 def compare_dirs(args) -> None:
@@ -353,7 +358,8 @@ def compare_dirs(args) -> None:
                 res[p.stem] = json.loads(p.read_text())
     for name in list(res):
         cross(res, name)
-    table = {n: {k: r.get(k) for k in ("tokens_per_s_total", "scaling_vs_ddp1", "peak_allocated_gib_vs_ddp2", "refused",
+    table = {n: {k: r.get(k) for k in ("tokens_per_s_total", "scaling_vs_ddp1", "peak_allocated_gib_vs_ddp2",
+                                     "peak_allocated_gib_vs_ddp1", "refused",
                                      *(f"loss_vs_{a}" for a, b in PAIRS if b == n))} for n, r in res.items()}
     Path(args.write).write_text(json.dumps(res, indent=1))
     print(json.dumps(table, indent=1))
@@ -364,21 +370,23 @@ def run_all(args) -> None:
     out.mkdir(parents=True, exist_ok=True)
     s, res = args.shape, {}
     plan = {"ddp1": (f"sft-{s}.lock", 1, "hf"), "ddp2": (f"sft-{s}.lock", 2, "hf"), "fsdp2": (f"fsdp-{s}.lock", 2, "hf"),
+            "fsdp1": (f"fsdp-{s}.lock", 1, "hf"),
             "unsloth2": (f"sft-{s}.lock", 2, "unsloth"), "grpo1": (f"grpo-{s}.lock", 1, "hf"), "grpo2": (f"grpo-{s}.lock", 2, "hf")}
     if not (BENCH / "tok").exists():  # gpu_bench.py make-model copies BENCH/tok next to the weights
         shutil.copytree(WORK_GRPO / "tok", BENCH / "tok")
     if s != "tiny" or not model_dir(s).joinpath("config.json").exists():  # the SFT base, built once per machine
-        if any(v in args.variants for v in ("ddp1", "ddp2", "fsdp2", "unsloth2")):
+        if any(v in args.variants for v in ("ddp1", "ddp2", "fsdp1", "fsdp2", "unsloth2")):
             subprocess.run([sys.executable, str(ROOT / "tests/bench/gpu_bench.py"), "make-model", "--shape", s, "--dir", str(model_dir(s))],
                            cwd=ROOT, check=True)
     for name in args.variants:
         log(f"{name} ...")
         res[name], run_dir = train(args, name, *plan[name])
-        if name == "fsdp2" and res[name]["rc"] == 0:
-            res[name]["adapter_check"] = check_adapter(args, run_dir)
+        if name in ("fsdp1", "fsdp2") and res[name]["rc"] == 0:
+            res[name]["adapter_check"] = check_adapter(args, run_dir, name)
         cross(res, name)
         (out / f"{name}.json").write_text(json.dumps(res[name], indent=1))
-        brief = {k: res[name].get(k) for k in ("rc", "wall_s", "tokens_per_s_total", "scaling_vs_ddp1", "loss_vs_ddp1", "loss_vs_ddp2", "loss_vs_grpo1", "refused")}
+        brief = {k: res[name].get(k) for k in ("rc", "wall_s", "tokens_per_s_total", "scaling_vs_ddp1", "loss_vs_ddp1", "loss_vs_ddp2",
+                                               "loss_vs_grpo1", "refused", "adapter_check")}
         log(f"{name}: {json.dumps(brief)}")
         for r in res[name]["per_rank"]:
             log(f"  rank {r['rank']}: {json.dumps({k: v for k, v in r.items() if k != 'rank'})}")
