@@ -67,15 +67,17 @@ def cmd_run(args) -> int:
         # nn.DataParallel, which TRL refuses. One GPU means the first one, unless told otherwise.
         os.environ.setdefault("CUDA_VISIBLE_DEVICES", "0")
     if not os.environ.get(WORKER_FLAG) and needs_launch(args.lock, gpus=args.gpus, nnodes=args.nnodes):
+        from ftc.runtime.launch import per_rank_accumulation
+        from ftc.runtime.run import choose_backend, grpo_takes_the_copy
+        from ftc.runtime.trainer_config import refuse_unsharded_fsdp
         from ftc.runtime.verify import verify
 
-        from ftc.runtime.launch import per_rank_accumulation
-
         plan = verify(args.lock)  # once, before the workers start: a rebuild must not race across ranks
-        per_rank_accumulation(plan.lock["settings"]["train"], args.gpus * args.nnodes)  # refuse before launching
-        from ftc.runtime.trainer_config import refuse_unsharded_fsdp
-
-        refuse_unsharded_fsdp(plan.lock["settings"]["train"], launching=True)
+        train, world_size = plan.lock["settings"]["train"], args.gpus * args.nnodes
+        # every refusal once, here, before any worker starts (a rank's would reach the user through torchrun's exit code)
+        per_rank_accumulation(train, world_size)
+        refuse_unsharded_fsdp(train, launching=True)
+        choose_backend(args.backend, world_size=world_size, fast_grpo=grpo_takes_the_copy(plan, world_size), fsdp=train.get("fsdp") or "")
         argv = ["run", args.lock, "--backend", args.backend] + (["--output", args.output] if args.output else []) \
             + (["--resume"] if args.resume else []) + (["--max-steps", str(args.max_steps)] if args.max_steps else []) \
             + [a for r in args.root for a in ("--root", os.path.abspath(r))]

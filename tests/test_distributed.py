@@ -51,6 +51,9 @@ def test_several_processes_are_refused_before_any_starts(cli, tmp_path):
     code, _, err = cli("run", lock, "--nnodes", "2", "--output", tmp_path / "r2")
     assert code == 2 and "error[FTC761]" in err and "--rdzv-endpoint" in err and "Traceback" not in err
     assert not (tmp_path / "r3").exists() and not (tmp_path / "r2").exists()
+    # the backend's refusal too: said once, exit 2, not from each rank through torchrun (no CUDA here: FTC701)
+    code, _, err = cli("run", lock, "--gpus", "2", "--backend", "unsloth", "--output", tmp_path / "u")
+    assert code == 2 and err.count("error[FTC701]") == 1 and "launching" not in err and not (tmp_path / "u").exists(), err
 
 
 @pytest.mark.slow
