@@ -8,9 +8,10 @@ does not materialize (batch x length x vocab) logits.
 
 from __future__ import annotations
 
+import contextlib
 import math
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 CHUNK = 1024  # tokens projected through the LM head at once
 
@@ -20,12 +21,37 @@ def _causal_lm(model: Any) -> Any:
     return model.get_base_model() if hasattr(model, "get_base_model") else model
 
 
+@contextlib.contextmanager
+def _root_gathered(model: Any) -> Iterator[None]:
+    """Under FSDP2 (`train.fsdp`), the parameters of the root group (the ones no wrapped unit holds:
+    for a PEFT model accelerate wraps the layers, the embeddings and the LM head, and the final norm
+    stays with the root) are gathered by the root's forward alone, which `token_logprobs` does not
+    call: it runs the base model and the LM head apart (measured on the H200: "aten.mul.Tensor got
+    mixed torch.Tensor and DTensor" in the final norm). The root group is gathered around the call;
+    every other unit gathers itself in its own forward, as in training."""
+    from torch.distributed.fsdp import FSDPModule
+
+    if not isinstance(model, FSDPModule):
+        yield
+        return
+    model.unshard()
+    try:
+        yield
+    finally:
+        model.reshard()
+
+
 def token_logprobs(model: Any, batch: dict) -> tuple[Any, Any]:
     """Per-position log-probability of each next-token label, and the mask of scored positions.
 
     Shapes (batch, length - 1). Packed batches carry position_ids and no attention_mask, so
     transformers builds the block-diagonal mask; use_cache=False is what lets it do so.
     """
+    with _root_gathered(model):
+        return _token_logprobs(model, batch)
+
+
+def _token_logprobs(model: Any, batch: dict) -> tuple[Any, Any]:
     import torch
 
     lm = _causal_lm(model)
@@ -80,8 +106,6 @@ def preference_eval(model: Any, tokens: Path, *, method: str, settings: dict, pa
     chosen reward is higher, margin = mean(chosen - rejected). KTO's unpaired completions:
     accuracy = share whose reward sign matches the label, margin = mean reward of the desirable
     minus that of the undesirable."""
-    import contextlib
-
     import pyarrow.parquet as pq
     import torch
 

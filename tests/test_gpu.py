@@ -118,3 +118,25 @@ def test_unsloth_runs_grpo_through_the_same_skeleton(project):
         assert facts["backend"] == backend and facts["method"] == "grpo" and facts["train"]["global_step"] == 3
         assert facts["grpo"]["num_generations"] == 4 and facts["grpo"]["rewards"][0]["name"] == "digit"
         assert (run / "adapter_model.safetensors").exists()
+
+
+def test_an_fsdp_plan_on_one_gpu_trains_sharded_on_hf(project, tmp_path):
+    """`ftc run` of a plan with train.fsdp launches torchrun even for one GPU (the Trainer takes FSDP only
+    in distributed training), picks the hf backend (unsloth does not shard), and run.json says, from the
+    Trainer, that FSDP was in force; the adapter it saves answers `ftc infer`."""
+    lock = tmp_path / "fsdp.lock"
+    ftc("compile", project / "demo.json", "-o", lock, "-q", "--set", "model.dtype=bfloat16", "--set", "train.logging_steps=1",
+        "--set", "train.fsdp=full_shard auto_wrap", cwd=project)
+    run = tmp_path / "run"
+    out = ftc("run", lock, "--output", run, "--max-steps", 2, cwd=project)
+    assert "ftc: launching" in out.stderr and "--nproc-per-node=1" in out.stderr
+    facts = json.loads((run / "run.json").read_text())
+    assert facts["distributed"]["fsdp"] is True and facts["distributed"]["wrapper"].startswith("FSDP"), facts["distributed"]
+    assert facts["backend"] == "hf" and facts["train"]["global_step"] == 2 and len(losses(run)) == 2
+    if importlib.util.find_spec("unsloth") is not None:
+        assert "train.fsdp" in facts["backend_reason"]
+        refused = subprocess.run([sys.executable, "-m", "ftc.cli", "run", lock, "--backend", "unsloth", "--output", tmp_path / "u"],
+                                 cwd=project, capture_output=True, text=True, timeout=600)
+        assert refused.returncode == 2 and "error[FTC768]" in refused.stderr and not (tmp_path / "u").exists(), refused.stderr[-2000:]
+    said = ftc("infer", run, "--max-new-tokens", 8, "--input", json.dumps({"question": "What is 2 + 3?"}), cwd=project)
+    assert said.stdout.strip()
