@@ -357,4 +357,4 @@ def test_the_backend_choice_asks_the_plan_whether_the_copy_generates(tmp_path, m
     monkeypatch.setattr(run, "choose_backend", spy)
     with pytest.raises(FtcError):
         run.run_plan(str(auto.lock_path), output=str(tmp_path / "run"))
-    assert asked == {"backend": "auto", "world_size": 1, "fast_grpo": True}
+    assert asked == {"backend": "auto", "world_size": 1, "fast_grpo": True, "fsdp": ""}
