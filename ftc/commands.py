@@ -68,7 +68,7 @@ def cmd_run(args) -> int:
         os.environ.setdefault("CUDA_VISIBLE_DEVICES", "0")
     if not os.environ.get(WORKER_FLAG) and needs_launch(args.lock, gpus=args.gpus, nnodes=args.nnodes):
         from ftc.runtime.launch import per_rank_accumulation
-        from ftc.runtime.run import choose_backend, grpo_takes_the_copy
+        from ftc.runtime.run import backend_for
         from ftc.runtime.trainer_config import refuse_unsharded_fsdp
         from ftc.runtime.verify import verify
 
@@ -77,7 +77,7 @@ def cmd_run(args) -> int:
         # every refusal once, here, before any worker starts (a rank's would reach the user through torchrun's exit code)
         per_rank_accumulation(train, world_size)
         refuse_unsharded_fsdp(train, launching=True)
-        choose_backend(args.backend, world_size=world_size, fast_grpo=grpo_takes_the_copy(plan, world_size), fsdp=train.get("fsdp") or "")
+        backend_for(plan, args.backend, world_size)
         argv = ["run", args.lock, "--backend", args.backend] + (["--output", args.output] if args.output else []) \
             + (["--resume"] if args.resume else []) + (["--max-steps", str(args.max_steps)] if args.max_steps else []) \
             + [a for r in args.root for a in ("--root", os.path.abspath(r))]

@@ -60,6 +60,13 @@ def choose_backend(asked: str, *, world_size: int = 1, fast_grpo: bool = False, 
     return "unsloth", "auto: a CUDA GPU and unsloth are here"
 
 
+def backend_for(plan: Plan, asked: str, world_size: int) -> tuple[str, str]:
+    """`choose_backend` with what it needs to know of `plan`: the one place `ftc run` (before it
+    launches torchrun, for the refusals) and every rank (for the choice) derive it."""
+    return choose_backend(asked, world_size=world_size, fast_grpo=grpo_takes_the_copy(plan, world_size),
+                          fsdp=plan.settings["train"].get("fsdp") or "")
+
+
 def grpo_takes_the_copy(plan: Plan, world_size: int) -> bool:
     """The plan is GRPO and its generation takes the merged copy (ftc.runtime.generation.for_plan)."""
     if plan.method != "grpo":
@@ -116,8 +123,7 @@ def run_plan(lock_path: str, *, output: str | None = None, resume: bool = False,
 
     plan = verify(lock_path)
     rank, world_size = world()
-    chosen, why = choose_backend(backend, world_size=world_size, fast_grpo=grpo_takes_the_copy(plan, world_size),
-                                 fsdp=plan.settings["train"].get("fsdp") or "")
+    chosen, why = backend_for(plan, backend, world_size)
     out = run_dir_for(plan, output)
     guard_output(out, plan, resume)
     done = finished_run(out, plan, max_steps)
